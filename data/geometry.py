@@ -1,0 +1,94 @@
+"""DINet's face-crop geometry, kept exactly.
+
+For mouth size m: r = m/2, r4 = r/4; the face crop is (3r + r4) high and (2r + 2r4) wide
+(m=64 -> 104x80, 128 -> 208x160, 256 -> 416x320). The mouth hole that the generator fills is
+rows r..r+m, columns r4..r4+m. In a video frame the crop is placed from 68-point landmarks:
+centre column at point 33 (nose tip), top at point 29 (nose bridge) minus the radius.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CropGeometry:
+    mouth_size: int
+
+    def __post_init__(self):
+        m = self.mouth_size
+        if m < 16 or m % 8 != 0:
+            raise ValueError(
+                f"mouth_region_size={m} cannot be used: DINet's crop needs a multiple of 8 (64, 128 and 256 are the trained sizes)")
+
+    @property
+    def radius(self) -> int:
+        return self.mouth_size // 2
+
+    @property
+    def radius_1_4(self) -> int:
+        return self.radius // 4
+
+    @property
+    def height(self) -> int:
+        return self.radius * 3 + self.radius_1_4
+
+    @property
+    def width(self) -> int:
+        return self.radius * 2 + self.radius_1_4 * 2
+
+    @property
+    def mouth_rows(self) -> slice:
+        return slice(self.radius, self.radius + self.mouth_size)
+
+    @property
+    def mouth_cols(self) -> slice:
+        return slice(self.radius_1_4, self.radius_1_4 + self.mouth_size)
+
+
+def mask_mouth(face_crop, geometry: CropGeometry):
+    """A copy of a face crop (H, W, C array or (..., C, H, W) tensor) with DINet's mouth hole zeroed."""
+    masked = face_crop.copy() if isinstance(face_crop, np.ndarray) else face_crop.clone()
+    if isinstance(face_crop, np.ndarray):
+        masked[geometry.mouth_rows, geometry.mouth_cols, :] = 0
+    else:
+        masked[..., geometry.mouth_rows, geometry.mouth_cols] = 0
+    return masked
+
+
+def compute_crop_radius(video_size, landmark_clip, random_scale=None, rng=None):
+    """DINet's `compute_crop_radius`: one crop radius for a clip of 68-point landmarks.
+
+    video_size is (width, height); landmark_clip is (T, 68, 2) in pixels. Returns the radius
+    (a multiple of 4), or None when the crop leaves the frame or the face size changes by more
+    than 1.5x within the clip (DINet's limits).
+    """
+    video_w, video_h = video_size
+    landmark_clip = np.asarray(landmark_clip, dtype=np.float64)
+    if random_scale is None:
+        random_scale = (rng.random() if rng is not None else np.random.random()) / 10 + 1.05
+    landmark_max = landmark_clip.max(axis=1)  # (T, 2)
+    radius_h = (landmark_max[:, 1] - landmark_clip[:, 29, 1]) * random_scale
+    radius_w = (landmark_clip[:, 54, 0] - landmark_clip[:, 48, 0]) * random_scale
+    radius_clip = np.max(np.stack([radius_h, radius_w], 1), 1) // 2
+    radius = (int(np.max(radius_clip) / 4) + 1) * 4
+    radius_1_4 = radius // 4
+    min_h = landmark_clip[:, 29, 1] - radius
+    max_h = landmark_clip[:, 29, 1] + radius * 2 + radius_1_4
+    min_w = landmark_clip[:, 33, 0] - radius - radius_1_4
+    max_w = landmark_clip[:, 33, 0] + radius + radius_1_4
+    if min(min_h.min(), min_w.min()) < 0 or max_h.max() > video_h or max_w.max() > video_w:
+        return None
+    if radius_clip.max() > radius_clip.min() * 1.5:
+        return None
+    return radius
+
+
+def crop_box(landmarks, radius):
+    """(top, bottom, left, right) of DINet's face crop in a frame, from one frame's (68, 2) landmarks."""
+    landmarks = np.asarray(landmarks).astype(int)
+    radius_1_4 = radius // 4
+    top = landmarks[29, 1] - radius
+    bottom = landmarks[29, 1] + radius * 2 + radius_1_4
+    left = landmarks[33, 0] - radius - radius_1_4
+    right = landmarks[33, 0] + radius + radius_1_4
+    return top, bottom, left, right

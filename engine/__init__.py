@@ -1,0 +1,1 @@
+"""What the training scripts share: the loop, losses, checkpoints, logging and distributed setup."""

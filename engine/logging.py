@@ -1,0 +1,61 @@
+"""The record of a run: DINet's log line on screen and in log.txt, scalars in TensorBoard and
+metrics.jsonl, image grids in TensorBoard and samples/*.png."""
+import json
+import os
+
+from torch.utils.tensorboard import SummaryWriter
+from torchvision.utils import make_grid, save_image
+from tqdm import tqdm
+
+
+def format_log_line(epoch, iteration, num_iterations, losses, lr):
+    """DINet's per-iteration line, e.g.
+    `===> Epoch[10](53/54):  Loss_DI: 0.2409 Loss_GI: 0.3107 Loss_perception: 5.1662 lr_g = 0.0001000 `."""
+    terms = " ".join(f"{name}: {value:.4f}" for name, value in losses.items())
+    return f"===> Epoch[{epoch}]({iteration}/{num_iterations}):  {terms} lr_g = {lr:.7f} "
+
+
+def image_grid(rows):
+    """rows: list of (3, H, W) tensors per sample, e.g. masked source | 5 references | generated | real."""
+    return make_grid([image.detach().float().cpu().clamp(0, 1) for row in rows for image in row],
+                     nrow=len(rows[0]), padding=2)
+
+
+class RunLog:
+    def __init__(self, result_path, enabled=True):
+        self.enabled = enabled
+        self.result_path = result_path
+        if not enabled:
+            return
+        os.makedirs(os.path.join(result_path, "samples"), exist_ok=True)
+        self.text = open(os.path.join(result_path, "log.txt"), "a")
+        self.metrics = open(os.path.join(result_path, "metrics.jsonl"), "a")
+        self.board = SummaryWriter(os.path.join(result_path, "tensorboard"))
+
+    def line(self, text):
+        """Printed above the progress bar (tqdm.write keeps the bar intact) and appended to log.txt."""
+        if not self.enabled:
+            return
+        tqdm.write(text)
+        self.text.write(text.rstrip() + "\n")
+        self.text.flush()
+
+    def scalars(self, step, epoch, values):
+        if not self.enabled:
+            return
+        for name, value in values.items():
+            self.board.add_scalar(name, value, step)
+        self.metrics.write(json.dumps({"step": step, "epoch": epoch, **values}) + "\n")
+        self.metrics.flush()
+
+    def images(self, step, grid):
+        if not self.enabled:
+            return
+        self.board.add_image("masked_source|references|generated|real", grid, step)
+        save_image(grid, os.path.join(self.result_path, "samples", f"step_{step:07d}.png"))
+
+    def close(self):
+        if self.enabled:
+            self.text.close()
+            self.metrics.close()
+            self.board.close()

@@ -1,0 +1,71 @@
+"""VGG19 features for DINet's perceptual loss (relu1_1, relu2_1, relu3_1, relu4_1, relu5_1)."""
+import os
+
+import torch
+from torch import nn
+from torchvision import models
+from torchvision.models import vgg
+
+_SLICE_ENDS = (2, 7, 12, 21, 30)  # torchvision vgg19.features indices closing each slice
+
+
+def _features_state(state):
+    """Accept a full torchvision VGG19 state dict ('features.0.weight', ...) or a features-only one."""
+    state = state.get("state_dict", state)
+    features = {key[len("features."):]: value for key, value in state.items() if key.startswith("features.")}
+    return features or state
+
+
+def load_vgg19_features(weights="imagenet"):
+    """torchvision's VGG19 convolutional trunk with `weights`: 'imagenet' (torchvision's download and cache),
+    'random', or a .pth path. Only the trunk is built: the classifier's 120 M parameters are never used."""
+    features = vgg.make_layers(vgg.cfgs["E"])
+    if weights == "random":
+        return features
+    if weights == "imagenet":
+        try:
+            state = models.VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
+        except Exception as error:  # no network, proxy, corrupt cache: all end the same way for the user
+            raise SystemExit(
+                f"could not fetch VGG19 ImageNet weights ({type(error).__name__}: {error}); "
+                f"put vgg19-dcbb9e9d.pth in {torch.hub.get_dir()}/checkpoints, or pass "
+                f"--vgg19_weights PATH to a VGG19 state dict, or --vgg19_weights random") from None
+    elif os.path.isfile(weights):
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise SystemExit(f"--vgg19_weights {weights}: cannot read it ({type(error).__name__}); "
+                             f"pass a torchvision VGG19 .pth, imagenet or random") from None
+    else:
+        raise SystemExit(f"--vgg19_weights {weights}: no such file; pass imagenet, random or a VGG19 .pth path")
+    try:
+        features.load_state_dict(_features_state(state))
+    except RuntimeError as error:
+        raise SystemExit(f"--vgg19_weights {weights}: not a torchvision VGG19 state dict "
+                         f"({str(error).splitlines()[0]})") from None
+    return features
+
+
+class Vgg19(nn.Module):
+    """Frozen VGG19 slices; input RGB in [0, 1], normalised with ImageNet statistics inside."""
+
+    def __init__(self, weights="imagenet"):
+        super().__init__()
+        features = load_vgg19_features(weights)
+        starts = (0,) + _SLICE_ENDS[:-1]
+        self.slices = nn.ModuleList(nn.Sequential(*features[a:b]) for a, b in zip(starts, _SLICE_ENDS))
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode=True):
+        return super().train(False)  # frozen feature extractor: never in training mode
+
+    def forward(self, x):
+        x = (x - self.mean) / self.std
+        outputs = []
+        for block in self.slices:
+            x = block(x)
+            outputs.append(x)
+        return outputs

@@ -1,0 +1,40 @@
+"""Shared test fixtures: a tiny DINet-made training set (random crops, 29-d 'DeepSpeech' vectors)."""
+import json
+import os
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+
+
+def write_dinet_json(folder, videos=2, clips=6, width=29, seed=0, relative_to_cwd=False):
+    """A training JSON exactly as DINet's data_processing.py writes it (no audio_feature fields)."""
+    rng = np.random.default_rng(seed)
+    data = {}
+    for v in range(videos):
+        clip_list = []
+        for c in range(clips):
+            paths = []
+            for f in range(9):
+                path = os.path.join(folder, "crop", f"video{v}", f"{c:06d}", f"{c * 9 + f:06d}.jpg")
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                image = rng.integers(0, 256, (60, 48, 3), dtype=np.uint8)
+                cv2.imwrite(path, cv2.GaussianBlur(image, (7, 7), 2))
+                paths.append(os.path.relpath(path) if relative_to_cwd else path)
+            clip_list.append({"frame_name_list": [os.path.basename(p) for p in paths], "frame_path_list": paths,
+                              "deep_speech_list": rng.normal(size=(9, width)).round(4).tolist()})
+        data[f"video{v}"] = {"video_clip_num": clips, "clip_data_list": clip_list}
+    json_path = os.path.join(folder, "training_json.json")
+    with open(json_path, "w") as f:
+        json.dump(data, f)
+    return json_path
+
+
+@pytest.fixture(scope="session")
+def tiny_json(tmp_path_factory):
+    return write_dinet_json(str(tmp_path_factory.mktemp("tiny_data")))
