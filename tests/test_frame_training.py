@@ -1,0 +1,153 @@
+"""Frame-stage training: the log line, checkpoints, coarse-to-fine, resume, and the data it reads."""
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, write_dinet_json
+from config.config import training_parser
+from data.training_json import load_training_json
+from engine.logging import format_log_line
+from engine.trainer import FrameStage, train
+
+LOG_LINE = re.compile(r"^===> Epoch\[(\d+)\]\((\d+)/(\d+)\):  Loss_DI: (\d+\.\d{4}) Loss_GI: (\d+\.\d{4}) "
+                      r"Loss_perception: (\d+\.\d{4}) lr_g = (\d\.\d{7}) $")
+FAST = ["--vgg19_weights", "random", "--device", "cpu", "--num_workers", "0", "--augment_num", "2",
+        "--batch_size", "2", "--non_decay", "1", "--decay", "1", "--checkpoint", "1"]
+
+
+def run_frame(json_path, result_path, *args):
+    opt = training_parser("test", result_path).parse_args(["--train_data", json_path, "--result_path", str(result_path),
+                                                           *FAST, *args])
+    train(opt, FrameStage)
+    return opt
+
+
+def metrics(result_path):
+    with open(os.path.join(result_path, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_log_line_is_dinets_format():
+    line = format_log_line(10, 53, 54, {"Loss_DI": 0.24094, "Loss_GI": 0.31071, "Loss_perception": 5.16621}, 1e-4)
+    assert line == "===> Epoch[10](53/54):  Loss_DI: 0.2409 Loss_GI: 0.3107 Loss_perception: 5.1662 lr_g = 0.0001000 "
+    assert LOG_LINE.match(line)
+
+
+@pytest.fixture(scope="module")
+def lab2_run(tiny_json, tmp_path_factory):
+    """Two epochs of lab2 at mouth 64, a checkpoint after each, an image grid every iteration."""
+    result_path = tmp_path_factory.mktemp("lab2_run")
+    run_frame(tiny_json, result_path, "--lab", "lab2", "--image_every", "1")
+    return result_path
+
+
+def test_frame_stage_writes_dinet_checkpoints_logs_and_image_grids(lab2_run):
+    tmp_path = lab2_run
+    checkpoint = torch.load(tmp_path / "netG_model_epoch_2.pth", weights_only=False)
+    assert checkpoint["epoch"] == 3  # DINet stores the epoch to start from
+    assert set(checkpoint["state_dict"]) == {"net_g", "net_dI"}
+    assert set(checkpoint["optimizer"]) == {"net_g", "net_dI"}
+    assert checkpoint["generator_config"]["audio_channel"] == 29
+    assert checkpoint["generator_config"]["extra_same_block"] and checkpoint["lab"] == "lab2"
+    assert checkpoint["mouth_region_size"] == 64
+    lines = (tmp_path / "log.txt").read_text().splitlines()
+    iterations = [line for line in lines if line.startswith("===>")]
+    assert len(iterations) == 4 and all(LOG_LINE.match(line + " ") for line in iterations)
+    assert glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
+    assert len(glob.glob(str(tmp_path / "samples" / "*.png"))) == 4
+    assert not glob.glob(str(tmp_path / ".tmp-*"))  # atomic writes leave no temporary files
+
+
+@pytest.mark.parametrize("mouth_size", [64, 128, 256])
+def test_one_frame_stage_step_at_each_mouth_size(tiny_json, tmp_path, mouth_size):
+    opt = training_parser("test", tmp_path).parse_args(["--train_data", tiny_json, "--mouth_region_size",
+                                                        str(mouth_size), *FAST])
+    torch.manual_seed(0)
+    from engine import distributed
+    from config.labs import generator_config
+    stage = FrameStage(opt, generator_config("lab1", 29), distributed.setup("cpu"))
+    dataset = stage.dataset(load_training_json(tiny_json))
+    batch = {key: value.unsqueeze(0) for key, value in dataset[0].items()}
+    assert batch["source"].shape[-2:] == (mouth_size * 3 // 2 + mouth_size // 8, mouth_size + mouth_size // 4)
+    before = [p.detach().clone() for p in stage.net_g.parameters()]
+    losses, rows = stage.step(batch)
+    assert set(losses) == {"Loss_DI", "Loss_GI", "Loss_perception"}
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    assert any(not torch.equal(a, b) for a, b in zip(before, stage.net_g.parameters()))
+    assert len(rows[0]) == 8  # masked source | 5 references | generated | real
+
+
+def test_coarse_checkpoint_initialises_finer_stage(tiny_json, lab2_run, tmp_path):
+    # lr 0: Adam leaves the weights where coarse-to-fine put them, so the 128 checkpoint shows what was loaded
+    run_frame(tiny_json, tmp_path, "--lab", "lab2", "--mouth_region_size", "128", "--lr_g", "0", "--decay", "0",
+              "--augment_num", "1", "--coarse2fine", "--coarse_model_path", str(lab2_run / "netG_model_epoch_2.pth"))
+    coarse = torch.load(lab2_run / "netG_model_epoch_2.pth", weights_only=False)["state_dict"]["net_g"]
+    fine = torch.load(tmp_path / "netG_model_epoch_1.pth", weights_only=False)["state_dict"]["net_g"]
+    assert torch.equal(coarse["out_conv.4.weight"], fine["out_conv.4.weight"])
+    assert torch.equal(coarse["adaAT.scale.0.weight"], fine["adaAT.scale.0.weight"])
+
+
+def test_coarse_checkpoint_of_another_lab_is_rejected(tiny_json, lab2_run, tmp_path):
+    with pytest.raises(SystemExit, match=r"netG_model_epoch_2.pth: trained as \[extra_same_block=True.*builds \[DINet"):
+        run_frame(tiny_json, tmp_path, "--mouth_region_size", "128", "--coarse2fine",
+                  "--coarse_model_path", str(lab2_run / "netG_model_epoch_2.pth"))
+
+
+def test_resume_continues_the_loss_trajectory_of_an_uninterrupted_run(tiny_json, lab2_run, tmp_path):
+    run_frame(tiny_json, tmp_path, "--resume", str(lab2_run / "netG_model_epoch_1.pth"))
+    full = [m for m in metrics(lab2_run) if m["epoch"] == 2]
+    resumed = metrics(tmp_path)
+    assert [m["step"] for m in resumed] == [m["step"] for m in full] == [2, 3]
+    for a, b in zip(full, resumed):
+        for key in ("Loss_DI", "Loss_GI", "Loss_perception", "lr_g"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+    # the resumed run rebuilt lab2 from the checkpoint alone
+    assert torch.load(tmp_path / "netG_model_epoch_2.pth", weights_only=False)[
+        "generator_config"]["extra_same_block"]
+
+
+def test_audio_channel_is_read_from_the_data_and_a_disagreeing_flag_is_an_error(tmp_path):
+    json_path = write_dinet_json(str(tmp_path), width=80)
+    assert load_training_json(json_path).audio_channel == 80
+    with pytest.raises(SystemExit, match=r"--audio_channel 29 disagrees with .*80 wide"):
+        run_frame(json_path, tmp_path / "run", "--audio_channel", "29")
+
+
+def test_dinet_made_json_with_paths_relative_to_the_working_directory_loads(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("asserts/training_data")
+    json_path = write_dinet_json("asserts/training_data", relative_to_cwd=True)
+    training_set = load_training_json(json_path)
+    assert training_set.audio_feature == "deepspeech" and training_set.audio_channel == 29
+    assert all(os.path.isfile(p) for clips in training_set.videos.values() for c in clips for p in c.frame_paths)
+
+
+def test_batch_larger_than_the_data_is_a_clear_error(tiny_json, tmp_path):
+    with pytest.raises(SystemExit, match="--batch_size 64 is larger than the 4 samples per epoch"):
+        run_frame(tiny_json, tmp_path, "--batch_size", "64")
+
+
+def test_lab_command_runs_from_the_shell_and_prints_the_log_line(tiny_json, tmp_path):
+    result = subprocess.run([sys.executable, "train_DINet_frame.py", "--augment_num=2", "--mouth_region_size=64",
+                             "--batch_size=2", f"--result_path={tmp_path}", f"--train_data={tiny_json}",
+                             "--vgg19_weights=random", "--non_decay=1", "--decay=1", "--num_workers=1"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("===>")]
+    assert len(lines) == 4 and all(LOG_LINE.match(line) for line in lines)
+    assert (tmp_path / "netG_model_epoch_2.pth").exists() and not (tmp_path / "netG_model_epoch_1.pth").exists()
+
+
+def test_missing_training_json_is_one_line_and_nonzero_exit(tmp_path):
+    result = subprocess.run([sys.executable, "train_DINet_frame.py", f"--train_data={tmp_path}/none.json"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [f"{tmp_path}/none.json: training JSON not found; prepare data "
+                                                  f"with `python data_processing.py` or pass --train_data"]

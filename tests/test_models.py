@@ -1,0 +1,97 @@
+"""The generator is the published DINet: layout, numerics, and what the lab flags change."""
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import SHARED
+from engine.checkpoint import generator_config_of, load_network
+from models import AdaAT, DINet, Discriminator, GeneratorConfig
+
+FIXTURES = os.path.join(SHARED, "fixtures")
+needs_fixtures = pytest.mark.skipif(not os.path.isdir(FIXTURES), reason="../shared/fixtures not present")
+
+
+def shapes(module):
+    return {key: list(value.shape) for key, value in module.state_dict().items()}
+
+
+@needs_fixtures
+def test_lab1_has_the_published_parameter_names_and_shapes():
+    with open(os.path.join(FIXTURES, "dinet_state_dict_shapes.json")) as f:
+        published = json.load(f)
+    assert shapes(DINet(3, 15, 29)) == published["net_g DINet(3,15,29)"]
+    assert shapes(Discriminator(3, 64, 4, 256)) == published["net_dI Discriminator(3,64,4,256)"]
+    assert shapes(Discriminator(15, 64, 4, 256)) == published["net_dV Discriminator(15,64,4,256)"]
+
+
+def test_lab1_parameter_count_is_dinets():
+    assert sum(p.numel() for p in DINet(3, 15, 29).parameters()) == 19_190_275  # 19.19 M, DESIGN.md
+
+
+@needs_fixtures
+def test_adaat_reproduces_the_published_output():
+    reference = torch.load(os.path.join(FIXTURES, "adaat_reference.pt"), weights_only=False)
+    adaat = AdaAT(256, 256)
+    adaat.load_state_dict(reference["state_dict"], strict=True)
+    with torch.no_grad():
+        output = adaat(reference["feature_map"], reference["para_code"])
+    assert (output - reference["output"]).abs().max() < 1e-5
+
+
+@needs_fixtures
+def test_lab1_generator_reproduces_the_published_output_and_loads_with_module_prefix():
+    reference = torch.load(os.path.join(FIXTURES, "dinet_lab1_reference.pt"), weights_only=False)
+    weights = {"module." + key: value.float() for key, value in reference["state_dict_fp16"].items()}
+    checkpoint = {"epoch": 1, "state_dict": {"net_g": weights}}  # as DINet's DataParallel run saves it
+    assert generator_config_of(checkpoint) == GeneratorConfig(3, 15, 29)
+    generator = DINet(3, 15, 29)
+    load_network(generator, checkpoint, "net_g", "published.pth", "--coarse_model_path")
+    generator.eval()
+    with torch.no_grad():
+        output = generator(reference["source_image_masked"], reference["reference_images"], reference["audio_feature"])
+    assert (output - reference["output"]).abs().max() < 1e-5
+
+
+def test_adaat_keeps_the_published_channel_blending():
+    """With an identity transform (all-zero code layers: scale 1, angle 0, shift 0), the published AdaAT
+    still mixes neighbouring channels, because its grid uses the align-corners convention while
+    grid_sample runs without it. A port that 'fixed' this would not match the published weights."""
+    adaat = AdaAT(8, 4)
+    for parameter in adaat.parameters():
+        torch.nn.init.zeros_(parameter)
+    features = torch.randn(1, 4, 6, 5)
+    output = adaat(features, torch.randn(1, 8))
+    assert not torch.allclose(output, features, atol=1e-3)
+    nudged = features.clone()
+    nudged[:, 0] += 1.0
+    assert (adaat(nudged, torch.randn(1, 8))[:, 1] - output[:, 1]).abs().max() > 1e-3  # channel 0 leaks into 1
+
+
+def test_lab2_adds_one_same_block_to_both_image_encoders():
+    lab1, lab2 = shapes(DINet(3, 15, 29)), shapes(DINet(3, 15, 29, extra_same_block=True))
+    added = set(lab2) - set(lab1)
+    assert set(lab1) <= set(lab2)
+    assert {key.split(".")[0] + "." + key.split(".")[1] for key in added} == {"source_in_conv.3", "ref_in_conv.3"}
+    assert lab2["source_in_conv.3.conv.weight"] == [256, 256, 3, 3]
+
+
+def test_extra_same_block_is_read_back_from_weights_alone():
+    weights = DINet(3, 15, 80, extra_same_block=True).state_dict()
+    config = generator_config_of({"state_dict": {"net_g": weights}})
+    assert config.extra_same_block and config.audio_channel == 80
+
+
+@pytest.mark.parametrize("mouth_size,height,width", [(64, 104, 80), (128, 208, 160), (256, 416, 320)])
+def test_generator_output_has_the_face_crop_shape(mouth_size, height, width):
+    generator = DINet(3, 15, 29).eval()
+    with torch.no_grad():
+        out = generator(torch.rand(1, 3, height, width), torch.rand(1, 15, height, width), torch.randn(1, 29, 5))
+    assert out.shape == (1, 3, height, width)
+    assert 0 <= out.min() and out.max() <= 1
+
+
+def test_unavailable_architecture_choice_is_a_clear_error():
+    with pytest.raises(ValueError, match="--warp 'nothing' is not available"):
+        GeneratorConfig(warp="nothing")
