@@ -1,0 +1,137 @@
+"""Video and audio files through ffmpeg (the binary that imageio-ffmpeg ships, so nothing else to install).
+
+`write_video` encodes RGB frames (plus an optional audio track) as H.264/AAC mp4; `extract_audio` and
+`extract_frames` undo that for data preparation; `probe` reads what a file holds. Every output is written
+under a hidden temporary name in its destination directory and renamed into place when complete
+(`atomic_output`), so an interrupted run never leaves a truncated file that looks finished.
+"""
+import contextlib
+import itertools
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+
+import imageio_ffmpeg
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_output(path):
+    """Yield a temporary path beside `path` (same extension, so ffmpeg picks the same format); on success
+    it replaces `path`, on failure it is removed. Works for files and for directories."""
+    folder, name = os.path.split(os.path.abspath(path))
+    stem, extension = os.path.splitext(name)
+    partial = os.path.join(folder, f".{stem}.partial{extension}")  # hidden: globs and listings skip it
+    os.makedirs(folder, exist_ok=True)
+    _remove(partial)  # left over from an interrupted run
+    try:
+        yield partial
+    except BaseException:
+        _remove(partial)
+        raise
+    if os.path.isdir(partial):
+        _remove(path)  # os.replace cannot replace a non-empty directory
+    os.replace(partial, path)
+
+
+def _remove(path):
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.remove(path)
+
+
+def _run_ffmpeg(arguments, path, stdin_frames=None):
+    """Run ffmpeg with `arguments`; raise SystemExit naming `path` with ffmpeg's last error line if it fails.
+
+    stdin_frames: an iterator of uint8 arrays piped to ffmpeg's stdin (raw video input), or None.
+    """
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error", *arguments]
+    # stderr goes to a file, not a pipe: a pipe that fills up while we write frames would deadlock.
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(command, stdin=subprocess.PIPE if stdin_frames is not None else None,
+                                   stdout=subprocess.DEVNULL, stderr=log)
+        if stdin_frames is not None:
+            try:
+                for frame in stdin_frames:
+                    process.stdin.write(np.ascontiguousarray(frame, dtype=np.uint8).tobytes())
+            except BrokenPipeError:
+                pass  # ffmpeg stopped early; its log says why
+            finally:
+                process.stdin.close()
+        returncode = process.wait()
+        log.seek(0)
+        messages = log.read().decode(errors="replace").strip().splitlines()
+    if returncode != 0:
+        raise SystemExit(f"{path}: ffmpeg failed ({messages[-1] if messages else f'exit code {returncode}'})")
+
+
+def write_video(path, frames, fps=25, audio_path=None):
+    """Encode an iterable of (H, W, 3) uint8 RGB frames as H.264 (yuv420p) mp4, with `audio_path` as AAC."""
+    frames = iter(frames)
+    first = next(frames, None)
+    if first is None:
+        raise ValueError(f"{path}: no frames to write")
+    height, width = first.shape[:2]
+    inputs = ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "-"]
+    streams = ["-map", "0:v"]
+    if audio_path is not None:
+        inputs += ["-i", audio_path]
+        streams += ["-map", "1:a", "-c:a", "aac", "-b:a", "128k"]
+    # yuv420p needs even sizes: pad odd ones by a pixel on the right/bottom, which moves no landmark.
+    video_codec = ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "18"]
+    with atomic_output(path) as partial:
+        _run_ffmpeg([*inputs, *streams, *video_codec, "-movflags", "+faststart", partial], path,
+                    stdin_frames=itertools.chain([first], frames))
+
+
+def probe(video_path):
+    """What a media file holds: {"width", "height", "fps", "duration", "has_video", "has_audio"}.
+
+    Parsed from `ffmpeg -i` (imageio-ffmpeg ships no ffprobe); width/height/fps are None without video.
+    """
+    if not os.path.isfile(video_path):
+        raise SystemExit(f"{video_path}: file not found; check the path")
+    result = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", video_path],
+                            capture_output=True, text=True, errors="replace")
+    info = result.stderr  # ffmpeg prints stream info to stderr and exits 1 for want of an output file
+    if "Stream #" not in info:
+        last_line = info.strip().splitlines()[-1] if info.strip() else "no streams"
+        raise SystemExit(f"{video_path}: not a readable video ({last_line}); re-encode it with ffmpeg")
+    video_line = next((line for line in info.splitlines() if "Video:" in line), "")
+    size = re.search(r", (\d+)x(\d+)\b", video_line)  # "..., yuv420p(progressive), 256x256 [SAR 1:1 ...], ..."
+    fps = re.search(r"([\d.]+) fps", video_line)
+    duration = re.search(r"Duration: (\d+):(\d+):([\d.]+)", info)
+    return {
+        "width": int(size.group(1)) if size else None,
+        "height": int(size.group(2)) if size else None,
+        "fps": float(fps.group(1)) if fps else None,
+        "duration": (int(duration.group(1)) * 3600 + int(duration.group(2)) * 60 + float(duration.group(3))
+                     if duration else None),
+        "has_video": bool(video_line),
+        "has_audio": "Audio:" in info,
+    }
+
+
+def extract_audio(video_path, wav_path, sample_rate=16000):
+    """Write the video's audio as mono 16-bit wav at `sample_rate` (16 kHz: what every audio feature expects)."""
+    if not probe(video_path)["has_audio"]:
+        raise SystemExit(f"{video_path}: video has no audio stream; training needs each video's speech, "
+                         f"so mux it in (ffmpeg -i video.mp4 -i speech.wav -c:v copy -c:a aac out.mp4)")
+    with atomic_output(wav_path) as partial:
+        _run_ffmpeg(["-i", video_path, "-vn", "-ac", "1", "-ar", str(sample_rate), "-c:a", "pcm_s16le",
+                     "-f", "wav", partial], video_path)
+
+
+def extract_frames(video_path, frame_dir, fps=25):
+    """Write the video's frames, resampled to `fps`, as frame_dir/000000.jpg, 000001.jpg, ...; return the count."""
+    if not probe(video_path)["has_video"]:
+        raise SystemExit(f"{video_path}: no video stream; remove it from the video directory")
+    with atomic_output(frame_dir) as partial:
+        os.makedirs(partial)
+        _run_ffmpeg(["-i", video_path, "-vf", f"fps={fps}", "-q:v", "2", "-start_number", "0",
+                     os.path.join(partial, "%06d.jpg")], video_path)
+        count = len([name for name in os.listdir(partial) if name.endswith(".jpg")])
+    return count
