@@ -6,9 +6,11 @@ the audio under video frame t, as DINet's DeepSpeech features do.
 - mel: Wav2Lip's log-mel spectrogram (80 bands at 80 per second), resampled to one vector per frame.
 - mfcc: python_speech_features' 13 cepstra at 100 per second, the 4 under each frame stacked (52).
 - deepspeech: DINet's 29-d DeepSpeech logits; they need TensorFlow and a 2017 graph, so they are made
-  outside this repository.
+  outside this repository and read here (`read_deepspeech`): `.npy`, or the `_deepspeech.txt` files
+  DINet's data_processing.py writes with np.savetxt.
 """
 import math
+import os
 
 import librosa
 import numpy as np
@@ -93,6 +95,31 @@ def load_wav(path):
     return wav
 
 
+def deepspeech_sources(deepspeech_dir, video_name):
+    """The file names DeepSpeech features made elsewhere may have, in the order they are looked for."""
+    return [os.path.join(deepspeech_dir, video_name + suffix)
+            for suffix in ("_deepspeech.npy", ".npy", "_deepspeech.txt")]
+
+
+def read_deepspeech(deepspeech_dir, video_name):
+    """(T, 29) float32 DeepSpeech features of one video from `deepspeech_dir` (.npy or DINet's .txt)."""
+    candidates = deepspeech_sources(deepspeech_dir, video_name)
+    path = next((candidate for candidate in candidates if os.path.isfile(candidate)), None)
+    if path is None:
+        raise SystemExit(f"{candidates[0]}: no DeepSpeech features for {video_name} (also looked for "
+                         f"{os.path.basename(candidates[1])}, {os.path.basename(candidates[2])}); make them with "
+                         f"DINet's utils/deep_speech.py and pass their folder as --deepspeech_dir")
+    try:
+        features = np.load(path) if path.endswith(".npy") else np.loadtxt(path, ndmin=2)
+    except ValueError as error:
+        raise SystemExit(f"{path}: cannot read DeepSpeech features ({error}); make the file again")
+    width = FEATURE_WIDTHS["deepspeech"]
+    if features.ndim != 2 or features.shape[1] != width or len(features) == 0:
+        raise SystemExit(f"{path}: expected (T, {width}) DeepSpeech features, one row per 25 fps frame, "
+                         f"got {features.shape}; make the file again")
+    return features.astype(np.float32)
+
+
 def compute_audio_feature(wav_path, name, num_frames=None, fps=25):
     """(T, FEATURE_WIDTHS[name]) float32 features of a wav, one row per video frame.
 
@@ -101,8 +128,8 @@ def compute_audio_feature(wav_path, name, num_frames=None, fps=25):
     """
     if name == "deepspeech":
         raise SystemExit(f"{wav_path}: DeepSpeech features are not computed here (they need TensorFlow); make "
-                         f"them with DINet's utils/deep_speech.py and save <video>_deepspeech.npy, (T, 29), "
-                         f"in the feature directory, or use --audio_feature mel or mfcc")
+                         f"them with DINet's utils/deep_speech.py and pass their folder as --deepspeech_dir "
+                         f"(<video>_deepspeech.npy or .txt), or use --audio_feature mel or mfcc")
     if name not in FEATURE_WIDTHS:
         raise SystemExit(f"unknown audio feature {name!r}; choose one of {', '.join(FEATURE_WIDTHS)}")
     wav = load_wav(wav_path)

@@ -293,8 +293,7 @@ def render_talking_face(style, openings, spreads):
 def make_demo_data(demo_dir, num_videos=3, seconds=4.0, seed=0, audio_feature="mel"):
     """Write `num_videos` demo videos and landmarks under demo_dir in DINet's layout, run data preparation
     on them, and return the training JSON's path (demo_dir/training_json.json)."""
-    video_dir = os.path.join(demo_dir, "split_video_25fps")
-    landmark_dir = os.path.join(demo_dir, "split_video_25fps_landmark_openface")
+    layout = prepare.Layout.under(demo_dir, audio_feature)
     for index in range(num_videos):
         rng = np.random.default_rng([seed, index])  # per video, so video i is the same whatever num_videos is
         style = FaceStyle.draw(rng)
@@ -304,16 +303,14 @@ def make_demo_data(demo_dir, num_videos=3, seconds=4.0, seed=0, audio_feature="m
         with tempfile.TemporaryDirectory() as scratch:
             wav_path = os.path.join(scratch, name + ".wav")
             _write_wav(wav_path, wav)
-            write_video(os.path.join(video_dir, name + ".mp4"), frames, fps=FPS, audio_path=wav_path)
-        write_openface_csv(os.path.join(landmark_dir, name + ".csv"), landmarks, fps=FPS)
+            write_video(os.path.join(layout.split_video_dir, name + ".mp4"), frames, fps=FPS, audio_path=wav_path)
+        write_openface_csv(os.path.join(layout.openface_landmark_dir, name + ".csv"), landmarks, fps=FPS)
 
-    frame_dir = os.path.join(demo_dir, "split_video_25fps_frame")
-    audio_dir = os.path.join(demo_dir, "split_video_25fps_audio")
-    feature_dir = os.path.join(demo_dir, f"split_video_25fps_{audio_feature}")
-    crop_dir = os.path.join(demo_dir, "split_video_25fps_crop_face")
-    prepare.extract_video_frames(video_dir, frame_dir, fps=FPS)
-    prepare.extract_audio(video_dir, audio_dir)
-    prepare.extract_audio_features(audio_dir, feature_dir, audio_feature)
-    prepare.crop_faces(landmark_dir, frame_dir, crop_dir, seed=seed)
-    return prepare.generate_training_json(crop_dir, feature_dir, audio_feature,
+    settings = prepare.Settings(audio_feature=audio_feature, seed=seed)
+    steps = [step for step in prepare.VIDEO_STEPS if step != "debug_draw"]
+    reports = prepare.prepare_videos(layout, settings, steps)
+    skipped = [report.line() for report in reports if report.skipped]
+    if skipped:
+        raise SystemExit("demo data could not be prepared:\n" + "\n".join(skipped))
+    return prepare.generate_training_json(layout.crop_dir, layout.feature_dir, audio_feature,
                                           os.path.join(demo_dir, "training_json.json"))

@@ -1,9 +1,11 @@
 """Video and audio files through ffmpeg (the binary that imageio-ffmpeg ships, so nothing else to install).
 
-`write_video` encodes RGB frames (plus an optional audio track) as H.264/AAC mp4; `extract_audio` and
-`extract_frames` undo that for data preparation; `probe` reads what a file holds. Every output is written
-under a hidden temporary name in its destination directory and renamed into place when complete
-(`atomic_output`), so an interrupted run never leaves a truncated file that looks finished.
+`write_video` encodes RGB frames (plus an optional audio track) as H.264/AAC mp4; `read_video_frames`
+decodes any video ffmpeg reads (HEVC included) to RGB arrays; `extract_audio` and `extract_frames` write
+audio and frames for data preparation, `resample_video` re-encodes any input as a 25 fps H.264/AAC mp4;
+`probe` reads what a file holds. Every output is written under a hidden temporary name in its destination
+directory and renamed into place when complete (`atomic_output`), so an interrupted run never leaves a
+truncated file that looks finished.
 """
 import contextlib
 import itertools
@@ -88,7 +90,7 @@ def write_video(path, frames, fps=25, audio_path=None):
 
 
 def probe(video_path):
-    """What a media file holds: {"width", "height", "fps", "duration", "has_video", "has_audio"}.
+    """What a media file holds: {"width", "height", "fps", "duration", "has_video", "has_audio", "rotation"}.
 
     Parsed from `ffmpeg -i` (imageio-ffmpeg ships no ffprobe); width/height/fps are None without video.
     """
@@ -104,15 +106,54 @@ def probe(video_path):
     size = re.search(r", (\d+)x(\d+)\b", video_line)  # "..., yuv420p(progressive), 256x256 [SAR 1:1 ...], ..."
     fps = re.search(r"([\d.]+) fps", video_line)
     duration = re.search(r"Duration: (\d+):(\d+):([\d.]+)", info)
+    # Phone videos store portrait as landscape plus a rotation that ffmpeg applies when decoding.
+    rotation = re.search(r"rotation of (-?[\d.]+) degrees|rotate\s*:\s*(-?\d+)", info)
+    rotation = int(round(float(rotation.group(1) or rotation.group(2)))) % 360 if rotation else 0
+    width, height = (int(size.group(1)), int(size.group(2))) if size else (None, None)
+    if rotation in (90, 270):
+        width, height = height, width
     return {
-        "width": int(size.group(1)) if size else None,
-        "height": int(size.group(2)) if size else None,
+        "width": width,  # as decoded, i.e. after the rotation
+        "height": height,
         "fps": float(fps.group(1)) if fps else None,
         "duration": (int(duration.group(1)) * 3600 + int(duration.group(2)) * 60 + float(duration.group(3))
                      if duration else None),
         "has_video": bool(video_line),
         "has_audio": "Audio:" in info,
+        "rotation": rotation,
     }
+
+
+def read_video_frames(video_path, fps=None):
+    """Yield the video's frames as (H, W, 3) uint8 RGB arrays, decoded by ffmpeg (any codec it reads);
+    with `fps`, resampled to that rate the way `extract_frames` does, so frame i here is frame i there."""
+    info = probe(video_path)
+    if not info["has_video"] or info["width"] is None:
+        raise SystemExit(f"{video_path}: no video stream; remove it from the video directory")
+    width, height = info["width"], info["height"]
+    filters = ["-vf", f"fps={fps}"] if fps else []
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-i", video_path,
+               *filters, "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    frame_bytes = width * height * 3
+    with tempfile.TemporaryFile() as log:  # a file, not a pipe: a full stderr pipe would stall ffmpeg
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, bufsize=frame_bytes)
+        try:
+            while True:
+                buffer = process.stdout.read(frame_bytes)
+                if len(buffer) < frame_bytes:
+                    break  # end of stream (a partial last frame is never yielded)
+                yield np.frombuffer(bytearray(buffer), dtype=np.uint8).reshape(height, width, 3)  # writable
+            returncode = process.wait()
+        finally:
+            if process.poll() is None:  # the caller stopped early: stop decoding
+                process.kill()
+                process.wait()
+            process.stdout.close()
+        log.seek(0)
+        messages = log.read().decode(errors="replace").strip().splitlines()
+    if returncode != 0:
+        raise SystemExit(f"{video_path}: ffmpeg could not decode it "
+                         f"({messages[-1] if messages else f'exit code {returncode}'}); re-encode it with ffmpeg")
 
 
 def extract_audio(video_path, wav_path, sample_rate=16000):
@@ -123,6 +164,15 @@ def extract_audio(video_path, wav_path, sample_rate=16000):
     with atomic_output(wav_path) as partial:
         _run_ffmpeg(["-i", video_path, "-vn", "-ac", "1", "-ar", str(sample_rate), "-c:a", "pcm_s16le",
                      "-f", "wav", partial], video_path)
+
+
+def resample_video(video_path, output_path, fps=25):
+    """Re-encode the first video and audio streams of any file ffmpeg reads as an H.264/AAC mp4 at `fps`."""
+    video_codec = ["-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p",
+                   "-vf", f"fps={fps},pad=ceil(iw/2)*2:ceil(ih/2)*2"]  # yuv420p needs even sizes
+    with atomic_output(output_path) as partial:
+        _run_ffmpeg(["-i", video_path, "-map", "0:v:0", "-map", "0:a:0?", *video_codec, "-c:a", "aac", "-b:a", "128k",
+                     "-movflags", "+faststart", partial], video_path)
 
 
 def extract_frames(video_path, frame_dir, fps=25):

@@ -13,7 +13,7 @@ from data.audio_features import FEATURE_WIDTHS, compute_audio_feature
 from data.demo import make_demo_data
 from data.geometry import CropGeometry, compute_crop_radius, crop_box
 from data.landmarks import read_openface_csv
-from data.prepare import crop_faces
+from data.prepare import Layout, Settings, prepare_videos
 from data.video import probe
 
 NUM_VIDEOS, SECONDS, FRAMES = 2, 4.0, 100
@@ -131,8 +131,8 @@ def test_rerunning_a_step_keeps_finished_outputs(demo):
     demo_dir, _ = demo
     crop_dir = _path(demo_dir, "split_video_25fps_crop_face")
     before = os.path.getmtime(os.path.join(crop_dir, "demo_000"))
-    crop_faces(_path(demo_dir, "split_video_25fps_landmark_openface"), _path(demo_dir, "split_video_25fps_frame"),
-               crop_dir)
+    reports = prepare_videos(Layout.under(demo_dir), Settings(), ["extract_video_frame", "crop_face"])
+    assert [report.skipped for report in reports] == [None] * NUM_VIDEOS
     assert os.path.getmtime(os.path.join(crop_dir, "demo_000")) == before
 
 

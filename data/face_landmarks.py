@@ -1,0 +1,176 @@
+"""The bundled 68-point landmark detector: mediapipe's face mesh mapped onto the iBUG 68-point convention.
+
+DINet's data preparation expects OpenFace's 68 points (jaw 0-16, brows 17-26, nose bridge 27-30 with 29
+at mid-bridge, nose base 31-35 with 33 at its centre, eyes 36-47, outer lips 48-59 with corners 48/54,
+inner lips 60-67, chin 8). mediapipe's face mesh (pip-installable, model inside the wheel, no network)
+gives 468 points; `_MESH_BLENDS` picks, for each iBUG point, the mesh vertex on the same facial
+feature. Where the mesh has no vertex at the iBUG spot (nose bridge 28 and 29), the point is a blend of
+two mesh vertices, so 29 lies two-thirds of the way down the nose as in OpenFace, and the crop DINet
+places from it (top at 29, centre at 33, size from the chin and the mouth corners) sits where it would
+with OpenFace. The upper jaw points (0-3, 13-16) follow the mesh's face oval, which runs nearer the ears
+than OpenFace's jaw line; DINet's geometry does not use them.
+
+`detect_landmarks(frames)` runs the mesh in video mode (tracking between frames), fills frames without
+a face from their neighbours, and smooths each point over time.
+"""
+import contextlib
+import os
+import sys
+import warnings
+
+import cv2
+import numpy as np
+from scipy.signal import savgol_filter
+
+NUM_POINTS = 68
+
+# For each iBUG point: (mesh vertex a, mesh vertex b, weight of b). Image-left is the subject's right.
+_MESH_BLENDS = (
+    # jaw 0-16, image-left ear level -> chin (8) -> image-right ear level
+    [(127, 127, 0), (234, 234, 0), (93, 93, 0), (132, 132, 0), (58, 58, 0), (136, 136, 0),
+     (150, 150, 0), (176, 176, 0), (152, 152, 0), (400, 400, 0), (379, 379, 0), (365, 365, 0),
+     (288, 288, 0), (361, 361, 0), (323, 323, 0), (454, 454, 0), (356, 356, 0)]
+    # brows 17-21 (image-left, outer -> inner) and 22-26 (image-right, inner -> outer)
+    + [(70, 70, 0), (63, 63, 0), (105, 105, 0), (66, 66, 0), (107, 107, 0),
+       (336, 336, 0), (296, 296, 0), (334, 334, 0), (293, 293, 0), (300, 300, 0)]
+    # nose bridge 27-30, evenly spaced from between the eyes (6, at eye-corner height) to the tip (1)
+    + [(6, 6, 0), (6, 1, 1 / 3), (6, 1, 2 / 3), (1, 1, 0)]
+    # nose base 31-35, image-left wing -> subnasale (33) -> image-right wing
+    + [(98, 98, 0), (97, 97, 0), (2, 2, 0), (326, 326, 0), (327, 327, 0)]
+    # eyes 36-41 (image-left: outer corner, upper lid x2, inner corner, lower lid x2) and 42-47 (image-right)
+    + [(33, 33, 0), (160, 160, 0), (158, 158, 0), (133, 133, 0), (153, 153, 0), (144, 144, 0),
+       (362, 362, 0), (385, 385, 0), (387, 387, 0), (263, 263, 0), (373, 373, 0), (380, 380, 0)]
+    # outer lips 48-59: corner 48, upper lip to centre 51, corner 54, lower lip back through centre 57
+    + [(61, 61, 0), (40, 40, 0), (37, 37, 0), (0, 0, 0), (267, 267, 0), (270, 270, 0), (291, 291, 0),
+       (321, 321, 0), (405, 405, 0), (17, 17, 0), (181, 181, 0), (91, 91, 0)]
+    # inner lips 60-67: corner 60, upper 61-63, corner 64, lower 65-67
+    + [(78, 78, 0), (81, 81, 0), (13, 13, 0), (311, 311, 0), (308, 308, 0), (402, 402, 0), (14, 14, 0),
+       (178, 178, 0)]
+)
+assert len(_MESH_BLENDS) == NUM_POINTS
+_MESH_A = np.array([a for a, _, _ in _MESH_BLENDS])
+_MESH_B = np.array([b for _, b, _ in _MESH_BLENDS])
+_WEIGHT_B = np.array([w for _, _, w in _MESH_BLENDS], dtype=np.float32)[:, None]  # (68, 1)
+
+# iBUG index groups, for drawing and for smoothing the mouth less than the rigid face.
+GROUPS = {"jaw": range(0, 17), "brows": range(17, 27), "nose": range(27, 36), "eyes": range(36, 48),
+          "outer_lips": range(48, 60), "inner_lips": range(60, 68)}
+MOUTH = np.arange(48, 68)
+
+# Savitzky-Golay windows (frames at 25 fps). The rigid face moves slowly, so a longer window removes the
+# detector's frame-to-frame jitter, which would otherwise shake DINet's crop; lips move with every
+# phoneme (~80 ms), so they get a short window that keeps openings and closings.
+RIGID_WINDOW, MOUTH_WINDOW, POLY_ORDER = 9, 5, 2
+
+
+def ibug68_from_mesh(mesh_points):
+    """(..., 468, 2) face-mesh points -> (..., 68, 2) iBUG points, in the same units."""
+    mesh_points = np.asarray(mesh_points, dtype=np.float32)
+    a, b = mesh_points[..., _MESH_A, :], mesh_points[..., _MESH_B, :]
+    return a + (b - a) * _WEIGHT_B
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Silence stderr at the file-descriptor level: mediapipe's C++ start-up logs several INFO and WARNING
+    lines per process (one set per worker) that say nothing to a user. Python errors still surface as
+    exceptions once stderr is back."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _face_mesh():
+    """mediapipe's FaceMesh in video mode, imported only when landmarks are detected."""
+    try:
+        from mediapipe.python.solutions.face_mesh import FaceMesh
+    except ImportError:
+        raise SystemExit("mediapipe is not installed, so landmarks cannot be detected: run "
+                         "`pip install mediapipe==0.10.14`, or pass --openface_landmark_dir with OpenFace CSVs")
+    except TypeError as error:  # what protobuf >= 5 raises inside mediapipe 0.10's generated code
+        raise SystemExit(f"mediapipe cannot be imported ({error}); it needs protobuf<5: "
+                         f"run `pip install -r requirements.txt`")
+    return FaceMesh(static_image_mode=False, max_num_faces=1, refine_landmarks=False,
+                    min_detection_confidence=0.5, min_tracking_confidence=0.5)
+
+
+def detect_landmarks(frames, smooth=True):
+    """68-point landmarks for a sequence of (H, W, 3) uint8 RGB frames (one video, in order).
+
+    Returns (landmarks (T, 68, 2) float32 pixel coordinates, found (T,) bool). Frames where no face was
+    found get landmarks interpolated from the nearest frames that have one (held at the ends), with
+    found=False; if no frame has a face, all landmarks are zero. With `smooth`, points are filtered over
+    time (Savitzky-Golay, shorter window for the mouth).
+    """
+    detected, found = [], []
+    with warnings.catch_warnings():
+        # protobuf 4 warns that mediapipe 0.10 uses a deprecated call: not ours to fix, nor the user's
+        warnings.filterwarnings("ignore", message="SymbolDatabase.GetPrototype", category=UserWarning)
+        with _quiet_native_stderr():
+            face_mesh = _face_mesh()
+            face_mesh.process(np.zeros((64, 64, 3), np.uint8))  # mediapipe logs its start-up on the first frame
+        with face_mesh:
+            for frame in frames:
+                height, width = frame.shape[:2]
+                result = face_mesh.process(np.ascontiguousarray(frame))
+                if result.multi_face_landmarks:
+                    mesh = result.multi_face_landmarks[0].landmark
+                    normalised = np.array([(point.x, point.y) for point in mesh], dtype=np.float32)  # (468, 2)
+                    detected.append(ibug68_from_mesh(normalised * np.array([width, height], dtype=np.float32)))
+                else:
+                    detected.append(np.zeros((NUM_POINTS, 2), dtype=np.float32))
+                found.append(result.multi_face_landmarks is not None)
+    landmarks = np.stack(detected) if detected else np.zeros((0, NUM_POINTS, 2), dtype=np.float32)
+    found = np.array(found, dtype=bool)
+    landmarks = fill_missing(landmarks, found)
+    if smooth and found.any():
+        landmarks = smooth_landmarks(landmarks)
+    return landmarks.astype(np.float32), found
+
+
+def fill_missing(landmarks, found):
+    """Landmarks of frames with found=False, linearly interpolated over time from frames with a face."""
+    if found.all() or not found.any():
+        return landmarks
+    times = np.arange(len(landmarks))
+    flat = landmarks.reshape(len(landmarks), -1)  # (T, 136)
+    filled = np.stack([np.interp(times, times[found], flat[found, k]) for k in range(flat.shape[1])], axis=1)
+    return filled.reshape(landmarks.shape).astype(landmarks.dtype)
+
+
+def smooth_landmarks(landmarks):
+    """Savitzky-Golay filter over time, per point: RIGID_WINDOW for the face, MOUTH_WINDOW for the lips."""
+    smoothed = landmarks.astype(np.float64).copy()
+    rigid = np.setdiff1d(np.arange(NUM_POINTS), MOUTH)
+    for points, window in ((rigid, RIGID_WINDOW), (MOUTH, MOUTH_WINDOW)):
+        window = min(window, len(landmarks) - (1 - len(landmarks) % 2))  # odd, no longer than the video
+        if window > POLY_ORDER:
+            smoothed[:, points] = savgol_filter(landmarks[:, points], window, POLY_ORDER, axis=0, mode="nearest")
+    return smoothed.astype(np.float32)
+
+
+# BGR colours per group, for `draw_landmarks` (images are written with cv2).
+GROUP_COLOURS = {"jaw": (255, 128, 0), "brows": (0, 200, 255), "nose": (0, 255, 0), "eyes": (255, 0, 255),
+                 "outer_lips": (0, 0, 255), "inner_lips": (255, 255, 0)}
+
+
+def draw_landmarks(image_bgr, landmarks, numbered=True):
+    """A copy of a BGR image with the 68 points drawn, coloured by group and (if `numbered`) labelled with
+    their iBUG index, so a person can check that 8 sits on the chin, 33 under the nose, 48/54 at the corners."""
+    image = image_bgr.copy()
+    scale = max(image.shape[:2]) / 1000  # readable labels on both 256-pixel crops and 1920-pixel frames
+    radius, font_scale = max(1, round(3 * scale)), max(0.3, 0.5 * scale)
+    for group, indices in GROUPS.items():
+        for index in indices:
+            x, y = (int(round(v)) for v in landmarks[index])
+            cv2.circle(image, (x, y), radius, GROUP_COLOURS[group], -1)
+            if numbered:
+                cv2.putText(image, str(index), (x + radius + 1, y - radius), cv2.FONT_HERSHEY_SIMPLEX,
+                            font_scale, GROUP_COLOURS[group], max(1, round(scale)), cv2.LINE_AA)
+    return image
