@@ -5,8 +5,17 @@ shapes as the released `netG` weights, and the same numerics. The forward pass r
 
     masked source (B,3,H,W) --source encoder--> (B,256,H/4,W/4) --+
     5 reference frames (B,15,H,W) --reference encoder--> (B,256,H/4,W/4) --+--> alignment encoder -> image code (B,128)
-    audio window (B,A,5) --audio encoder--> audio code (B,128)
+    audio window (B,A,5) --audio encoder--> audio steps (B,128,T') --mean--> audio code (B,128)
     [image code, audio code] -> AdaAT code (B,256) -> deform reference features -> decoder with source features
+
+The lab flags swap one stage each (DESIGN.md, "Generator and the labs"):
+    extra_same_block  one more SameBlock(256->256) closing both image encoders
+    alignment         concat (DINet) | mha: source features cross-attend to reference features (models/attention.py)
+    param_fusion      concat (DINet) | fusion_transformer | hybrid_transformer | hybrid_and_concat (models/fusion.py)
+    audio_encoder     conv1d (DINet) | conv1d_alt | audio_attention (models/audio_encoders.py)
+    warp              adaat (DINet) | adain: channel-wise modulation by the same code (models/adain.py)
+DINet's modules keep their published names; a module a lab adds or swaps in has a name of its own, so
+a checkpoint of one lab never half-loads into another.
 """
 from dataclasses import asdict, dataclass, fields
 
@@ -14,15 +23,26 @@ import torch
 from torch import nn
 
 from .adaat import AdaAT
+from .adain import AdaIN
+from .attention import CrossAttentionAlignment
+from .audio_encoders import AUDIO_WINDOW, AltConv1dAudioEncoder, AudioAttentionEncoder, conv1d_audio_encoder
 from .blocks import DownBlock, ResBlock, SameBlock, UpBlock2d
+from .fusion import HybridTokenFusion, TokenFusionTransformer
 
-# Values each architectural choice can take today; the labs add more (DESIGN.md, "Generator and the labs").
+# Values each architectural choice can take; the first is DINet's.
 CHOICES = {
-    "alignment": ("concat",),
-    "param_fusion": ("concat",),
-    "audio_encoder": ("conv1d",),
-    "warp": ("adaat",),
+    "alignment": ("concat", "mha"),
+    "param_fusion": ("concat", "fusion_transformer", "hybrid_transformer", "hybrid_and_concat"),
+    "audio_encoder": ("conv1d", "conv1d_alt", "audio_attention"),
+    "warp": ("adaat", "adain"),
 }
+
+# The attribute each choice's module lives under (DINet's names for DINet's modules).
+AUDIO_ENCODERS = {"conv1d": ("audio_encoder", conv1d_audio_encoder),
+                  "conv1d_alt": ("audio_encoder_alt", AltConv1dAudioEncoder),
+                  "audio_attention": ("audio_attention", AudioAttentionEncoder)}
+WARPS = {"adaat": ("adaAT", AdaAT), "adain": ("adaIN", AdaIN)}
+HYBRID_FUSIONS = ("hybrid_transformer", "hybrid_and_concat")
 
 
 @dataclass(frozen=True)
@@ -41,6 +61,14 @@ class GeneratorConfig:
             value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(f"--{name} {value!r} is not available; choose one of {', '.join(allowed)}")
+        if self.param_fusion == "hybrid_transformer" and self.alignment != "concat":
+            raise ValueError(f"--alignment {self.alignment} cannot be used with --param_fusion hybrid_transformer: "
+                             f"its tokens replace the alignment encoder; use --param_fusion hybrid_and_concat "
+                             f"or --alignment concat")
+        if self.param_fusion in HYBRID_FUSIONS and self.ref_channel % 3:
+            raise ValueError(f"--ref_channel {self.ref_channel} cannot be used with --param_fusion "
+                             f"{self.param_fusion}: it makes one token per RGB reference frame, "
+                             f"so it needs a multiple of 3")
 
     def to_dict(self):
         return asdict(self)
@@ -89,18 +117,6 @@ def alignment_encoder(in_channels):
     )
 
 
-def conv1d_audio_encoder(audio_channel):
-    """(B, A, T) -> (B, 128, T/4)."""
-    return nn.Sequential(
-        SameBlock(audio_channel, 128, kernel_size=5, padding=2, dims=1),
-        ResBlock(128, 128, 3, 1, dims=1),
-        DownBlock(128, 128, 3, 1, dims=1),
-        ResBlock(128, 128, 3, 1, dims=1),
-        DownBlock(128, 128, 3, 1, dims=1),
-        SameBlock(128, 128, kernel_size=3, padding=1, dims=1),
-    )
-
-
 def appearance_block():
     return nn.Sequential(*[ResBlock(256, 256, 3, 1) for _ in range(4)])
 
@@ -112,11 +128,20 @@ class DINet(nn.Module):
         self.config = config
         self.source_in_conv = image_encoder(source_channel, config.extra_same_block)
         self.ref_in_conv = image_encoder(ref_channel, config.extra_same_block)
-        self.trans_conv = alignment_encoder(512)
-        self.audio_encoder = conv1d_audio_encoder(audio_channel)
+        if config.param_fusion != "hybrid_transformer":  # the hybrid's tokens replace the alignment encoder
+            if config.alignment == "mha":
+                self.alignment_attention = CrossAttentionAlignment(256)
+            self.trans_conv = alignment_encoder(256 if config.alignment == "mha" else 512)
+        self.audio_module_name, build_audio_encoder = AUDIO_ENCODERS[config.audio_encoder]
+        self.add_module(self.audio_module_name, build_audio_encoder(audio_channel))
+        if config.param_fusion == "fusion_transformer":
+            self.param_fusion_transformer = TokenFusionTransformer({"image": (1, 128), "audio": (1, 128)})
+        if config.param_fusion in HYBRID_FUSIONS:
+            self.hybrid_transformer = HybridTokenFusion(ref_channel // 3, AUDIO_WINDOW)
         # Two residual stacks around the warp: one prepares reference features, one cleans up after.
         self.appearance_conv_list = nn.ModuleList([appearance_block(), appearance_block()])
-        self.adaAT = AdaAT(256, 256)
+        self.warp_module_name, build_warp = WARPS[config.warp]
+        self.add_module(self.warp_module_name, build_warp(256, 256))
         self.out_conv = nn.Sequential(
             SameBlock(512, 128),
             UpBlock2d(128, 128),
@@ -130,15 +155,35 @@ class DINet(nn.Module):
     def from_config(cls, config: GeneratorConfig):
         return cls(**config.to_dict())
 
+    def image_code(self, source_feature, ref_feature):
+        """(B, 256, h, w) x2 -> (B, 128): what the alignment encoder reads from source and references together."""
+        if self.config.alignment == "mha":
+            met = self.alignment_attention(source_feature, ref_feature)  # (B, 256, h, w)
+        else:
+            met = torch.cat([source_feature, ref_feature], 1)            # (B, 512, h, w)
+        return self.trans_conv(met).mean(dim=(2, 3))
+
+    def adaptation_code(self, source_feature, ref_img, ref_feature, audio_steps):
+        """The 256-d code that drives the warp, from image and audio as `param_fusion` says."""
+        fusion = self.config.param_fusion
+        if fusion == "hybrid_transformer":
+            return self.hybrid_transformer(ref_img, source_feature, audio_steps)
+        img_para = self.image_code(source_feature, ref_feature)          # (B, 128)
+        audio_para = audio_steps.mean(dim=2)                             # (B, 128)
+        if fusion == "fusion_transformer":
+            return self.param_fusion_transformer(img_para.unsqueeze(1), audio_para.unsqueeze(1))
+        trans_para = torch.cat([img_para, audio_para], 1)                # (B, 256): DINet's AdaAT code
+        if fusion == "hybrid_and_concat":
+            trans_para = (trans_para + self.hybrid_transformer(ref_img, source_feature, audio_steps)) / 2
+        return trans_para
+
     def forward(self, source_img, ref_img, audio_feature):
-        source_feature = self.source_in_conv(source_img)           # (B, 256, H/4, W/4)
-        ref_feature = self.ref_in_conv(ref_img)                    # (B, 256, H/4, W/4)
-        img_para = self.trans_conv(torch.cat([source_feature, ref_feature], 1))
-        img_para = img_para.mean(dim=(2, 3))                       # (B, 128)
-        audio_para = self.audio_encoder(audio_feature).mean(dim=2)  # (B, 128)
-        trans_para = torch.cat([img_para, audio_para], 1)          # (B, 256): the AdaAT code
+        source_feature = self.source_in_conv(source_img)                       # (B, 256, H/4, W/4)
+        ref_feature = self.ref_in_conv(ref_img)                                # (B, 256, H/4, W/4)
+        audio_steps = getattr(self, self.audio_module_name)(audio_feature)     # (B, 128, T')
+        trans_para = self.adaptation_code(source_feature, ref_img, ref_feature, audio_steps)  # (B, 256)
         ref_trans_feature = self.appearance_conv_list[0](ref_feature)
-        ref_trans_feature = self.adaAT(ref_trans_feature, trans_para)
+        ref_trans_feature = getattr(self, self.warp_module_name)(ref_trans_feature, trans_para)
         ref_trans_feature = self.appearance_conv_list[1](ref_trans_feature)
-        merged = torch.cat([source_feature, ref_trans_feature], 1)  # (B, 512, H/4, W/4)
-        return self.out_conv(merged)                               # (B, 3, H, W) in [0, 1]
+        merged = torch.cat([source_feature, ref_trans_feature], 1)             # (B, 512, H/4, W/4)
+        return self.out_conv(merged)                                           # (B, 3, H, W) in [0, 1]
