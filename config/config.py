@@ -3,13 +3,40 @@
 Every flag of DINet's `config/config.py` keeps its name and default, so the lab's commands run as
 written; `--lamb_syncnet_perception` is a float (DINet declared it int with a float default).
 New: `--lab` and one flag per architectural choice, `--resume`, `--device`, `--vgg19_weights`,
-`--num_workers`, `--image_every`.
+`--num_workers`, `--image_every`, `--iterations_per_epoch`; for the clip stage the loss recipe
+(`--loss_preset` and one weight per loss, `--lpips_weights`, `--trepa_weights`); and the SyncNet
+script's own parser.
+
+Loss weights default to None on the command line and are filled from the loss preset after parsing
+(DINet's unless `--loss_preset` says otherwise), so a weight given explicitly always wins.
 """
 import argparse
 
 from models.dinet import CHOICES
+from models.syncnet import ARCHITECTURES
 
 from .labs import LAB_PRESETS
+
+# Each preset sets every weight; 0 turns a loss off and its network is never built.
+LOSS_PRESETS = {
+    # DINet: VGG19 perception x10 and the SyncNet score x0.1 (plus both discriminators, x1)
+    "dinet": dict(lamb_perception=10.0, lamb_syncnet_perception=0.1, lamb_l1=0.0, lamb_lpips=0.0, lamb_trepa=0.0),
+    # LatentSync's pixel-space weighting: reconstruction L1 x1, SyncNet x0.05, LPIPS x0.1, TREPA x10
+    "latentsync": dict(lamb_perception=0.0, lamb_syncnet_perception=0.05, lamb_l1=1.0, lamb_lpips=0.1,
+                       lamb_trepa=10.0),
+}
+
+
+class TrainingParser(argparse.ArgumentParser):
+    """An ArgumentParser that fills loss weights left unset from the chosen --loss_preset (default dinet)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        opt, rest = super().parse_known_args(args, namespace)
+        preset = LOSS_PRESETS[getattr(opt, "loss_preset", "dinet")]
+        for name, value in preset.items():
+            if hasattr(opt, name) and getattr(opt, name) is None:
+                setattr(opt, name, value)
+        return opt, rest
 
 
 def on_off(value):
@@ -31,8 +58,22 @@ def add_generator_flags(parser):
         group.add_argument(f"--{name}", default=None, choices=allowed, help="default: the lab's")
 
 
+def add_running_flags(parser, image_every=200):
+    """What every training script shares beyond the data and the schedule: device, resume, loading, records."""
+    group = parser.add_argument_group("running")
+    group.add_argument("--resume", default="", help="checkpoint to continue from: networks, optimizers, schedulers, epoch, RNG")
+    group.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
+    group.add_argument("--num_workers", type=int, default=2, help="data-loader worker processes")
+    group.add_argument("--image_every", type=int, default=image_every, help="write an image grid every N iterations")
+    group.add_argument("--frame_cache_mb", type=int, default=2048,
+                       help="memory per loader process for decoded, resized face crops (0: re-read every time)")
+    group.add_argument("--iterations_per_epoch", type=int, default=0,
+                       help="stop each epoch after N iterations (0: a full pass, DINet's epoch)")
+    return group
+
+
 def training_parser(description, result_path):
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = TrainingParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add = parser.add_argument
     add("--seed", type=int, default=456, help="random seed to use")
     add("--source_channel", type=int, default=3, help="input source image channels")
@@ -43,10 +84,11 @@ def training_parser(description, result_path):
     add("--mouth_region_size", type=int, default=64, help="mouth size m; the face crop is (3m/2+m/8) x (m+m/4)")
     add("--train_data", type=str, default="./asserts/training_data/training_json.json", help="path of training json")
     add("--batch_size", type=int, default=24, help="training batch size")
-    add("--lamb_perception", type=float, default=10, help="weight of perception loss")
-    add("--lamb_syncnet_perception", type=float, default=0.1, help="weight of sync loss")
+    add("--lamb_perception", type=float, default=None, help="weight of VGG19 perception loss (preset: dinet 10)")
+    add("--lamb_syncnet_perception", type=float, default=None,
+        help="weight of the SyncNet loss in the clip stage (preset: dinet 0.1, latentsync 0.05)")
     add("--lr_g", type=float, default=0.0001, help="initial learning rate of the generator (Adam)")
-    add("--lr_dI", type=float, default=0.0001, help="initial learning rate of the frame discriminator (Adam)")
+    add("--lr_dI", type=float, default=0.0001, help="initial learning rate of the discriminators (Adam)")
     add("--start_epoch", default=1, type=int, help="start epoch in training stage")
     add("--non_decay", default=200, type=int, help="epochs with fixed learning rate")
     add("--decay", default=200, type=int, help="epochs of linear learning-rate decay")
@@ -60,13 +102,65 @@ def training_parser(description, result_path):
     add("--D_block_expansion", type=int, default=64, help="block expansion in discriminator")
     add("--D_max_features", type=int, default=256, help="max channels in discriminator")
     add_generator_flags(parser)
-    group = parser.add_argument_group("running")
-    group.add_argument("--resume", default="", help="checkpoint to continue from: networks, optimizers, schedulers, epoch, RNG")
-    group.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
+    group = add_running_flags(parser)
     group.add_argument("--vgg19_weights", default="imagenet",
                        help="VGG19 for the perception loss: imagenet (torchvision download/cache), random, or a .pth path")
-    group.add_argument("--num_workers", type=int, default=2, help="data-loader worker processes")
-    group.add_argument("--image_every", type=int, default=200, help="write an image grid every N iterations")
-    group.add_argument("--frame_cache_mb", type=int, default=2048,
-                       help="memory per loader process for decoded, resized face crops (0: re-read every time)")
+    return parser
+
+
+def clip_training_parser(description, result_path):
+    """DINet's flags plus the clip stage's loss recipe."""
+    parser = training_parser(description, result_path)
+    group = parser.add_argument_group("clip-stage losses (a preset, then per-weight overrides; 0 turns a loss off)")
+    group.add_argument("--loss_preset", default="dinet", choices=list(LOSS_PRESETS),
+                       help="dinet: perception x10, sync x0.1; latentsync: L1 x1, sync x0.05, LPIPS x0.1, TREPA x10")
+    group.add_argument("--lamb_l1", type=float, default=None, help="weight of the L1 reconstruction loss "
+                       "(preset: latentsync 1)")
+    group.add_argument("--lamb_lpips", type=float, default=None,
+                       help="weight of LPIPS (VGG) on the lower half of the face (preset: latentsync 0.1)")
+    group.add_argument("--lamb_trepa", type=float, default=None,
+                       help="weight of TREPA, the distance of frozen video-model features (preset: latentsync 10)")
+    group.add_argument("--lpips_weights", default="pretrained",
+                       help="LPIPS VGG16 trunk: pretrained (torchvision download/cache), random, or a VGG16 .pth path; "
+                            "the LPIPS linear layers ship with the lpips package")
+    group.add_argument("--trepa_weights", default="pretrained",
+                       help="TREPA video encoder (r2plus1d_18): pretrained (Kinetics-400, torchvision download/cache), "
+                            "random, or a .pth path")
+    return parser
+
+
+def syncnet_parser(description, result_path):
+    """train_syncnet.py: the generator scripts' data, schedule and running flags, and the SyncNet's own."""
+    parser = TrainingParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add = parser.add_argument
+    add("--seed", type=int, default=456, help="random seed to use")
+    add("--train_data", type=str, default="./asserts/training_data/training_json.json", help="path of training json")
+    add("--audio_channel", type=int, default=None, help="audio feature width; read from the training JSON")
+    add("--mouth_region_size", type=int, default=256, help="mouth size m of the generator this SyncNet will serve")
+    add("--augment_num", type=int, default=1, help="times each 5-frame window is sampled per epoch")
+    add("--batch_size", type=int, default=32, help="windows per batch (each also meets the others' audio)")
+    add("--lr", type=float, default=0.0001, help="initial learning rate (Adam)")
+    add("--start_epoch", default=1, type=int, help="start epoch")
+    add("--non_decay", default=20, type=int, help="epochs with fixed learning rate")
+    add("--decay", default=20, type=int, help="epochs of linear learning-rate decay")
+    add("--checkpoint", type=int, default=2, help="save a checkpoint every N epochs")
+    add("--result_path", type=str, default=result_path, help="folder for checkpoints, logs and samples")
+    add("--syncnet_path", default="",
+        help="where the trained SyncNet goes (default ./asserts/syncnet_{m}mouth.pth, where the clip stage looks)")
+    group = parser.add_argument_group("SyncNet")
+    group.add_argument("--syncnet_arch", default="dinet", choices=ARCHITECTURES,
+                       help="dinet: DINet's score map (published layout); embedding: cosine of embeddings + BCE")
+    group.add_argument("--syncnet_input_size", type=int, default=None,
+                       help="resize the m x m mouths to this before the face encoder (a multiple of 32; default m)")
+    group.add_argument("--syncnet_centre_window", type=on_off, default=True, metavar="{on,off}",
+                       help="subtract each window's mean mouth crop and audio vector first (who speaks is not "
+                            "evidence of sync; off reads raw inputs, as DINet's published SyncNet does)")
+    group.add_argument("--held_out_fraction", type=float, default=0.1,
+                       help="share of videos kept out of training to measure accuracy on (at least one video)")
+    group.add_argument("--in_sync_fraction", type=float, default=0.5,
+                       help="share of training windows drawn in sync; pairing each window's mouths with the other "
+                            "windows' audio in a batch adds off-sync examples on top")
+    group.add_argument("--negative_min_shift", type=int, default=5,
+                       help="off-sync windows from the same video have their audio at least this many frames away")
+    add_running_flags(parser, image_every=500)
     return parser

@@ -4,6 +4,10 @@
 "optimizer": {...}} as DINet writes it, plus what a resume and a later stage need: "scheduler",
 "rng", "global_step", "generator_config", "mouth_region_size", "audio_feature", "lab".
 Keys with or without DataParallel's `module.` prefix load.
+
+SyncNets: {"state_dict": {"net": ...}} as DINet's `syncnet_256mouth.pth`, plus "syncnet_config" (architecture,
+mouth size, input size, audio feature) when we trained it; a published file is read as DINet's architecture
+with the audio width of its weights.
 """
 import os
 import tempfile
@@ -11,6 +15,7 @@ import tempfile
 import torch
 
 from models.dinet import GeneratorConfig
+from models.syncnet import SyncNetConfig, build_syncnet
 
 
 def atomic_save(obj, path):
@@ -30,7 +35,7 @@ def atomic_save(obj, path):
         raise
 
 
-def load_checkpoint(path, flag="--resume"):
+def load_checkpoint(path, flag="--resume", expected="a netG_model_epoch_N.pth"):
     if not os.path.isfile(path):
         raise SystemExit(f"{flag} {path}: no such checkpoint file; check the path")
     try:
@@ -40,7 +45,7 @@ def load_checkpoint(path, flag="--resume"):
         raise SystemExit(f"{flag} {path}: cannot read this checkpoint ({type(error).__name__}); "
                          f"it is truncated or not a PyTorch file, use an earlier checkpoint") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise SystemExit(f"{flag} {path}: not a DINet checkpoint (no 'state_dict'); pass a netG_model_epoch_N.pth")
+        raise SystemExit(f"{flag} {path}: not a DINet checkpoint (no 'state_dict'); pass {expected}")
     return checkpoint
 
 
@@ -78,3 +83,46 @@ def check_generator_config(checkpoint, expected: GeneratorConfig, path, flag):
         raise SystemExit(f"{flag} {path}: trained as [{found.describe()}, audio_channel={found.audio_channel}] but this run "
                          f"builds [{expected.describe()}, audio_channel={expected.audio_channel}]; pass the matching --lab "
                          f"and data, or another checkpoint")
+
+
+def syncnet_config_of(checkpoint):
+    """The SyncNetConfig a SyncNet checkpoint records; a published DINet one is read from its weights."""
+    if "syncnet_config" in checkpoint:
+        return SyncNetConfig.from_dict(checkpoint["syncnet_config"])
+    weights = strip_module_prefix(checkpoint["state_dict"]["net"])
+    audio_channel = weights["audio_encoder.audio_conv.0.conv.weight"].shape[1]
+    return SyncNetConfig(arch="dinet" if "merge_encoder.0.weight" in weights else "embedding",
+                         audio_channel=audio_channel, audio_feature="deepspeech" if audio_channel == 29 else "unknown",
+                         mouth_region_size=None, input_size=None,
+                         embedding_dim=weights["audio_encoder.audio_conv.7.conv.weight"].shape[0])
+
+
+def load_syncnet(path, flag="--pretrained_syncnet_path"):
+    """(frozen SyncNet in eval mode, its SyncNetConfig) from a checkpoint, or exit naming the file and the fix."""
+    checkpoint = load_checkpoint(path, flag, expected="a SyncNet .pth ({'state_dict': {'net': ...}}) from train_syncnet.py")
+    if "net" not in checkpoint["state_dict"]:
+        raise SystemExit(f"{flag} {path}: not a SyncNet checkpoint (no state_dict['net']); pass the .pth "
+                         f"train_syncnet.py writes, or DINet's syncnet_256mouth.pth")
+    try:
+        config = syncnet_config_of(checkpoint)
+    except KeyError:
+        raise SystemExit(f"{flag} {path}: its weights are not a SyncNet's; pass the .pth train_syncnet.py writes") from None
+    network = build_syncnet(config)
+    load_network(network, checkpoint, "net", path, flag)
+    network.requires_grad_(False)
+    return network.eval(), config
+
+
+def check_syncnet_fits(config, path, mouth_region_size, audio_feature, audio_channel, flag="--pretrained_syncnet_path"):
+    """Exit when a SyncNet was trained on other data than the generator's: audio width or feature, or mouth size."""
+    retrain = (f"train one on this data: python train_syncnet.py --train_data JSON "
+               f"--mouth_region_size {mouth_region_size}")
+    if config.audio_channel != audio_channel:
+        raise SystemExit(f"{flag} {path}: this SyncNet reads {config.audio_channel}-d {config.audio_feature} audio, the "
+                         f"training data has {audio_channel}-d {audio_feature} features; {retrain}")
+    if config.audio_feature not in ("unknown", audio_feature) and audio_feature is not None:
+        raise SystemExit(f"{flag} {path}: this SyncNet was trained on {config.audio_feature} audio, the training data "
+                         f"has {audio_feature} features; {retrain}")
+    if config.mouth_region_size is not None and config.mouth_region_size != mouth_region_size:
+        raise SystemExit(f"{flag} {path}: this SyncNet was trained on mouth {config.mouth_region_size} crops, this run "
+                         f"uses --mouth_region_size {mouth_region_size}; {retrain}")

@@ -8,11 +8,11 @@ from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
 
-def format_log_line(epoch, iteration, num_iterations, losses, lr):
+def format_log_line(epoch, iteration, num_iterations, losses, lr, lr_label="lr_g"):
     """DINet's per-iteration line, e.g.
     `===> Epoch[10](53/54):  Loss_DI: 0.2409 Loss_GI: 0.3107 Loss_perception: 5.1662 lr_g = 0.0001000 `."""
     terms = " ".join(f"{name}: {value:.4f}" for name, value in losses.items())
-    return f"===> Epoch[{epoch}]({iteration}/{num_iterations}):  {terms} lr_g = {lr:.7f} "
+    return f"===> Epoch[{epoch}]({iteration}/{num_iterations}):  {terms} {lr_label} = {lr:.7f} "
 
 
 def image_grid(rows):
@@ -48,10 +48,10 @@ class RunLog:
         self.metrics.write(json.dumps({"step": step, "epoch": epoch, **values}) + "\n")
         self.metrics.flush()
 
-    def images(self, step, grid):
+    def images(self, step, grid, tag="masked_source|references|generated|real"):
         if not self.enabled:
             return
-        self.board.add_image("masked_source|references|generated|real", grid, step)
+        self.board.add_image(tag, grid, step)
         save_image(grid, os.path.join(self.result_path, "samples", f"step_{step:07d}.png"))
 
     def close(self):

@@ -1,4 +1,4 @@
-"""DINet's losses: LSGAN and the two-scale VGG19 perceptual L1."""
+"""Losses of the training stages: DINet's LSGAN and two-scale VGG19 perceptual L1, LatentSync's LPIPS and TREPA."""
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,3 +30,32 @@ class PerceptualLoss(nn.Module):
         real_half = F.interpolate(real, scale_factor=0.5, mode="bilinear")
         distances = self._feature_distance(fake, real) + self._feature_distance(fake_half, real_half)
         return sum(distances) / len(distances)
+
+
+class LowerFaceLPIPS(nn.Module):
+    """LatentSync's LPIPS term: mean LPIPS over the lower half of each face crop, where the mouth is."""
+
+    def __init__(self, lpips_metric):
+        super().__init__()
+        self.metric = lpips_metric
+
+    def forward(self, fake, real):
+        """fake, real: (N, 3, H, W) in [0, 1]."""
+        lower = fake.shape[-2] // 2
+        return self.metric(fake[..., lower:, :], real[..., lower:, :].detach()).mean()
+
+
+class TREPALoss(nn.Module):
+    """LatentSync's temporal representation alignment: squared distance between the L2-normalised
+    features of the generated and the real clip under a frozen video encoder (0 when equal, at most 4)."""
+
+    def __init__(self, video_encoder):
+        super().__init__()
+        self.encoder = video_encoder
+
+    def forward(self, fake_clip, real_clip):
+        """fake_clip, real_clip: (B, T, 3, H, W) in [0, 1]."""
+        with torch.no_grad():
+            real = F.normalize(self.encoder(real_clip).flatten(1), dim=1)  # (B, F)
+        fake = F.normalize(self.encoder(fake_clip).flatten(1), dim=1)      # (B, F)
+        return (fake - real).pow(2).sum(dim=1).mean()

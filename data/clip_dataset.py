@@ -1,0 +1,42 @@
+"""The clip-stage dataset (DINet's clip sampling): 5 consecutive frames of one clip with their references and audio.
+
+Each item picks one video and one of its 9-frame clips; frames 2..6 are the sources (so each has its
+5-frame audio window inside the clip, and all 9 audio vectors are the SyncNet's window for the five).
+Every source frame gets its own 5 references, one random frame from each of 5 other clips, as in
+DINet; unlike DINet, the source clip itself is never a reference, so the target cannot leak into them
+(the frame dataset does the same).
+"""
+import random
+
+import numpy as np
+import torch
+
+from .dataset import AUDIO_WINDOW, NUM_REFERENCES, FrameDataset, to_tensor
+from .geometry import mask_mouth
+
+CLIP_FRAMES = range(2, 7)  # the 5 generated frames of a 9-frame clip
+
+
+class ClipDataset(FrameDataset):
+    """Items: source and source_masked (5, 3, H, W), reference (5, 15, H, W), audio (5, A, 5), audio_clip (A, 9)."""
+
+    def __getitem__(self, key):
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        rng = random.Random(seed) if seed is not None else random
+        clips = self.videos[self.items[index]]
+        source_index = rng.randrange(len(clips))
+        source_clip = clips[source_index]
+        others = [i for i in range(len(clips)) if i != source_index]
+        sources, references, windows = [], [], []
+        for frame in CLIP_FRAMES:
+            sources.append(self.load(source_clip.frame_paths[frame]))
+            picked = [clips[i].frame_paths[rng.randrange(9)] for i in rng.sample(others, NUM_REFERENCES)]
+            references.append(np.concatenate([self.load(path) for path in picked], axis=2))
+            windows.append(source_clip.audio_features[frame - AUDIO_WINDOW // 2: frame + AUDIO_WINDOW // 2 + 1])
+        return {
+            "source": torch.stack([to_tensor(image) for image in sources]),                                   # (5, 3, H, W)
+            "source_masked": torch.stack([to_tensor(mask_mouth(image, self.geometry)) for image in sources]),  # (5, 3, H, W)
+            "reference": torch.stack([to_tensor(image) for image in references]),                             # (5, 15, H, W)
+            "audio": torch.tensor(windows, dtype=torch.float32).transpose(1, 2),                              # (5, A, 5)
+            "audio_clip": torch.tensor(source_clip.audio_features, dtype=torch.float32).t(),                  # (A, 9)
+        }

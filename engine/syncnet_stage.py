@@ -1,0 +1,131 @@
+"""SyncNet training, in the same loop as the generator stages.
+
+Windows of 5 mouth crops and 9 audio vectors (data/sync_dataset.py), half in sync and half off sync, from
+the training videos; each batch also pairs every window's mouths with the other windows' audio (further
+off-sync examples at no extra encoder cost: on the demo data this is what lets a SyncNet learn in minutes
+on a CPU). After every epoch, accuracy and loss on a fixed set from held-out videos go to the log
+and TensorBoard. Checkpoints are `syncnet_model_epoch_{N}.pth` in the result folder; at the end the weights
+go to --syncnet_path in DINet's SyncNet layout, `{"state_dict": {"net": ...}}`, plus the SyncNetConfig
+(architecture, mouth size, input size, audio feature) the clip stage checks against its data, and the run
+ends with the line `held-out accuracy: A`.
+"""
+import os
+
+import torch
+from torch.optim import Adam
+from torch.utils.data import DataLoader
+
+from data.sync_dataset import SyncDataset, pair_labels, split_videos, video_timelines
+from data.training_json import check_audio_channel
+from models.syncnet import SyncNetConfig, build_syncnet
+
+from . import distributed
+from .checkpoint import atomic_save, syncnet_config_of
+from .trainer import GRID_SAMPLES, Stage, check_data_compatible
+
+THRESHOLD = 0.5  # a score above it says "in sync", for both architectures
+
+
+def default_syncnet_path(mouth_region_size):
+    """Where the clip stage's --pretrained_syncnet_path looks in DESIGN.md's commands."""
+    return f"./asserts/syncnet_{mouth_region_size}mouth.pth"
+
+
+class SyncNetStage(Stage):
+    checkpoint_networks = ("net",)
+    checkpoint_prefix = "syncnet_model_epoch"
+    lr_label = "lr"
+    lr_network = "net"
+    image_tag = "5 mouth crops of a window"
+
+    def __init__(self, opt, config, runtime, training_set):
+        self.opt = opt
+        self.config = config
+        self.device = runtime.device
+        self.net = distributed.wrap(build_syncnet(config), runtime)
+        self.optimizers = {"net": Adam(self.net.parameters(), lr=opt.lr)}
+        training_names, held_out_names = split_videos(training_set, opt.held_out_fraction, opt.seed)
+        self.training_timelines = video_timelines(training_set, training_names)
+        self.held_out = SyncDataset(video_timelines(training_set, held_out_names), config.mouth_region_size,
+                                    min_shift=opt.negative_min_shift, frame_cache_mb=opt.frame_cache_mb,
+                                    fixed_seed=opt.seed, input_size=config.input_size)
+        self.held_out_names = held_out_names
+        self.last_result = None  # (accuracy, loss) on the held-out set after the latest epoch
+
+    @classmethod
+    def create(cls, opt, training_set, runtime, resume):
+        audio_channel = check_audio_channel(training_set, opt.audio_channel)
+        if resume is not None:
+            check_data_compatible(resume, opt, training_set, opt.resume, "--resume")
+            config = syncnet_config_of(resume)
+        else:
+            try:
+                config = SyncNetConfig(arch=opt.syncnet_arch, audio_channel=audio_channel,
+                                       audio_feature=training_set.audio_feature,
+                                       mouth_region_size=opt.mouth_region_size,
+                                       input_size=opt.syncnet_input_size or opt.mouth_region_size,
+                                       centre_window=opt.syncnet_centre_window)
+            except ValueError as error:
+                raise SystemExit(str(error)) from None
+        return cls(opt, config, runtime, training_set)
+
+    def describe(self):
+        return f"{self.config.describe()}; held out: {', '.join(self.held_out_names)}"
+
+    def checkpoint_metadata(self):
+        metadata = {"syncnet_config": self.config.to_dict()}
+        if self.last_result is not None:
+            metadata["held_out_accuracy"], metadata["held_out_loss"] = self.last_result
+        return metadata
+
+    def dataset(self, training_set):
+        return SyncDataset(self.training_timelines, self.config.mouth_region_size, self.opt.augment_num,
+                           self.opt.negative_min_shift, self.opt.frame_cache_mb, input_size=self.config.input_size,
+                           in_sync_fraction=self.opt.in_sync_fraction)
+
+    def step(self, batch):
+        mouths, audio, in_sync = batch["mouths"], batch["audio"], batch["in_sync"]  # (B, 15, s, s), (B, A, 9), (B,)
+        network = distributed.unwrap(self.net)
+        self.optimizers["net"].zero_grad(set_to_none=True)
+        pairs = self.net(mouths, audio, all_pairs=True)  # (B, B, ...), through DDP so gradients are averaged
+        target, weight = pair_labels(batch, self.opt.negative_min_shift)
+        loss = network.loss_of(pairs.flatten(0, 1), target.flatten(), weight.flatten())
+        loss.backward()
+        self.optimizers["net"].step()
+        own = torch.arange(len(in_sync), device=in_sync.device)
+        accuracy = ((network.score_of(pairs[own, own].detach()) > THRESHOLD).float() == in_sync).float().mean()
+        rows = [list(mouths[i].split(3)) for i in range(min(GRID_SAMPLES, mouths.shape[0]))]
+        return {"Loss_sync": loss.item(), "Acc": accuracy.item()}, rows
+
+    @torch.no_grad()
+    def evaluate(self):
+        """(accuracy, mean loss) on the held-out set."""
+        network = distributed.unwrap(self.net).eval()
+        # no workers: the held-out crops stay in this process's frame cache from one epoch to the next
+        loader = DataLoader(self.held_out, batch_size=self.opt.batch_size, shuffle=False, num_workers=0)
+        correct, loss_sum, count = 0, 0.0, 0
+        for batch in loader:
+            batch = {key: value.to(self.device) for key, value in batch.items()}
+            in_sync = batch["in_sync"]
+            output = network(batch["mouths"], batch["audio"])
+            correct += ((network.score_of(output) > THRESHOLD).float() == in_sync).sum().item()
+            loss_sum += network.loss_of(output, in_sync).item() * len(in_sync)
+            count += len(in_sync)
+        network.train()
+        return correct / count, loss_sum / count
+
+    def end_epoch(self, epoch, log, global_step):
+        accuracy, loss = self.last_result = self.evaluate()
+        log.line(f"===> Epoch[{epoch}] held-out ({len(self.held_out)} windows, {len(self.held_out_names)} videos): "
+                 f"accuracy {accuracy:.4f} loss {loss:.4f}")
+        log.scalars(global_step, epoch, {"held_out_accuracy": accuracy, "held_out_loss": loss})
+
+    def finish(self, log):
+        if self.last_result is None:  # resumed after the last epoch: nothing trained, measure what we have
+            self.last_result = self.evaluate()
+        path = self.opt.syncnet_path or default_syncnet_path(self.config.mouth_region_size)
+        atomic_save({"state_dict": {"net": distributed.unwrap(self.net).state_dict()},
+                     **self.checkpoint_metadata(), "mouth_region_size": self.config.mouth_region_size,
+                     "audio_feature": self.config.audio_feature}, path)
+        log.line(f"SyncNet saved: {os.path.abspath(path)} (use it with --pretrained_syncnet_path)")
+        log.line(f"held-out accuracy: {self.last_result[0]:.4f}")
