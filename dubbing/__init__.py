@@ -1,0 +1,1 @@
+"""Dubbing a video with a trained generator: alignment to the audio, face crops, generation, soft paste-back."""

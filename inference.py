@@ -1,0 +1,70 @@
+"""Dub a video with new speech.
+
+    python inference.py --source_video_path talking.mp4 --driving_audio_path speech.wav \
+        --pretrained_clip_DINet_path ./asserts/training_model_weight/clip_training_256/netG_model_epoch_2.pth
+
+writes RES_DIR/<video name>_facial_dubbing_add_audio.mp4 (H.264 + AAC, 25 fps, the source's resolution,
+one frame per 40 ms of audio). The generator, its mouth size, lab and audio feature come from the
+checkpoint. Landmarks are detected unless --source_openface_landmark_path gives an OpenFace CSV.
+The published clip_training_DINet_256mouth.pth takes DeepSpeech features: pass them with
+--audio_feature_path FILE.npy (frames x 29), since computing them needs TensorFlow.
+"""
+import argparse
+import os
+import time
+
+from dubbing.pipeline import dub, load_generator
+from engine.distributed import setup
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add = parser.add_argument
+    add("--source_video_path", default="./asserts/examples/test4.mp4", help="video to dub (any fps and codec)")
+    add("--source_openface_landmark_path", default="", help="OpenFace CSV of the source at 25 fps (default: detect)")
+    add("--driving_audio_path", default="./asserts/examples/driving_audio_1.wav", help="speech to dub with")
+    add("--pretrained_clip_DINet_path", default="./asserts/clip_training_DINet_256mouth.pth",
+        help="generator checkpoint (clip or frame stage)")
+    add("--res_video_dir", default="./asserts/inference_result", help="folder of the results")
+    add("--mouth_region_size", type=int, default=None,
+        help="only for checkpoints that do not record it (DINet's published ones are 256)")
+    add("--audio_feature_path", default="", help="precomputed features of the driving audio (.npy/.txt, T x C)")
+    add("--face_video", action="store_true", help="also write the generated face crops as a video")
+    add("--batch_size", type=int, default=8, help="frames per generator call")
+    add("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
+    add("--amp", choices=["off", "bf16"], default="off", help="bf16 autocast for the generator")
+    add("--seed", type=int, default=0, help="seed for the choice of the 5 reference frames")
+    # DINet's flags that no longer do anything, accepted so old command lines keep working
+    add("--source_channel", type=int, default=3, help=argparse.SUPPRESS)
+    add("--ref_channel", type=int, default=15, help=argparse.SUPPRESS)
+    add("--audio_channel", type=int, default=None, help=argparse.SUPPRESS)
+    add("--deepspeech_model_path", default="", help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def main():
+    opt = parse_args()
+    for flag, path in (("--source_video_path", opt.source_video_path), ("--driving_audio_path", opt.driving_audio_path)):
+        if not os.path.isfile(path):
+            raise SystemExit(f"{flag} {path}: no such file")
+    device = setup(opt.device).device
+    generator = load_generator(opt.pretrained_clip_DINet_path, device, opt.mouth_region_size)
+    name = os.path.splitext(os.path.basename(opt.source_video_path))[0]
+    output_path = os.path.join(opt.res_video_dir, f"{name}_facial_dubbing_add_audio.mp4")
+    face_path = os.path.join(opt.res_video_dir, f"{name}_synthetic_face.mp4") if opt.face_video else None
+    started = time.time()
+    result = dub(opt.source_video_path, opt.driving_audio_path, generator, output_path, device,
+                 landmark_csv=opt.source_openface_landmark_path or None, audio_feature_path=opt.audio_feature_path,
+                 batch_size=opt.batch_size, face_video_path=face_path, seed=opt.seed, amp=opt.amp)
+    seconds = time.time() - started
+    print(f"wrote {result.output_path}: {result.frames} frames at 25 fps, mouth {generator.mouth_size}, "
+          f"{result.frames / seconds:.2f} frames/s end to end")
+    if result.passed_through:
+        print(f"note: {result.passed_through} frames kept unchanged, where the face crop left the picture")
+    if face_path:
+        print(f"wrote {face_path}")
+
+
+if __name__ == "__main__":
+    main()

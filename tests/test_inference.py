@@ -1,0 +1,120 @@
+"""Dubbing: one frame per 40 ms of audio, audio in the file, the source's resolution, the face pasted back softly."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+from data.demo import make_demo_data
+from data.geometry import CropGeometry
+from data.landmarks import read_openface_csv
+from data.video import probe, read_video_frames
+from dubbing.pipeline import Generator, dub, load_generator, paste_mask, ping_pong
+from engine.checkpoint import atomic_save
+from models import DINet
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("dub_demo")
+    make_demo_data(str(folder), num_videos=2, seconds=3.0, seed=3)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """An untrained mel generator at mouth 64, saved as training saves it."""
+    torch.manual_seed(0)
+    network = DINet(3, 15, 80)
+    path = str(tmp_path_factory.mktemp("ckpt") / "netG_model_epoch_2.pth")
+    atomic_save({"epoch": 3, "state_dict": {"net_g": network.state_dict()}, "generator_config":
+                 network.config.to_dict(), "mouth_region_size": 64, "audio_feature": "mel"}, path)
+    return path
+
+
+def cut_audio(source, seconds, path):
+    """The first `seconds` of `source`, looped when it is shorter."""
+    import imageio_ffmpeg
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-stream_loop", "3", "-i", str(source),
+                    "-t", str(seconds), str(path)], check=True)
+    return str(path)
+
+
+def test_ping_pong_runs_the_video_forwards_then_backwards():
+    assert ping_pong(3, 8).tolist() == [0, 1, 2, 2, 1, 0, 0, 1]
+    assert ping_pong(5, 3).tolist() == [0, 1, 2]
+
+
+def test_paste_mask_covers_the_mouth_and_fades_before_the_crop_border():
+    geometry = CropGeometry(64)
+    mask = paste_mask(geometry)
+    assert mask[geometry.radius + 32, geometry.radius_1_4 + 32] > 0.99
+    assert mask[0].max() < 1e-3 and mask[:, 0].max() < 1e-3 and mask[-1].max() < 1e-3 and mask[:, -1].max() < 1e-3
+    assert mask[: geometry.radius - 8].max() < 1e-3  # the upper face is the source's own
+
+
+def test_dubbed_video_follows_the_audio_and_keeps_the_upper_face(demo, checkpoint, tmp_path):
+    video = demo / "split_video_25fps" / "demo_000.mp4"
+    audio = cut_audio(demo / "split_video_25fps_audio" / "demo_001.wav", 5.0, tmp_path / "speech.wav")  # > video
+    generator = load_generator(checkpoint, torch.device("cpu"))
+    assert (generator.mouth_size, generator.audio_feature) == (64, "mel")
+    output = tmp_path / "out.mp4"
+    result = dub(str(video), audio, generator, str(output), torch.device("cpu"),
+                 landmark_csv=str(demo / "split_video_25fps_landmark_openface" / "demo_000.csv"), batch_size=4,
+                 face_video_path=str(tmp_path / "face.mp4"))
+    info, source_info = probe(str(output)), probe(str(video))
+    assert result.frames == 125 and result.passed_through == 0
+    assert info["has_audio"] and info["fps"] == 25
+    assert (info["width"], info["height"]) == (source_info["width"], source_info["height"])
+    assert abs(info["duration"] - 5.0) < 0.1
+    out_frames = np.stack(list(read_video_frames(str(output))))
+    source_frames = np.stack(list(read_video_frames(str(video))))
+    assert len(out_frames) == 125
+    aligned = source_frames[ping_pong(len(source_frames), 125)].astype(np.float32)
+    landmarks = read_openface_csv(str(demo / "split_video_25fps_landmark_openface" / "demo_000.csv"))
+    eyes = int(landmarks[:, 27, 1].max())  # nose bridge top: everything above is upper face
+    upper = np.abs(out_frames[:, :eyes].astype(np.float32) - aligned[:, :eyes]).mean()
+    lower = np.abs(out_frames.astype(np.float32) - aligned).max()
+    assert upper < 2.0  # codec noise only
+    assert lower > 50   # the untrained generator's mouth differs visibly: the paste-back happened
+    assert probe(str(tmp_path / "face.mp4"))["width"] == 80
+
+
+def test_audio_shorter_than_five_frames_is_a_clear_error_and_writes_nothing(demo, checkpoint, tmp_path):
+    audio = cut_audio(demo / "split_video_25fps_audio" / "demo_001.wav", 0.1, tmp_path / "short.wav")
+    generator = load_generator(checkpoint, torch.device("cpu"))
+    with pytest.raises(SystemExit, match="short.wav: 120 ms of audio; dubbing needs at least 200 ms"):
+        dub(str(demo / "split_video_25fps" / "demo_000.mp4"), audio, generator, str(tmp_path / "o.mp4"),
+            torch.device("cpu"), landmark_csv=str(demo / "split_video_25fps_landmark_openface" / "demo_000.csv"))
+    assert os.listdir(tmp_path) == ["short.wav"]
+
+
+def test_checkpoint_for_another_mouth_size_is_rejected(checkpoint):
+    with pytest.raises(SystemExit, match="trained at mouth 64, but --mouth_region_size is 256"):
+        load_generator(checkpoint, torch.device("cpu"), mouth_size=256)
+
+
+def test_dinet_checkpoint_needs_deepspeech_features(demo, tmp_path):
+    path = str(tmp_path / "dinet.pth")
+    torch.save({"epoch": 1, "state_dict": {"net_g": {"module." + k: v for k, v in DINet(3, 15, 29).state_dict().items()}}}, path)
+    generator = load_generator(path, torch.device("cpu"))
+    assert (generator.mouth_size, generator.audio_feature) == (256, "deepspeech")
+    with pytest.raises(SystemExit, match="pass --audio_feature_path FILE.npy"):
+        dub(str(demo / "split_video_25fps" / "demo_000.mp4"), str(demo / "split_video_25fps_audio" / "demo_001.wav"),
+            generator, str(tmp_path / "o.mp4"), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--source_video_path", "/nonexistent.mp4"], "--source_video_path /nonexistent.mp4: no such file"),
+    (["--pretrained_clip_DINet_path", "/nonexistent.pth"], "--pretrained_clip_DINet_path /nonexistent.pth: no such checkpoint file"),
+])
+def test_bad_inference_input_is_one_line_and_nonzero_exit(demo, args, message):
+    base = ["--source_video_path", str(demo / "split_video_25fps" / "demo_000.mp4"),
+            "--driving_audio_path", str(demo / "split_video_25fps_audio" / "demo_001.wav")]
+    result = subprocess.run([sys.executable, "inference.py", *base, *args], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(message)
