@@ -35,8 +35,8 @@ def setup(device_arg=None):
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise SystemExit(f"--device {device_arg}: no CUDA device is visible; pass --device cpu")
-        if world_size > 1:
-            device = torch.device("cuda", local_rank)
+        # one process per GPU under torchrun; set_device needs an index ("cuda" alone is refused by some releases)
+        device = torch.device("cuda", local_rank if world_size > 1 else (device.index or 0))
         torch.cuda.set_device(device)
     if world_size > 1 and not torch_dist.is_initialized():
         torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo")

@@ -92,6 +92,8 @@ class FrameStage(Stage):
             check_data_compatible(resume, opt, training_set, opt.resume, "--resume")
         generator_cfg = choose_generator_config(opt, training_set, audio_channel, resume, opt.resume, "--resume")
         stage = cls(opt, generator_cfg, runtime)
+        # the lab name recorded in checkpoints: the one given, else the resumed run's
+        stage.lab = opt.lab or (resume or {}).get("lab") or "lab1"
         if opt.coarse2fine and resume is None:
             coarse = load_checkpoint(opt.coarse_model_path, "--coarse_model_path")
             check_generator_config(coarse, generator_cfg, opt.coarse_model_path, "--coarse_model_path")
@@ -102,7 +104,7 @@ class FrameStage(Stage):
         return self.generator_cfg.describe()
 
     def checkpoint_metadata(self):
-        return {"generator_config": self.generator_cfg.to_dict(), "lab": self.opt.lab or "lab1"}
+        return {"generator_config": self.generator_cfg.to_dict(), "lab": self.lab}
 
     def dataset(self, training_set):
         return FrameDataset(training_set, self.opt.augment_num, self.opt.mouth_region_size, self.opt.frame_cache_mb)
