@@ -26,7 +26,7 @@ from models.video_encoder import VideoEncoder
 from . import distributed
 from .checkpoint import check_syncnet_fits, load_checkpoint, load_network, load_syncnet
 from .losses import LowerFaceLPIPS, TREPALoss
-from .trainer import FrameStage, check_data_compatible, choose_generator_config
+from .trainer import FrameStage, check_data_compatible, choose_generator_config, lab_name
 
 FRAMES = len(CLIP_FRAMES)
 
@@ -71,6 +71,7 @@ class ClipStage(FrameStage):
         check_data_compatible(start, opt, training_set, path, flag)
         generator_cfg = choose_generator_config(opt, training_set, audio_channel, start, path, flag)
         stage = cls(opt, generator_cfg, runtime, syncnet)
+        stage.lab = lab_name(opt, start)
         if resume is None:
             load_network(distributed.unwrap(stage.net_g), start, "net_g", path, flag)
         return stage

@@ -72,6 +72,7 @@ class FrameStage(Stage):
     def __init__(self, opt, generator_cfg, runtime):
         self.opt = opt
         self.generator_cfg = generator_cfg
+        self.lab = lab_name(opt, None)
         self.net_g = distributed.wrap(DINet.from_config(generator_cfg), runtime)
         self.net_dI = distributed.wrap(
             Discriminator(opt.source_channel, opt.D_block_expansion, opt.D_num_blocks, opt.D_max_features), runtime)
@@ -92,8 +93,7 @@ class FrameStage(Stage):
             check_data_compatible(resume, opt, training_set, opt.resume, "--resume")
         generator_cfg = choose_generator_config(opt, training_set, audio_channel, resume, opt.resume, "--resume")
         stage = cls(opt, generator_cfg, runtime)
-        # the lab name recorded in checkpoints: the one given, else the resumed run's
-        stage.lab = opt.lab or (resume or {}).get("lab") or "lab1"
+        stage.lab = lab_name(opt, resume)
         if opt.coarse2fine and resume is None:
             coarse = load_checkpoint(opt.coarse_model_path, "--coarse_model_path")
             check_generator_config(coarse, generator_cfg, opt.coarse_model_path, "--coarse_model_path")
@@ -147,6 +147,11 @@ class FrameStage(Stage):
         rows = [[batch["source_masked"][i], *reference[i].split(3), fake[i], real[i]]
                 for i in range(min(GRID_SAMPLES, real.shape[0]))]
         return {name: value.item() for name, value in losses.items()}, rows
+
+
+def lab_name(opt, checkpoint):
+    """The lab recorded in checkpoints: the one given, else that of the checkpoint the run starts from."""
+    return opt.lab or (checkpoint or {}).get("lab") or "lab1"
 
 
 class SeededSampler(Sampler):

@@ -109,7 +109,7 @@ def test_clip_stage_rebuilds_the_frame_checkpoints_generator_and_trains_with_din
     checkpoint = torch.load(tmp_path / "netG_model_epoch_1.pth", weights_only=False)
     assert set(checkpoint["state_dict"]) == set(checkpoint["optimizer"]) == {"net_g", "net_dI", "net_dV"}
     assert checkpoint["state_dict"]["net_dV"]["down_blocks.0.conv.weight"].shape[1] == 15
-    assert checkpoint["generator_config"]["extra_same_block"]
+    assert checkpoint["generator_config"]["extra_same_block"] and checkpoint["lab"] == "lab2"
     frame = torch.load(frame_path, weights_only=False)["state_dict"]["net_g"]
     moved = [k for k, v in checkpoint["state_dict"]["net_g"].items() if v.is_floating_point() and not torch.equal(v, frame[k])]
     assert moved  # started from the frame weights and trained
