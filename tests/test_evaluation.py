@@ -1,0 +1,100 @@
+"""evaluate.py: lip-sync distance and confidence, reconstruction metrics, and clear errors."""
+import csv
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+from data.demo import make_demo_data
+from engine.checkpoint import atomic_save
+from evaluation.reconstruction import frechet_distance, psnr, ssim
+from evaluation.sync import MAX_OFFSET, sync_score
+from models.syncnet import SyncNetConfig, build_syncnet
+
+
+def test_psnr_and_ssim_are_perfect_for_identical_frames_and_fall_with_noise():
+    torch.manual_seed(0)
+    real = torch.rand(2, 3, 32, 32)
+    noisy = (real + 0.1 * torch.randn_like(real)).clamp(0, 1)
+    assert psnr(real, real).min() >= 99 and torch.allclose(ssim(real, real), torch.ones(2))
+    assert 15 < psnr(noisy, real).mean() < 25 and ssim(noisy, real).mean() < 0.95
+
+
+def test_frechet_distance_is_zero_for_the_same_features_and_grows_with_a_shift():
+    features = np.random.default_rng(0).normal(size=(200, 4))
+    assert abs(frechet_distance(features, features)) < 1e-6
+    assert frechet_distance(features, features + 1.0) == pytest.approx(4.0, rel=0.05)
+
+
+class MeanColour(torch.nn.Module):
+    """Face code: the mean colour of each of the 5 frames, (N, 15, 1, 1)."""
+
+    def forward(self, mouths):
+        return mouths.mean(dim=(2, 3), keepdim=True)
+
+
+class MiddleFrames(torch.nn.Module):
+    """Audio code: the 5 middle vectors of the 9-frame window, frame-major like the stacked mouths, (N, 15)."""
+
+    def forward(self, audio):
+        return audio[:, :, 2:7].transpose(1, 2).flatten(1)
+
+
+def test_sync_score_finds_the_lag_between_mouths_and_audio():
+    """An embedding SyncNet whose codes agree exactly when the audio under a mouth is its own: LSE-D is 0 at the
+    lag the audio was given, and the confidence is large."""
+    network = build_syncnet(SyncNetConfig(arch="embedding", audio_channel=3, mouth_region_size=8, input_size=None))
+    network.face_encoder, network.audio_encoder = MeanColour(), MiddleFrames()
+    colours = np.random.default_rng(1).random((80, 3)).astype(np.float32)
+    mouths = np.repeat(np.repeat((colours[:, None, None, :] * 255).round().astype(np.uint8), 8, 1), 8, 2)
+    heard = mouths.reshape(80, -1, 3)[:, 0].astype(np.float32) / 255  # exactly what the face code sees
+    aligned = sync_score(network, mouths, heard)
+    assert aligned.offset == 0 and aligned.lse_d < 1e-5 and aligned.lse_c > 0.1
+    late = sync_score(network, mouths, np.roll(heard, 3, axis=0))  # the audio of frame t comes at t + 3
+    assert late.offset == 3 and late.lse_d < 0.05
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("eval_demo")
+    make_demo_data(str(folder), num_videos=1, seconds=2.0, seed=5)
+    syncnet = str(folder / "syncnet.pth")
+    config = SyncNetConfig(arch="embedding", audio_channel=80, audio_feature="mel", mouth_region_size=64,
+                           input_size=32)
+    atomic_save({"state_dict": {"net": build_syncnet(config).state_dict()}, "syncnet_config": config.to_dict()},
+                syncnet)
+    return folder, syncnet
+
+
+def run_evaluate(*args):
+    return subprocess.run([sys.executable, "evaluate.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_evaluate_scores_a_self_reconstruction_and_writes_the_table(demo, tmp_path):
+    folder, syncnet = demo
+    video = str(folder / "split_video_25fps" / "demo_000.mp4")
+    result = run_evaluate("--videos", video, "--sources", video, "--syncnet_path", syncnet,
+                          "--lpips_weights", "random", "--csv", str(tmp_path / "scores.csv"), "--device", "cpu")
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(tmp_path / "scores.csv") as f:
+        row = next(csv.DictReader(f))
+    assert int(row["frames"]) == 50
+    assert float(row["PSNR"]) > 90 and float(row["SSIM"]) > 0.999 and float(row["LPIPS"]) < 1e-3
+    assert float(row["LSE-D"]) == pytest.approx(float(row["source LSE-D"]))
+    assert float(row["LSE-C"]) >= 0
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--videos", "/nonexistent.mp4"], "/nonexistent.mp4: no such video"),
+    (["--syncnet_path", "/nonexistent.pth"], "--syncnet_path /nonexistent.pth: no such checkpoint file"),
+])
+def test_bad_evaluation_input_is_one_line_and_nonzero_exit(demo, args, message):
+    folder, syncnet = demo
+    base = ["--videos", str(folder / "split_video_25fps" / "demo_000.mp4"), "--syncnet_path", syncnet]
+    result = run_evaluate(*base, *args)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(message)
