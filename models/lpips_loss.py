@@ -4,13 +4,13 @@ The package's learned linear layers ship inside its wheel; only the VGG16 trunk'
 fetched, through torchvision's weights enum (download and cache), or read from a path, so a run works
 offline with `random` or a local file.
 """
-import os
 import warnings
 
 import lpips
-import torch
 from torch import nn
 from torchvision import models
+
+from .pretrained import pretrained_state
 
 # lpips' vgg16 keeps torchvision's layer indices inside five slices: features.{i} -> net.slice{k}.{i}
 _SLICE_ENDS = (4, 9, 16, 23, 30)
@@ -29,23 +29,6 @@ def _trunk_state(vgg16_state):
     return renamed
 
 
-def _vgg16_state(weights):
-    if weights == "pretrained":
-        try:
-            return models.VGG16_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
-        except Exception as error:  # no network, proxy, corrupt cache: all end the same way for the user
-            raise SystemExit(f"could not fetch VGG16 ImageNet weights for LPIPS ({type(error).__name__}); put "
-                             f"vgg16-397923af.pth in {torch.hub.get_dir()}/checkpoints, or pass --lpips_weights PATH "
-                             f"to a VGG16 state dict, or --lpips_weights random") from None
-    if not os.path.isfile(weights):
-        raise SystemExit(f"--lpips_weights {weights}: no such file; pass pretrained, random or a VGG16 .pth path")
-    try:
-        return torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise SystemExit(f"--lpips_weights {weights}: cannot read it ({type(error).__name__}); "
-                         f"pass a torchvision VGG16 .pth, pretrained or random") from None
-
-
 class LPIPS(nn.Module):
     """Frozen LPIPS-VGG distance per image pair: inputs (N, 3, H, W) in [0, 1] -> (N,)."""
 
@@ -56,7 +39,8 @@ class LPIPS(nn.Module):
             # pnet_rand: lpips builds a random trunk instead of downloading; its linear layers still load
             self.metric = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False)
         if weights != "random":
-            trunk = _trunk_state(_vgg16_state(weights))
+            trunk = _trunk_state(pretrained_state(weights, models.VGG16_Weights.IMAGENET1K_V1, "--lpips_weights",
+                                                          "torchvision VGG16 (ImageNet)"))
             try:
                 self.metric.net.load_state_dict(trunk)
             except RuntimeError as error:

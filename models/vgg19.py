@@ -1,10 +1,11 @@
 """VGG19 features for DINet's perceptual loss (relu1_1, relu2_1, relu3_1, relu4_1, relu5_1)."""
-import os
 
 import torch
 from torch import nn
 from torchvision import models
 from torchvision.models import vgg
+
+from .pretrained import pretrained_state
 
 _SLICE_ENDS = (2, 7, 12, 21, 30)  # torchvision vgg19.features indices closing each slice
 
@@ -22,22 +23,8 @@ def load_vgg19_features(weights="imagenet"):
     features = vgg.make_layers(vgg.cfgs["E"])
     if weights == "random":
         return features
-    if weights == "imagenet":
-        try:
-            state = models.VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
-        except Exception as error:  # no network, proxy, corrupt cache: all end the same way for the user
-            raise SystemExit(
-                f"could not fetch VGG19 ImageNet weights ({type(error).__name__}: {error}); "
-                f"put vgg19-dcbb9e9d.pth in {torch.hub.get_dir()}/checkpoints, or pass "
-                f"--vgg19_weights PATH to a VGG19 state dict, or --vgg19_weights random") from None
-    elif os.path.isfile(weights):
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as error:
-            raise SystemExit(f"--vgg19_weights {weights}: cannot read it ({type(error).__name__}); "
-                             f"pass a torchvision VGG19 .pth, imagenet or random") from None
-    else:
-        raise SystemExit(f"--vgg19_weights {weights}: no such file; pass imagenet, random or a VGG19 .pth path")
+    state = pretrained_state(weights, models.VGG19_Weights.IMAGENET1K_V1, "--vgg19_weights",
+                             "torchvision VGG19 (ImageNet)", keyword="imagenet")
     try:
         features.load_state_dict(_features_state(state))
     except RuntimeError as error:

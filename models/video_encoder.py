@@ -11,33 +11,17 @@ over a minute for the generator at mouth 256 on the same clip.
 Features are the last residual stage's map, (B, 512, ceil(T/8), H/16, W/16), before pooling: TREPA
 compares where in the clip things happen, which the pooled 512-d vector averages away.
 """
-import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models import video
 
+from .pretrained import pretrained_state
+
 INPUT_SIZE = (144, 112)  # (H, W): the face crop's 13:10 aspect at torchvision's 112-px training width
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
-
-
-def _state(weights):
-    if weights == "pretrained":
-        try:
-            return video.R2Plus1D_18_Weights.KINETICS400_V1.get_state_dict(progress=True)
-        except Exception as error:  # no network, proxy, corrupt cache: all end the same way for the user
-            raise SystemExit(f"could not fetch R(2+1)D-18 Kinetics-400 weights for TREPA ({type(error).__name__}); put "
-                             f"r2plus1d_18-91a641e6.pth in {torch.hub.get_dir()}/checkpoints, or pass --trepa_weights "
-                             f"PATH, or --trepa_weights random") from None
-    if not os.path.isfile(weights):
-        raise SystemExit(f"--trepa_weights {weights}: no such file; pass pretrained, random or an r2plus1d_18 .pth path")
-    try:
-        return torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise SystemExit(f"--trepa_weights {weights}: cannot read it ({type(error).__name__}); "
-                         f"pass a torchvision r2plus1d_18 .pth, pretrained or random") from None
 
 
 class VideoEncoder(nn.Module):
@@ -47,9 +31,10 @@ class VideoEncoder(nn.Module):
         super().__init__()
         network = video.r2plus1d_18()
         if weights != "random":
-            state = _state(weights)
+            state = pretrained_state(weights, video.R2Plus1D_18_Weights.KINETICS400_V1, "--trepa_weights",
+                                     "torchvision r2plus1d_18 (Kinetics-400)")
             try:
-                network.load_state_dict(state.get("state_dict", state))
+                network.load_state_dict(state)
             except RuntimeError as error:
                 raise SystemExit(f"--trepa_weights {weights}: not a torchvision r2plus1d_18 state dict "
                                  f"({str(error).splitlines()[0]})") from None

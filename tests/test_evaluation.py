@@ -11,7 +11,7 @@ from conftest import ROOT
 from data.demo import make_demo_data
 from engine.checkpoint import atomic_save
 from evaluation.reconstruction import frechet_distance, psnr, ssim
-from evaluation.sync import MAX_OFFSET, sync_score
+from evaluation.sync import sync_score
 from models.syncnet import SyncNetConfig, build_syncnet
 
 

@@ -12,7 +12,7 @@ from data.demo import make_demo_data
 from data.geometry import CropGeometry
 from data.landmarks import read_openface_csv
 from data.video import probe, read_video_frames
-from dubbing.pipeline import Generator, dub, load_generator, paste_mask, ping_pong
+from dubbing.pipeline import dub, load_generator, paste_mask, ping_pong
 from engine.checkpoint import atomic_save
 from models import DINet
 

@@ -1,0 +1,25 @@
+"""Loading the weights of frozen feature networks (VGG19, LPIPS' VGG16, the TREPA video encoder) the same way:
+torchvision's weights enum (its download and cache), or a local .pth, with one clear line when neither works."""
+import os
+
+import torch
+
+
+def pretrained_state(weights, enum, flag, description, keyword="pretrained"):
+    """The state dict for `weights` (`keyword` for torchvision's `enum`, or a path); exits naming `flag` and the fix."""
+    if weights == keyword:
+        try:
+            return enum.get_state_dict(progress=True)
+        except Exception as error:  # no network, proxy, corrupt cache: all end the same way for the user
+            filename = os.path.basename(enum.url)
+            raise SystemExit(f"could not fetch {description} weights ({type(error).__name__}); put {filename} in "
+                             f"{torch.hub.get_dir()}/checkpoints, or pass {flag} PATH to a state dict, "
+                             f"or {flag} random") from None
+    if not os.path.isfile(weights):
+        raise SystemExit(f"{flag} {weights}: no such file; pass {keyword}, random or a {description} .pth path")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise SystemExit(f"{flag} {weights}: cannot read it ({type(error).__name__}); "
+                         f"pass a {description} .pth, {keyword} or random") from None
+    return state.get("state_dict", state)
