@@ -2,7 +2,8 @@
 
 Every flag of DINet's `config/config.py` keeps its name and default, so the lab's commands run as
 written; `--lamb_syncnet_perception` is a float (DINet declared it int with a float default).
-New: `--lab` and one flag per architectural choice, `--resume`, `--device`, `--vgg19_weights`,
+New: `--lab` and one flag per architectural choice, `--resume [PATH|auto]`, `--save_every_steps`,
+`--max_non_finite`, `--amp`, `--channels_last`, `--compile`, `--device`, `--vgg19_weights`,
 `--num_workers`, `--image_every`, `--iterations_per_epoch`; for the clip stage the loss recipe
 (`--loss_preset` and one weight per loss, `--lpips_weights`, `--trepa_weights`); and the SyncNet
 script's own parser.
@@ -12,6 +13,7 @@ Loss weights default to None on the command line and are filled from the loss pr
 """
 import argparse
 
+from engine.precision import AMP_CHOICES
 from models.dinet import CHOICES
 from models.syncnet import ARCHITECTURES
 
@@ -61,8 +63,22 @@ def add_generator_flags(parser):
 def add_running_flags(parser, image_every=200):
     """What every training script shares beyond the data and the schedule: device, resume, loading, records."""
     group = parser.add_argument_group("running")
-    group.add_argument("--resume", default="", help="checkpoint to continue from: networks, optimizers, schedulers, epoch, RNG")
+    group.add_argument("--resume", default="",
+                       help="checkpoint to continue from (networks, optimizers, schedulers, position in the epoch, RNG), "
+                            "or auto: the newest good checkpoint in --result_path (none yet: start from the beginning)")
+    group.add_argument("--save_every_steps", type=int, default=0,
+                       help="also write a checkpoint every K iterations ({prefix}_{epoch}_iter_{I}.pth; 0: only DINet's "
+                            "per-epoch ones)")
+    group.add_argument("--keep_step_checkpoints", type=int, default=2, help="how many of the newest step checkpoints stay")
+    group.add_argument("--max_non_finite", type=int, default=10,
+                       help="stop after this many iterations in a row with a non-finite loss (each one is skipped)")
     group.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
+    group.add_argument("--amp", default="auto", choices=AMP_CHOICES,
+                       help="autocast precision; auto: bf16 on hardware with native bf16 (CUDA sm80+, CPUs with AMX or "
+                            "AVX512-BF16), fp32 elsewhere. fp16 adds a gradient scaler")
+    group.add_argument("--channels_last", type=on_off, default=True, metavar="{on,off}",
+                       help="NHWC memory format for the networks and image batches (measured faster)")
+    group.add_argument("--compile", action="store_true", help="torch.compile the generator (slow to start on a CPU)")
     group.add_argument("--num_workers", type=int, default=2, help="data-loader worker processes")
     group.add_argument("--image_every", type=int, default=image_every, help="write an image grid every N iterations")
     group.add_argument("--frame_cache_mb", type=int, default=2048,

@@ -19,6 +19,18 @@ NUM_REFERENCES = 5
 AUDIO_WINDOW = 5  # video frames of audio around the source frame
 
 
+class UnreadableFrame(SystemExit, Exception):
+    """A face crop that cannot be read. A SystemExit, so the command stops with this one line and no traceback;
+    also an Exception, so a DataLoader worker passes it to the main process instead of dying (which would end
+    in "DataLoader worker exited unexpectedly"). The loader raises it there again with the worker's traceback
+    as its message; the original line is taken back from that traceback's last line."""
+
+    def __init__(self, message):
+        if "\n" in message:
+            message = message.rstrip().splitlines()[-1].split(f"{type(self).__name__}: ", 1)[-1]
+        super().__init__(message)
+
+
 class FrameCache:
     """Least-recently-used cache of face crops resized to the training geometry, bounded in bytes."""
 
@@ -34,7 +46,8 @@ class FrameCache:
             return self.frames[key]
         image = cv2.imread(path)
         if image is None:
-            raise SystemExit(f"{path}: cannot read this face crop; rerun `python data_processing.py --crop_face`")
+            raise UnreadableFrame(f"{path}: cannot read this face crop; rerun "
+                                  f"`python data_processing.py --crop_face`")
         image = cv2.resize(image[:, :, ::-1], size)  # BGR -> RGB, (H, W, 3) uint8
         if self.budget:
             self.frames[key] = image

@@ -17,8 +17,17 @@ class CropGeometry:
     def __post_init__(self):
         m = self.mouth_size
         if m < 16 or m % 8 != 0:
-            raise ValueError(
-                f"mouth_region_size={m} cannot be used: DINet's crop needs a multiple of 8 (64, 128 and 256 are the trained sizes)")
+            raise ValueError(f"mouth_region_size={m} cannot be used: DINet's crop geometry needs a multiple of 8, "
+                             f"16 or more; use 64, 128 or 256 (the trained sizes)")
+
+    @classmethod
+    def checked(cls, mouth_size, flag="--mouth_region_size"):
+        """The geometry of `mouth_size`, or exit naming the flag and the sizes to use."""
+        try:
+            return cls(mouth_size)
+        except ValueError:
+            raise SystemExit(f"{flag} {mouth_size}: DINet's crop geometry needs a multiple of 8, 16 or more; use 64, "
+                             f"128 or 256 (the trained sizes)") from None
 
     @property
     def radius(self) -> int:

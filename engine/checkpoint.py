@@ -9,33 +9,84 @@ SyncNets: {"state_dict": {"net": ...}} as DINet's `syncnet_256mouth.pth`, plus "
 mouth size, input size, audio feature) when we trained it; a published file is read as DINet's architecture
 with the audio width of its weights.
 """
+import errno
+import glob
+import hashlib
+import io
 import os
+import re
 import tempfile
 
+import numpy as np
 import torch
 
 from models.dinet import GeneratorConfig
 from models.syncnet import SyncNetConfig, build_syncnet
 
+TMP_PREFIX = ".tmp-"
 
-def atomic_save(obj, path):
-    """torch.save to a temporary file beside `path`, flushed to disk, then renamed: the file is complete or absent."""
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def tensor_digest(obj):
+    """blake2b of every tensor and array in `obj`, in a fixed order: stored in the checkpoint and checked on
+    load, because torch.load reads a file with flipped bytes in a tensor without complaint."""
+    digest = hashlib.blake2b(digest_size=16)
+
+    def visit(value):
+        if isinstance(value, torch.Tensor):
+            digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, np.ndarray):
+            digest.update(np.ascontiguousarray(value).tobytes())
+        elif isinstance(value, dict):
+            for key in sorted(value, key=str):
+                visit(value[key])
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                visit(item)
+    visit(obj)
+    return digest.hexdigest()
+
+
+def write_atomically(path, write, what="file"):
+    """Call write(f) on a temporary file beside `path`, flush it to disk, then rename it to `path`: the file is
+    complete or absent. A full disk removes the temporary file, leaves what was at `path` and exits saying so."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pth")
+    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX, suffix=os.path.splitext(path)[1])
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(tmp_path):
             os.unlink(tmp_path)
+        if isinstance(error, OSError) and error.errno in DISK_FULL:
+            kept = "the earlier one is intact" if os.path.exists(path) else "earlier files are intact"
+            raise SystemExit(f"{path}: {what} not written, the disk is full ({error.strerror}); {kept}. "
+                             f"Free space in {folder} and run again (training: --resume auto)") from None
         raise
 
 
-def load_checkpoint(path, flag="--resume", expected="a netG_model_epoch_N.pth"):
+def atomic_save(obj, path):
+    """torch.save with an integrity digest, written atomically (see write_atomically)."""
+    buffer = io.BytesIO()
+    torch.save({**obj, "integrity": tensor_digest(obj)}, buffer)
+    write_atomically(path, lambda f: f.write(buffer.getbuffer()), "checkpoint")
+
+
+def remove_stale_temporaries(folder):
+    """Delete the temporary files of writes a killed run never finished."""
+    for path in glob.glob(os.path.join(glob.escape(folder), TMP_PREFIX + "*")):
+        os.unlink(path)
+
+
+def load_checkpoint(path, flag="--resume", expected="a netG_model_epoch_N.pth", needs=None):
+    """The checkpoint at `path` (its integrity checked), or exit naming `flag`, the file and the fix; `needs`:
+    the network it must hold ("net_g": a generator's, "net": a SyncNet's)."""
     if not os.path.isfile(path):
         raise SystemExit(f"{flag} {path}: no such checkpoint file; check the path")
     try:
@@ -46,7 +97,50 @@ def load_checkpoint(path, flag="--resume", expected="a netG_model_epoch_N.pth"):
                          f"it is truncated or not a PyTorch file, use an earlier checkpoint") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise SystemExit(f"{flag} {path}: not a DINet checkpoint (no 'state_dict'); pass {expected}")
+    if needs and needs not in checkpoint["state_dict"]:
+        kind = "generator" if needs == "net_g" else "SyncNet"
+        raise SystemExit(f"{flag} {path}: not a {kind} checkpoint (no state_dict['{needs}']); pass {expected}")
+    stored = checkpoint.pop("integrity", None)
+    if stored is not None and stored != tensor_digest(checkpoint):
+        raise SystemExit(f"{flag} {path}: corrupt checkpoint (its weights do not match the checksum written with "
+                         f"them); use an earlier checkpoint, or --resume auto to take the newest good one")
     return checkpoint
+
+
+def checkpoint_name(prefix, epoch, iteration=None):
+    """DINet's `{prefix}_{epoch}.pth` after a whole epoch; `{prefix}_{epoch}_iter_{I}.pth` after I iterations of it."""
+    return f"{prefix}_{epoch}.pth" if iteration is None else f"{prefix}_{epoch}_iter_{iteration}.pth"
+
+
+def checkpoints_newest_first(folder, prefix):
+    """(progress, path) of the run's checkpoints in `folder`, the furthest into training first."""
+    pattern = re.compile(re.escape(prefix) + r"_(\d+)(?:_iter_(\d+))?\.pth$")
+    found = []
+    for name in os.listdir(folder) if os.path.isdir(folder) else ():
+        match = pattern.fullmatch(name)
+        if match:
+            epoch, iteration = int(match[1]), match[2]
+            # a whole epoch E is where epoch E + 1 starts
+            found.append(((epoch + 1, 0) if iteration is None else (epoch, int(iteration)), os.path.join(folder, name)))
+    return sorted(found, reverse=True)
+
+
+def newest_valid_checkpoint(folder, prefix, report=print):
+    """(path, checkpoint) of the newest checkpoint in `folder` that loads and passes its checksum, or
+    (None, None); unreadable ones are reported and skipped."""
+    for _, path in checkpoints_newest_first(folder, prefix):
+        try:
+            return path, load_checkpoint(path, "--resume auto")
+        except SystemExit as error:
+            report(f"skipping {error}")
+    return None, None
+
+
+def prune_step_checkpoints(folder, prefix, keep):
+    """Keep the newest `keep` step checkpoints (`_iter_` files); whole-epoch checkpoints all stay, as in DINet."""
+    steps = [path for (_, path) in checkpoints_newest_first(folder, prefix) if "_iter_" in os.path.basename(path)]
+    for path in steps[keep:]:
+        os.unlink(path)
 
 
 def strip_module_prefix(state_dict):
@@ -99,10 +193,8 @@ def syncnet_config_of(checkpoint):
 
 def load_syncnet(path, flag="--pretrained_syncnet_path"):
     """(frozen SyncNet in eval mode, its SyncNetConfig) from a checkpoint, or exit naming the file and the fix."""
-    checkpoint = load_checkpoint(path, flag, expected="a SyncNet .pth ({'state_dict': {'net': ...}}) from train_syncnet.py")
-    if "net" not in checkpoint["state_dict"]:
-        raise SystemExit(f"{flag} {path}: not a SyncNet checkpoint (no state_dict['net']); pass the .pth "
-                         f"train_syncnet.py writes, or DINet's syncnet_256mouth.pth")
+    checkpoint = load_checkpoint(path, flag, needs="net", expected="the .pth train_syncnet.py writes, or DINet's "
+                                                                  "syncnet_256mouth.pth")
     try:
         config = syncnet_config_of(checkpoint)
     except KeyError:

@@ -37,8 +37,8 @@ class ClipStage(FrameStage):
     def __init__(self, opt, generator_cfg, runtime, syncnet=None):
         super().__init__(opt, generator_cfg, runtime)
         self.geometry = CropGeometry(opt.mouth_region_size)
-        self.net_dV = distributed.wrap(Discriminator(opt.source_channel * FRAMES, opt.D_block_expansion,
-                                                     opt.D_num_blocks, opt.D_max_features), runtime)
+        self.net_dV = self.build(Discriminator(opt.source_channel * FRAMES, opt.D_block_expansion,
+                                               opt.D_num_blocks, opt.D_max_features))
         self.optimizers["net_dV"] = Adam(self.net_dV.parameters(), lr=opt.lr_dI)  # DINet: lr_dI for both
         if opt.lamb_syncnet_perception and syncnet is None:
             raise ValueError("--lamb_syncnet_perception > 0 needs a SyncNet")
@@ -67,7 +67,7 @@ class ClipStage(FrameStage):
                              "netG_model_epoch_N.pth at the same --mouth_region_size")
         else:
             path, flag = opt.pretrained_frame_DINet_path, "--pretrained_frame_DINet_path"
-            start = load_checkpoint(path, flag)
+            start = load_checkpoint(path, flag, needs="net_g", expected="the frame stage's netG_model_epoch_N.pth")
         check_data_compatible(start, opt, training_set, path, flag)
         generator_cfg = choose_generator_config(opt, training_set, audio_channel, start, path, flag)
         stage = cls(opt, generator_cfg, runtime, syncnet)
@@ -82,8 +82,9 @@ class ClipStage(FrameStage):
     def step(self, batch):
         real_clip = batch["source"]                                          # (B, 5, 3, H, W)
         real = real_clip.flatten(0, 1)                                       # (B*5, 3, H, W)
-        fake = self.net_g(batch["source_masked"].flatten(0, 1), batch["reference"].flatten(0, 1),
-                          batch["audio"].flatten(0, 1))                      # (B*5, 3, H, W)
+        with self.autocast():
+            fake = self.net_g(batch["source_masked"].flatten(0, 1), batch["reference"].flatten(0, 1),
+                              batch["audio"].flatten(0, 1))                  # (B*5, 3, H, W)
         fake_clip = fake.view_as(real_clip)                                  # (B, 5, 3, H, W)
         # DINet's clip layout for net_dV and the SyncNet: the 5 frames stacked on channels, (B, 15, H, W)
         fake_stacked, real_stacked = fake_clip.flatten(1, 2), real_clip.flatten(1, 2)
@@ -92,19 +93,20 @@ class ClipStage(FrameStage):
         loss_dV = self.update_discriminator("net_dV", fake_stacked, real_stacked)
 
         opt = self.opt
-        terms = {"Loss_GI": self.adversarial("net_dI", fake), "Loss_GV": self.adversarial("net_dV", fake_stacked)}
-        if self.perception is not None:
-            terms["Loss_perception"] = self.perception(fake, real) * opt.lamb_perception
-        if self.syncnet is not None:
-            mouths = fake_stacked[..., self.geometry.mouth_rows, self.geometry.mouth_cols]  # (B, 15, m, m)
-            in_sync = torch.ones(mouths.shape[0], device=mouths.device)
-            terms["Loss_sync"] = self.syncnet.loss(mouths, batch["audio_clip"], in_sync) * opt.lamb_syncnet_perception
-        if opt.lamb_l1:
-            terms["Loss_l1"] = F.l1_loss(fake, real) * opt.lamb_l1
-        if self.lpips is not None:
-            terms["Loss_lpips"] = self.lpips(fake, real) * opt.lamb_lpips
-        if self.trepa is not None:
-            terms["Loss_trepa"] = self.trepa(fake_clip, real_clip) * opt.lamb_trepa
+        with self.autocast():
+            terms = {"Loss_GI": self.adversarial("net_dI", fake), "Loss_GV": self.adversarial("net_dV", fake_stacked)}
+            if self.perception is not None:
+                terms["Loss_perception"] = self.perception(fake, real) * opt.lamb_perception
+            if self.syncnet is not None:
+                mouths = fake_stacked[..., self.geometry.mouth_rows, self.geometry.mouth_cols]  # (B, 15, m, m)
+                in_sync = torch.ones(mouths.shape[0], device=mouths.device)
+                terms["Loss_sync"] = self.syncnet.loss(mouths, batch["audio_clip"], in_sync) * opt.lamb_syncnet_perception
+            if opt.lamb_l1:
+                terms["Loss_l1"] = F.l1_loss(fake, real) * opt.lamb_l1
+            if self.lpips is not None:
+                terms["Loss_lpips"] = self.lpips(fake, real) * opt.lamb_lpips
+            if self.trepa is not None:
+                terms["Loss_trepa"] = self.trepa(fake_clip, real_clip) * opt.lamb_trepa
         self.update_generator(terms)
 
         losses = {"Loss_DI": loss_dI, "Loss_GI": terms.pop("Loss_GI"), "Loss_DV": loss_dV, **terms}

@@ -2,13 +2,15 @@
 
 `torchrun --nproc_per_node=N train_DINet_frame.py ...` sets RANK, LOCAL_RANK and WORLD_SIZE; then each
 process drives one GPU (NCCL) or a CPU share (gloo), models are wrapped in DistributedDataParallel
-with SyncBatchNorm, and only rank 0 logs and writes checkpoints.
+with SyncBatchNorm (CrossProcessBatchNorm on CPU), and only rank 0 logs and writes checkpoints.
 """
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as torch_dist
+import torch.distributed.nn.functional as functional_dist
+from torch import nn
 
 
 @dataclass
@@ -31,7 +33,10 @@ def setup(device_arg=None):
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device_arg is None:
         device_arg = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device_arg)
+    try:
+        device = torch.device(device_arg)
+    except RuntimeError:
+        raise SystemExit(f"--device {device_arg}: not a device; pass cuda, cuda:N or cpu") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise SystemExit(f"--device {device_arg}: no CUDA device is visible; pass --device cpu")
@@ -43,18 +48,78 @@ def setup(device_arg=None):
     return Runtime(device, int(os.environ.get("RANK", "0")), world_size)
 
 
+class CrossProcessBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over the global batch: mean and variance all-reduced over the processes (differentiably).
+    nn.SyncBatchNorm does this on CUDA only; this is it for the gloo backend on CPU."""
+
+    def forward(self, x):
+        if not self.training:
+            return super().forward(x)
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        count = torch.tensor(float(x.numel() // x.shape[1]), device=x.device)
+        total = functional_dist.all_reduce(torch.cat([x.sum(dims), count[None]]))
+        n = total[-1]
+        mean = total[:-1] / n
+        centred = x - mean.view(shape)
+        var = functional_dist.all_reduce(centred.pow(2).sum(dims)) / n  # biased, as BatchNorm normalises
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            momentum = self.momentum if self.momentum is not None else 1.0 / self.num_batches_tracked.item()
+            self.running_mean.lerp_(mean.detach(), momentum)
+            self.running_var.lerp_(var.detach() * n / (n - 1), momentum)
+        out = centred * torch.rsqrt(var + self.eps).view(shape)
+        return out * self.weight.view(shape) + self.bias.view(shape) if self.affine else out
+
+
+def convert_batchnorm(module, cuda):
+    """Every BatchNorm in `module` computing global-batch statistics: nn.SyncBatchNorm on CUDA,
+    CrossProcessBatchNorm on CPU."""
+    if cuda:
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        converted = CrossProcessBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                          module.track_running_stats)
+        converted.load_state_dict(module.state_dict())
+        return converted.to(module.running_mean.device)
+    for name, child in module.named_children():
+        setattr(module, name, convert_batchnorm(child, cuda))
+    return module
+
+
 def wrap(module, runtime):
-    """DDP + SyncBatchNorm under torchrun; the module itself otherwise."""
+    """DDP with global-batch BatchNorm under torchrun; the module itself otherwise."""
     module = module.to(runtime.device)
     if not runtime.distributed:
         return module
-    module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    module = convert_batchnorm(module, runtime.device.type == "cuda")
     device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
 
 
 def unwrap(module):
+    """The network inside torch.compile and DDP wrappers (whose state_dict has no wrapper prefixes)."""
+    module = getattr(module, "_orig_mod", module)
     return module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
+
+
+def average(values, runtime):
+    """{name: float} averaged over the processes: the logged losses are the global batch's, as one process
+    with the whole batch (or DINet's DataParallel) would log them."""
+    if not runtime.distributed or not values:
+        return values
+    stacked = torch.tensor(list(values.values()), dtype=torch.float64, device=runtime.device)
+    torch_dist.all_reduce(stacked)
+    return dict(zip(values, (stacked / runtime.world_size).tolist()))
+
+
+def any_rank(flag, runtime):
+    """True when `flag` is true on any process (every process must call it at the same point)."""
+    if not runtime.distributed:
+        return bool(flag)
+    value = torch.tensor(float(bool(flag)), device=runtime.device)
+    torch_dist.all_reduce(value, op=torch_dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def cleanup():

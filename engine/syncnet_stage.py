@@ -39,10 +39,11 @@ class SyncNetStage(Stage):
     image_tag = "5 mouth crops of a window"
 
     def __init__(self, opt, config, runtime, training_set):
+        self.setup_runtime(opt, runtime)
         self.opt = opt
         self.config = config
         self.device = runtime.device
-        self.net = distributed.wrap(build_syncnet(config), runtime)
+        self.net = self.build(build_syncnet(config))
         self.optimizers = {"net": Adam(self.net.parameters(), lr=opt.lr)}
         training_names, held_out_names = split_videos(training_set, opt.held_out_fraction, opt.seed)
         self.training_timelines = video_timelines(training_set, training_names)
@@ -86,12 +87,11 @@ class SyncNetStage(Stage):
     def step(self, batch):
         mouths, audio, in_sync = batch["mouths"], batch["audio"], batch["in_sync"]  # (B, 15, s, s), (B, A, 9), (B,)
         network = distributed.unwrap(self.net)
-        self.optimizers["net"].zero_grad(set_to_none=True)
-        pairs = self.net(mouths, audio, all_pairs=True)  # (B, B, ...), through DDP so gradients are averaged
-        target, weight = pair_labels(batch, self.opt.negative_min_shift)
-        loss = network.loss_of(pairs.flatten(0, 1), target.flatten(), weight.flatten())
-        loss.backward()
-        self.optimizers["net"].step()
+        with self.autocast():
+            pairs = self.net(mouths, audio, all_pairs=True)  # (B, B, ...), through DDP so gradients are averaged
+            target, weight = pair_labels(batch, self.opt.negative_min_shift)
+            loss = network.loss_of(pairs.flatten(0, 1), target.flatten(), weight.flatten())
+        self.optimize("net", loss, "Loss_sync")
         own = torch.arange(len(in_sync), device=in_sync.device)
         accuracy = ((network.score_of(pairs[own, own].detach()) > THRESHOLD).float() == in_sync).float().mean()
         rows = [list(mouths[i].split(3)) for i in range(min(GRID_SAMPLES, mouths.shape[0]))]

@@ -13,25 +13,30 @@ What a stage provides beyond `step`: `create` (build it for this data and run, i
 """
 import os
 import random
+import signal
+import threading
 from itertools import islice
 
 import numpy as np
 import torch
 from torch.optim import Adam
 from torch.optim.lr_scheduler import LambdaLR
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
+from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from config.labs import GENERATOR_FLAGS, generator_config
 from data.dataset import FrameDataset
 from data.geometry import CropGeometry
 from data.training_json import check_audio_channel, load_training_json
+from data.video import check_writable
 from models import DINet, Discriminator, Vgg19
 
 from . import distributed
-from .checkpoint import (atomic_save, check_generator_config, generator_config_of, load_checkpoint,
-                         load_network)
+from .checkpoint import (atomic_save, check_generator_config, checkpoint_name, generator_config_of,
+                         load_checkpoint, load_network, newest_valid_checkpoint, prune_step_checkpoints,
+                         remove_stale_temporaries)
 from .logging import RunLog, format_log_line, image_grid
+from .precision import Precision
 from .losses import GANLoss, PerceptualLoss
 
 GRID_SAMPLES = 4
@@ -45,6 +50,44 @@ class Stage:
     lr_label = "lr_g"                        # the log line's learning rate, read from optimizers[lr_network]
     lr_network = "net_g"
     image_tag = "masked_source|references|generated|real"
+
+    def setup_runtime(self, opt, runtime):
+        """Precision and device of this stage's networks; call first in __init__."""
+        self.runtime = runtime
+        self.precision = Precision.of(opt, runtime.device)
+        self.non_finite = []  # names of the losses that were not finite in the current step
+
+    def build(self, module):
+        """A trained network on this run's device, in its memory format, under DDP with torchrun."""
+        return distributed.wrap(self.precision.prepare(module), self.runtime)
+
+    def autocast(self):
+        return self.precision.autocast()
+
+    def optimize(self, name, loss, label=None):
+        """Backward `loss` and step optimizer `name`. A loss that is not finite on any process skips both, and so
+        do gradients that are not finite under a finite loss (a NaN sampling grid, say, makes grid_sample return
+        zeros but NaN gradients); either is recorded in self.non_finite (the engine counts such steps and stops
+        after too many in a row). Under fp16 the gradient scaler's own overflow skips are left to it."""
+        optimizer = self.optimizers[name]
+        optimizer.zero_grad(set_to_none=True)
+        label = label or name
+        if distributed.any_rank(not torch.isfinite(loss.detach()).item(), self.runtime):
+            self.non_finite.append(label)
+            return
+        if not hasattr(self, "scalers"):
+            self.scalers = {key: self.precision.scaler() for key in self.optimizers}
+        scaler = self.scalers[name]
+        scaler.scale(loss).backward()
+        if not scaler.is_enabled():
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            finite = not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
+            if distributed.any_rank(not finite, self.runtime):
+                optimizer.zero_grad(set_to_none=True)
+                self.non_finite.append(f"{label} (gradients)")
+                return
+        scaler.step(optimizer)
+        scaler.update()
 
     def networks(self):
         return {name: getattr(self, name) for name in self.checkpoint_networks}
@@ -70,17 +113,20 @@ class FrameStage(Stage):
     checkpoint_networks = ("net_g", "net_dI")
 
     def __init__(self, opt, generator_cfg, runtime):
+        self.setup_runtime(opt, runtime)
         self.opt = opt
         self.generator_cfg = generator_cfg
         self.lab = lab_name(opt, None)
-        self.net_g = distributed.wrap(DINet.from_config(generator_cfg), runtime)
-        self.net_dI = distributed.wrap(
-            Discriminator(opt.source_channel, opt.D_block_expansion, opt.D_num_blocks, opt.D_max_features), runtime)
+        self.net_g = self.build(DINet.from_config(generator_cfg))
+        self.net_dI = self.build(
+            Discriminator(opt.source_channel, opt.D_block_expansion, opt.D_num_blocks, opt.D_max_features))
         # a weight of 0 builds no VGG19 (LatentSync's recipe replaces it with LPIPS)
         self.perception = PerceptualLoss(Vgg19(opt.vgg19_weights)).to(runtime.device) if opt.lamb_perception else None
         self.gan = GANLoss()
         self.optimizers = {"net_g": Adam(self.net_g.parameters(), lr=opt.lr_g),
                            "net_dI": Adam(self.net_dI.parameters(), lr=opt.lr_dI)}
+        if self.precision.compile:
+            self.net_g = torch.compile(self.net_g)
 
     @classmethod
     def create(cls, opt, training_set, runtime, resume):
@@ -95,13 +141,14 @@ class FrameStage(Stage):
         stage = cls(opt, generator_cfg, runtime)
         stage.lab = lab_name(opt, resume)
         if opt.coarse2fine and resume is None:
-            coarse = load_checkpoint(opt.coarse_model_path, "--coarse_model_path")
+            coarse = load_checkpoint(opt.coarse_model_path, "--coarse_model_path", needs="net_g",
+                                     expected="the coarser stage's netG_model_epoch_N.pth")
             check_generator_config(coarse, generator_cfg, opt.coarse_model_path, "--coarse_model_path")
             load_network(distributed.unwrap(stage.net_g), coarse, "net_g", opt.coarse_model_path, "--coarse_model_path")
         return stage
 
     def describe(self):
-        return self.generator_cfg.describe()
+        return f"{self.generator_cfg.describe()}; {self.precision.describe()}"
 
     def checkpoint_metadata(self):
         return {"generator_config": self.generator_cfg.to_dict(), "lab": self.lab}
@@ -111,13 +158,12 @@ class FrameStage(Stage):
 
     def update_discriminator(self, name, fake, real):
         """One LSGAN step of discriminator `name` on detached fakes and reals; returns its loss."""
-        self.optimizers[name].zero_grad(set_to_none=True)
-        # fake and real in one pass (one DDP forward per backward)
-        _, scores = getattr(self, name)(torch.cat([fake.detach(), real]))
-        score_fake, score_real = scores.chunk(2)
-        loss = (self.gan(score_fake, False) + self.gan(score_real, True)) * 0.5
-        loss.backward()
-        self.optimizers[name].step()
+        with self.autocast():
+            # fake and real in one pass (one DDP forward per backward)
+            _, scores = getattr(self, name)(torch.cat([fake.detach(), real]))
+            score_fake, score_real = scores.chunk(2)
+            loss = (self.gan(score_fake, False) + self.gan(score_real, True)) * 0.5
+        self.optimize(name, loss, "Loss_" + name[len("net_"):].upper())  # the logged name: Loss_DI, Loss_DV
         return loss
 
     def adversarial(self, name, fake):
@@ -128,19 +174,19 @@ class FrameStage(Stage):
 
     def update_generator(self, losses):
         """Backward the sum of the generator's terms and step; the terms are already weighted."""
-        self.optimizers["net_g"].zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        self.optimizers["net_g"].step()
+        self.optimize("net_g", sum(losses.values()), "+".join(losses))
 
     def step(self, batch):
         """One iteration: update the discriminator, then the generator. Returns the logged losses and image rows."""
         real, reference = batch["source"], batch["reference"]
-        fake = self.net_g(batch["source_masked"], reference, batch["audio"])  # (B, 3, H, W)
+        with self.autocast():
+            fake = self.net_g(batch["source_masked"], reference, batch["audio"])  # (B, 3, H, W)
         loss_dI = self.update_discriminator("net_dI", fake, real)
 
-        generator_losses = {"Loss_GI": self.adversarial("net_dI", fake)}
-        if self.perception is not None:
-            generator_losses["Loss_perception"] = self.perception(fake, real) * self.opt.lamb_perception
+        with self.autocast():
+            generator_losses = {"Loss_GI": self.adversarial("net_dI", fake)}
+            if self.perception is not None:
+                generator_losses["Loss_perception"] = self.perception(fake, real) * self.opt.lamb_perception
         self.update_generator(generator_losses)
 
         losses = {"Loss_DI": loss_dI, **generator_losses}
@@ -154,19 +200,61 @@ def lab_name(opt, checkpoint):
     return opt.lab or (checkpoint or {}).get("lab") or "lab1"
 
 
-class SeededSampler(Sampler):
-    """Pairs each index with a seed drawn in the main process, so the random picks inside the dataset
-    do not depend on the number of loader workers and a resumed run replays them exactly."""
+class EpochOrder(Sampler):
+    """The epoch's order of samples, each paired with the seed of the random picks inside the dataset; both
+    depend on (seed, epoch) alone. So the number of loader workers changes nothing, a run resumed in the
+    middle of an epoch skips exactly the batches it had trained on, and under torchrun each global batch
+    (batch_size x world_size samples) is the one a single process would see with the same global batch:
+    process r takes the r-th slice of it."""
 
-    def __init__(self, sampler):
-        self.sampler = sampler
+    def __init__(self, size, batch_size, seed, rank=0, world_size=1):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.batches = size // (batch_size * world_size)  # whole global batches; the rest is dropped, as DINet does
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch, skip_batches=0):
+        self.epoch, self.skip = epoch, skip_batches
 
     def __len__(self):
-        return len(self.sampler)
+        return max(0, self.batches - self.skip) * self.batch_size
 
     def __iter__(self):
-        for index in self.sampler:
-            yield index, int(torch.randint(2 ** 62, ()).item())
+        generator = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        seeds = torch.randint(2 ** 62, (self.size,), generator=generator).tolist()
+        global_batch = self.batch_size * self.world_size
+        for batch in range(self.skip, self.batches):
+            first = batch * global_batch + self.rank * self.batch_size
+            for position in range(first, first + self.batch_size):
+                yield order[position], seeds[position]
+
+
+class StopRequest:
+    """SIGINT / SIGTERM ask the loop to stop after the current iteration and write a checkpoint; a second
+    SIGINT interrupts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signal = None
+        self.previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {number: signal.signal(number, self.handle) for number in self.SIGNALS}
+        return self
+
+    def handle(self, number, frame):
+        if self.signal is not None and number == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = number
+        tqdm.write(f"{signal.Signals(number).name}: stopping after this iteration, with a checkpoint "
+                   f"(press Ctrl-C again to stop at once, without one)")
+
+    def __exit__(self, *exc):
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
 
 
 def dinet_lr_lambda(non_decay, decay):
@@ -219,82 +307,180 @@ def check_data_compatible(checkpoint, opt, training_set, path, flag):
                              f"{fix} or another checkpoint")
 
 
+def find_resume(opt, stage_class, runtime):
+    """(path, checkpoint) to resume from: --resume PATH, or with --resume auto the newest checkpoint in
+    --result_path that loads and passes its checksum (None, None when there is none yet: a fresh start)."""
+    if not opt.resume:
+        return None, None
+    if opt.resume != "auto":
+        return opt.resume, load_checkpoint(opt.resume, "--resume", needs=stage_class.checkpoint_networks[0],
+                                           expected=f"a {stage_class.checkpoint_prefix}_N.pth of this kind of run")
+    path, checkpoint = newest_valid_checkpoint(opt.result_path, stage_class.checkpoint_prefix,
+                                               report=print if runtime.is_main else lambda text: None)
+    if runtime.is_main:
+        print(f"--resume auto: continuing from {path}" if path else
+              f"--resume auto: no checkpoint in {opt.result_path} yet, starting from the beginning")
+    if path:
+        opt.resume = path  # what the stages check the data and architecture against
+    else:
+        opt.resume = ""
+    return path, checkpoint
+
+
+def snapshot_buffers(stage):
+    """BatchNorm statistics before a step, to put back when the step turns out not finite."""
+    return [(buffer, buffer.clone()) for network in stage.networks().values() for buffer in network.buffers()
+            if buffer.is_floating_point()]
+
+
+class Checkpointer:
+    """Writes the run's checkpoints (rank 0 only): DINet's every --checkpoint epochs, and with
+    --save_every_steps K one every K iterations, of which the newest --keep_step_checkpoints stay."""
+
+    def __init__(self, opt, stage, schedulers, training_set, runtime, log):
+        self.opt, self.stage, self.schedulers, self.log = opt, stage, schedulers, log
+        self.audio_feature = training_set.audio_feature
+        self.enabled = runtime.is_main
+
+    def save(self, epoch, iteration, global_step, whole_epoch):
+        """After `iteration` iterations of `epoch` (a whole epoch: the next one starts at its first)."""
+        if not self.enabled:
+            return None
+        stage, prefix = self.stage, self.stage.checkpoint_prefix
+        path = os.path.join(self.opt.result_path, checkpoint_name(prefix, epoch, None if whole_epoch else iteration))
+        atomic_save({
+            "epoch": epoch + 1 if whole_epoch else epoch,
+            "iteration": 0 if whole_epoch else iteration,
+            "state_dict": {name: distributed.unwrap(net).state_dict() for name, net in stage.networks().items()},
+            "optimizer": {name: optimizer.state_dict() for name, optimizer in stage.optimizers.items()},
+            "scheduler": {name: scheduler.state_dict() for name, scheduler in self.schedulers.items()},
+            "scaler": {name: scaler.state_dict() for name, scaler in getattr(stage, "scalers", {}).items()},
+            "rng": rng_state(),
+            "global_step": global_step,
+            "mouth_region_size": self.opt.mouth_region_size,
+            "audio_feature": self.audio_feature,
+            **stage.checkpoint_metadata(),
+        }, path)
+        if not whole_epoch:
+            prune_step_checkpoints(self.opt.result_path, prefix, self.opt.keep_step_checkpoints)
+        self.log.line(f"checkpoint saved: {path}")
+        return path
+
+
+def restore(stage, schedulers, resume, path):
+    """Load a checkpoint's networks, optimizers, schedulers, scalers and RNG; returns (epoch, iteration, step)."""
+    for name, network in stage.networks().items():
+        load_network(distributed.unwrap(network), resume, name, path, "--resume")
+    for name, optimizer in stage.optimizers.items():
+        optimizer.load_state_dict(resume["optimizer"][name])
+    for name, scheduler in schedulers.items():
+        if "scheduler" in resume:
+            scheduler.load_state_dict(resume["scheduler"][name])
+    if resume.get("scaler"):
+        stage.scalers = {name: stage.precision.scaler() for name in stage.optimizers}
+        for name, state in resume["scaler"].items():
+            stage.scalers[name].load_state_dict(state)
+    if "rng" in resume:
+        set_rng_state(resume["rng"])
+    return resume["epoch"], resume.get("iteration", 0), resume.get("global_step", 0)
+
+
 def train(opt, stage_class=FrameStage):
     """Train `stage_class` as `opt` says; returns the stage (its networks hold the final weights)."""
     runtime = distributed.setup(opt.device)
     torch.manual_seed(opt.seed)
     np.random.seed(opt.seed + runtime.rank)
     random.seed(opt.seed + runtime.rank)
-    CropGeometry(opt.mouth_region_size)  # rejects a size DINet's crop cannot use, before any work
+    CropGeometry.checked(opt.mouth_region_size)  # rejects a size DINet's crop cannot use, before any work
+    check_writable(opt.result_path, "--result_path")
+    if runtime.is_main:
+        remove_stale_temporaries(opt.result_path)
 
     training_set = load_training_json(opt.train_data)
-    resume = load_checkpoint(opt.resume, "--resume") if opt.resume else None
+    resume_path, resume = find_resume(opt, stage_class, runtime)
     stage = stage_class.create(opt, training_set, runtime, resume)
 
     dataset = stage.dataset(training_set)
     if len(dataset) < opt.batch_size * runtime.world_size:
         raise SystemExit(f"--batch_size {opt.batch_size} is larger than the {len(dataset)} samples per epoch of "
                          f"{opt.train_data} (videos x --augment_num); lower --batch_size or raise --augment_num")
-    order = (DistributedSampler(dataset, seed=opt.seed) if runtime.distributed else RandomSampler(dataset))
-    loader = DataLoader(dataset, batch_size=opt.batch_size, sampler=SeededSampler(order), drop_last=True,
-                        num_workers=opt.num_workers, persistent_workers=opt.num_workers > 0,
-                        pin_memory=runtime.device.type == "cuda")
-    iterations = min(len(loader), opt.iterations_per_epoch or len(loader))
+    order = EpochOrder(len(dataset), opt.batch_size, opt.seed, runtime.rank, runtime.world_size)
+    # its own generator: making loader iterators must not draw from the RNG that a resume restores
+    loader = DataLoader(dataset, batch_size=opt.batch_size, sampler=order, num_workers=opt.num_workers,
+                        persistent_workers=opt.num_workers > 0, pin_memory=runtime.device.type == "cuda",
+                        generator=torch.Generator())
+    iterations = min(order.batches, opt.iterations_per_epoch or order.batches)
 
     schedule = dinet_lr_lambda(opt.non_decay, opt.decay)
     schedulers = {name: LambdaLR(optimizer, schedule) for name, optimizer in stage.optimizers.items()}
-    start_epoch, global_step = opt.start_epoch, 0
+    start_epoch, start_iteration, global_step = opt.start_epoch, 0, 0
     if resume is not None:
-        for name, network in stage.networks().items():
-            load_network(distributed.unwrap(network), resume, name, opt.resume, "--resume")
-        for name, optimizer in stage.optimizers.items():
-            optimizer.load_state_dict(resume["optimizer"][name])
-        for name, scheduler in schedulers.items():
-            if "scheduler" in resume:
-                scheduler.load_state_dict(resume["scheduler"][name])
-        if "rng" in resume:
-            set_rng_state(resume["rng"])
-        start_epoch, global_step = resume["epoch"], resume.get("global_step", 0)
+        start_epoch, start_iteration, global_step = restore(stage, schedulers, resume, resume_path)
 
     log = RunLog(opt.result_path, enabled=runtime.is_main)
     log.line(f"training {stage_class.__name__} [{stage.describe()}] at mouth {opt.mouth_region_size} on "
              f"{runtime.device} x{runtime.world_size}: {len(training_set.videos)} videos, "
              f"{training_set.audio_feature} audio ({training_set.audio_channel}-d), {iterations} iterations per epoch")
+    if resume is not None:
+        log.line(f"resumed from {resume_path}: epoch {start_epoch}, iteration {start_iteration}, step {global_step}")
+    checkpointer = Checkpointer(opt, stage, schedulers, training_set, runtime, log)
     last_epoch = opt.non_decay + opt.decay
-    for epoch in range(start_epoch, last_epoch + 1):
-        if runtime.distributed:
-            order.set_epoch(epoch)
-        for network in stage.networks().values():
-            network.train()
-        progress = tqdm(islice(loader, iterations), total=iterations, desc=f"epoch {epoch}/{last_epoch}",
-                        leave=False, dynamic_ncols=True, disable=not runtime.is_main)
-        for iteration, batch in enumerate(progress):
-            batch = {key: value.to(runtime.device, non_blocking=True) for key, value in batch.items()}
-            losses, rows = stage.step(batch)
-            lr = stage.optimizers[stage.lr_network].param_groups[0]["lr"]
-            log.line(format_log_line(epoch, iteration, iterations, losses, lr, stage.lr_label))
-            log.scalars(global_step, epoch, {**losses, stage.lr_label: lr})
-            if rows and global_step % opt.image_every == 0:
-                log.images(global_step, image_grid(rows), stage.image_tag)
-            global_step += 1
-        for scheduler in schedulers.values():
-            scheduler.step()
-        if runtime.is_main:
-            stage.end_epoch(epoch, log, global_step)
-        if epoch % opt.checkpoint == 0 and runtime.is_main:
-            path = os.path.join(opt.result_path, f"{stage.checkpoint_prefix}_{epoch}.pth")
-            atomic_save({
-                "epoch": epoch + 1,
-                "state_dict": {name: distributed.unwrap(net).state_dict() for name, net in stage.networks().items()},
-                "optimizer": {name: optimizer.state_dict() for name, optimizer in stage.optimizers.items()},
-                "scheduler": {name: scheduler.state_dict() for name, scheduler in schedulers.items()},
-                "rng": rng_state(),
-                "global_step": global_step,
-                "mouth_region_size": opt.mouth_region_size,
-                "audio_feature": training_set.audio_feature,
-                **stage.checkpoint_metadata(),
-            }, path)
-            log.line(f"checkpoint saved: {path}")
+    skipped = consecutive = 0
+    with StopRequest() as stop:
+        for epoch in range(start_epoch, last_epoch + 1):
+            first = start_iteration if epoch == start_epoch else 0
+            order.set_epoch(epoch, skip_batches=first)
+            for network in stage.networks().values():
+                network.train()
+            progress = tqdm(islice(loader, max(0, iterations - first)), total=iterations, initial=first,
+                            desc=f"epoch {epoch}/{last_epoch}", leave=False, dynamic_ncols=True,
+                            disable=not runtime.is_main)
+            for iteration, batch in enumerate(progress, start=first):
+                batch = {key: stage.precision.batch(value.to(runtime.device, non_blocking=True))
+                         for key, value in batch.items()}
+                buffers = snapshot_buffers(stage)
+                stage.non_finite = []
+                losses, rows = stage.step(batch)
+                losses = distributed.average(losses, runtime)
+                lr = stage.optimizers[stage.lr_network].param_groups[0]["lr"]
+                if stage.non_finite:
+                    for buffer, saved in buffers:
+                        buffer.copy_(saved)
+                    skipped, consecutive = skipped + 1, consecutive + 1
+                    values = " ".join(f"{name}={value:.4g}" for name, value in losses.items())
+                    log.line(f"non-finite at epoch {epoch} iteration {iteration} (step {global_step}): {values}; "
+                             f"{', '.join(stage.non_finite)} not finite, update skipped ({skipped} skipped so far)")
+                    if consecutive >= opt.max_non_finite:
+                        log.close()
+                        raise SystemExit(
+                            f"stopping: {consecutive} non-finite steps in a row, the last at epoch {epoch} iteration "
+                            f"{iteration} (step {global_step}, {values}; {', '.join(stage.non_finite)} not finite); the checkpoints in {opt.result_path} are "
+                            f"from before it: resume with a lower --lr_g/--lr_dI, or --amp off")
+                else:
+                    consecutive = 0
+                    log.line(format_log_line(epoch, iteration, iterations, losses, lr, stage.lr_label))
+                    log.scalars(global_step, epoch, {**losses, stage.lr_label: lr})
+                    if rows and global_step % opt.image_every == 0:
+                        log.images(global_step, image_grid(rows), stage.image_tag)
+                global_step += 1
+                stopping = distributed.any_rank(stop.signal is not None, runtime)
+                if stopping or (opt.save_every_steps and global_step % opt.save_every_steps == 0):
+                    path = checkpointer.save(epoch, iteration + 1, global_step, whole_epoch=False)
+                if stopping:
+                    name = signal.Signals(stop.signal).name if stop.signal else "a signal on another process"
+                    log.line(f"stopped by {name} at epoch {epoch} iteration {iteration + 1}: {path} holds the run; "
+                             f"continue with the same command and --resume auto")
+                    log.close()
+                    distributed.cleanup()
+                    raise SystemExit(128 + (stop.signal or signal.SIGTERM))
+            for scheduler in schedulers.values():
+                scheduler.step()
+            if runtime.is_main:
+                stage.end_epoch(epoch, log, global_step)
+            if epoch % opt.checkpoint == 0:
+                checkpointer.save(epoch, iterations, global_step, whole_epoch=True)
+    if skipped:
+        log.line(f"{skipped} step(s) had a non-finite loss or gradients and were skipped")
     if runtime.is_main:
         stage.finish(log)
     log.close()

@@ -154,7 +154,8 @@ def resize_mouths(mouths, size):
     size is None."""
     if size is None or (mouths.shape[-1] == size and mouths.shape[-2] == size):
         return mouths
-    return F.interpolate(mouths, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    # antialiased resizing has no bf16 kernel on CPU: resize in fp32 (the encoder casts back under autocast)
+    return F.interpolate(mouths.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
 class _SyncNetBase(nn.Module):
@@ -256,9 +257,11 @@ class EmbeddingSyncNet(_SyncNetBase):
 
     @staticmethod
     def loss_of(similarity, target, weight=None):
-        # BCE on the similarity read as a probability; clamped because ReLU codes can make it exactly 0 or 1
-        per_sample = F.binary_cross_entropy(similarity.clamp(1e-6, 1 - 1e-6), target.to(similarity.dtype),
-                                            reduction="none")
+        # BCE on the similarity read as a probability; clamped because ReLU codes can make it exactly 0 or 1.
+        # In fp32 even under autocast (which refuses binary_cross_entropy in reduced precision)
+        with torch.autocast(similarity.device.type, enabled=False):
+            per_sample = F.binary_cross_entropy(similarity.float().clamp(1e-6, 1 - 1e-6), target.float(),
+                                                reduction="none")
         return _weighted_mean(per_sample, weight)
 
 

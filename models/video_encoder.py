@@ -50,7 +50,8 @@ class VideoEncoder(nn.Module):
 
     def forward(self, clips):
         batch, frames = clips.shape[:2]
-        resized = F.interpolate(clips.flatten(0, 1), size=INPUT_SIZE, mode="bilinear", align_corners=False,
+        # fp32: antialiased resizing has no bf16 kernel on CPU
+        resized = F.interpolate(clips.flatten(0, 1).float(), size=INPUT_SIZE, mode="bilinear", align_corners=False,
                                 antialias=True)                                    # (B*T, 3, 144, 112)
         resized = resized.view(batch, frames, 3, *INPUT_SIZE).transpose(1, 2)      # (B, 3, T, 144, 112)
         return self.trunk((resized - self.mean) / self.std)                       # (B, 512, T', 9, 7)

@@ -1,0 +1,70 @@
+"""How a stage's networks compute: --amp, --channels_last, --compile.
+
+--amp auto (default) is bf16 autocast where the hardware computes bf16 natively (CUDA compute capability 8.0
+and newer; CPUs with AMX or AVX512-BF16) and fp32 elsewhere: bf16 is 4-5x faster than fp32 for a DINet
+training step on a Sapphire Rapids CPU and the usual gain on Ampere/Hopper GPUs, while on a CPU without
+native bf16 it is several times slower than fp32 (both measured, README "Speed"). fp16 trains with a gradient
+scaler per optimizer. --channels_last (default on) stores conv weights and image batches NHWC, measured
+faster in fp32 and bf16 alike. --compile runs the generator through torch.compile (off by default: on a
+CPU it spends minutes compiling before the first step).
+"""
+import contextlib
+
+import torch
+
+AMP_CHOICES = ("auto", "off", "bf16", "fp16")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cpu_has_native_bf16():
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_amp(amp, device):
+    """The precision `auto` stands for on `device`; others are returned as given."""
+    if amp != "auto":
+        return amp
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "off"
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "off"
+
+
+class Precision:
+    def __init__(self, amp="off", device=torch.device("cpu"), channels_last=False, compile=False):
+        if amp not in AMP_CHOICES:
+            raise SystemExit(f"--amp {amp}: unknown precision; pass one of {', '.join(AMP_CHOICES)}")
+        self.amp = resolve_amp(amp, device)
+        self.device_type = device.type
+        self.channels_last = channels_last
+        self.compile = compile
+
+    @classmethod
+    def of(cls, opt, device):
+        """From a run's options; option sets that predate these flags (bench, tests) get fp32 NCHW."""
+        return cls(getattr(opt, "amp", "off"), device, getattr(opt, "channels_last", False),
+                   getattr(opt, "compile", False))
+
+    def describe(self):
+        return (f"{'fp32' if self.amp == 'off' else self.amp + ' autocast'}"
+                f"{', channels_last' if self.channels_last else ''}{', compiled' if self.compile else ''}")
+
+    def autocast(self):
+        if self.amp == "off":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=DTYPES[self.amp])
+
+    def scaler(self):
+        """A gradient scaler for one optimizer; it scales only under fp16."""
+        return torch.amp.GradScaler(self.device_type, enabled=self.amp == "fp16")
+
+    def prepare(self, module):
+        return module.to(memory_format=torch.channels_last) if self.channels_last else module
+
+    def batch(self, tensor):
+        """An input tensor in the networks' memory format (image batches, 4-D)."""
+        return tensor.contiguous(memory_format=torch.channels_last) if self.channels_last and tensor.dim() == 4 else tensor
