@@ -13,6 +13,7 @@ needs mel features) is listed as skipped, with the reason.
 import argparse
 
 from config.labs import LAB_PRESETS
+from data.video import check_writable
 from engine.compare import cost_table, markdown_table, run_comparison
 
 
@@ -37,6 +38,7 @@ def main():
     if opt.table_only:
         print(markdown_table(cost_table(opt.labs)))
         return
+    check_writable(opt.out_dir, "--out_dir")  # before any lab trains
     run_comparison(opt.labs, training_args, opt.epochs, opt.out_dir)
 
 

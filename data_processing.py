@@ -31,6 +31,7 @@ import os
 
 from data import prepare
 from data.audio_features import FEATURE_WIDTHS
+from data.video import check_writable
 
 TRAINING_DATA = "./asserts/training_data"
 MAX_PROBLEM_LINES = 50  # --check: enough to see the pattern, not a wall of text
@@ -115,6 +116,11 @@ def check(json_path, clip_length):
 
 def main(argv=None):
     opt = parse_args(argv)
+    # outputs checked before any work, so a long run does not fail at its end
+    if opt.make_demo_data:
+        check_writable(opt.demo_dir, "--demo_dir")
+    if opt.generate_training_json:
+        check_writable(os.path.dirname(os.path.abspath(opt.json_path)), "--json_path", shown=opt.json_path)
     if opt.make_demo_data:
         from data.demo import make_demo_data
         json_path = make_demo_data(opt.demo_dir, num_videos=opt.num_videos, seed=opt.seed,
@@ -131,6 +137,11 @@ def main(argv=None):
                                     min_face_fraction=opt.min_face_fraction)
         reports = prepare.prepare_videos(layout, settings, video_steps, workers=opt.workers)
         print(prepare.format_report(reports))
+        if all(report.skipped for report in reports):
+            if len(reports) == 1:
+                raise SystemExit(reports[0].skipped)
+            raise SystemExit(f"{opt.source_video_dir}: none of its {len(reports)} videos can be used (each one's "
+                             f"reason is above); the first: {reports[0].skipped}")
         if opt.debug_draw:
             print(f"landmark drawings: {opt.debug_draw_dir}/<video>/*.jpg")
     if opt.generate_training_json:

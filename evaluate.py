@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from data.face_landmarks import detect_landmarks
+from data.video import check_writable, probe
 from dubbing.frames import DecodedVideo
 from engine.checkpoint import load_syncnet
 from evaluation.reconstruction import InceptionFeatures, frechet_distance, psnr, ssim
@@ -42,11 +43,30 @@ def parse_args():
 
 
 def check_inputs(opt):
-    for path in opt.videos + (opt.sources or []):
-        if not os.path.isfile(path):
-            raise SystemExit(f"{path}: no such video; check --videos / --sources")
+    """Every input, flag and the output, before any work: one line naming the file or flag and the fix."""
     if opt.sources and len(opt.sources) != len(opt.videos):
         raise SystemExit(f"--sources gives {len(opt.sources)} videos for {len(opt.videos)} --videos; give one per video")
+    for flag, paths in (("--videos", opt.videos), ("--sources", opt.sources or [])):
+        for path in paths:
+            if not os.path.isfile(path):
+                raise SystemExit(f"{path}: no such video; check the paths given to {flag}")
+            info = probe(path)  # one line naming the file when ffmpeg cannot read it
+            if not info["has_video"]:
+                raise SystemExit(f"{path}: no video stream; pass videos to {flag}")
+            if not info["has_audio"]:
+                raise SystemExit(f"{path}: no audio stream, and LSE scores a video against its own speech; pass "
+                                 f"videos with their audio to {flag} (inference.py writes the driving audio in)")
+    if opt.inception_weights and not os.path.isfile(opt.inception_weights):
+        raise SystemExit(f"--inception_weights {opt.inception_weights}: no such file; pass torchvision's Inception v3 "
+                         f"state dict (.pth), or leave the flag out to skip FID")
+    if opt.device is not None:
+        try:
+            device = torch.device(opt.device)
+        except RuntimeError:
+            raise SystemExit(f"--device {opt.device}: not a device; pass cuda, cuda:N or cpu") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise SystemExit(f"--device {opt.device}: no CUDA device is visible; pass --device cpu")
+    check_writable(os.path.dirname(os.path.abspath(opt.csv)), "--csv", shown=opt.csv)
 
 
 def lip_sync(path, syncnet, config, device):
@@ -55,14 +75,15 @@ def lip_sync(path, syncnet, config, device):
     landmarks, found = detect_landmarks(video.frames)
     if not found.any():
         video.close()
-        raise SystemExit(f"{path}: no face found; LSE needs a visible face")
+        raise SystemExit(f"{path}: no face found in any frame; LSE reads the speaker's lips, so pass videos with "
+                         f"one visible, frontal face")
     mouths = mouth_crops(video.frames, landmarks, config.mouth_region_size or 256)
     features = video_audio_features(path, config.audio_feature)
     try:
         score = sync_score(syncnet.to(device), mouths, features)
     except ValueError as error:
         video.close()
-        raise SystemExit(f"{path}: {error}") from None
+        raise SystemExit(f"{path}: {error}; pass longer videos") from None
     return score, video
 
 

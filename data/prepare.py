@@ -492,7 +492,8 @@ def check_training_json(json_path, clip_length=9):
     except (OSError, ValueError) as error:
         return [f"{json_path}: cannot read it as JSON ({error})"]
     if not isinstance(training_data, dict) or not training_data:
-        return [f"{json_path}: not DINet's layout ({{video_name: {{\"clip_data_list\": [...]}}}}) or empty"]
+        return [f"{json_path}: not DINet's layout ({{video_name: {{\"clip_data_list\": [...]}}}}) or empty; make it "
+                f"with `python data_processing.py --generate_training_json`"]
     json_dir = os.path.dirname(os.path.abspath(json_path))
     problems, first_of_width, features = [], {}, set()
     for video, entry in training_data.items():
@@ -504,9 +505,13 @@ def check_training_json(json_path, clip_length=9):
         declared = entry.get("audio_channel")
         for index, clip in enumerate(clips):
             where = f"{video} clip {index}"
-            frames, vectors = clip.get("frame_path_list"), clip.get("deep_speech_list")
+            frames, vectors = (clip.get("frame_path_list"), clip.get("deep_speech_list")) if isinstance(
+                clip, dict) else (None, None)
             if not isinstance(frames, list) or not isinstance(vectors, list):
                 problems.append(f"{where}: no frame_path_list or deep_speech_list")
+                continue
+            if not all(isinstance(vector, list) for vector in vectors):
+                problems.append(f"{where}: deep_speech_list holds no per-frame vectors")
                 continue
             if len(frames) != clip_length or len(vectors) != clip_length:
                 problems.append(f"{where}: {len(frames)} frames and {len(vectors)} audio vectors, "
@@ -516,10 +521,14 @@ def check_training_json(json_path, clip_length=9):
                 if declared is not None and width != declared:
                     problems.append(f"{where}: audio vectors {width} wide, but audio_channel says {declared}")
             problems += [f"{where}: frame {frame} does not exist" for frame in frames
-                         if not os.path.isfile(resolve_frame_path(frame, json_dir))]
+                         if not isinstance(frame, str) or not os.path.isfile(resolve_frame_path(frame, json_dir))]
+    one_feature = ("make every video's features with one --audio_feature (`python data_processing.py "
+                   "--extract_audio_feature --generate_training_json --audio_feature NAME`)")
     if len(first_of_width) > 1:
         problems.append("audio vector widths disagree: " + ", ".join(
-            f"{width} (first in {where})" for width, where in sorted(first_of_width.items())))
+            f"{width} (first in {where})" for width, where in sorted(first_of_width.items())) + f"; {one_feature}")
     if len(features) > 1:
-        problems.append(f"videos use different audio features: {', '.join(sorted(features))}")
-    return problems
+        problems.append(f"videos use different audio features: {', '.join(sorted(features))}; {one_feature}")
+    # one line each, naming the file and the fix
+    remake = "make it again with `python data_processing.py --crop_face --generate_training_json`"
+    return [f"{json_path}: {problem}" + ("" if ";" in problem else f"; {remake}") for problem in problems]

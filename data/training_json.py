@@ -52,9 +52,13 @@ def load_training_json(path, clip_length=9, check_files=True):
             _fail(path, f"video {video_name!r} has no clip_data_list: not DINet's layout")
         clips = []
         for index, clip in enumerate(entry["clip_data_list"]):
-            frames, features = clip.get("frame_path_list"), clip.get("deep_speech_list")
+            frames, features = (clip.get("frame_path_list"), clip.get("deep_speech_list")) if isinstance(
+                clip, dict) else (None, None)
             if not isinstance(frames, list) or not isinstance(features, list):
                 _fail(path, f"{video_name} clip {index} lacks frame_path_list or deep_speech_list: not DINet's layout")
+            if not all(isinstance(vector, list) for vector in features):
+                _fail(path, f"{video_name} clip {index}: deep_speech_list holds no per-frame vectors: "
+                      f"not DINet's layout")
             if len(frames) != clip_length or len(features) != clip_length:
                 _fail(path, f"{video_name} clip {index} has {len(frames)} frames and {len(features)} audio vectors, "
                       f"expected {clip_length} of each")
@@ -64,10 +68,16 @@ def load_training_json(path, clip_length=9, check_files=True):
         names.add(entry.get("audio_feature", "deepspeech"))
         if "audio_channel" in entry:
             widths.add(int(entry["audio_channel"]))
+    if not widths:
+        _fail(path, "lists no clips")
     if len(widths) != 1:
-        _fail(path, f"audio feature widths disagree ({sorted(widths)}): all videos need the same feature")
+        _fail(path, f"audio feature widths disagree ({sorted(widths)}): all videos need the same feature",
+              "make every video's features with one --audio_feature (`python data_processing.py "
+              "--extract_audio_feature --generate_training_json --audio_feature NAME`)")
     if len(names) != 1:
-        _fail(path, f"videos use different audio features ({sorted(names)})")
+        _fail(path, f"videos use different audio features ({sorted(names)})",
+              "make every video's features with one --audio_feature (`python data_processing.py "
+              "--extract_audio_feature --generate_training_json --audio_feature NAME`)")
     if check_files:
         for clips in videos.values():
             for clip in clips:

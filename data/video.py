@@ -12,6 +12,7 @@ import itertools
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 
@@ -26,7 +27,11 @@ def atomic_output(path):
     folder, name = os.path.split(os.path.abspath(path))
     stem, extension = os.path.splitext(name)
     partial = os.path.join(folder, f".{stem}.partial{extension}")  # hidden: globs and listings skip it
-    os.makedirs(folder, exist_ok=True)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        raise SystemExit(f"{path}: cannot write there ({_why_not_writable(folder, error)}); pass a path in a "
+                         f"folder you can write to") from None
     _remove(partial)  # left over from an interrupted run
     try:
         yield partial
@@ -36,6 +41,28 @@ def atomic_output(path):
     if os.path.isdir(partial):
         _remove(path)  # os.replace cannot replace a non-empty directory
     os.replace(partial, path)
+
+
+def _why_not_writable(folder, error=None):
+    """Why `folder` cannot be made or written, or None when it can: a file standing where a folder of its path
+    should be, no write permission where it would be created, or the OS's reason (`error`)."""
+    path = os.path.abspath(folder)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        return f"{path} is a file, not a folder"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"no permission to write in {path}"
+    return None if error is None else (error.strerror or type(error).__name__)
+
+
+def check_writable(folder, flag, shown=None):
+    """Exit naming `flag` (and `shown`, the value given, default `folder`) when `folder` could not be created or
+    written. Checked before any work, so a long run does not fail at its end; creates nothing."""
+    reason = _why_not_writable(folder)
+    if reason:
+        where = "a path in a folder" if shown else "a folder"
+        raise SystemExit(f"{flag} {shown or folder}: cannot write there ({reason}); pass {where} you can write to")
 
 
 def _remove(path):
@@ -67,7 +94,15 @@ def _run_ffmpeg(arguments, path, stdin_frames=None):
         log.seek(0)
         messages = log.read().decode(errors="replace").strip().splitlines()
     if returncode != 0:
-        raise SystemExit(f"{path}: ffmpeg failed ({messages[-1] if messages else f'exit code {returncode}'})")
+        last = messages[-1] if messages else f"exit code {returncode}"
+        full_disk = ("No space left", "File too large", "quota exceeded")
+        # SIGXFSZ: killed for writing past the file-size limit, which is what a full disk looks like under one
+        if returncode == -signal.SIGXFSZ or any(text in line for line in messages for text in full_disk):
+            folder = os.path.dirname(os.path.abspath(path))
+            kept = f"the earlier {os.path.basename(path)} is intact" if os.path.exists(path) else "nothing was left behind"
+            raise SystemExit(f"{path}: not written, the disk is full ({last}); {kept}. Free space in {folder} and run "
+                             f"again")
+        raise SystemExit(f"{path}: ffmpeg failed ({last})")
 
 
 def write_video(path, frames, fps=25, audio_path=None):
@@ -89,10 +124,11 @@ def write_video(path, frames, fps=25, audio_path=None):
                     stdin_frames=itertools.chain([first], frames))
 
 
-def probe(video_path):
+def probe(video_path, kind="video"):
     """What a media file holds: {"width", "height", "fps", "duration", "has_video", "has_audio", "rotation"}.
 
     Parsed from `ffmpeg -i` (imageio-ffmpeg ships no ffprobe); width/height/fps are None without video.
+    `kind` names what the file should be in the message for one ffmpeg cannot read ("video", "audio file").
     """
     if not os.path.isfile(video_path):
         raise SystemExit(f"{video_path}: file not found; check the path")
@@ -101,7 +137,8 @@ def probe(video_path):
     info = result.stderr  # ffmpeg prints stream info to stderr and exits 1 for want of an output file
     if "Stream #" not in info:
         last_line = info.strip().splitlines()[-1] if info.strip() else "no streams"
-        raise SystemExit(f"{video_path}: not a readable video ({last_line}); re-encode it with ffmpeg")
+        last_line = last_line.replace(f"{video_path}: ", "")  # ffmpeg repeats the path
+        raise SystemExit(f"{video_path}: not a readable {kind} ({last_line}); re-encode it with ffmpeg")
     video_line = next((line for line in info.splitlines() if "Video:" in line), "")
     size = re.search(r", (\d+)x(\d+)\b", video_line)  # "..., yuv420p(progressive), 256x256 [SAR 1:1 ...], ..."
     fps = re.search(r"([\d.]+) fps", video_line)

@@ -1,5 +1,7 @@
 """Frame-pair metrics of a self-reconstruction (a video dubbed with its own audio) against its source:
 PSNR and SSIM on RGB in [0, 1], LPIPS (VGG), and FID over frames with torchvision's Inception v3."""
+import os
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -41,12 +43,16 @@ class InceptionFeatures(torch.nn.Module):
         super().__init__()
         from torchvision.models import inception_v3
         network = inception_v3(weights=None, aux_logits=True, init_weights=False)
+        if not os.path.isfile(weights_path):
+            raise SystemExit(f"--inception_weights {weights_path}: no such file; pass torchvision's Inception v3 "
+                             f"state dict (.pth), or leave the flag out to skip FID")
         try:
             state = torch.load(weights_path, map_location="cpu", weights_only=True)
             network.load_state_dict(state.get("state_dict", state))
         except Exception as error:
             raise SystemExit(f"--inception_weights {weights_path}: not a torchvision Inception v3 state dict "
-                             f"({type(error).__name__})") from None
+                             f"({type(error).__name__}); pass inception_v3_google-0cc3c7bd.pth or a state dict "
+                             f"saved from torchvision.models.inception_v3") from None
         network.fc = torch.nn.Identity()
         self.network = network.eval().requires_grad_(False)
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))

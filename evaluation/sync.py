@@ -73,7 +73,8 @@ def sync_score(network, mouths, features):
     """mouths (T, m, m, 3) uint8 and features (T, A) of the same video -> SyncScore."""
     count = min(len(mouths), len(features))
     if count < MOUTH_FRAMES + 2 * MAX_OFFSET // 3:
-        raise ValueError(f"{count} frames are too few to measure lip sync")
+        raise ValueError(f"{count} frames are too few to measure lip sync (it needs "
+                         f"{MOUTH_FRAMES + 2 * MAX_OFFSET // 3} or more at 25 fps)")
     frames = torch.from_numpy(mouths[:count]).permute(0, 3, 1, 2).float() / 255.0   # (T, 3, m, m)
     centres = range(MOUTH_FRAMES // 2, count - MOUTH_FRAMES // 2)
     windows = torch.stack([frames[c - 2:c + 3].flatten(0, 1) for c in centres])      # (N, 15, m, m)

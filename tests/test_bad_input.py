@@ -1,0 +1,376 @@
+"""Bad input to every user-facing command: one line that names the file or flag and the fix, a non-zero exit,
+no traceback, and no output that looks complete.
+
+Each case runs the script in this process (runpy, as `python SCRIPT ARGS` would, from the repository; data
+preparation from a scratch folder) and expects SystemExit: its message (or, for argparse's exit 2, the last
+line it printed) must be one line holding every expected piece. Any other exception is a traceback: the case
+fails. Inputs are tiny and every case stops before any training step. A few cases run as real processes.
+Argument strings are split on spaces, then each piece is filled from the `assets` fixture ({name}) and the
+case's own scratch folder ({tmp}).
+"""
+import glob
+import json
+import os
+import runpy
+import shutil
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, write_dinet_json
+from data.landmarks import write_openface_csv
+from engine.checkpoint import atomic_save
+from models.syncnet import SyncNetConfig, build_syncnet
+from test_clip_training import clip_assets  # noqa: F401  (fixture: 29-d data, a lab2 frame checkpoint, a SyncNet)
+from test_inference import checkpoint  # noqa: F401  (fixture: an untrained mel generator at mouth 64)
+
+FRAME = ("--train_data {tiny_json} --result_path {tmp}/run --device cpu --num_workers 0 --vgg19_weights random "
+         "--augment_num 2 --batch_size 2 --non_decay 1 --decay 0 --iterations_per_epoch 1")
+CLIP = ("--train_data {clip_json} --mouth_region_size 64 --batch_size 1 --augment_num 1 "
+        "--pretrained_frame_DINet_path {lab2_64} --pretrained_syncnet_path {syncnet_64} --result_path {tmp}/run "
+        "--non_decay 1 --decay 0 --iterations_per_epoch 1 --vgg19_weights random --lpips_weights random "
+        "--trepa_weights random --device cpu --num_workers 0")
+SYNCNET = ("--train_data {tiny_json} --result_path {tmp}/run --syncnet_path {tmp}/s.pth --device cpu --num_workers 0 "
+           "--mouth_region_size 64 --syncnet_input_size 32 --batch_size 4 --non_decay 1 --decay 0 "
+           "--iterations_per_epoch 1")
+INFERENCE = ("--source_video_path {grey_mp4} --driving_audio_path {speech_wav} --pretrained_clip_DINet_path "
+             "{mel_generator} --res_video_dir {tmp}/out --device cpu")
+EVALUATE = ("--videos {grey_mp4} --syncnet_path {syncnet_mel64} --csv {tmp}/scores.csv --device cpu "
+            "--lpips_weights random")
+COMMANDS = {  # script, the arguments every case starts from (a flag given again replaces them: argparse's last wins)
+    "frame": ("train_DINet_frame.py", FRAME),
+    "clip": ("train_DINet_clip.py", CLIP),
+    "syncnet": ("train_syncnet.py", SYNCNET),
+    "inference": ("inference.py", INFERENCE),
+    "evaluate": ("evaluate.py", EVALUATE),
+    "data": ("data_processing.py", ""),
+    "compare": ("compare_labs.py", "--out_dir {tmp}/comparison"),
+}
+
+CASES = [
+    # ---- train_DINet_frame.py: the training JSON
+    ("frame", "--train_data {tmp}/none.json", "{tmp}/none.json: training JSON not found", "pass --train_data"),
+    ("frame", "--train_data {list_json}", "{list_json}: not DINet's layout", "python data_processing.py"),
+    ("frame", "--train_data {no_clips_json}", "{no_clips_json}: video 'video0' has no clip_data_list",
+     "python data_processing.py"),
+    ("frame", "--train_data {not_json}", "{not_json}: not valid JSON", "python data_processing.py"),
+    ("frame", "--train_data {clips_not_dicts_json}", "{clips_not_dicts_json}: video0 clip 0 lacks frame_path_list",
+     "python data_processing.py"),
+    ("frame", "--train_data {missing_frame_json}", "{missing_frame_json}: lists ", "which does not exist",
+     "rerun `python data_processing.py --crop_face --generate_training_json`"),
+    ("frame", "--train_data {widths_json}", "{widths_json}: audio feature widths disagree ([29, 80])",
+     "with one --audio_feature"),
+    ("frame", "--train_data {few_clips_json}", "{few_clips_json}: no video has 6 or more 9-frame clips",
+     "use longer videos"),
+    ("frame", "--train_data {bad_frame_json}", ": cannot read this face crop",
+     "rerun `python data_processing.py --crop_face`"),
+    # ---- train_DINet_frame.py: flags that disagree with the data or with DINet's geometry
+    ("frame", "--audio_channel 80", "--audio_channel 80 disagrees with {tiny_json}", "drop --audio_channel"),
+    ("frame", "--mouth_region_size 60", "--mouth_region_size", "60", "multiple of 8", "use 64, 128 or 256"),
+    ("frame", "--batch_size 64", "--batch_size 64 is larger than the 4 samples per epoch", "lower --batch_size"),
+    ("frame", "--lab lab7", "--lab lab7 trains on mel audio features", "--audio_feature mel"),
+    ("frame", "--lab lab10 --alignment mha", "--lab lab10", "--alignment mha cannot be used with",
+     "or --alignment concat"),
+    ("frame", "--vgg19_weights {tmp}/vgg19.pth", "--vgg19_weights {tmp}/vgg19.pth: no such file", "random"),
+    ("frame", "--device gpu", "--device gpu", "cuda, cuda:N or cpu"),
+    ("frame", "--result_path {a_file}/run", "--result_path {a_file}/run: cannot write there",
+     "pass a folder you can write to"),
+    # ---- train_DINet_frame.py: the checkpoint a run starts from
+    ("frame", "--coarse2fine", "--coarse2fine needs --coarse_model_path PATH", "netG_model_epoch_N.pth"),
+    ("frame", "--coarse2fine --coarse_model_path {tmp}/none.pth",
+     "--coarse_model_path {tmp}/none.pth: no such checkpoint file", "check the path"),
+    ("frame", "--coarse2fine --coarse_model_path {truncated_pth}",
+     "--coarse_model_path {truncated_pth}: cannot read this checkpoint", "use an earlier checkpoint"),
+    ("frame", "--coarse2fine --coarse_model_path {no_state_pth}",
+     "--coarse_model_path {no_state_pth}: not a DINet checkpoint (no 'state_dict')", "netG_model_epoch_N.pth"),
+    ("frame", "--mouth_region_size 128 --coarse2fine --coarse_model_path {lab2_64}",
+     "--coarse_model_path {lab2_64}: trained as [extra_same_block=True", "but this run builds [DINet",
+     "pass the matching --lab"),
+    ("frame", "--mouth_region_size 128 --coarse2fine --coarse_model_path {syncnet_64}",
+     "--coarse_model_path {syncnet_64}: not a generator checkpoint", "netG_model_epoch_N.pth"),
+    ("frame", "--resume {tmp}/none.pth", "--resume {tmp}/none.pth: no such checkpoint file", "check the path"),
+    # ---- train_DINet_clip.py
+    ("clip", "--pretrained_frame_DINet_path=", "--pretrained_frame_DINet_path is empty", "netG_model_epoch_N.pth"),
+    ("clip", "--pretrained_frame_DINet_path {truncated_pth}",
+     "--pretrained_frame_DINet_path {truncated_pth}: cannot read this checkpoint", "use an earlier checkpoint"),
+    ("clip", "--pretrained_frame_DINet_path {syncnet_64}",
+     "--pretrained_frame_DINet_path {syncnet_64}: not a generator checkpoint", "netG_model_epoch_N.pth"),
+    ("clip", "--mouth_region_size 128 --lamb_syncnet_perception 0",
+     "--pretrained_frame_DINet_path {lab2_64}: trained with mouth_region_size=64, this run uses 128",
+     "pass --mouth_region_size 64"),
+    ("clip", "--lab lab1", "--pretrained_frame_DINet_path {lab2_64}: trained as [extra_same_block=True",
+     "pass the matching --lab"),
+    ("clip", "--pretrained_syncnet_path=", "--pretrained_syncnet_path is empty", "python train_syncnet.py",
+     "--lamb_syncnet_perception 0"),
+    ("clip", "--pretrained_syncnet_path {syncnet_128}",
+     "--pretrained_syncnet_path {syncnet_128}: this SyncNet was trained on mouth 128 crops",
+     "train one on this data: python train_syncnet.py"),
+    ("clip", "--pretrained_syncnet_path {syncnet_mel64}",
+     "--pretrained_syncnet_path {syncnet_mel64}: this SyncNet reads 80-d mel audio, the training data has 29-d "
+     "deepspeech features", "train one on this data: python train_syncnet.py"),
+    ("clip", "--pretrained_syncnet_path {lab2_64}", "--pretrained_syncnet_path {lab2_64}: not a SyncNet checkpoint",
+     "train_syncnet.py"),
+    ("clip", "--loss_preset latentsync --lpips_weights {tmp}/vgg16.pth",
+     "--lpips_weights {tmp}/vgg16.pth: no such file", "random"),
+    # ---- train_syncnet.py
+    ("syncnet", "--train_data {tmp}/none.json", "{tmp}/none.json: training JSON not found", "pass --train_data"),
+    ("syncnet", "--syncnet_input_size 48", "--syncnet_input_size 48: must be a multiple of 32"),
+    ("syncnet", "--mouth_region_size 60", "--mouth_region_size", "multiple of 8", "use 64, 128 or 256"),
+    ("syncnet", "--train_data {one_video_json}", "{one_video_json}: SyncNet training holds out whole videos",
+     "prepare at least 2 videos"),
+    ("syncnet", "--audio_channel 80", "--audio_channel 80 disagrees with {tiny_json}", "drop --audio_channel"),
+    ("syncnet", "--batch_size 1000", "--batch_size 1000 is larger than", "lower --batch_size"),
+    ("syncnet", "--result_path {a_file}/run", "--result_path {a_file}/run: cannot write there",
+     "pass a folder you can write to"),
+    ("syncnet", "--resume {lab2_64}", "--resume {lab2_64}: not a SyncNet checkpoint", "syncnet_model_epoch_N.pth"),
+    # ---- inference.py
+    ("inference", "--source_video_path {tmp}/none.mp4", "--source_video_path {tmp}/none.mp4: no such file",
+     "check the path"),
+    ("inference", "--driving_audio_path {tmp}/none.wav", "--driving_audio_path {tmp}/none.wav: no such file",
+     "check the path"),
+    ("inference", "--source_video_path {not_video}", "--source_video_path {not_video}: not a readable video",
+     "re-encode it with ffmpeg"),
+    ("inference", "--source_video_path {speech_wav}", "--source_video_path {speech_wav}: no video stream",
+     "pass a video of the face to dub"),
+    ("inference", "--driving_audio_path {not_audio}", "--driving_audio_path {not_audio}: not a readable audio file",
+     "re-encode it with ffmpeg"),
+    ("inference", "--driving_audio_path {silent_mp4}", "--driving_audio_path {silent_mp4}: no audio stream",
+     "pass the speech to dub with"),
+    ("inference", "", "{grey_mp4}: no face found in any frame", "use a video with one visible, frontal face"),
+    ("inference", "--driving_audio_path {short_wav}", "{short_wav}: ", "ms of audio; dubbing needs at least 200 ms",
+     "pass a longer --driving_audio_path"),
+    ("inference", "--pretrained_clip_DINet_path {tmp}/none.pth",
+     "--pretrained_clip_DINet_path {tmp}/none.pth: no such checkpoint file", "check the path"),
+    ("inference", "--pretrained_clip_DINet_path {text_pth}",
+     "--pretrained_clip_DINet_path {text_pth}: cannot read this checkpoint", "not a PyTorch file"),
+    ("inference", "--pretrained_clip_DINet_path {syncnet_64}",
+     "--pretrained_clip_DINet_path {syncnet_64}: not a generator checkpoint", "netG_model_epoch_N.pth"),
+    ("inference", "--mouth_region_size 60", "--mouth_region_size 60: DINet's crop geometry needs a multiple of 8",
+     "use 64, 128 or 256"),
+    ("inference", "--mouth_region_size 128", "trained at mouth 64, but --mouth_region_size is 128",
+     "drop --mouth_region_size"),
+    ("inference", "--source_openface_landmark_path {tmp}/none.csv",
+     "--source_openface_landmark_path {tmp}/none.csv: no such file", "check the path"),
+    ("inference", "--source_openface_landmark_path {short_csv}",
+     "--source_openface_landmark_path {short_csv}: 10 rows for 25 frames", "or drop the flag"),
+    ("inference", "--audio_feature_path {features_29}",
+     "--audio_feature_path {features_29}: shape (50, 29), but the checkpoint expects (frames, 80) mel features",
+     "or drop the flag"),
+    ("inference", "--audio_feature_path {not_audio}", "--audio_feature_path {not_audio}: cannot read it",
+     "pass a .npy or .txt array"),
+    ("inference", "--batch_size 0", "--batch_size 0", "1 or more"),
+    ("inference", "--device gpu", "--device gpu: not a device", "pass cuda, cuda:N or cpu"),
+    ("inference", "--res_video_dir {a_file}/out", "--res_video_dir {a_file}/out: cannot write there",
+     "pass a folder you can write to"),
+    # ---- evaluate.py
+    ("evaluate", "--videos {tmp}/none.mp4", "{tmp}/none.mp4: no such video", "--videos"),
+    ("evaluate", "--videos {not_video}", "{not_video}: not a readable video", "re-encode it with ffmpeg"),
+    ("evaluate", "--videos {silent_mp4}", "{silent_mp4}: no audio stream", "pass videos with their audio"),
+    ("evaluate", "", "{grey_mp4}: no face found in any frame", "one visible, frontal face"),
+    ("evaluate", "--sources {grey_mp4} {grey_mp4}", "--sources gives 2 videos for 1 --videos", "one per video"),
+    ("evaluate", "--syncnet_path {tmp}/none.pth", "--syncnet_path {tmp}/none.pth: no such checkpoint file",
+     "check the path"),
+    ("evaluate", "--syncnet_path {lab2_64}", "--syncnet_path {lab2_64}: not a SyncNet checkpoint", "train_syncnet.py"),
+    ("evaluate", "--syncnet_path {syncnet_64}", "--syncnet_path {syncnet_64}: it reads deepspeech audio features",
+     "pass a SyncNet trained by train_syncnet.py on mel or mfcc data"),
+    ("evaluate", "--sources {grey_mp4} --inception_weights {tmp}/inception.pth",
+     "--inception_weights {tmp}/inception.pth: no such file", "leave the flag out"),
+    ("evaluate", "--device gpu", "--device gpu: not a device", "pass cuda, cuda:N or cpu"),
+    ("evaluate", "--csv {a_file}/scores.csv", "--csv {a_file}/scores.csv: cannot write there ({a_file} is a file",
+     "pass a path in a folder you can write to"),
+    # ---- data_processing.py (run from a scratch folder: it writes under ./asserts/training_data)
+    ("data", "--all --source_video_dir {tmp}/none", "{tmp}/none: directory not found", "pass --source_video_dir"),
+    ("data", "--all --source_video_dir {videos_none}", "{videos_none}: no videos", "put the videos there"),
+    ("data", "--all --source_video_dir {videos_silent}", "{videos_silent}/silent.mp4: no audio stream", "mux it in"),
+    ("data", "--all --source_video_dir {videos_broken}", "{videos_broken}/broken.mp4: not a readable video",
+     "re-encode it with ffmpeg"),
+    ("data", "--all --source_video_dir {videos_no_face}", "a face in only 0% of frames",
+     "use a video where one face stays in view"),
+    ("data", "--generate_training_json --crop_face_dir {tmp}/no_crops", "{tmp}/no_crops: directory not found",
+     "--crop_face"),
+    ("data", "--generate_training_json --json_path {a_file}/training_json.json",
+     "--json_path {a_file}/training_json.json: cannot write there", "pass a path in a folder you can write to"),
+    ("data", "--check --json {tmp}/none.json", "{tmp}/none.json: file not found", "--json"),
+    ("data", "--check --json {list_json}", "{list_json}: not DINet's layout", "--generate_training_json"),
+    ("data", "--check --json {clips_not_dicts_json}",
+     "{clips_not_dicts_json}: video0 clip 0: no frame_path_list or deep_speech_list",
+     "make it again with `python data_processing.py --crop_face --generate_training_json`"),
+    ("data", "--check --json {missing_frame_json}", "{missing_frame_json}: video1 clip 2: frame ", "does not exist",
+     "make it again with `python data_processing.py --crop_face --generate_training_json`"),
+    ("data", "--all --workers 0", "error: --workers must be 1 or more"),
+    ("data", "--source_video_dir {videos_silent}", "error: nothing to do", "--all --source_video_dir DIR"),
+    # ---- compare_labs.py
+    ("compare", "--labs lab1,lab99", "error: argument --labs: unknown lab 'lab99'", "choose from lab1"),
+    ("compare", "--labs lab1 --lab lab2", "--lab: compare_labs.py sets it for each lab", "choose labs with --labs"),
+    ("compare", "--labs lab1 --train_data {tmp}/none.json", "{tmp}/none.json: training JSON not found",
+     "pass --train_data"),
+    ("compare", "--labs lab1 --train_data {tiny_json} --out_dir {a_file}/comparison",
+     "--out_dir {a_file}/comparison: cannot write there ({a_file} is a file, not a folder)",
+     "pass a folder you can write to"),
+]
+
+
+def case_id(command, args):
+    text = f"{command} {args or '(defaults)'}".replace("{", "").replace("}", "")
+    return "".join(char if char.isalnum() or char in "-_=" else "_" for char in text)
+
+
+def ffmpeg(*args):
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", *args], check=True)
+
+
+def save_syncnet(path, **config):
+    config = SyncNetConfig(input_size=32, **config)
+    atomic_save({"state_dict": {"net": build_syncnet(config).state_dict()}, "syncnet_config": config.to_dict()},
+                str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory, tiny_json, clip_assets, checkpoint):  # noqa: F811
+    """Every bad (and the few good) inputs the cases name, built once: tiny JSONs, checkpoints, 1 s media."""
+    folder = tmp_path_factory.mktemp("bad_input")
+    _, clip_json, lab2_64, syncnet_64 = clip_assets
+    a = SimpleNamespace(tiny_json=tiny_json, clip_json=clip_json, lab2_64=lab2_64, syncnet_64=syncnet_64,
+                        mel_generator=checkpoint)
+    a.a_file = str(folder / "a_file")  # a regular file: nothing can be created under it (tests may run as root)
+    (folder / "a_file").write_text("a file, not a folder\n")
+
+    # training JSONs that are not DINet's layout, or point at what is not there
+    a.list_json, a.no_clips_json, a.clips_not_dicts_json, a.not_json = (
+        str(folder / name) for name in ("list.json", "no_clips.json", "clips_not_dicts.json", "not.json"))
+    (folder / "list.json").write_text("[1, 2, 3]")
+    (folder / "no_clips.json").write_text(json.dumps({"video0": {"video_clip_num": 3}}))
+    (folder / "clips_not_dicts.json").write_text(json.dumps({"video0": {"clip_data_list": [["a.jpg"] * 9]}}))
+    (folder / "not.json").write_text("{this is not JSON")
+    a.missing_frame_json = write_dinet_json(str(folder / "missing_frame"), videos=2, clips=6)
+    with open(a.missing_frame_json) as f:
+        os.remove(json.load(f)["video1"]["clip_data_list"][2]["frame_path_list"][4])
+    a.widths_json = write_dinet_json(str(folder / "widths"), videos=2, clips=6)
+    with open(a.widths_json) as f:
+        data = json.load(f)
+    for clip in data["video1"]["clip_data_list"]:
+        clip["deep_speech_list"] = np.zeros((9, 80)).tolist()
+    with open(a.widths_json, "w") as f:
+        json.dump(data, f)
+    a.few_clips_json = write_dinet_json(str(folder / "few_clips"), videos=2, clips=3)
+    a.one_video_json = write_dinet_json(str(folder / "one_video"), videos=1, clips=6)
+    a.bad_frame_json = write_dinet_json(str(folder / "bad_frame"), videos=2, clips=6)
+    for path in glob.glob(str(folder / "bad_frame" / "crop" / "**" / "*.jpg"), recursive=True):
+        with open(path, "wb") as f:
+            f.write(b"not a jpeg")
+
+    # checkpoints: unreadable, not DINet's, or of other data
+    a.truncated_pth = str(folder / "truncated.pth")
+    with open(lab2_64, "rb") as source, open(a.truncated_pth, "wb") as f:
+        f.write(source.read(4096))
+    a.text_pth = str(folder / "text.pth")
+    (folder / "text.pth").write_text("not a checkpoint\n")
+    a.no_state_pth = str(folder / "no_state.pth")
+    torch.save({"weights": torch.zeros(3)}, a.no_state_pth)
+    torch.manual_seed(0)
+    a.syncnet_128 = save_syncnet(folder / "syncnet_128.pth", audio_channel=29, audio_feature="deepspeech",
+                                 mouth_region_size=128)
+    a.syncnet_mel64 = save_syncnet(folder / "syncnet_mel64.pth", arch="embedding", audio_channel=80,
+                                   audio_feature="mel", mouth_region_size=64)
+    a.features_29 = str(folder / "features_29.npy")
+    np.save(a.features_29, np.zeros((50, 29), np.float32))
+
+    # media: 1 s, 128 x 128, a flat grey picture (no face) with or without a tone; files that are not media
+    grey = ["-f", "lavfi", "-i", "color=c=gray:s=128x128:r=25:d=1"]
+    tone = ["-f", "lavfi", "-i", "sine=frequency=300:sample_rate=16000:duration={}"]
+    h264 = ["-c:v", "libx264", "-pix_fmt", "yuv420p"]
+    a.grey_mp4, a.silent_mp4 = str(folder / "grey.mp4"), str(folder / "silent.mp4")
+    ffmpeg(*grey, *tone[:3], tone[3].format(1), *h264, "-c:a", "aac", "-shortest", a.grey_mp4)
+    ffmpeg(*grey, "-an", *h264, a.silent_mp4)
+    a.speech_wav, a.short_wav = str(folder / "speech.wav"), str(folder / "short.wav")
+    ffmpeg(*tone[:3], tone[3].format(1), a.speech_wav)
+    ffmpeg(*tone[:3], tone[3].format(0.1), a.short_wav)
+    a.not_video, a.not_audio = str(folder / "not_video.mp4"), str(folder / "not_audio.wav")
+    (folder / "not_video.mp4").write_text("a text file named like a video\n")
+    (folder / "not_audio.wav").write_text("a text file named like audio\n")
+    a.short_csv = str(folder / "short.csv")
+    write_openface_csv(a.short_csv, np.random.default_rng(0).uniform(20, 100, (10, 68, 2)))
+
+    # video folders for data_processing.py, each with one kind of unusable video
+    for name, source, target in (("videos_silent", a.silent_mp4, "silent.mp4"),
+                                 ("videos_broken", a.not_video, "broken.mp4"),
+                                 ("videos_no_face", a.grey_mp4, "grey.mp4"),
+                                 ("videos_none", a.not_video, "notes.txt")):
+        os.makedirs(folder / name)
+        shutil.copy(source, folder / name / target)
+        setattr(a, name, str(folder / name))
+    return vars(a)
+
+
+def fill(text, values):
+    return [piece.format(**values) for piece in text.split()]
+
+
+def assert_nothing_finished_left(tmp_path, command):
+    """No output that looks complete: dubbed videos, score tables, checkpoints, training JSONs."""
+    if command == "data":  # data preparation keeps finished steps of other videos by design; no JSON though
+        assert not glob.glob(str(tmp_path / "**" / "training_json.json"), recursive=True)
+        return
+    left = [path for pattern in ("*.mp4", "*.csv", "*.pth", "*.json")
+            for path in glob.glob(str(tmp_path / "**" / pattern), recursive=True)]
+    assert not left, left
+
+
+@pytest.mark.parametrize("command,args,expected", [
+    pytest.param(command, args, expected, id=case_id(command, args))
+    for command, args, *expected in CASES])
+def test_bad_input_is_one_line_naming_the_file_or_flag_and_the_fix(assets, command, args, expected, tmp_path,
+                                                                   monkeypatch, capsys):
+    script, base = COMMANDS[command]
+    values = {**assets, "tmp": str(tmp_path)}
+    argv = fill(base, values) + fill(args, values)
+    if command == "data":
+        work = tmp_path / "work"
+        work.mkdir()
+        monkeypatch.chdir(work)
+    else:
+        monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", [script, *argv])
+    with pytest.raises(SystemExit) as exit_info:  # any other exception is a traceback: the case fails
+        runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
+    code = exit_info.value.code
+    if isinstance(code, str):
+        message = code
+    else:  # argparse: exit 2 after usage lines and one error line on stderr
+        assert code not in (0, None), f"exit code {code}"
+        message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "\n" not in message.strip(), message
+    for piece in expected:
+        assert piece.format(**values) in message, message
+    assert_nothing_finished_left(tmp_path, command)
+
+
+# ---------------------------------------------------------------- as real processes
+
+@pytest.mark.parametrize("command,args,expected,cwd", [
+    pytest.param("inference", "--source_video_path {not_video}",
+                 "--source_video_path {not_video}: not a readable video", ROOT, id="inference_not_a_video"),
+    pytest.param("syncnet", "--syncnet_input_size 48", "--syncnet_input_size 48: must be a multiple of 32", ROOT,
+                 id="train_syncnet_input_size"),
+    pytest.param("data", "--all --source_video_dir {videos_silent}", "{videos_silent}/silent.mp4: no audio stream",
+                 None, id="data_processing_silent_video"),
+    # a face crop that cannot be read, found by a DataLoader worker process (the default --num_workers 2)
+    pytest.param("frame", "--train_data {bad_frame_json} --num_workers 1", ": cannot read this face crop", ROOT,
+                 id="frame_unreadable_crop_in_a_loader_worker"),
+])
+def test_bad_input_from_the_shell_exits_nonzero_with_the_message_last_and_no_traceback(assets, command, args, expected,
+                                                                                        cwd, tmp_path):
+    script, base = COMMANDS[command]
+    values = {**assets, "tmp": str(tmp_path)}
+    result = subprocess.run([sys.executable, os.path.join(ROOT, script), *fill(base, values), *fill(args, values)],
+                            cwd=cwd or tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert expected.format(**values) in result.stderr.strip().splitlines()[-1], result.stderr[-3000:]
+    assert_nothing_finished_left(tmp_path, command)
