@@ -95,3 +95,76 @@ def test_generator_output_has_the_face_crop_shape(mouth_size, height, width):
 def test_unavailable_architecture_choice_is_a_clear_error():
     with pytest.raises(ValueError, match="--warp 'nothing' is not available"):
         GeneratorConfig(warp="nothing")
+
+
+def adaat_pair(para_ch, feature_ch, dtype=torch.float32, seed=0):
+    """The published AdaAT and the default (channel-pair) one with the same weights."""
+    torch.manual_seed(seed)
+    published = AdaAT(para_ch, feature_ch, implementation="published").to(dtype)
+    fast = AdaAT(para_ch, feature_ch).to(dtype)
+    fast.load_state_dict(published.state_dict())
+    return published, fast
+
+
+def test_default_adaat_is_the_channel_pair_formulation():
+    assert AdaAT(8, 4).implementation == "channel_pair"
+    with pytest.raises(ValueError, match="choose one of"):
+        AdaAT(8, 4, implementation="nothing")
+
+
+@needs_fixtures
+def test_channel_pair_adaat_computes_the_published_function_on_the_reference_fixture():
+    """Same weights and inputs, same machine: within 1e-5 of the published 3-D grid_sample formulation, and
+    no further from the stored published output than the published code itself is on this machine (AdaAT's
+    output moves by ~3e-5 when its code moves by one float32 ulp, so BLAS summation order alone separates
+    machines by that much)."""
+    reference = torch.load(os.path.join(FIXTURES, "adaat_reference.pt"), weights_only=False)
+    outputs = {}
+    for implementation in ("published", "channel_pair"):
+        adaat = AdaAT(256, 256, implementation=implementation)
+        adaat.load_state_dict(reference["state_dict"], strict=True)
+        with torch.no_grad():
+            outputs[implementation] = adaat(reference["feature_map"], reference["para_code"])
+    assert (outputs["channel_pair"] - outputs["published"]).abs().max() < 1e-5
+    published_error = (outputs["published"] - reference["output"]).abs().max()
+    assert (outputs["channel_pair"] - reference["output"]).abs().max() <= published_error + 1e-5
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_channel_pair_adaat_matches_the_published_forward_and_gradients(channels_last):
+    """float64, so any difference is a different function, not rounding: output, input and code gradients
+    and every parameter's gradient agree; channels_last input gives the same numbers in the same layout."""
+    published, fast = adaat_pair(16, 32, torch.float64)
+    features = torch.randn(3, 32, 9, 7, dtype=torch.float64)
+    code = torch.randn(3, 16, dtype=torch.float64)
+    weights = torch.randn(3, 32, 9, 7, dtype=torch.float64)
+    results = []
+    for adaat, fmt in ((published, torch.contiguous_format),
+                       (fast, torch.channels_last if channels_last else torch.contiguous_format)):
+        x = features.clone(memory_format=fmt).requires_grad_()
+        c = code.clone().requires_grad_()
+        output = adaat(x, c)
+        assert output.is_contiguous(memory_format=fmt)
+        (output * weights).sum().backward()
+        results.append([output, x.grad, c.grad] + [p.grad for p in adaat.parameters()])
+    for expected, got in zip(*results):
+        assert torch.allclose(got, expected, rtol=1e-9, atol=1e-11)
+
+
+def test_channel_pair_adaat_matches_the_published_one_in_float32():
+    published, fast = adaat_pair(256, 256)
+    features, code = torch.randn(2, 256, 26, 20), torch.randn(2, 256)
+    with torch.no_grad():
+        assert (fast(features, code) - published(features, code)).abs().max() < 1e-5
+
+
+def test_channel_pair_adaat_under_bf16_autocast_stays_near_fp32():
+    """Under autocast it samples in fp32 (grid_sample is an fp32 op there): only the bf16 linear layers differ."""
+    _, fast = adaat_pair(64, 64)
+    features, code = torch.randn(2, 64, 13, 10), torch.randn(2, 64)
+    with torch.no_grad():
+        reference = fast(features, code)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            output = fast(features.bfloat16(), code)
+    assert output.dtype == torch.float32
+    assert (output - reference).abs().mean() < 0.05 * reference.abs().mean()
