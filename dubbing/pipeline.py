@@ -4,9 +4,23 @@
     driving audio -> per-frame features (the checkpoint's feature) -> 5-frame windows
     frame t of the output = source frame ping-pong(t), its DINet face crop, mouth masked, generated with
     5 reference crops and audio window t, blended back with a feathered mask, encoded H.264 + AAC.
+
+Three threads overlap the work: ffmpeg decodes into a memory map in the background (dubbing/frames.py), the
+main thread crops and runs the generator batch by batch (the reference branch once per video,
+dubbing/generation.py; channels_last, bf16 autocast with --amp bf16), and a writer thread blends each frame
+and streams it to the encoder (dubbing/encode.py, x264 `veryfast`). `timings` (a dict) collects the seconds
+each stage was busy: decode, features, landmarks, crops, generator, blend, encode (waiting on ffmpeg), total.
+`batch_size` is the most frames per generator call; on CPU, large mouths get fewer (`frames_per_call`).
+For speed on CPU, run it in a process started with OMP_WAIT_POLICY=PASSIVE (inference.py sets it): the
+generator's OpenMP threads then sleep, not spin, while the decoder and encoder need the cores.
 """
 import os
+import queue
 import tempfile
+import threading
+import time
+from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import cv2
@@ -17,11 +31,13 @@ from tqdm import tqdm
 from data.audio_features import FEATURE_WIDTHS, compute_audio_feature
 from data.geometry import CropGeometry, compute_crop_radius, crop_box, mask_mouth
 from data.landmarks import read_openface_csv
-from data.video import extract_audio, write_video
+from data.video import extract_audio
 from engine.checkpoint import generator_config_of, load_checkpoint, load_network
 from models import DINet
 
+from .encode import DEFAULT_PRESET, VideoEncoder
 from .frames import DecodedVideo
+from .generation import ReferencedGenerator
 
 AUDIO_WINDOW = 5     # video frames of audio the generator sees, centred on the frame it makes
 NUM_REFERENCES = 5
@@ -43,7 +59,14 @@ def load_generator(path, device, mouth_size=None):
     """
     flag = "--pretrained_clip_DINet_path"
     checkpoint = load_checkpoint(path, flag)
-    config = generator_config_of(checkpoint)
+    if not isinstance(checkpoint["state_dict"], dict) or "net_g" not in checkpoint["state_dict"]:
+        raise SystemExit(f"{flag} {path}: not a generator checkpoint (no state_dict['net_g']); pass a "
+                         f"netG_model_epoch_N.pth from train_DINet_clip.py or train_DINet_frame.py")
+    try:
+        config = generator_config_of(checkpoint)
+    except KeyError as error:
+        raise SystemExit(f"{flag} {path}: its net_g weights are not a DINet generator's (no {error}); pass a "
+                         f"netG_model_epoch_N.pth from train_DINet_clip.py or train_DINet_frame.py") from None
     trained_size = checkpoint.get("mouth_region_size")
     if trained_size and mouth_size and trained_size != mouth_size:
         raise SystemExit(f"{flag} {path}: trained at mouth {trained_size}, but --mouth_region_size is {mouth_size}; "
@@ -60,10 +83,16 @@ def load_audio_features(driving_audio_path, feature, feature_path, work_dir):
     if feature_path:
         if not os.path.isfile(feature_path):
             raise SystemExit(f"--audio_feature_path {feature_path}: no such file")
-        features = np.load(feature_path) if feature_path.endswith(".npy") else np.loadtxt(feature_path)
-        if features.ndim != 2 or features.shape[1] != FEATURE_WIDTHS.get(feature, features.shape[1]):
+        try:
+            features = np.load(feature_path) if feature_path.endswith(".npy") else np.loadtxt(feature_path, ndmin=2)
+        except (ValueError, OSError, EOFError) as error:
+            raise SystemExit(f"--audio_feature_path {feature_path}: cannot read it ({type(error).__name__}); pass "
+                             f"a .npy or .txt array of (frames, channels)") from None
+        width = FEATURE_WIDTHS.get(feature)
+        if features.ndim != 2 or (width is not None and features.shape[1] != width):
             raise SystemExit(f"--audio_feature_path {feature_path}: shape {features.shape}, but the checkpoint "
-                             f"expects (frames, {FEATURE_WIDTHS.get(feature)}) {feature} features")
+                             f"expects (frames, {width}) {feature} features; pass {feature} features of the "
+                             f"driving audio, 25 per second, or drop the flag")
         return features.astype(np.float32)
     if feature == "deepspeech" or feature is None:
         raise SystemExit("this checkpoint takes DeepSpeech features, which need TensorFlow: compute them for the "
@@ -109,7 +138,7 @@ def face_crop(frame, landmarks, radius, geometry):
 
 
 def to_batch(images):
-    """list of (H, W, C) uint8 -> (B, C, H, W) float in [0, 1]."""
+    """list of (H, W, C) uint8 -> (B, C, H, W) float in [0, 1] (channels_last strides: a view of the stack)."""
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
 
 
@@ -119,20 +148,80 @@ class DubResult:
     frames: int
     passed_through: int
     face_video_path: str = None
+    batch_size: int = None  # frames per generator call, as run
+
+
+# On CPU a generator call's activations should stay around this many face-crop pixels per call: past it, a
+# batch of large crops runs slower per frame than single frames (measured on 2 cores, bf16: mouth 256 is
+# 0.16 s/frame one at a time, 0.31 s/frame in batches of 8), as its tensors no longer fit in caches and each
+# one is a fresh mmap that the kernel zero-fills. Mouth 64 gets 8 frames per call, 128 gets 2, 256 gets 1.
+CPU_PIXELS_PER_CALL = 70_000
+
+
+def frames_per_call(batch_size, geometry, device):
+    if device.type != "cpu":
+        return batch_size
+    return max(1, min(batch_size, CPU_PIXELS_PER_CALL // (geometry.height * geometry.width)))
+
+
+def tune_cpu_allocator():
+    """glibc serves every allocation above 128 KB with a fresh mmap, returned at free: the generator's
+    activations (MBs each) then cost a page fault per 4 KB on every call. Raising the mmap threshold to its
+    maximum (32 MB) and the trim threshold keeps them in the reused heap: the generator runs 10-25% faster
+    (mouth 64 batch 8: 13.7 -> 11.0 ms/frame; mouth 256: 206 -> 156 ms/frame, bf16). Process-wide; a no-op
+    where the C library is not glibc."""
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED:
+        return
+    _ALLOCATOR_TUNED = True
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 * 1024 * 1024)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 1 << 30)           # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+_ALLOCATOR_TUNED = False
+
+
+class Timings(defaultdict):
+    """Seconds per stage; stages in different threads overlap, so they add up to more than the total."""
+
+    def __init__(self):
+        super().__init__(float)
+
+    @contextmanager
+    def __call__(self, stage):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[stage] += time.perf_counter() - started
 
 
 def dub(source_video_path, driving_audio_path, generator, output_path, device, landmark_csv=None,
-        audio_feature_path=None, batch_size=8, face_video_path=None, seed=0, amp=None, landmark_detector=None):
+        audio_feature_path=None, batch_size=8, face_video_path=None, seed=0, amp=None, landmark_detector=None,
+        channels_last=True, preset=DEFAULT_PRESET, timings=None, progress=True):
+    started = time.perf_counter()
+    times = Timings()
     geometry = CropGeometry(generator.mouth_size)
+    batch_size = frames_per_call(batch_size, geometry, device)
+    if device.type == "cpu":
+        tune_cpu_allocator()
     with tempfile.TemporaryDirectory(prefix="dub-") as work_dir:
-        features = load_audio_features(driving_audio_path, generator.audio_feature, audio_feature_path, work_dir)
-        if len(features) < AUDIO_WINDOW:
-            raise SystemExit(f"{driving_audio_path}: {len(features) * 40} ms of audio; dubbing needs at least "
-                             f"{AUDIO_WINDOW * 40} ms ({AUDIO_WINDOW} video frames)")
-        video = DecodedVideo(source_video_path)
+        video = DecodedVideo(source_video_path, background=True)  # decodes in the background from here on
         try:
-            landmarks = _landmarks(video, landmark_csv, source_video_path, landmark_detector)
-            index = ping_pong(len(video), len(features))
+            with times("features"):
+                features = load_audio_features(driving_audio_path, generator.audio_feature, audio_feature_path,
+                                               work_dir)
+            if len(features) < AUDIO_WINDOW:
+                raise SystemExit(f"{driving_audio_path}: {len(features) * 40} ms of audio; dubbing needs at least "
+                                 f"{AUDIO_WINDOW * 40} ms ({AUDIO_WINDOW} video frames); pass a longer --driving_audio_path")
+            with times("landmarks"):
+                landmarks = _landmarks(video, landmark_csv, source_video_path, landmark_detector)
+            index = ping_pong(len(landmarks), len(features))
             radii = crop_radii(landmarks[index], video.size)
             usable = [t for t, radius in enumerate(radii) if radius is not None]
             if not usable:
@@ -140,34 +229,86 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
                                  f"use a video with the whole lower face inside the picture")
             rng = np.random.default_rng(seed)
             reference_ids = rng.choice(usable, size=NUM_REFERENCES, replace=len(usable) < NUM_REFERENCES)
-            references = np.concatenate(
-                [face_crop(video.frames[index[t]], landmarks[index[t]], radii[t], geometry)[0] for t in reference_ids],
-                axis=2)
-            reference_batch = to_batch([references]).to(device)  # (1, 15, H, W)
+            source = _SourceFrames(video, landmark_csv, len(landmarks))
+            with times("crops"):
+                references = np.concatenate(
+                    [face_crop(source[index[t]], landmarks[index[t]], radii[t], geometry)[0] for t in reference_ids],
+                    axis=2)
+                reference_batch = to_batch([references]).to(device)  # (1, 15, H, W)
+            with times("generator"):
+                network = generator.network
+                if channels_last:
+                    network = network.to(memory_format=torch.channels_last)
+                generate = ReferencedGenerator(network, reference_batch, amp, channels_last)
             padded_features = np.pad(features, ((2, 2), (0, 0)), mode="edge")
-            frames = _generate(video, landmarks, index, radii, padded_features, generator, geometry, reference_batch,
-                               device, batch_size, amp, face_video_path is not None)
-            face_frames = []
-            if face_video_path:
-                frames = _tee_faces(frames, face_frames)
-            write_video(output_path, frames, fps=25, audio_path=driving_audio_path)
-            if face_video_path:
-                write_video(face_video_path, face_frames, fps=25, audio_path=driving_audio_path)
-            passed = len(radii) - len(usable)
+            height, width = video.shape[:2]
+            encoders = [VideoEncoder(output_path, width, height, audio_path=driving_audio_path, preset=preset)]
+            try:
+                if face_video_path:
+                    encoders.append(VideoEncoder(face_video_path, geometry.width, geometry.height,
+                                                 audio_path=driving_audio_path, preset=preset))
+            except BaseException:
+                encoders[0].abort()
+                raise
+            writer = _Writer(source, index, geometry, times, *encoders)
+            try:
+                starts = range(0, len(index), batch_size)
+                for start in tqdm(starts, desc="dubbing", unit="batch", disable=not progress):
+                    frames = range(start, min(start + batch_size, len(index)))
+                    batch = [t for t in frames if radii[t] is not None]
+                    generated = {}
+                    if batch:
+                        with times("crops"):
+                            crops, boxes = zip(*(face_crop(source[index[t]], landmarks[index[t]], radii[t], geometry)
+                                                 for t in batch))
+                            masked = mask_mouth(to_batch(crops), geometry).to(device)
+                            audio = torch.from_numpy(np.stack([padded_features[t:t + AUDIO_WINDOW].T for t in batch]))
+                        with times("generator"):
+                            out = generate(masked, audio.float().to(device))
+                            faces = (out.clamp(0, 1) * 255).permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
+                        generated = {t: (face, box) for t, face, box in zip(batch, faces, boxes)}
+                    writer.put((frames, generated))
+                source.check_count()  # before the writer finishes: a wrong landmark CSV leaves no output file
+                writer.finish()
+            except BaseException:
+                writer.cancel()
+                raise
         finally:
+            times["decode"] = video.decode_seconds
             video.close()
-    return DubResult(output_path, len(features), passed, face_video_path)
+    times["total"] = time.perf_counter() - started
+    if timings is not None:
+        timings.update(times)
+    return DubResult(output_path, len(features), len(radii) - len(usable), face_video_path, batch_size)
+
+
+class _SourceFrames:
+    """source[i]: frame i of the video as it decodes; a landmark CSV with more rows than the video has frames
+    is the user's error, named as such (the count is only known once decoding ends)."""
+
+    def __init__(self, video, landmark_csv, expected):
+        self.video, self.landmark_csv, self.expected = video, landmark_csv, expected
+
+    def __getitem__(self, i):
+        try:
+            return self.video.frame(i)
+        except IndexError:
+            self.check_count()
+            raise
+
+    def check_count(self):
+        count = self.video.wait_all()
+        if self.landmark_csv and count != self.expected:
+            raise SystemExit(f"--source_openface_landmark_path {self.landmark_csv}: {self.expected} rows for {count} "
+                             f"frames at 25 fps; run the landmark step on the same 25 fps video, or drop the flag")
 
 
 def _landmarks(video, landmark_csv, source_video_path, landmark_detector):
     if landmark_csv:
-        landmarks = read_openface_csv(landmark_csv)
-        if len(landmarks) != len(video):
-            raise SystemExit(f"--source_openface_landmark_path {landmark_csv}: {len(landmarks)} rows for {len(video)} "
-                             f"frames at 25 fps; run the landmark step on the same 25 fps video, or drop the flag")
-        return landmarks
+        return read_openface_csv(landmark_csv)  # its row count is checked against the frames as they decode
     if landmark_detector is None:
         from data.face_landmarks import detect_landmarks as landmark_detector
+    video.wait_all()
     landmarks, found = landmark_detector(video.frames)
     if not found.any():
         raise SystemExit(f"{source_video_path}: no face found in any frame; use a video with one visible, "
@@ -175,42 +316,94 @@ def _landmarks(video, landmark_csv, source_video_path, landmark_detector):
     return landmarks
 
 
-def _tee_faces(frames, face_frames):
-    for frame, face in frames:
-        face_frames.append(face)
-        yield frame
+class _Writer(threading.Thread):
+    """Blends generated faces into their frames and streams the frames to the encoder(s), in order, while the
+    main thread generates the next batch. Items: (output frame numbers, {t: (face (H, W, 3) float, box)})."""
 
+    def __init__(self, source, index, geometry, times, encoder, face_encoder=None):
+        super().__init__(name="dub-writer", daemon=True)
+        self.source, self.index, self.geometry, self.times = source, index, geometry, times
+        self.encoder, self.face_encoder = encoder, face_encoder
+        self.mask = paste_mask(geometry)
+        self.masks = {}
+        self.items = queue.Queue(maxsize=2)
+        self.error = None
+        self.cancelled = False
+        self.start()
 
-def _generate(video, landmarks, index, radii, padded_features, generator, geometry, reference_batch, device,
-              batch_size, amp, with_faces):
-    """Yields output frames (H, W, 3) uint8 in order, or (frame, generated face) pairs when with_faces."""
-    mask = paste_mask(geometry)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
-    for start in tqdm(range(0, len(index), batch_size), desc="dubbing", unit="batch"):
-        batch = [t for t in range(start, min(start + batch_size, len(index))) if radii[t] is not None]
-        crops = {}
-        for t in batch:
-            crops[t] = face_crop(video.frames[index[t]], landmarks[index[t]], radii[t], geometry)
-        generated = {}
-        if batch:
-            masked = to_batch([mask_mouth(crops[t][0], geometry) for t in batch]).to(device)
-            audio = torch.from_numpy(np.stack([padded_features[t:t + AUDIO_WINDOW].T for t in batch])).float()
-            with torch.no_grad(), autocast:
-                out = generator.network(masked, reference_batch.expand(len(batch), -1, -1, -1), audio.to(device))
-            out = (out.float().clamp(0, 1) * 255).permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
-            generated = dict(zip(batch, out))
-        for t in range(start, min(start + batch_size, len(index))):
-            frame = np.array(video.frames[index[t]])
-            face = None
-            if t in generated:
-                face = generated[t]
-                top, bottom, left, right = crops[t][1]
-                size = (right - left, bottom - top)
-                weight = cv2.resize(mask, size)[..., None]
-                region = frame[top:bottom, left:right].astype(np.float32)
-                blended = weight * cv2.resize(face, size) + (1 - weight) * region
-                frame[top:bottom, left:right] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
-                face = face.astype(np.uint8)
-            elif with_faces:
-                face = np.zeros((geometry.height, geometry.width, 3), np.uint8)
-            yield (frame, face) if with_faces else frame
+    def put(self, item):
+        while True:
+            if self.error is not None:
+                raise self.error
+            try:
+                self.items.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def finish(self):
+        self.put(None)
+        self.join()
+        if self.error is not None:
+            raise self.error
+
+    def cancel(self):
+        self.cancelled = True
+        self.join()
+
+    def run(self):
+        encoders = [e for e in (self.encoder, self.face_encoder) if e is not None]
+        try:
+            self._write()
+            for encoder in encoders:
+                encoder.close()
+        except BaseException as error:
+            self.error = error
+            for encoder in encoders:
+                encoder.abort()
+        finally:
+            self.times["encode"] += sum(e.seconds for e in encoders)
+
+    def _next(self):
+        while True:
+            if self.cancelled:
+                raise RuntimeError("dubbing stopped")
+            try:
+                return self.items.get(timeout=0.1)
+            except queue.Empty:
+                continue
+
+    def _write(self):
+        blank_face = np.zeros((self.geometry.height, self.geometry.width, 3), np.uint8)
+        while (item := self._next()) is not None:
+            frames, generated = item
+            for t in frames:
+                source = self.source[self.index[t]]
+                bands, face = (source,), blank_face
+                if t in generated:
+                    started = time.perf_counter()
+                    face, (top, bottom, left, right) = generated[t]
+                    rows = np.array(source[top:bottom])  # only the rows of the face box are copied and changed
+                    self._paste(rows, face, left, right)
+                    bands = (source[:top], rows, source[bottom:])
+                    face = face.astype(np.uint8)
+                    self.times["blend"] += time.perf_counter() - started
+                self.encoder.write(*bands)
+                if self.face_encoder is not None:
+                    self.face_encoder.write(face)
+
+    def _paste(self, rows, face, left, right):
+        """Blend the generated crop into columns left:right of the face box's rows, in place, where the
+        feathered mask is non-zero."""
+        size = (right - left, rows.shape[0])
+        if size not in self.masks:
+            weight = cv2.resize(self.mask, size)
+            ys, xs = np.nonzero(weight > 1e-3)  # below that, the blend moves no pixel by half a level
+            support = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+            self.masks[size] = (np.ascontiguousarray(weight[support][..., None]), support)
+        weight, support = self.masks[size]
+        resized = cv2.resize(face, size)[support]
+        region = rows[:, left:right][support]
+        blended = region.astype(np.float32)
+        blended += weight * (resized - blended)
+        region[...] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)

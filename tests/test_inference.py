@@ -118,3 +118,70 @@ def test_bad_inference_input_is_one_line_and_nonzero_exit(demo, args, message):
                             text=True, timeout=120)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(message)
+
+
+@pytest.mark.parametrize("lab", ["lab1", "lab3", "lab10", "lab11", "lab12"])
+def test_generator_with_cached_references_is_the_network(lab):
+    """Dubbing computes the reference branch once per video; every lab's output stays the network's own."""
+    from dubbing.generation import ReferencedGenerator
+    from engine.compare import lab_config
+    torch.manual_seed(0)
+    network = DINet.from_config(lab_config(lab, 80, "mel")).eval()
+    geometry = CropGeometry(64)
+    masked = torch.rand(3, 3, geometry.height, geometry.width)
+    reference = torch.rand(1, 15, geometry.height, geometry.width)
+    audio = torch.randn(3, 80, 5)
+    with torch.no_grad():
+        expected = network(masked, reference.expand(3, -1, -1, -1), audio)
+    assert (ReferencedGenerator(network, reference)(masked, audio) - expected).abs().max() < 1e-5
+    network = network.to(memory_format=torch.channels_last)
+    assert (ReferencedGenerator(network, reference, channels_last=True)(masked, audio) - expected).abs().max() < 1e-5
+
+
+def test_decoded_video_streams_frames_and_stops_early(demo):
+    from dubbing.frames import DecodedVideo
+    path = str(demo / "split_video_25fps" / "demo_000.mp4")
+    expected = list(read_video_frames(path))
+    video = DecodedVideo(path, background=True)
+    assert np.array_equal(video.frame(3), expected[3])  # waits for frame 3 only
+    assert len(video) == len(expected) and np.array_equal(video.frames[-1], expected[-1])
+    video.close()
+    DecodedVideo(path, background=True).close()  # closing while it decodes ends the decoder
+    video = DecodedVideo(path)  # waits for every frame
+    assert len(video.frames) == len(expected) and np.array_equal(video.frames[5], expected[5])
+    video.close()
+
+
+def test_bf16_dubbing_stays_near_fp32_and_writes_the_face_video(demo, checkpoint, tmp_path):
+    video = str(demo / "split_video_25fps" / "demo_000.mp4")
+    audio = str(demo / "split_video_25fps_audio" / "demo_001.wav")
+    landmarks = str(demo / "split_video_25fps_landmark_openface" / "demo_000.csv")
+    generator = load_generator(checkpoint, torch.device("cpu"))
+    faces, timings = {}, {}
+    for amp in ("off", "bf16"):
+        dub(video, audio, generator, str(tmp_path / f"{amp}.mp4"), torch.device("cpu"), landmark_csv=landmarks,
+            batch_size=16, amp=amp, face_video_path=str(tmp_path / f"{amp}_face.mp4"), timings=timings,
+            progress=False)
+        faces[amp] = np.stack(list(read_video_frames(str(tmp_path / f"{amp}_face.mp4")))).astype(np.float64)
+    assert {"decode", "crops", "generator", "blend", "encode", "total"} <= set(timings)
+    mse = np.mean((faces["bf16"] - faces["off"]) ** 2)
+    assert 10 * np.log10(255 ** 2 / max(mse, 1e-10)) > 30  # generated crops, the part bf16 can change
+
+
+def test_bench_quick_reports_end_to_end_dubbing_and_the_loader(tmp_path):
+    """bench.py --quick: the inference rows (fp32, and bf16 with its PSNR against fp32) and the loader row."""
+    import json
+    path = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, "bench.py", "--tasks", "inference,loader", "--quick", "--video", "320x480",
+                             "--json", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(path.read_text())
+    inference = [row for row in rows if row["task"] == "inference"]
+    assert {row["precision"] for row in inference} == {"fp32", "bf16"}
+    for row in inference:
+        assert row["end_to_end"] is True and row["frames_per_s"] > 0 and row["mouth"] == 64
+        assert {"decode", "crops", "generator", "blend", "encode"} <= set(row["stage_seconds"])
+    bf16 = next(row for row in inference if row["precision"] == "bf16")
+    assert bf16["psnr_vs_fp32"] > 30 and bf16["face_psnr_vs_fp32"] > 25
+    loader = next(row for row in rows if row["task"] == "loader")
+    assert loader["samples_per_s"] > 0 and loader["batch"] == 24

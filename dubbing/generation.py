@@ -1,0 +1,73 @@
+"""The generator at inference, with the work that depends only on the 5 reference frames done once per video.
+
+Dubbing feeds every frame the same 5 reference crops, so DINet's reference encoder and the first appearance
+block (4 residual blocks at 256 channels) compute the same features for every frame: ~6.3 of the 22.4 GFLOPs
+per frame at mouth 64 (lab1). `ReferencedGenerator` computes them once and runs the rest of `DINet.forward`
+per batch; its output is the network's (tests/test_inference.py holds every lab to that). It runs a copy of
+the network prepared for inference (`inference_network`: BatchNorms folded into their convolutions, optionally
+channels_last, oneDNN's preferred layout on CPU and the tensor cores', and bf16 weights under bf16 autocast).
+"""
+import copy
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from models.blocks import ResBlock, SameBlock, UpBlock2d
+
+
+def autocast(device, amp):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
+
+
+def inference_network(network, amp=None, channels_last=False):
+    """A copy of `network` (in eval mode) for inference: every BatchNorm that follows a convolution folded
+    into it (conv -> BN is one affine map at inference; ResBlock's first BN acts on the block input and
+    stays), the convolutions' weights stored in bf16 under --amp bf16 (autocast would cast them on every
+    call; the values are the same), and channels_last when asked. The caller's network is left as it is."""
+    network = copy.deepcopy(network).eval()
+    for module in network.modules():
+        if isinstance(module, (SameBlock, UpBlock2d)) and isinstance(module.norm, nn.modules.batchnorm._BatchNorm):
+            module.conv, module.norm = fuse_conv_bn_eval(module.conv, module.norm), nn.Identity()
+        elif isinstance(module, ResBlock) and isinstance(module.norm2, nn.modules.batchnorm._BatchNorm):
+            module.conv1, module.norm2 = fuse_conv_bn_eval(module.conv1, module.norm2), nn.Identity()
+    if channels_last:
+        network = network.to(memory_format=torch.channels_last)
+    if amp == "bf16":
+        for module in network.modules():
+            if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+                module.to(torch.bfloat16)
+    return network
+
+
+class ReferencedGenerator:
+    """generate(masked_source (B, 3, H, W), audio (B, A, 5)) -> (B, 3, H, W) in [0, 1], float32, with the
+    reference branch of `network` computed once from `reference` (1, 15, H, W)."""
+
+    def __init__(self, network, reference, amp=None, channels_last=False):
+        network = self.network = inference_network(network, amp, channels_last)
+        self.amp = amp
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.device = reference.device
+        with torch.no_grad(), autocast(self.device, amp):
+            self.reference = reference.contiguous(memory_format=self.memory_format)
+            self.ref_feature = network.ref_in_conv(self.reference)                           # (1, 256, H/4, W/4)
+            self.ref_prepared = network.appearance_conv_list[0](self.ref_feature)             # (1, 256, H/4, W/4)
+
+    def _batch(self, tensor, batch):
+        """The cached (1, ...) tensor for a batch: materialised, since modules may view or reshape it."""
+        return tensor.expand(batch, *tensor.shape[1:]).contiguous(memory_format=self.memory_format)
+
+    def __call__(self, masked_source, audio):
+        network = self.network
+        batch = masked_source.shape[0]
+        with torch.no_grad(), autocast(self.device, self.amp):
+            masked_source = masked_source.contiguous(memory_format=self.memory_format)
+            source_feature = network.source_in_conv(masked_source)                           # (B, 256, H/4, W/4)
+            audio_steps = getattr(network, network.audio_module_name)(audio)                  # (B, 128, T')
+            trans_para = network.adaptation_code(source_feature, self._batch(self.reference, batch),
+                                                 self._batch(self.ref_feature, batch), audio_steps)  # (B, 256)
+            warped = getattr(network, network.warp_module_name)(self._batch(self.ref_prepared, batch), trans_para)
+            warped = network.appearance_conv_list[1](warped)
+            merged = torch.cat([source_feature, warped], 1)                                  # (B, 512, H/4, W/4)
+            return network.out_conv(merged).float()                                          # (B, 3, H, W)
