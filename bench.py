@@ -8,26 +8,38 @@ Tasks:
   generator    generator forward only (eval), frames per second at mouth 64/128/256
   train_frame  one frame-stage iteration (G, D, VGG19 perception; synthetic batch, so the data loader is not
                counted) at the lab's batch sizes: 64/bs24, 128/bs12, 256/bs4
-  inference    the whole dubbing pipeline on a demo video (decode, crops, features, generator, blend,
-               encode; landmarks from the demo CSV), frames per second, end_to_end = true
+  inference    the whole dubbing pipeline (decode, crops, features, generator, blend, encode; landmarks given)
+               on a --video WxH video (default 1080x1920, the published figure's: the sample clip of
+               ../shared/data when present, else the demo face placed on such a frame), frames per second,
+               end_to_end = true, the seconds of each stage, the speed-up over the published loop, and for bf16
+               the PSNR of the output against the fp32 output (whole frames, and the face boxes alone)
+  loader       the frame stage's data loader at mouth 64, batch 24 (workers, seeded sampler, crop cache) on
+               demo data, samples per second: the training step's rate must stay below it
 GFLOPs are counted with torch.utils.flop_counter (a multiply-add is 2 FLOPs; lab1 at mouth 64 is 22.4 per frame,
 as DESIGN.md says). With --peak_tflops, model-FLOP utilisation (MFU) = achieved / peak.
 """
 import argparse
 import json
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from types import SimpleNamespace
 
+import imageio_ffmpeg
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from engine.compare import lab_config
 from data.geometry import CropGeometry
 from models import DINet
+from models.adaat import DEFAULT_WARP, AdaAT
 
 STAGES = ((64, 24), (128, 12), (256, 4))
+CLIP_STAGES = ((256, 3),)
 
 
 def autocast(device, precision):
@@ -67,7 +79,7 @@ def bench_generator(opt, device, precision, lab):
     config = lab_config(lab)
     network = DINet.from_config(config).to(device).eval()
     rows = []
-    for mouth_size, _ in STAGES:
+    for mouth_size, _ in selected(STAGES, opt):
         batch = opt.generator_batch if device.type == "cuda" else 1
         inputs = generator_inputs(mouth_size, batch, config.audio_channel, device)
 
@@ -82,83 +94,324 @@ def bench_generator(opt, device, precision, lab):
     return rows
 
 
-def bench_train_frame(opt, device, precision, lab):
-    from engine.trainer import FrameStage
-    rows = []
-    for mouth_size, batch in STAGES:
-        if opt.quick:
-            batch = min(batch, 2)
-        stage_opt = SimpleNamespace(source_channel=3, D_block_expansion=64, D_num_blocks=4, D_max_features=256,
-                                    vgg19_weights="random", lr_g=1e-4, lr_dI=1e-4, lamb_perception=10.0)
-        config = lab_config(lab)
-        stage = FrameStage(stage_opt, config, SimpleNamespace(device=device, distributed=False))
-        masked, reference, audio = generator_inputs(mouth_size, batch, config.audio_channel, device)
-        data = {"source": masked.clone(), "source_masked": masked, "reference": reference, "audio": audio}
+# the published code's way: fp32, NCHW tensors, DINet's 3-D grid_sample AdaAT; a row per stage to compare with
+BASELINE = dict(precision="fp32", channels_last=False, adaat="published")
 
-        def step():
-            with autocast(device, precision):
-                stage.step(data)
-        seconds = timed(step, device, opt.train_iterations, 1)
-        flops = count_flops(step) / batch
-        rows.append(dict(task="train_frame", lab=lab, mouth=mouth_size, batch=batch, precision=precision,
+
+def use_adaat(network, implementation):
+    for module in network.modules():
+        if isinstance(module, AdaAT):
+            module.implementation = implementation
+
+
+def training_stage(task, mouth_size, batch, device, precision, channels_last, lab):
+    """A frame or clip stage as the training scripts build it (random VGG19/SyncNet weights, nothing downloaded)
+    and one synthetic batch shaped as its dataset's."""
+    from engine.clip_stage import FRAMES, ClipStage
+    from engine.distributed import Runtime
+    from engine.trainer import FrameStage
+    from models.syncnet import SyncNetConfig, build_syncnet
+    config = lab_config(lab)
+    stage_opt = SimpleNamespace(source_channel=3, D_block_expansion=64, D_num_blocks=4, D_max_features=256,
+                                vgg19_weights="random", lr_g=1e-4, lr_dI=1e-4, lamb_perception=10.0,
+                                amp="off" if precision == "fp32" else precision, channels_last=channels_last,
+                                mouth_region_size=mouth_size, lamb_syncnet_perception=0.1, lamb_l1=0.0,
+                                lamb_lpips=0.0, lamb_trepa=0.0, lab=lab)
+    runtime = Runtime(device)
+    masked, reference, audio = generator_inputs(mouth_size, batch * (FRAMES if task == "train_clip" else 1),
+                                                config.audio_channel, device)
+    if task == "train_frame":
+        stage = FrameStage(stage_opt, config, runtime)
+        data = {"source": masked.clone(), "source_masked": masked, "reference": reference, "audio": audio}
+    else:
+        syncnet = build_syncnet(SyncNetConfig(arch="dinet", audio_channel=config.audio_channel,
+                                              audio_feature="deepspeech", mouth_region_size=mouth_size,
+                                              input_size=mouth_size)).eval().requires_grad_(False)
+        stage = ClipStage(stage_opt, config, runtime, syncnet)
+        clip = lambda tensor: tensor.view(batch, FRAMES, *tensor.shape[1:])
+        data = {"source": clip(masked.clone()), "source_masked": clip(masked), "reference": clip(reference),
+                "audio": clip(audio), "audio_clip": torch.randn(batch, config.audio_channel, 9, device=device)}
+    return stage, {key: stage.precision.batch(value) for key, value in data.items()}
+
+
+FLOPS = {}
+
+
+def training_flops(task, mouth_size, device, lab):
+    """FLOPs of one training sample, counted once per task and size on a batch of one (they scale with the batch)."""
+    if (task, mouth_size) not in FLOPS:
+        stage, data = training_stage(task, mouth_size, 1, device, "fp32", False, lab)
+        FLOPS[task, mouth_size] = count_flops(lambda: stage.step(data))
+    return FLOPS[task, mouth_size]
+
+
+def bench_train(opt, device, precision, lab, task, stages, baseline=False):
+    rows = []
+    setting = BASELINE if baseline else dict(precision=precision, channels_last=opt.channels_last == "on",
+                                             adaat=DEFAULT_WARP)
+    for mouth_size, batch in selected(stages, opt):
+        batch = min(batch, 2) if opt.quick else batch
+        stage, data = training_stage(task, mouth_size, batch, device, setting["precision"], setting["channels_last"], lab)
+        use_adaat(stage.net_g, setting["adaat"])
+        seconds = timed(lambda: stage.step(data), device, opt.train_iterations, opt.train_warmup)
+        flops = training_flops(task, mouth_size, device, lab)
+        rows.append(dict(task=task, lab=lab, mouth=mouth_size, batch=batch, **setting, baseline=baseline,
                          samples_per_s=batch / seconds, iters_per_s=1 / seconds, seconds_per_iter=seconds,
                          gflops_per_sample=flops / 1e9, achieved_gflops_per_s=flops * batch / seconds / 1e9))
     return rows
 
 
-def bench_inference(opt, device, precision, lab):
+def selected(stages, opt):
+    """The (mouth, batch) pairs of `stages` at the mouth sizes of --mouths."""
+    return [(mouth, batch) for mouth, batch in stages if mouth in opt.mouths]
+
+
+def bench_train_frame(opt, device, precision, lab):
+    """One frame-stage iteration (G, D, VGG19 perception) on a synthetic batch (the loader is not counted)."""
+    return bench_train(opt, device, precision, lab, "train_frame", STAGES)
+
+
+def bench_train_clip(opt, device, precision, lab):
+    """One clip-stage iteration (G on 5 frames, frame and clip discriminators, VGG19, SyncNet) at 256/bs3."""
+    return bench_train(opt, device, precision, lab, "train_clip", CLIP_STAGES)
+
+
+def bench_baseline(opt, device, precision, lab):
+    """The training rows as the published code computes them (fp32, NCHW, 3-D grid_sample AdaAT)."""
+    return (bench_train(opt, device, "fp32", lab, "train_frame", STAGES[:1], baseline=True)
+            + bench_train(opt, device, "fp32", lab, "train_clip", CLIP_STAGES, baseline=True))
+
+
+# the published inference loop (JPEG frames, batch 1, XVID, ffmpeg mux) on the project's 2-core CPU, 1080x1920
+# video, landmarks given (DESIGN.md, "Reference figures"); inference rows report their speed-up over it
+PUBLISHED_INFERENCE_FPS = {64: 6.5, 256: 0.61}
+SAMPLE_CLIP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "shared", "data")
+
+
+def inference_inputs(opt, folder):
+    """(video, driving audio, landmark CSV, description) at --video WxH, --video_seconds long.
+
+    The real 1080x1920 clip of ../shared/data when it is there and has that size (landmarks detected once,
+    not timed, as the published figure had them given); else the demo face scaled up onto a WxH frame."""
     from data.demo import make_demo_data
-    from dubbing.pipeline import Generator, dub
+    from data.landmarks import read_openface_csv, write_openface_csv
+    from data.video import probe
+    width, height = (int(n) for n in opt.video.lower().split("x"))
+    seconds = min(opt.video_seconds, 2.0) if opt.quick else opt.video_seconds
+    ffmpeg = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error"]
+    clip = os.path.join(SAMPLE_CLIP, "talking_head_a.mp4")
+    speech = os.path.join(SAMPLE_CLIP, "driving_speech_a.wav")
+    audio = os.path.join(folder, "speech.wav")
+    if not opt.quick and os.path.isfile(clip) and os.path.isfile(speech) and (
+            (probe(clip)["width"], probe(clip)["height"]) == (width, height)):
+        from data.face_landmarks import detect_landmarks
+        from data.video import read_video_frames
+        video = os.path.join(folder, "source.mp4")
+        subprocess.run([*ffmpeg, "-i", clip, "-t", str(seconds), "-c", "copy", video], check=True)
+        frames = np.stack(list(read_video_frames(video, fps=25)))
+        landmarks, found = detect_landmarks(frames)
+        del frames
+        csv = os.path.join(folder, "source.csv")
+        write_openface_csv(csv, landmarks, found=found)
+        subprocess.run([*ffmpeg, "-stream_loop", "3", "-i", speech, "-t", str(seconds), audio], check=True)
+        return video, audio, csv, f"{os.path.basename(clip)} {width}x{height}, {seconds:g} s"
+    make_demo_data(os.path.join(folder, "demo"), num_videos=2, seconds=seconds, seed=0)
+    demo = os.path.join(folder, "demo")
+    side = (min(width, height) // 2) // 2 * 2           # the 256x256 demo face scaled to half the short side
+    left, top = (width - side) // 2 // 2 * 2, (height - side) // 2 // 2 * 2
+    video = os.path.join(folder, "source.mp4")
+    subprocess.run([*ffmpeg, "-i", os.path.join(demo, "split_video_25fps", "demo_000.mp4"), "-vf",
+                    f"scale={side}:{side},pad={width}:{height}:{left}:{top}:gray", "-c:v", "libx264", "-preset",
+                    "veryfast", "-crf", "18", "-pix_fmt", "yuv420p", "-an", video], check=True)
+    landmarks = read_openface_csv(os.path.join(demo, "split_video_25fps_landmark_openface", "demo_000.csv"))
+    csv = os.path.join(folder, "source.csv")
+    write_openface_csv(csv, landmarks * (side / 256) + np.array([left, top]))
+    shutil.copy(os.path.join(demo, "split_video_25fps_audio", "demo_001.wav"), audio)
+    return video, audio, csv, f"demo face on {width}x{height}, {seconds:g} s"
+
+
+def video_psnr(path_a, path_b, boxes=None):
+    """PSNR between two videos over all their pixels, or only inside each frame's box (top, bottom, left, right)."""
+    from data.video import read_video_frames
+    squared, count = 0.0, 0
+    for t, (a, b) in enumerate(zip(read_video_frames(path_a), read_video_frames(path_b))):
+        if boxes is not None:
+            if boxes[t] is None:
+                continue
+            top, bottom, left, right = boxes[t]
+            a, b = a[top:bottom, left:right], b[top:bottom, left:right]
+        difference = a.astype(np.float32) - b.astype(np.float32)
+        squared += float(np.square(difference).sum())
+        count += difference.size
+    mse = squared / max(count, 1)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
+
+
+def face_boxes(landmark_csv, video_size, frames):
+    """Each output frame's face-crop box, as the pipeline places it (None where it passes the frame through)."""
+    from data.geometry import crop_box
+    from data.landmarks import read_openface_csv
+    from dubbing.pipeline import crop_radii, ping_pong
+    landmarks = read_openface_csv(landmark_csv)
+    aligned = landmarks[ping_pong(len(landmarks), frames)]
+    return [None if radius is None else crop_box(points, radius)
+            for points, radius in zip(aligned, crop_radii(aligned, video_size))]
+
+
+_INFERENCE = {}  # inputs, weights and fp32 outputs, kept across the fp32 and bf16 calls of one bench run
+
+# One dubbing run in a fresh process, as `python inference.py` runs it (OMP_WAIT_POLICY=PASSIVE, which must be
+# set before torch loads, and nothing left over from the training rows); prints the result as JSON.
+DUB_PROCESS = """
+import json, sys
+import torch
+from dubbing.pipeline import Generator, dub
+from models import DINet, GeneratorConfig
+job = json.loads(sys.argv[1])
+network = DINet.from_config(GeneratorConfig.from_dict(job["config"]))
+network.load_state_dict(torch.load(job["weights"]))
+device = torch.device(job["device"])
+timings = {}
+result = dub(job["video"], job["audio"], Generator(network.to(device).eval(), job["mouth"], "mel"), job["output"],
+             device, landmark_csv=job["landmarks"], batch_size=job["batch"], amp=job["amp"], timings=timings,
+             progress=False)
+print(json.dumps(dict(frames=result.frames, batch=result.batch_size, timings=timings)))
+"""
+
+
+def dub_in_process(job):
+    environment = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+    done = subprocess.run([sys.executable, "-c", DUB_PROCESS, json.dumps(job)], cwd=os.path.dirname(os.path.abspath(__file__)),
+                          env=environment, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"dubbing at mouth {job['mouth']} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_inference(opt, device, precision, lab):
+    """The whole dubbing pipeline, timed end to end in its own process: decode, landmarks (given), features,
+    crops, generator, blend, encode. bf16 rows also give the PSNR of their output against the fp32 output of
+    the same input, over whole frames and over the face-crop boxes (where the two can differ)."""
+    from data.video import probe
+    from dubbing.generation import ReferencedGenerator
+    config = lab_config(lab, 80, "mel")
+    if not _INFERENCE:
+        _INFERENCE["folder"] = tempfile.TemporaryDirectory(prefix="bench-dub-")
+        _INFERENCE["inputs"] = inference_inputs(opt, _INFERENCE["folder"].name)
+        torch.manual_seed(0)
+        _INFERENCE["weights"] = os.path.join(_INFERENCE["folder"].name, "generator.pt")
+        torch.save(DINet.from_config(config).state_dict(), _INFERENCE["weights"])
+    folder = _INFERENCE["folder"].name
+    video, audio, landmarks, description = _INFERENCE["inputs"]
+    info = probe(video)
+    network = DINet.from_config(config).eval()
+    network.load_state_dict(torch.load(_INFERENCE["weights"]))
     rows = []
-    with tempfile.TemporaryDirectory() as folder:
-        make_demo_data(folder, num_videos=2, seconds=opt.video_seconds, seed=0)
-        video = os.path.join(folder, "split_video_25fps", "demo_000.mp4")
-        audio = os.path.join(folder, "split_video_25fps_audio", "demo_001.wav")
-        landmarks = os.path.join(folder, "split_video_25fps_landmark_openface", "demo_000.csv")
-        network = DINet.from_config(lab_config(lab, 80, "mel")).to(device).eval()
-        for mouth_size, _ in STAGES:
-            generator = Generator(network, mouth_size, "mel")
-            started = time.perf_counter()
-            result = dub(video, audio, generator, os.path.join(folder, "out.mp4"), device, landmark_csv=landmarks,
-                         batch_size=opt.inference_batch, amp=precision)
-            seconds = time.perf_counter() - started
-            rows.append(dict(task="inference", lab=lab, mouth=mouth_size, batch=opt.inference_batch,
-                             precision=precision, frames_per_s=result.frames / seconds, end_to_end=True,
-                             frames=result.frames, video="demo 256x256"))
+    mouths = (64,) if opt.quick else [mouth for mouth, _ in selected(STAGES, opt)]
+    for mouth_size in mouths:
+        job = dict(config=config.to_dict(), weights=_INFERENCE["weights"], device=str(device), video=video, audio=audio,
+                   landmarks=landmarks, mouth=mouth_size, batch=opt.inference_batch,
+                   amp="bf16" if precision == "bf16" else "off",
+                   output=os.path.join(folder, f"out_{mouth_size}_{precision}.mp4"))
+        done = dub_in_process(job)
+        seconds, frames = done["timings"]["total"], done["frames"]
+        inputs = generator_inputs(mouth_size, 1, config.audio_channel, torch.device("cpu"))
+        cached = ReferencedGenerator(network, inputs[1], job["amp"])
+        flops = count_flops(lambda: cached(inputs[0], inputs[2]))  # per frame, the reference branch not counted
+        row = dict(task="inference", lab=lab, mouth=mouth_size, batch=done["batch"], precision=precision,
+                   frames_per_s=frames / seconds, end_to_end=True, frames=frames, video=description, seconds=seconds,
+                   gflops_per_sample=flops / 1e9, achieved_gflops_per_s=flops * frames / seconds / 1e9,
+                   stage_seconds={stage: round(value, 3) for stage, value in done["timings"].items()})
+        if mouth_size in PUBLISHED_INFERENCE_FPS and (info["width"], info["height"]) == (1080, 1920):
+            row["speedup_vs_published"] = row["frames_per_s"] / PUBLISHED_INFERENCE_FPS[mouth_size]
+        if precision == "bf16":
+            reference = os.path.join(folder, f"out_{mouth_size}_fp32.mp4")
+            if not os.path.isfile(reference):  # no fp32 row in this run: make its output, untimed
+                dub_in_process(dict(job, amp="off", output=reference))
+            row["psnr_vs_fp32"] = video_psnr(job["output"], reference)
+            boxes = face_boxes(landmarks, (info["width"], info["height"]), frames)
+            row["face_psnr_vs_fp32"] = video_psnr(job["output"], reference, boxes)
+        rows.append(row)
     return rows
 
 
-TASKS = {"generator": bench_generator, "train_frame": bench_train_frame, "inference": bench_inference}
+def bench_loader(opt, device, precision, lab):
+    """The frame stage's data loader at mouth 64, batch 24, as train() builds it (workers, seeded sampler, crop
+    cache) on demo data: samples per second in the first epoch (JPEGs read and resized) and after (cached)."""
+    from torch.utils.data import DataLoader
+    from data.dataset import FrameDataset
+    from data.demo import make_demo_data
+    from data.training_json import load_training_json
+    from engine.trainer import EpochOrder
+    mouth_size, batch = STAGES[0]
+    with tempfile.TemporaryDirectory(prefix="bench-loader-") as folder:
+        training_set = load_training_json(make_demo_data(folder, num_videos=2 if opt.quick else 4, seconds=4.0, seed=0))
+        dataset = FrameDataset(training_set, opt.loader_augment_num, mouth_size)
+        order = EpochOrder(len(dataset), batch, seed=0)
+        loader = DataLoader(dataset, batch_size=batch, sampler=order, num_workers=opt.num_workers,
+                            persistent_workers=opt.num_workers > 0, pin_memory=device.type == "cuda",
+                            generator=torch.Generator())
+        rates = []
+        for epoch in range(2 if opt.quick else 3):
+            order.set_epoch(epoch)
+            started, samples = time.perf_counter(), 0
+            for items in loader:
+                samples += items["source"].shape[0]
+            rates.append(samples / (time.perf_counter() - started))
+    return [dict(task="loader", lab=lab, mouth=mouth_size, batch=batch, precision="-", num_workers=opt.num_workers,
+                 samples_per_s=max(rates[1:]), first_epoch_samples_per_s=rates[0], samples_per_epoch=len(dataset))]
+
+
+TASKS = {"generator": bench_generator, "train_frame": bench_train_frame, "train_clip": bench_train_clip,
+         "baseline": bench_baseline, "inference": bench_inference, "loader": bench_loader}
 
 
 def print_table(rows, peak_tflops):
-    header = f"{'task':<12}{'mouth':>6}{'batch':>6}{'prec':>6}{'samples/s':>11}{'s/iter':>9}{'GFLOP/sample':>14}{'GFLOP/s':>10}"
+    header = f"{'task':<12}{'mouth':>6}{'batch':>6}{'prec':>15}{'samples/s':>11}{'s/iter':>9}{'GFLOP/sample':>14}{'GFLOP/s':>10}"
     if peak_tflops:
         header += f"{'MFU':>7}"
     print(header)
     for row in rows:
         rate = row.get("samples_per_s", row.get("frames_per_s"))
         seconds = row.get("seconds_per_iter")
-        line = (f"{row['task']:<12}{row['mouth']:>6}{row['batch']:>6}{row['precision']:>6}{rate:>11.2f}"
+        how = row["precision"] + ("+NHWC" if row.get("channels_last") else "") + (
+            "+3dAdaAT" if row.get("adaat") == "published" else "")
+        line = (f"{row['task']:<12}{row['mouth']:>6}{row['batch']:>6}{how:>15}{rate:>11.2f}"
                 f"{seconds if seconds else float('nan'):>9.3f}{row.get('gflops_per_sample', float('nan')):>14.1f}"
                 f"{row.get('achieved_gflops_per_s', float('nan')):>10.0f}")
         if peak_tflops and "achieved_gflops_per_s" in row:
             line += f"{row['achieved_gflops_per_s'] / (peak_tflops * 1e3):>7.1%}"
+        if "speedup_vs_published" in row:
+            line += f"  {row['speedup_vs_published']:.1f}x the published loop"
+        if "psnr_vs_fp32" in row:
+            line += f"  PSNR vs fp32 {row['psnr_vs_fp32']:.1f} dB (face boxes {row['face_psnr_vs_fp32']:.1f} dB)"
+        if row["task"] == "loader":
+            line += f"  first epoch {row['first_epoch_samples_per_s']:.1f} samples/s, {row['num_workers']} workers"
         print(line, flush=True)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", default="generator,train_frame,inference")
+    parser.add_argument("--tasks", default="baseline,train_frame,train_clip,inference,loader",
+                        help="comma list of " + ", ".join(TASKS) + " (baseline: the published code's way, fp32 only)")
+    parser.add_argument("--channels_last", default="on", choices=("on", "off"), help="for the training rows")
     parser.add_argument("--precision", default="fp32,bf16", help="comma list of fp32, bf16")
     parser.add_argument("--device", default=None)
     parser.add_argument("--lab", default="lab1")
+    parser.add_argument("--mouths", default="64,128,256", type=lambda text: {int(m) for m in text.split(",")},
+                        help="comma list: the mouth sizes of the training and dubbing rows (the clip stage is 256; "
+                             "in fp32 on a CPU it needs more than 24 GB of memory)")
     parser.add_argument("--iterations", type=int, default=5, help="timed generator calls")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--train_iterations", type=int, default=2, help="timed training iterations")
+    parser.add_argument("--train_warmup", type=int, default=1, help="untimed training iterations first")
     parser.add_argument("--generator_batch", type=int, default=64, help="batch for generator throughput on GPU")
     parser.add_argument("--inference_batch", type=int, default=8)
-    parser.add_argument("--video_seconds", type=float, default=4.0)
+    parser.add_argument("--video", default="1080x1920", help="inference: WxH of the video to dub (1080x1920: the "
+                        "published figure's; the sample clip of ../shared/data when present, else the demo face on it)")
+    parser.add_argument("--video_seconds", type=float, default=10.0, help="inference: seconds of video and speech")
+    parser.add_argument("--num_workers", type=int, default=2, help="loader: worker processes (training's default)")
+    parser.add_argument("--loader_augment_num", type=int, default=32, help="loader: samples per video per epoch")
     parser.add_argument("--quick", action="store_true", help="batch <= 2 for training rows (smoke test)")
     parser.add_argument("--peak_tflops", type=float, default=None, help="device peak, for MFU (H100 bf16 dense: 989)")
     parser.add_argument("--json", default=None, help="also write the rows here")
@@ -170,7 +423,8 @@ def main():
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
     rows = []
     for task in opt.tasks.split(","):
-        for precision in opt.precision.split(","):
+        precisions = {"baseline": ("fp32",), "loader": ("-",)}.get(task, opt.precision.split(","))
+        for precision in precisions:
             new_rows = TASKS[task](opt, device, precision, opt.lab)
             print_table(new_rows, opt.peak_tflops)
             rows += new_rows
