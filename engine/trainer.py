@@ -81,7 +81,7 @@ class Stage:
         scaler.scale(loss).backward()
         if not scaler.is_enabled():
             grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-            finite = not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
+            finite = not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
             if distributed.any_rank(not finite, self.runtime):
                 optimizer.zero_grad(set_to_none=True)
                 self.non_finite.append(f"{label} (gradients)")
