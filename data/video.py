@@ -94,15 +94,21 @@ def _run_ffmpeg(arguments, path, stdin_frames=None):
         log.seek(0)
         messages = log.read().decode(errors="replace").strip().splitlines()
     if returncode != 0:
-        last = messages[-1] if messages else f"exit code {returncode}"
-        full_disk = ("No space left", "File too large", "quota exceeded")
-        # SIGXFSZ: killed for writing past the file-size limit, which is what a full disk looks like under one
-        if returncode == -signal.SIGXFSZ or any(text in line for line in messages for text in full_disk):
-            folder = os.path.dirname(os.path.abspath(path))
-            kept = f"the earlier {os.path.basename(path)} is intact" if os.path.exists(path) else "nothing was left behind"
-            raise SystemExit(f"{path}: not written, the disk is full ({last}); {kept}. Free space in {folder} and run "
-                             f"again")
-        raise SystemExit(f"{path}: ffmpeg failed ({last})")
+        raise ffmpeg_failure(path, returncode, messages)
+
+
+def ffmpeg_failure(path, returncode, messages, reason=None):
+    """The SystemExit for an ffmpeg that failed writing `path`: a full disk said as such (the earlier file at
+    `path` is intact, since outputs are written under another name), else ffmpeg's last error line, or `reason`."""
+    last = messages[-1] if messages else (reason or f"exit code {returncode}")
+    full_disk = ("No space left", "File too large", "quota exceeded")
+    # SIGXFSZ: killed for writing past the file-size limit, which is what a full disk looks like under one
+    if returncode == -signal.SIGXFSZ or any(text in line for line in messages for text in full_disk):
+        folder = os.path.dirname(os.path.abspath(path))
+        kept = f"the earlier {os.path.basename(path)} is intact" if os.path.exists(path) else "nothing was left behind"
+        return SystemExit(f"{path}: not written, the disk is full ({last}); {kept}. Free space in {folder} and run "
+                          f"again")
+    return SystemExit(f"{path}: ffmpeg failed ({last})")
 
 
 def write_video(path, frames, fps=25, audio_path=None):

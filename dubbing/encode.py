@@ -13,7 +13,7 @@ import time
 import imageio_ffmpeg
 import numpy as np
 
-from data.video import atomic_output
+from data.video import atomic_output, ffmpeg_failure
 
 DEFAULT_PRESET = "veryfast"
 
@@ -101,8 +101,7 @@ class VideoEncoder:
         self._log.seek(0)
         messages = self._log.read().decode(errors="replace").strip().splitlines()
         self.abort()
-        reason = messages[-1] if messages else ("no frames to write" if self.frames == 0 else f"exit code {returncode}")
-        raise SystemExit(f"{self.path}: ffmpeg failed ({reason})")
+        raise ffmpeg_failure(self.path, returncode, messages, "no frames to write" if self.frames == 0 else None)
 
     def __enter__(self):
         return self

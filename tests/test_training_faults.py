@@ -180,14 +180,23 @@ def test_a_full_disk_while_writing_a_checkpoint_keeps_the_previous_one_and_says_
     assert not glob.glob(str(tmp_path / ".tmp-*"))
 
 
-def test_a_full_disk_while_writing_a_video_keeps_the_previous_one_and_says_so(tmp_path):
+WRITERS = {  # the two ways a video is written: whole (data/video.py) and streamed while dubbing (dubbing/encode.py)
+    "write_video": "from data.video import write_video; write_video({out!r}, frames)",
+    "VideoEncoder": ("from dubbing.encode import VideoEncoder; encoder = VideoEncoder({out!r}, 256, 256)\n"
+                     "for frame in frames: encoder.write(frame)\nencoder.close()"),
+}
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_full_disk_while_writing_a_video_keeps_the_previous_one_and_says_so(tmp_path, writer):
     from data.video import write_video
     import numpy as np
     out = tmp_path / "dubbed.mp4"
     write_video(str(out), [np.zeros((64, 64, 3), np.uint8)] * 5)
     previous = out.read_bytes()
-    noise = ("import numpy as np; from data.video import write_video; rng = np.random.default_rng(0); "
-             f"write_video({str(out)!r}, (rng.integers(0, 256, (256, 256, 3), dtype=np.uint8) for _ in range(100)))")
+    noise = ("import numpy as np; rng = np.random.default_rng(0)\n"
+             "frames = (rng.integers(0, 256, (256, 256, 3), dtype=np.uint8) for _ in range(100))\n"
+             + WRITERS[writer].format(out=str(out)))
     full = subprocess.run([sys.executable, "-c", noise], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           preexec_fn=lambda: (signal.signal(signal.SIGXFSZ, signal.SIG_IGN),
                                               resource.setrlimit(resource.RLIMIT_FSIZE, (2 ** 20, 2 ** 20))))
