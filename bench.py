@@ -35,15 +35,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from engine.compare import lab_config
 from data.geometry import CropGeometry
+from dubbing.generation import autocast
 from models import DINet
 from models.adaat import DEFAULT_WARP, AdaAT
 
 STAGES = ((64, 24), (128, 12), (256, 4))
 CLIP_STAGES = ((256, 3),)
-
-
-def autocast(device, precision):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def synchronize(device):
