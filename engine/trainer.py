@@ -75,9 +75,7 @@ class Stage:
         if distributed.any_rank(not torch.isfinite(loss.detach()).item(), self.runtime):
             self.non_finite.append(label)
             return
-        if not hasattr(self, "scalers"):
-            self.scalers = {key: self.precision.scaler() for key in self.optimizers}
-        scaler = self.scalers[name]
+        scaler = self.scaler(name)
         scaler.scale(loss).backward()
         if not scaler.is_enabled():
             grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
@@ -88,6 +86,12 @@ class Stage:
                 return
         scaler.step(optimizer)
         scaler.update()
+
+    def scaler(self, name):
+        """The gradient scaler of optimizer `name`, made on first use (it scales only under fp16)."""
+        if not hasattr(self, "scalers"):
+            self.scalers = {key: self.precision.scaler() for key in self.optimizers}
+        return self.scalers[name]
 
     def networks(self):
         return {name: getattr(self, name) for name in self.checkpoint_networks}
@@ -376,10 +380,9 @@ def restore(stage, schedulers, resume, path):
     for name, scheduler in schedulers.items():
         if "scheduler" in resume:
             scheduler.load_state_dict(resume["scheduler"][name])
-    if resume.get("scaler"):
-        stage.scalers = {name: stage.precision.scaler() for name in stage.optimizers}
-        for name, state in resume["scaler"].items():
-            stage.scalers[name].load_state_dict(state)
+    for name, state in resume.get("scaler", {}).items():
+        if state:  # a disabled (non-fp16) scaler saves {}: nothing to restore, even when resuming under fp16
+            stage.scaler(name).load_state_dict(state)
     if "rng" in resume:
         set_rng_state(resume["rng"])
     return resume["epoch"], resume.get("iteration", 0), resume.get("global_step", 0)
