@@ -171,9 +171,12 @@ class FrameStage(Stage):
         return loss
 
     def adversarial(self, name, fake):
-        """The generator's LSGAN term against discriminator `name`. The unwrapped discriminator, so the
-        generator's backward does not enter the discriminator's DDP reducer."""
-        _, score_fake = distributed.unwrap(getattr(self, name))(fake)
+        """The generator's LSGAN term against discriminator `name`: the unwrapped discriminator with its
+        weights detached, so the generator's backward neither enters the discriminator's DDP reducer nor
+        computes weight gradients that the generator's update would throw away."""
+        discriminator = distributed.unwrap(getattr(self, name))
+        weights = {key: value.detach() for key, value in discriminator.named_parameters()}
+        _, score_fake = torch.func.functional_call(discriminator, weights, (fake,))
         return self.gan(score_fake, True)
 
     def update_generator(self, losses):

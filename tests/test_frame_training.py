@@ -83,6 +83,34 @@ def test_one_frame_stage_step_at_each_mouth_size(tiny_json, tmp_path, mouth_size
     assert len(rows[0]) == 8  # masked source | 5 references | generated | real
 
 
+def test_generator_update_computes_no_discriminator_gradients_and_perception_is_dinets(tiny_json, tmp_path):
+    """The generator's backward skips what its update throws away (the discriminator's weight gradients, VGG19's
+    backward through the real images) and the loss and the generator's gradients stay what they were."""
+    from engine import distributed
+    from engine.losses import PerceptualLoss
+    from config.labs import generator_config
+    opt = training_parser("test", tmp_path).parse_args(["--train_data", tiny_json, *FAST])
+    torch.manual_seed(0)
+    stage = FrameStage(opt, generator_config("lab1", 29), distributed.setup("cpu"))
+    fake = torch.rand(2, 3, 104, 80, requires_grad=True)
+    real = torch.rand(2, 3, 104, 80)
+    stage.adversarial("net_dI", fake).backward()
+    assert fake.grad is not None and fake.grad.abs().sum() > 0
+    assert all(p.grad is None for p in stage.net_dI.parameters())
+
+    class OnePass(PerceptualLoss):  # DINet's formula, fakes and reals through VGG19 together
+        def _feature_distance(self, fake, real):
+            return [torch.nn.functional.l1_loss(*f.chunk(2)) for f in self.vgg(torch.cat([fake, real]))]
+    for loss in (stage.perception, OnePass(stage.perception.vgg)):
+        fake.grad = None
+        value = loss(fake, real)
+        value.backward()
+        if isinstance(loss, OnePass):
+            torch.testing.assert_close(value, expected, rtol=1e-5, atol=0)
+            torch.testing.assert_close(fake.grad, expected_grad, rtol=1e-4, atol=1e-9)
+        expected, expected_grad = value.detach(), fake.grad.clone()
+
+
 def test_coarse_checkpoint_initialises_finer_stage(tiny_json, lab2_run, tmp_path):
     # lr 0: Adam leaves the weights where coarse-to-fine put them, so the 128 checkpoint shows what was loaded
     run_frame(tiny_json, tmp_path, "--lab", "lab2", "--mouth_region_size", "128", "--lr_g", "0", "--decay", "0",
