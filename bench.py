@@ -16,7 +16,9 @@ Tasks:
   loader       the frame stage's data loader at mouth 64, batch 24 (workers, seeded sampler, crop cache) on
                demo data, samples per second: the training step's rate must stay below it
 GFLOPs are counted with torch.utils.flop_counter (a multiply-add is 2 FLOPs; lab1 at mouth 64 is 22.4 per frame,
-as DESIGN.md says). With --peak_tflops, model-FLOP utilisation (MFU) = achieved / peak.
+as DESIGN.md says); a training row counts this repository's iteration, the baseline's too (which computes more).
+With --peak_tflops, model-FLOP utilisation (MFU) = achieved / peak. Each training row runs in a process of its
+own: one that runs out of memory is reported as failed and the others are still measured.
 """
 import argparse
 import json
@@ -91,7 +93,8 @@ def bench_generator(opt, device, precision, lab):
     return rows
 
 
-# the published code's way: fp32, NCHW tensors, DINet's 3-D grid_sample AdaAT; a row per stage to compare with
+# the published code's way: fp32, NCHW tensors, DINet's 3-D grid_sample AdaAT, and its iteration (see
+# published_iteration); a row per stage to compare with
 BASELINE = dict(precision="fp32", channels_last=False, adaat="published")
 
 
@@ -131,6 +134,34 @@ def training_stage(task, mouth_size, batch, device, precision, channels_last, la
     return stage, {key: stage.precision.batch(value) for key, value in data.items()}
 
 
+def published_iteration(stage, data, task):
+    """One iteration as DINet's train_DINet_frame.py / train_DINet_clip.py compute it, on this repository's
+    modules: each discriminator's loss is backpropagated through the generator too (its fakes are not detached,
+    retain_graph=True, and the generator's gradients are zeroed afterwards), the generator's loss computes the
+    discriminators' weight gradients, and VGG19 and the SyncNet score the fakes as in stage.step."""
+    real, masked, reference, audio = data["source"], data["source_masked"], data["reference"], data["audio"]
+    fake = stage.net_g(masked.flatten(0, 1), reference.flatten(0, 1), audio.flatten(0, 1)) if task == "train_clip" \
+        else stage.net_g(masked, reference, audio)
+    real = real.flatten(0, 1) if task == "train_clip" else real
+    inputs = {"net_dI": (fake, real)}
+    if task == "train_clip":  # the 5 frames of a clip stacked on channels
+        inputs["net_dV"] = (fake.view(data["source"].shape).flatten(1, 2), data["source"].flatten(1, 2))
+    for name, (fakes, reals) in inputs.items():
+        stage.optimizers[name].zero_grad()
+        loss = (stage.gan(getattr(stage, name)(fakes)[1], False) + stage.gan(getattr(stage, name)(reals)[1], True)) * 0.5
+        loss.backward(retain_graph=True)
+        stage.optimizers[name].step()
+    stage.optimizers["net_g"].zero_grad()
+    loss = sum(stage.gan(getattr(stage, name)(fakes)[1], True) for name, (fakes, _) in inputs.items())
+    loss = loss + stage.perception(fake, real) * stage.opt.lamb_perception
+    if task == "train_clip":
+        mouths = inputs["net_dV"][0][..., stage.geometry.mouth_rows, stage.geometry.mouth_cols]
+        in_sync = torch.ones(mouths.shape[0], device=mouths.device)
+        loss = loss + stage.syncnet.loss(mouths, data["audio_clip"], in_sync) * stage.opt.lamb_syncnet_perception
+    loss.backward()
+    stage.optimizers["net_g"].step()
+
+
 FLOPS = {}
 
 
@@ -150,7 +181,8 @@ def bench_train(opt, device, precision, lab, task, stages, baseline=False):
         batch = min(batch, 2) if opt.quick else batch
         stage, data = training_stage(task, mouth_size, batch, device, setting["precision"], setting["channels_last"], lab)
         use_adaat(stage.net_g, setting["adaat"])
-        seconds = timed(lambda: stage.step(data), device, opt.train_iterations, opt.train_warmup)
+        iteration = (lambda: published_iteration(stage, data, task)) if baseline else (lambda: stage.step(data))
+        seconds = timed(iteration, device, opt.train_iterations, opt.train_warmup)
         flops = training_flops(task, mouth_size, device, lab)
         rows.append(dict(task=task, lab=lab, mouth=mouth_size, batch=batch, **setting, baseline=baseline,
                          samples_per_s=batch / seconds, iters_per_s=1 / seconds, seconds_per_iter=seconds,
@@ -174,7 +206,8 @@ def bench_train_clip(opt, device, precision, lab):
 
 
 def bench_baseline(opt, device, precision, lab):
-    """The training rows as the published code computes them (fp32, NCHW, 3-D grid_sample AdaAT)."""
+    """The training rows as the published code computes them: fp32, NCHW, 3-D grid_sample AdaAT, and its
+    iteration (published_iteration). Their GFLOPs are this repository's iteration's, as in every row."""
     return (bench_train(opt, device, "fp32", lab, "train_frame", STAGES[:1], baseline=True)
             + bench_train(opt, device, "fp32", lab, "train_clip", CLIP_STAGES, baseline=True))
 
@@ -363,12 +396,39 @@ TASKS = {"generator": bench_generator, "train_frame": bench_train_frame, "train_
          "baseline": bench_baseline, "inference": bench_inference, "loader": bench_loader}
 
 
+TRAINING_TASKS = {"baseline": None, "train_frame": STAGES, "train_clip": CLIP_STAGES}
+
+
+def training_row_in_process(task, precision, mouth):
+    """The rows of one training task, precision and mouth size, measured by this script in a process of its
+    own: a row that runs out of memory (the kernel kills it) or fails costs that row alone, reported as such."""
+    with tempfile.TemporaryDirectory(prefix="bench-row-") as folder:
+        path = os.path.join(folder, "rows.json")
+        # argparse keeps the last of a repeated flag: the row's own settings override the command line's
+        command = [sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--tasks", task, "--precision", precision,
+                   "--mouths", str(mouth), "--json", path, "--in_process"]
+        done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if done.returncode == 0:
+            with open(path) as f:
+                return json.load(f)
+    if done.returncode in (-9, 137):
+        error = "killed by the system, most likely out of memory"
+    else:
+        error = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+    row_task = task if task != "baseline" else "train_frame" if mouth == STAGES[0][0] else "train_clip"
+    return [dict(task=row_task, mouth=mouth, precision=precision, baseline=task == "baseline", error=error)]
+
+
 def print_table(rows, peak_tflops):
     header = f"{'task':<12}{'mouth':>6}{'batch':>6}{'prec':>15}{'samples/s':>11}{'s/iter':>9}{'GFLOP/sample':>14}{'GFLOP/s':>10}"
     if peak_tflops:
         header += f"{'MFU':>7}"
     print(header)
     for row in rows:
+        if "error" in row:
+            how = row["precision"] + (" (published way)" if row.get("baseline") else "")
+            print(f"{row['task']:<12}{row['mouth']:>6}{'':>6}{how:>15}  failed: {row['error']}", flush=True)
+            continue
         rate = row.get("samples_per_s", row.get("frames_per_s"))
         seconds = row.get("seconds_per_iter")
         how = row["precision"] + ("+NHWC" if row.get("channels_last") else "") + (
@@ -412,6 +472,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="batch <= 2 for training rows (smoke test)")
     parser.add_argument("--peak_tflops", type=float, default=None, help="device peak, for MFU (H100 bf16 dense: 989)")
     parser.add_argument("--json", default=None, help="also write the rows here")
+    parser.add_argument("--in_process", action="store_true", help=argparse.SUPPRESS)  # a training row's own process
     opt = parser.parse_args()
     device = torch.device(opt.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
@@ -422,12 +483,21 @@ def main():
     for task in opt.tasks.split(","):
         precisions = {"baseline": ("fp32",), "loader": ("-",)}.get(task, opt.precision.split(","))
         for precision in precisions:
-            new_rows = TASKS[task](opt, device, precision, opt.lab)
+            if task in TRAINING_TASKS and not opt.in_process:
+                stages = STAGES[:1] + CLIP_STAGES if task == "baseline" else TRAINING_TASKS[task]
+                new_rows = [row for mouth in sorted({m for m, _ in selected(stages, opt)})
+                            for row in training_row_in_process(task, precision, mouth)]
+            else:
+                new_rows = TASKS[task](opt, device, precision, opt.lab)
             print_table(new_rows, opt.peak_tflops)
             rows += new_rows
     if opt.json:
         with open(opt.json, "w") as f:
             json.dump(rows, f, indent=1)
+    failed = [row for row in rows if "error" in row]
+    if failed and not opt.in_process:
+        raise SystemExit(f"{len(failed)} row(s) failed: " + "; ".join(
+            f"{row['task']} {row['mouth']} {row['precision']}: {row['error']}" for row in failed))
 
 
 if __name__ == "__main__":

@@ -111,6 +111,31 @@ def test_generator_update_computes_no_discriminator_gradients_and_perception_is_
         expected, expected_grad = value.detach(), fake.grad.clone()
 
 
+@pytest.mark.parametrize("task", ["train_frame", "train_clip"])
+def test_stage_step_makes_the_published_iterations_update(task):
+    """The stages' iteration skips work (detached fakes for the discriminators, no discriminator weight gradients
+    in the generator's backward, no graph through VGG19's reals) that DINet's train_DINet_frame.py and
+    train_DINet_clip.py compute and throw away: from the same weights and batch, both make the same update."""
+    import bench
+    stages = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        stages.append(bench.training_stage(task, 64, 2 if task == "train_frame" else 1, torch.device("cpu"), "fp32",
+                                           False, "lab1"))
+    (ours, data), (published, published_data) = stages
+    ours.step(data)
+    bench.published_iteration(published, published_data, task)
+    # the discriminators' updated weights, and the generator's gradients (Adam's first step turns the
+    # ~0 gradients of a bias before a BatchNorm into +-lr, so the generator's weights would differ by noise)
+    for name in ours.checkpoint_networks[1:]:
+        for (key, a), b in zip(getattr(ours, name).state_dict().items(), getattr(published, name).state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=f"{name}.{key}")
+    grads = [(key, a.grad, b.grad) for (key, a), b in zip(ours.net_g.named_parameters(), published.net_g.parameters())]
+    scale = max(float(b.abs().max()) for _, _, b in grads)
+    for key, a, b in grads:
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5 * scale, msg=f"net_g.{key}.grad")
+
+
 def test_coarse_checkpoint_initialises_finer_stage(tiny_json, lab2_run, tmp_path):
     # lr 0: Adam leaves the weights where coarse-to-fine put them, so the 128 checkpoint shows what was loaded
     run_frame(tiny_json, tmp_path, "--lab", "lab2", "--mouth_region_size", "128", "--lr_g", "0", "--decay", "0",

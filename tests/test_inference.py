@@ -185,3 +185,20 @@ def test_bench_quick_reports_end_to_end_dubbing_and_the_loader(tmp_path):
     assert bf16["psnr_vs_fp32"] > 30 and bf16["face_psnr_vs_fp32"] > 25
     loader = next(row for row in rows if row["task"] == "loader")
     assert loader["samples_per_s"] > 0 and loader["batch"] == 24
+
+
+def test_bench_training_rows_each_in_a_process_of_their_own(tmp_path):
+    """bench.py --quick training rows: the published way (fp32, NCHW, 3-D AdaAT, its iteration) and ours in
+    fp32 and bf16, each measured in a process of its own and written as JSON."""
+    import json
+    path = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, "bench.py", "--tasks", "baseline,train_frame", "--quick", "--mouths", "64",
+                             "--json", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(path.read_text())
+    assert [(row["task"], row["precision"], row["baseline"]) for row in rows] == [
+        ("train_frame", "fp32", True), ("train_frame", "fp32", False), ("train_frame", "bf16", False)]
+    assert rows[0]["adaat"] == "published" and rows[0]["channels_last"] is False
+    for row in rows:
+        assert row["mouth"] == 64 and row["batch"] == 2 and row["samples_per_s"] > 0 and row["gflops_per_sample"] > 50
+    assert "published way" in result.stdout or "3dAdaAT" in result.stdout
