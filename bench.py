@@ -18,7 +18,8 @@ Tasks:
 GFLOPs are counted with torch.utils.flop_counter (a multiply-add is 2 FLOPs; lab1 at mouth 64 is 22.4 per frame,
 as DESIGN.md says); a training row counts this repository's iteration, the baseline's too (which computes more).
 With --peak_tflops, model-FLOP utilisation (MFU) = achieved / peak. Each training row runs in a process of its
-own: one that runs out of memory is reported as failed and the others are still measured.
+own and reports its peak memory (GB: resident set on a CPU, allocated on a GPU); one that runs out of memory
+is reported as failed and the others are still measured (--train_batch measures a smaller batch).
 """
 import argparse
 import json
@@ -178,16 +179,27 @@ def bench_train(opt, device, precision, lab, task, stages, baseline=False):
     setting = BASELINE if baseline else dict(precision=precision, channels_last=opt.channels_last == "on",
                                              adaat=DEFAULT_WARP)
     for mouth_size, batch in selected(stages, opt):
-        batch = min(batch, 2) if opt.quick else batch
+        batch = opt.train_batch or (min(batch, 2) if opt.quick else batch)
         stage, data = training_stage(task, mouth_size, batch, device, setting["precision"], setting["channels_last"], lab)
         use_adaat(stage.net_g, setting["adaat"])
         iteration = (lambda: published_iteration(stage, data, task)) if baseline else (lambda: stage.step(data))
         seconds = timed(iteration, device, opt.train_iterations, opt.train_warmup)
+        memory = peak_memory_gb(device)  # before the FLOP count's fp32 pass adds its own
         flops = training_flops(task, mouth_size, device, lab)
         rows.append(dict(task=task, lab=lab, mouth=mouth_size, batch=batch, **setting, baseline=baseline,
                          samples_per_s=batch / seconds, iters_per_s=1 / seconds, seconds_per_iter=seconds,
-                         gflops_per_sample=flops / 1e9, achieved_gflops_per_s=flops * batch / seconds / 1e9))
+                         gflops_per_sample=flops / 1e9, achieved_gflops_per_s=flops * batch / seconds / 1e9,
+                         peak_memory_gb=memory))
     return rows
+
+
+def peak_memory_gb(device):
+    """This process's peak memory so far: the device's allocations on a GPU, the resident set on a CPU (each
+    training row runs in a process of its own, so it is the row's)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 30
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
 
 
 def selected(stages, opt):
@@ -420,7 +432,8 @@ def training_row_in_process(task, precision, mouth):
 
 
 def print_table(rows, peak_tflops):
-    header = f"{'task':<12}{'mouth':>6}{'batch':>6}{'prec':>15}{'samples/s':>11}{'s/iter':>9}{'GFLOP/sample':>14}{'GFLOP/s':>10}"
+    header = (f"{'task':<12}{'mouth':>6}{'batch':>6}{'prec':>15}{'samples/s':>11}{'s/iter':>9}{'GFLOP/sample':>14}"
+              f"{'GFLOP/s':>10}{'GB':>6}")
     if peak_tflops:
         header += f"{'MFU':>7}"
     print(header)
@@ -433,9 +446,10 @@ def print_table(rows, peak_tflops):
         seconds = row.get("seconds_per_iter")
         how = row["precision"] + ("+NHWC" if row.get("channels_last") else "") + (
             "+3dAdaAT" if row.get("adaat") == "published" else "")
-        line = (f"{row['task']:<12}{row['mouth']:>6}{row['batch']:>6}{how:>15}{rate:>11.2f}"
-                f"{seconds if seconds else float('nan'):>9.3f}{row.get('gflops_per_sample', float('nan')):>14.1f}"
-                f"{row.get('achieved_gflops_per_s', float('nan')):>10.0f}")
+        cell = lambda key, width, spec: format(row[key], f">{width}{spec}") if row.get(key) else " " * width
+        line = (f"{row['task']:<12}{row['mouth']:>6}{row['batch']:>6}{how:>15}{rate:>11.2f}{cell('seconds_per_iter', 9, '.3f')}"
+                f"{cell('gflops_per_sample', 14, '.1f')}{cell('achieved_gflops_per_s', 10, '.0f')}"
+                f"{cell('peak_memory_gb', 6, '.1f')}")
         if peak_tflops and "achieved_gflops_per_s" in row:
             line += f"{row['achieved_gflops_per_s'] / (peak_tflops * 1e3):>7.1%}"
         if "speedup_vs_published" in row:
@@ -470,6 +484,8 @@ def main():
     parser.add_argument("--num_workers", type=int, default=2, help="loader: worker processes (training's default)")
     parser.add_argument("--loader_augment_num", type=int, default=32, help="loader: samples per video per epoch")
     parser.add_argument("--quick", action="store_true", help="batch <= 2 for training rows (smoke test)")
+    parser.add_argument("--train_batch", type=int, default=None,
+                        help="batch of every training row instead of the lab's (where memory is short)")
     parser.add_argument("--peak_tflops", type=float, default=None, help="device peak, for MFU (H100 bf16 dense: 989)")
     parser.add_argument("--json", default=None, help="also write the rows here")
     parser.add_argument("--in_process", action="store_true", help=argparse.SUPPRESS)  # a training row's own process

@@ -201,4 +201,5 @@ def test_bench_training_rows_each_in_a_process_of_their_own(tmp_path):
     assert rows[0]["adaat"] == "published" and rows[0]["channels_last"] is False
     for row in rows:
         assert row["mouth"] == 64 and row["batch"] == 2 and row["samples_per_s"] > 0 and row["gflops_per_sample"] > 50
+        assert 0.2 < row["peak_memory_gb"] < 20
     assert "published way" in result.stdout or "3dAdaAT" in result.stdout
