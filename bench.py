@@ -404,11 +404,12 @@ def bench_loader(opt, device, precision, lab):
                  samples_per_s=max(rates[1:]), first_epoch_samples_per_s=rates[0], samples_per_epoch=len(dataset))]
 
 
+# the (mouth, batch) rows of each training task, each measured in a process of its own
+TRAINING_TASKS = {"baseline": STAGES[:1] + CLIP_STAGES, "train_frame": STAGES, "train_clip": CLIP_STAGES}
 TASKS = {"generator": bench_generator, "train_frame": bench_train_frame, "train_clip": bench_train_clip,
          "baseline": bench_baseline, "inference": bench_inference, "loader": bench_loader}
 
 
-TRAINING_TASKS = {"baseline": None, "train_frame": STAGES, "train_clip": CLIP_STAGES}
 
 
 def training_row_in_process(task, precision, mouth):
@@ -500,8 +501,7 @@ def main():
         precisions = {"baseline": ("fp32",), "loader": ("-",)}.get(task, opt.precision.split(","))
         for precision in precisions:
             if task in TRAINING_TASKS and not opt.in_process:
-                stages = STAGES[:1] + CLIP_STAGES if task == "baseline" else TRAINING_TASKS[task]
-                new_rows = [row for mouth in sorted({m for m, _ in selected(stages, opt)})
+                new_rows = [row for mouth, _ in selected(TRAINING_TASKS[task], opt)
                             for row in training_row_in_process(task, precision, mouth)]
             else:
                 new_rows = TASKS[task](opt, device, precision, opt.lab)

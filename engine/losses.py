@@ -21,7 +21,7 @@ class PerceptualLoss(nn.Module):
 
     def _feature_distance(self, fake, real):
         # The real images' features need no graph: a pass of their own under no_grad, so the backward goes
-        # through the fakes alone (one pass over both would also backward the reals: 7% of a frame step).
+        # through the fakes alone (one pass over both would also backward the reals: 7% of a frame step's FLOPs).
         with torch.no_grad():
             targets = self.vgg(real)
         return [F.l1_loss(feature, target) for feature, target in zip(self.vgg(fake), targets)]
