@@ -140,12 +140,12 @@ def published_iteration(stage, data, task):
     modules: each discriminator's loss is backpropagated through the generator too (its fakes are not detached,
     retain_graph=True, and the generator's gradients are zeroed afterwards), the generator's loss computes the
     discriminators' weight gradients, and VGG19 and the SyncNet score the fakes as in stage.step."""
-    real, masked, reference, audio = data["source"], data["source_masked"], data["reference"], data["audio"]
-    fake = stage.net_g(masked.flatten(0, 1), reference.flatten(0, 1), audio.flatten(0, 1)) if task == "train_clip" \
-        else stage.net_g(masked, reference, audio)
-    real = real.flatten(0, 1) if task == "train_clip" else real
+    clip = task == "train_clip"
+    frames = (lambda tensor: tensor.flatten(0, 1)) if clip else (lambda tensor: tensor)  # (B, 5, ...) -> (B*5, ...)
+    fake = stage.net_g(frames(data["source_masked"]), frames(data["reference"]), frames(data["audio"]))
+    real = frames(data["source"])
     inputs = {"net_dI": (fake, real)}
-    if task == "train_clip":  # the 5 frames of a clip stacked on channels
+    if clip:  # the 5 frames of a clip stacked on channels
         inputs["net_dV"] = (fake.view(data["source"].shape).flatten(1, 2), data["source"].flatten(1, 2))
     for name, (fakes, reals) in inputs.items():
         stage.optimizers[name].zero_grad()
@@ -155,7 +155,7 @@ def published_iteration(stage, data, task):
     stage.optimizers["net_g"].zero_grad()
     loss = sum(stage.gan(getattr(stage, name)(fakes)[1], True) for name, (fakes, _) in inputs.items())
     loss = loss + stage.perception(fake, real) * stage.opt.lamb_perception
-    if task == "train_clip":
+    if clip:
         mouths = inputs["net_dV"][0][..., stage.geometry.mouth_rows, stage.geometry.mouth_cols]
         in_sync = torch.ones(mouths.shape[0], device=mouths.device)
         loss = loss + stage.syncnet.loss(mouths, data["audio_clip"], in_sync) * stage.opt.lamb_syncnet_perception

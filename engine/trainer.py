@@ -327,10 +327,7 @@ def find_resume(opt, stage_class, runtime):
     if runtime.is_main:
         print(f"--resume auto: continuing from {path}" if path else
               f"--resume auto: no checkpoint in {opt.result_path} yet, starting from the beginning")
-    if path:
-        opt.resume = path  # what the stages check the data and architecture against
-    else:
-        opt.resume = ""
+    opt.resume = path or ""  # what the stages check the data and architecture against
     return path, checkpoint
 
 
