@@ -491,6 +491,12 @@ def main():
     parser.add_argument("--json", default=None, help="also write the rows here")
     parser.add_argument("--in_process", action="store_true", help=argparse.SUPPRESS)  # a training row's own process
     opt = parser.parse_args()
+    for flag, given, known in (("--tasks", opt.tasks.split(","), TASKS), ("--precision", opt.precision.split(","),
+                               ("fp32", "bf16")), ("--mouths", opt.mouths, [mouth for mouth, _ in STAGES])):
+        unknown = [str(value) for value in given if value not in known]
+        if unknown:
+            raise SystemExit(f"{flag}: {', '.join(unknown)} unknown; pass a comma list of "
+                             f"{', '.join(str(value) for value in known)}")
     device = torch.device(opt.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True

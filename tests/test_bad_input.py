@@ -50,6 +50,7 @@ COMMANDS = {  # script, the arguments every case starts from (a flag given again
     "evaluate": ("evaluate.py", EVALUATE),
     "data": ("data_processing.py", ""),
     "compare": ("compare_labs.py", "--out_dir {tmp}/comparison"),
+    "bench": ("bench.py", "--json {tmp}/bench.json"),
 }
 
 CASES = [
@@ -212,6 +213,10 @@ CASES = [
     ("compare", "--labs lab1 --train_data {tiny_json} --out_dir {a_file}/comparison",
      "--out_dir {a_file}/comparison: cannot write there ({a_file} is a file, not a folder)",
      "pass a folder you can write to"),
+    # ---- bench.py
+    ("bench", "--tasks generator,nonsense", "--tasks: nonsense unknown", "pass a comma list of generator"),
+    ("bench", "--precision fp64", "--precision: fp64 unknown", "pass a comma list of fp32, bf16"),
+    ("bench", "--mouths 64,65", "--mouths: 65 unknown", "pass a comma list of 64, 128, 256"),
 ]
 
 
