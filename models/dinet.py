@@ -26,7 +26,7 @@ from .adaat import AdaAT
 from .adain import AdaIN
 from .attention import CrossAttentionAlignment
 from .audio_encoders import AUDIO_WINDOW, AltConv1dAudioEncoder, AudioAttentionEncoder, conv1d_audio_encoder
-from .blocks import DownBlock, ResBlock, SameBlock, UpBlock2d
+from .blocks import DownBlock, NarrowConv2d, ResBlock, SameBlock, UpBlock2d
 from .fusion import HybridTokenFusion, TokenFusionTransformer
 
 # Values each architectural choice can take; the first is DINet's.
@@ -147,7 +147,7 @@ class DINet(nn.Module):
             UpBlock2d(128, 128),
             ResBlock(128, 128, 3, 1),
             UpBlock2d(128, 128),
-            nn.Conv2d(128, 3, kernel_size=7, padding=3),
+            NarrowConv2d(128, 3, kernel_size=7, padding=3),
             nn.Sigmoid(),
         )
 

@@ -6,8 +6,11 @@ import pytest
 import torch
 
 from conftest import SHARED
+import torch.nn.functional as F
+
 from engine.checkpoint import generator_config_of, load_network
 from models import AdaAT, DINet, Discriminator, GeneratorConfig
+from models.blocks import NarrowConv2d, UpBlock2d
 
 FIXTURES = os.path.join(SHARED, "fixtures")
 needs_fixtures = pytest.mark.skipif(not os.path.isdir(FIXTURES), reason="../shared/fixtures not present")
@@ -168,3 +171,55 @@ def test_channel_pair_adaat_under_bf16_autocast_stays_near_fp32():
             output = fast(features.bfloat16(), code)
     assert output.dtype == torch.float32
     assert (output - reference).abs().mean() < 0.05 * reference.abs().mean()
+
+
+def forward_and_gradients(module, inputs, function, memory_format=torch.contiguous_format):
+    """(output, input gradient, parameter gradients) of module(x) and of function(x), in float64."""
+    weights = None
+    results = []
+    for run in (module, function):
+        module.zero_grad()
+        x = inputs.clone(memory_format=memory_format).requires_grad_()
+        output = run(x)
+        weights = torch.randn_like(output) if weights is None else weights
+        (output * weights).sum().backward()
+        results.append([output, x.grad] + [p.grad.clone() for p in module.parameters()])
+    return results
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_up_block_is_nearest_upsampling_then_its_convolution(channels_last):
+    """The transposed-convolution form computes DINet's interpolate -> conv -> BN -> ReLU: the same output,
+    input and weight gradients in float64 (a wrong tap, or a tap on the wrong side, fails by O(1))."""
+    torch.manual_seed(0)
+    block = UpBlock2d(6, 5).double()
+    block.norm.eval()
+    block.norm.running_mean.normal_()
+    published = lambda x: F.relu(block.norm(block.conv(F.interpolate(x, scale_factor=2))))
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    got, expected = forward_and_gradients(block, torch.randn(2, 6, 7, 5, dtype=torch.float64), published, fmt)
+    assert got[0].shape == (2, 5, 14, 10)
+    for a, b in zip(got, expected):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kernel,padding", [(7, 3), ((5, 3), (2, 1)), (3, 0)])
+def test_narrow_convolution_is_the_convolution(kernel, padding):
+    torch.manual_seed(0)
+    conv = NarrowConv2d(8, 3, kernel_size=kernel, padding=padding).double()
+    published = lambda x: F.conv2d(x, conv.weight, conv.bias, padding=padding)
+    got, expected = forward_and_gradients(conv, torch.randn(2, 8, 11, 9, dtype=torch.float64), published)
+    for a, b in zip(got, expected):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_narrow_convolution_under_bf16_autocast_gives_bf16_near_fp32():
+    torch.manual_seed(0)
+    conv = NarrowConv2d(128, 3, kernel_size=7, padding=3)
+    x = torch.randn(2, 128, 24, 20)
+    with torch.no_grad():
+        reference = F.conv2d(x, conv.weight, conv.bias, padding=3)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            output = conv(x.contiguous(memory_format=torch.channels_last))
+    assert output.dtype == torch.bfloat16
+    assert (output.float() - reference).abs().max() < 0.02 * reference.abs().max()
