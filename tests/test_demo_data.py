@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from data.audio_features import FEATURE_WIDTHS, compute_audio_feature
+from data.audio_features import FEATURE_WIDTHS, compute_audio_feature, mel_filter_bank
 from data.demo import make_demo_data
 from data.geometry import CropGeometry, compute_crop_radius, crop_box
 from data.landmarks import read_openface_csv
@@ -176,6 +176,17 @@ def test_mel_is_wav2lip_normalised(one_second_wav):
     features = compute_audio_feature(one_second_wav, "mel")
     assert features.min() >= -4 and features.max() <= 4
     assert np.argmax(features.mean(axis=0)) < 20  # a 220 Hz tone lights the low mel bands
+
+
+@pytest.mark.parametrize("settings", [(16000, 800, 80, 55, 7600), (22050, 1024, 128, 0, 11025), (16000, 512, 40, 300, 4000)])
+def test_mel_filter_bank_is_librosas(settings):
+    """Our Slaney filter bank (no librosa.filters import at dubbing time) is librosa.filters.mel's defaults."""
+    import librosa
+    sample_rate, n_fft, n_mels, fmin, fmax = settings
+    expected = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    got = mel_filter_bank(sample_rate, n_fft, n_mels, fmin, fmax)
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    assert np.abs(got - expected).max() < 1e-7
 
 
 def test_deepspeech_is_made_elsewhere_with_a_clear_message(one_second_wav):
