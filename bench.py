@@ -41,6 +41,7 @@ from data.geometry import CropGeometry
 from dubbing.generation import autocast
 from models import DINet
 from models.adaat import DEFAULT_WARP, AdaAT
+from models.blocks import NarrowConv2d, UpBlock2d
 
 STAGES = ((64, 24), (128, 12), (256, 4))
 CLIP_STAGES = ((256, 3),)
@@ -94,15 +95,19 @@ def bench_generator(opt, device, precision, lab):
     return rows
 
 
-# the published code's way: fp32, NCHW tensors, DINet's 3-D grid_sample AdaAT, and its iteration (see
-# published_iteration); a row per stage to compare with
+# the published code's way: fp32, NCHW tensors, DINet's 3-D grid_sample AdaAT and its other layers as it computes
+# them (use_adaat), and its iteration (see published_iteration); a row per stage to compare with
 BASELINE = dict(precision="fp32", channels_last=False, adaat="published")
 
 
 def use_adaat(network, implementation):
+    """The AdaAT implementation, and with the published one the other layers the published way too (UpBlock2d's
+    interpolate-then-convolve, the 3-channel output convolution as one)."""
     for module in network.modules():
         if isinstance(module, AdaAT):
             module.implementation = implementation
+        elif isinstance(module, (UpBlock2d, NarrowConv2d)):
+            module.published = implementation == "published"
 
 
 def training_stage(task, mouth_size, batch, device, precision, channels_last, lab):

@@ -45,7 +45,10 @@ class UpBlock2d(nn.Module):
     The upsampling and the 3x3 convolution run as one stride-2 transposed convolution with a 4x4 kernel made
     from the 3x3 weights (`upsampled_taps`): the same function, 16 multiply-adds per input pixel and channel
     pair instead of 36, and no 4x larger upsampled tensor (2.2x faster on CPU in fp32 and bf16). The weights
-    stay DINet's 3x3 `conv`, so checkpoints and BatchNorm folding are unchanged."""
+    stay DINet's 3x3 `conv`, so checkpoints and BatchNorm folding are unchanged. `published = True` runs
+    DINet's interpolate-then-convolve instead (bench.py's baseline)."""
+
+    published = False
 
     def __init__(self, in_features, out_features, kernel_size=3, padding=1):
         super().__init__()
@@ -54,7 +57,7 @@ class UpBlock2d(nn.Module):
 
     def forward(self, x):
         conv = self.conv
-        if conv.kernel_size == (3, 3) and conv.padding == (1, 1):
+        if conv.kernel_size == (3, 3) and conv.padding == (1, 1) and not self.published:
             kernel = upsampled_taps(upsampled_taps(conv.weight, 2), 3).transpose(0, 1)  # (in, out, 4, 4)
             out = F.conv_transpose2d(x, kernel, conv.bias, stride=2, padding=1)
         else:
@@ -67,11 +70,14 @@ class NarrowConv2d(nn.Conv2d):
     DINet's last layer (128 -> 3 channels, 7x7). CPU and GPU kernels pad the output channels to their vector
     width (16 or more), so a 3-channel convolution costs as much as a 16-channel one. Here a (k x 1) column
     convolution makes k * out channels, one group per kernel column, and the groups are summed at their
-    column offsets: 2.7-3x faster on CPU at mouth 64 and 256. Other settings fall back to nn.Conv2d."""
+    column offsets: 2.7-3x faster on CPU at mouth 64 and 256. Other settings, and `published = True`
+    (bench.py's baseline), run nn.Conv2d's convolution."""
+
+    published = False
 
     def forward(self, x):
         kh, kw = self.kernel_size
-        if isinstance(self.padding, str) or self.stride != (1, 1) or self.dilation != (1, 1) or self.groups != 1 \
+        if self.published or isinstance(self.padding, str) or self.stride != (1, 1) or self.dilation != (1, 1) or self.groups != 1 \
                 or self.padding_mode != "zeros" or kw == 1:
             return super().forward(x)
         ph, pw = self.padding

@@ -187,6 +187,23 @@ def test_bench_quick_reports_end_to_end_dubbing_and_the_loader(tmp_path):
     assert loader["samples_per_s"] > 0 and loader["batch"] == 24
 
 
+def test_bench_baseline_runs_the_published_layers():
+    """use_adaat(net, "published") (bench.py's baseline) computes AdaAT, UpBlock2d and the output convolution as
+    DINet does: a different computation of the same function."""
+    import bench
+    from models.blocks import NarrowConv2d, UpBlock2d
+    torch.manual_seed(0)
+    network = DINet(3, 15, 29).eval()
+    inputs = (torch.rand(1, 3, 104, 80), torch.rand(1, 15, 104, 80), torch.rand(1, 29, 5))
+    with torch.no_grad():
+        ours = network(*inputs)
+        bench.use_adaat(network, "published")
+        published = network(*inputs)
+    layers = [m for m in network.modules() if isinstance(m, (UpBlock2d, NarrowConv2d))]
+    assert len(layers) == 3 and all(layer.published for layer in layers)
+    assert not torch.equal(ours, published) and (ours - published).abs().max() < 1e-5
+
+
 def test_bench_training_rows_each_in_a_process_of_their_own(tmp_path):
     """bench.py --quick training rows: the published way (fp32, NCHW, 3-D AdaAT, its iteration) and ours in
     fp32 and bf16, each measured in a process of its own and written as JSON."""
