@@ -41,7 +41,7 @@ from data.geometry import CropGeometry
 from dubbing.generation import autocast
 from models import DINet
 from models.adaat import DEFAULT_WARP, AdaAT
-from models.blocks import NarrowConv2d, UpBlock2d
+from models.blocks import NarrowConv2d, UpBlock2d, published_layers
 
 STAGES = ((64, 24), (128, 12), (256, 4))
 CLIP_STAGES = ((256, 3),)
@@ -70,8 +70,9 @@ def generator_inputs(mouth_size, batch, audio_channel, device):
             torch.randn(batch, audio_channel, 5, device=device))
 
 
-def count_flops(function):
-    with FlopCounterMode(display=False) as counter:
+def count_flops(function, *networks):
+    """FLOPs of function(), with the networks' layers counted as DINet computes them (published_layers)."""
+    with published_layers(*networks), FlopCounterMode(display=False) as counter:
         function()
     return counter.get_total_flops()
 
@@ -88,7 +89,7 @@ def bench_generator(opt, device, precision, lab):
             with torch.no_grad(), autocast(device, precision):
                 network(*inputs)
         seconds = timed(forward, device, opt.iterations, opt.warmup)
-        flops = count_flops(forward) / batch
+        flops = count_flops(forward, network) / batch
         rows.append(dict(task="generator", lab=lab, mouth=mouth_size, batch=batch, precision=precision,
                          frames_per_s=batch / seconds, seconds_per_iter=seconds, gflops_per_sample=flops / 1e9,
                          achieved_gflops_per_s=flops * batch / seconds / 1e9))
@@ -175,7 +176,7 @@ def training_flops(task, mouth_size, device, lab):
     """FLOPs of one training sample, counted once per task and size on a batch of one (they scale with the batch)."""
     if (task, mouth_size) not in FLOPS:
         stage, data = training_stage(task, mouth_size, 1, device, "fp32", False, lab)
-        FLOPS[task, mouth_size] = count_flops(lambda: stage.step(data))
+        FLOPS[task, mouth_size] = count_flops(lambda: stage.step(data), stage.net_g)
     return FLOPS[task, mouth_size]
 
 
@@ -364,7 +365,8 @@ def bench_inference(opt, device, precision, lab):
         seconds, frames = done["timings"]["total"], done["frames"]
         inputs = generator_inputs(mouth_size, 1, config.audio_channel, torch.device("cpu"))
         cached = ReferencedGenerator(network, inputs[1], job["amp"])
-        flops = count_flops(lambda: cached(inputs[0], inputs[2]))  # per frame, the reference branch not counted
+        # per frame, the reference branch not counted
+        flops = count_flops(lambda: cached(inputs[0], inputs[2]), cached.network)
         row = dict(task="inference", lab=lab, mouth=mouth_size, batch=done["batch"], precision=precision,
                    frames_per_s=frames / seconds, end_to_end=True, frames=frames, video=description, seconds=seconds,
                    gflops_per_sample=flops / 1e9, achieved_gflops_per_s=flops * frames / seconds / 1e9,

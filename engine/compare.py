@@ -25,6 +25,7 @@ from data.training_json import check_audio_channel, load_training_json
 from data.video import atomic_output
 from models import DINet
 from models.audio_encoders import AUDIO_WINDOW
+from models.blocks import published_layers
 
 from .trainer import FrameStage, train
 
@@ -52,7 +53,7 @@ def generator_gflops(config, mouth_size):
                   torch.zeros(1, config.ref_channel, geometry.height, geometry.width),
                   torch.zeros(1, config.audio_channel, AUDIO_WINDOW))
     # Gradients stay on: under no_grad nn.TransformerEncoderLayer takes a fused path the counter cannot see.
-    with FlopCounterMode(display=False) as counter:
+    with published_layers(generator), FlopCounterMode(display=False) as counter:
         generator(*inputs)
     return counter.get_total_flops() / 1e9
 

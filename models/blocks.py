@@ -4,6 +4,8 @@ Attribute names (`conv`, `norm`, `conv1`, `norm1`, `channel_conv`, ...) are the 
 so its checkpoints load with strict=True. BatchNorm is plain `nn.BatchNorm{1,2}d`; the engine turns
 it into `nn.SyncBatchNorm` under torchrun.
 """
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -114,3 +116,20 @@ class ResBlock(nn.Module):
         out = self.conv2(F.relu(self.norm2(out)))
         shortcut = x if self.channel_conv is None else self.channel_conv(x)
         return out + shortcut
+
+
+@contextmanager
+def published_layers(*networks):
+    """Within it, the networks' UpBlock2d and NarrowConv2d layers compute as DINet does (interpolate, then the
+    3x3 convolution; one 3-channel convolution). FLOP counts run in it, so a network's cost is DINet's count of
+    it however its layers run, and FLOP/s rise with speed."""
+    layers = [module for network in networks for module in network.modules()
+              if isinstance(module, (UpBlock2d, NarrowConv2d))]
+    before = [layer.published for layer in layers]
+    for layer in layers:
+        layer.published = True
+    try:
+        yield
+    finally:
+        for layer, published in zip(layers, before):
+            layer.published = published

@@ -191,7 +191,7 @@ def test_bench_baseline_runs_the_published_layers():
     """use_adaat(net, "published") (bench.py's baseline) computes AdaAT, UpBlock2d and the output convolution as
     DINet does: a different computation of the same function."""
     import bench
-    from models.blocks import NarrowConv2d, UpBlock2d
+    from models.blocks import NarrowConv2d, UpBlock2d, published_layers
     torch.manual_seed(0)
     network = DINet(3, 15, 29).eval()
     inputs = (torch.rand(1, 3, 104, 80), torch.rand(1, 15, 104, 80), torch.rand(1, 29, 5))
@@ -202,6 +202,10 @@ def test_bench_baseline_runs_the_published_layers():
     layers = [m for m in network.modules() if isinstance(m, (UpBlock2d, NarrowConv2d))]
     assert len(layers) == 3 and all(layer.published for layer in layers)
     assert not torch.equal(ours, published) and (ours - published).abs().max() < 1e-5
+    bench.use_adaat(network, "channel_pair")
+    with published_layers(network):  # how FLOPs are counted: DINet's count, then the layers as they were
+        assert all(layer.published for layer in layers)
+    assert not any(layer.published for layer in layers)
 
 
 def test_bench_training_rows_each_in_a_process_of_their_own(tmp_path):
