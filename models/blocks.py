@@ -69,8 +69,8 @@ class UpBlock2d(nn.Module):
 
 class NarrowConv2d(nn.Conv2d):
     """nn.Conv2d (same parameters, same function) for a few output channels and a wide kernel, such as
-    DINet's last layer (128 -> 3 channels, 7x7). CPU and GPU kernels pad the output channels to their vector
-    width (16 or more), so a 3-channel convolution costs as much as a 16-channel one. Here a (k x 1) column
+    DINet's last layer (128 -> 3 channels, 7x7). oneDNN's CPU kernels pad the output channels to their vector
+    width: a 3-channel convolution takes as long as a 16-channel one (measured). Here a (k x 1) column
     convolution makes k * out channels, one group per kernel column, and the groups are summed at their
     column offsets: 2.7-3x faster on CPU at mouth 64 and 256. Other settings, and `published = True`
     (bench.py's baseline), run nn.Conv2d's convolution."""
@@ -79,8 +79,9 @@ class NarrowConv2d(nn.Conv2d):
 
     def forward(self, x):
         kh, kw = self.kernel_size
-        if self.published or isinstance(self.padding, str) or self.stride != (1, 1) or self.dilation != (1, 1) or self.groups != 1 \
-                or self.padding_mode != "zeros" or kw == 1:
+        plain = (self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1 and kw > 1
+                 and self.padding_mode == "zeros" and not isinstance(self.padding, str))
+        if self.published or not plain:
             return super().forward(x)
         ph, pw = self.padding
         out_channels = self.out_channels

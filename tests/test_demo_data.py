@@ -178,7 +178,8 @@ def test_mel_is_wav2lip_normalised(one_second_wav):
     assert np.argmax(features.mean(axis=0)) < 20  # a 220 Hz tone lights the low mel bands
 
 
-@pytest.mark.parametrize("settings", [(16000, 800, 80, 55, 7600), (22050, 1024, 128, 0, 11025), (16000, 512, 40, 300, 4000)])
+@pytest.mark.parametrize("settings", [(16000, 800, 80, 55, 7600), (22050, 1024, 128, 0, 11025),
+                                      (16000, 512, 40, 300, 4000)])
 def test_mel_filter_bank_is_librosas(settings):
     """Our Slaney filter bank (no librosa.filters import at dubbing time) is librosa.filters.mel's defaults."""
     import librosa
