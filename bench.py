@@ -41,7 +41,7 @@ from data.geometry import CropGeometry
 from dubbing.generation import autocast
 from models import DINet
 from models.adaat import DEFAULT_WARP, AdaAT
-from models.blocks import NarrowConv2d, UpBlock2d, published_layers
+from models.blocks import published_layers, reformulated_layers
 
 STAGES = ((64, 24), (128, 12), (256, 4))
 CLIP_STAGES = ((256, 3),)
@@ -107,8 +107,8 @@ def use_adaat(network, implementation):
     for module in network.modules():
         if isinstance(module, AdaAT):
             module.implementation = implementation
-        elif isinstance(module, (UpBlock2d, NarrowConv2d)):
-            module.published = implementation == "published"
+    for layer in reformulated_layers(network):
+        layer.published = implementation == "published"
 
 
 def training_stage(task, mouth_size, batch, device, precision, channels_last, lab):

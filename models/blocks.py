@@ -119,13 +119,18 @@ class ResBlock(nn.Module):
         return out + shortcut
 
 
+def reformulated_layers(*networks):
+    """The networks' layers that compute DINet's function another way and can switch back (`published`)."""
+    return [module for network in networks for module in network.modules()
+            if isinstance(module, (UpBlock2d, NarrowConv2d))]
+
+
 @contextmanager
 def published_layers(*networks):
     """Within it, the networks' UpBlock2d and NarrowConv2d layers compute as DINet does (interpolate, then the
     3x3 convolution; one 3-channel convolution). FLOP counts run in it, so a network's cost is DINet's count of
     it however its layers run, and FLOP/s rise with speed."""
-    layers = [module for network in networks for module in network.modules()
-              if isinstance(module, (UpBlock2d, NarrowConv2d))]
+    layers = reformulated_layers(*networks)
     before = [layer.published for layer in layers]
     for layer in layers:
         layer.published = True
