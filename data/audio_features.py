@@ -37,16 +37,17 @@ def _stft_magnitude(wav):
     return np.abs(np.fft.rfft(frames * window, axis=1)).T
 
 
+SLANEY_LOG_STEP = np.log(6.4) / 27.0  # Slaney mel scale above 1 kHz (15 mels): natural-log Hz per mel
+
+
 def _hz_to_slaney_mel(hz):
     """Slaney's mel scale (librosa's default, htk=False): linear below 1 kHz, logarithmic above."""
     hz = np.asanyarray(hz, dtype=np.float64)
-    log_step = np.log(6.4) / 27.0
-    return np.where(hz >= 1000.0, 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / log_step, hz * 3.0 / 200.0)
+    return np.where(hz >= 1000.0, 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / SLANEY_LOG_STEP, hz * 3.0 / 200.0)
 
 
 def _slaney_mel_to_hz(mel):
-    log_step = np.log(6.4) / 27.0
-    return np.where(mel >= 15.0, 1000.0 * np.exp(log_step * (mel - 15.0)), mel * 200.0 / 3.0)
+    return np.where(mel >= 15.0, 1000.0 * np.exp(SLANEY_LOG_STEP * (mel - 15.0)), mel * 200.0 / 3.0)
 
 
 def mel_filter_bank(sample_rate, n_fft, n_mels, fmin, fmax):

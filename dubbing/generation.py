@@ -1,7 +1,7 @@
 """The generator at inference, with the work that depends only on the 5 reference frames done once per video.
 
 Dubbing feeds every frame the same 5 reference crops, so DINet's reference encoder and the first appearance
-block (4 residual blocks at 256 channels) compute the same features for every frame: ~6.3 of the 20.7 GFLOPs
+block (4 residual blocks at 256 channels) compute the same features for every frame: ~6.3 of the 22.4 GFLOPs
 per frame at mouth 64 (lab1). `ReferencedGenerator` computes them once and runs the rest of `DINet.forward`
 per batch; its output is the network's (tests/test_inference.py holds every lab to that). It runs a copy of
 the network prepared for inference (`inference_network`: BatchNorms folded into their convolutions, optionally
