@@ -4,6 +4,7 @@ Attribute names (`conv`, `norm`, `conv1`, `norm1`, `channel_conv`, ...) are the 
 so its checkpoints load with strict=True. BatchNorm is plain `nn.BatchNorm{1,2}d`; the engine turns
 it into `nn.SyncBatchNorm` under torchrun.
 """
+import weakref
 from contextlib import contextmanager
 
 import torch
@@ -15,11 +16,13 @@ _NORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}
 
 
 class SameBlock(nn.Module):
-    """conv -> BN -> ReLU at the same resolution (stride 2 makes it DINet's DownBlock)."""
+    """conv -> BN -> ReLU at the same resolution (stride 2 makes it DINet's DownBlock). Its 2-D convolutions
+    with large kernels (DINet's two 11x11 ones in the alignment encoder) are FourierConv2d."""
 
     def __init__(self, in_features, out_features, kernel_size=3, padding=1, stride=1, dims=2):
         super().__init__()
-        self.conv = _CONV[dims](in_features, out_features, kernel_size=kernel_size, padding=padding, stride=stride)
+        conv = FourierConv2d if dims == 2 and kernel_size >= FourierConv2d.MIN_KERNEL else _CONV[dims]
+        self.conv = conv(in_features, out_features, kernel_size=kernel_size, padding=padding, stride=stride)
         self.norm = _NORM[dims](out_features)
 
     def forward(self, x):
@@ -99,6 +102,90 @@ class NarrowConv2d(nn.Conv2d):
         return out.to(dtype)
 
 
+def _fast_length(n):
+    """The smallest even length >= n made of the factors 2, 3, 5 and 7, which FFTs handle fastest."""
+    while True:
+        m = n
+        for factor in (2, 3, 5, 7):
+            while m % factor == 0:
+                m //= factor
+        if m == 1 and n % 2 == 0:
+            return n
+        n += 1
+
+
+def _tiling(size, kernel, padding, limit):
+    """How FourierConv2d covers one dimension: (tiles, tile, FFT length, offset). One tile when the input and
+    one side's padding fit in `limit`: both sides' zero padding is then the FFT's zero tail, read circularly.
+    Else overlap-save: tiles of `tile` outputs, each read from `tile + kernel - 1` inputs, whose outputs start
+    at `offset` = padding in the circular result."""
+    if size + padding <= limit:
+        return 1, size, _fast_length(size + padding), 0
+    tiles = -(-size // (limit - kernel + 1))
+    tile = -(-size // tiles)
+    return tiles, tile, _fast_length(tile + kernel - 1), padding
+
+
+class FourierConv2d(nn.Conv2d):
+    """nn.Conv2d (same parameters, same function) for large kernels, computed with FFTs at inference on CPU.
+
+    A k x k convolution costs k^2 multiply-adds per pixel and channel pair; in the Fourier domain it is one
+    complex product per frequency. DINet's two 11x11 convolutions (128 -> 128 channels at a quarter of the crop's
+    resolution) were a fifth of the generator's time at mouth 64. Here the input is transformed (rfft2) in tiles
+    of at most `LIMIT` x `LIMIT` (overlap-save), multiplied by the kernel's spectrum, summed over input channels
+    as one batched real matrix product per frequency ([Re X, Im X] @ [[Re K, Im K], [-Im K, Re K]], in bf16
+    under bf16 autocast, else in the input's precision), and transformed back. The kernel's spectrum is computed
+    once per weight version and kept (60-100 MB per layer). The errors are those of the precision used:
+    1e-7 of the output's range in float32; in bf16 smaller than a bf16 convolution's (measured 1-2e-3 against
+    4-5e-3). It is used where gradients are off and the tensor is on the CPU: training, and GPUs (cuDNN picks
+    its own algorithms), run nn.Conv2d's convolution, as do other settings and `published = True` (bench.py's
+    baseline)."""
+
+    published = False
+    MIN_KERNEL = 11  # measured: 7x7 layers gain at mouth 64 and lose at 256
+    LIMIT = 40       # measured at mouth 128 and 256 against 24, 32, 48, 64
+
+    def forward(self, x):
+        (kh, kw), (ph, pw) = self.kernel_size, self.padding
+        plain = (self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == "zeros"
+                 and not isinstance(self.padding, str) and (kh, kw) == (2 * ph + 1, 2 * pw + 1))
+        if self.published or not plain or torch.is_grad_enabled() or x.device.type != "cpu" or x.dim() != 4:
+            return super().forward(x)
+        batch, _, height, width = x.shape
+        bf16 = x.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu")
+                                             and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        precision = torch.float64 if x.dtype == torch.float64 else torch.float32  # of the FFTs
+        product = torch.bfloat16 if bf16 else precision                           # of the channel sums
+        (n1, t1, f1, o1), (n2, t2, f2, o2) = (_tiling(height, kh, ph, self.LIMIT), _tiling(width, kw, pw, self.LIMIT))
+        spectrum = self._spectrum(f1, f2, precision, product)                     # (bins, 2 in, 2 out)
+        padded = F.pad(x.to(precision), (o2, (n2 - 1) * t2 + f2 - width - o2, o1, (n1 - 1) * t1 + f1 - height - o1))
+        tiles = torch.fft.rfft2(padded.unfold(2, f1, t1).unfold(3, f2, t2))     # (B, in, n1, n2, f1, f2 // 2 + 1)
+        tiles = tiles.permute(4, 5, 0, 2, 3, 1).reshape(spectrum.shape[0], batch * n1 * n2, self.in_channels)
+        out = torch.bmm(torch.cat([tiles.real, tiles.imag], 2).to(product), spectrum).to(precision)
+        out = torch.complex(out[..., :self.out_channels], out[..., self.out_channels:])
+        out = out.reshape(f1, f2 // 2 + 1, batch, n1, n2, self.out_channels).permute(2, 5, 3, 4, 0, 1)
+        out = torch.fft.irfft2(out, s=(f1, f2))[..., o1:o1 + t1, o2:o2 + t2]    # (B, out, n1, n2, t1, t2)
+        out = out.permute(0, 1, 2, 4, 3, 5).reshape(batch, self.out_channels, n1 * t1, n2 * t2)[:, :, :height, :width]
+        if self.bias is not None:
+            out = out + self.bias.to(precision).view(1, -1, 1, 1)
+        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        return out.to(torch.bfloat16 if bf16 else x.dtype).contiguous(memory_format=layout)
+
+    def _spectrum(self, f1, f2, precision, product):
+        """The kernel's spectrum as the real block matrix per frequency, (f1 * (f2 // 2 + 1), 2 in, 2 out), for
+        circular correlation: the kernel's centre tap moved to (0, 0)."""
+        key = (self.weight.data_ptr(), self.weight._version, f1, f2, precision, product)
+        cached = getattr(self, "_spectrum_of", None)
+        if cached is None or cached[0]() is not self.weight or cached[1] != key:
+            (kh, kw), (ph, pw) = self.kernel_size, self.padding
+            kernel = torch.roll(F.pad(self.weight.detach().to(precision), (0, f2 - kw, 0, f1 - kh)), (-ph, -pw), (2, 3))
+            spectrum = torch.fft.rfft2(kernel).conj().permute(2, 3, 1, 0).reshape(-1, self.in_channels, self.out_channels)
+            re, im = spectrum.real, spectrum.imag
+            block = torch.cat([torch.cat([re, im], 2), torch.cat([-im, re], 2)], 1).to(product)
+            self._spectrum_of = (weakref.ref(self.weight), key, block)
+        return self._spectrum_of[2]
+
+
 class ResBlock(nn.Module):
     """Pre-activation residual block: BN -> ReLU -> conv -> BN -> ReLU -> conv, plus the input."""
 
@@ -122,13 +209,13 @@ class ResBlock(nn.Module):
 def reformulated_layers(*networks):
     """The networks' layers that compute DINet's function another way and can switch back (`published`)."""
     return [module for network in networks for module in network.modules()
-            if isinstance(module, (UpBlock2d, NarrowConv2d))]
+            if isinstance(module, (UpBlock2d, NarrowConv2d, FourierConv2d))]
 
 
 @contextmanager
 def published_layers(*networks):
-    """Within it, the networks' UpBlock2d and NarrowConv2d layers compute as DINet does (interpolate, then the
-    3x3 convolution; one 3-channel convolution). FLOP counts run in it, so a network's cost is DINet's count of
+    """Within it, the networks' UpBlock2d, NarrowConv2d and FourierConv2d layers compute as DINet does
+    (interpolate, then the 3x3 convolution; one 3-channel convolution; direct convolutions). FLOP counts run in it, so a network's cost is DINet's count of
     it however its layers run, and FLOP/s rise with speed."""
     layers = reformulated_layers(*networks)
     before = [layer.published for layer in layers]

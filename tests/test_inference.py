@@ -188,10 +188,10 @@ def test_bench_quick_reports_end_to_end_dubbing_and_the_loader(tmp_path):
 
 
 def test_bench_baseline_runs_the_published_layers():
-    """use_adaat(net, "published") (bench.py's baseline) computes AdaAT, UpBlock2d and the output convolution as
-    DINet does: a different computation of the same function."""
+    """use_adaat(net, "published") (bench.py's baseline) computes AdaAT, UpBlock2d, the 11x11 convolutions and
+    the output convolution as DINet does: a different computation of the same function."""
     import bench
-    from models.blocks import NarrowConv2d, UpBlock2d, published_layers, reformulated_layers
+    from models.blocks import FourierConv2d, NarrowConv2d, UpBlock2d, published_layers, reformulated_layers
     torch.manual_seed(0)
     network = DINet(3, 15, 29).eval()
     inputs = (torch.rand(1, 3, 104, 80), torch.rand(1, 15, 104, 80), torch.rand(1, 29, 5))
@@ -199,8 +199,8 @@ def test_bench_baseline_runs_the_published_layers():
         ours = network(*inputs)
         bench.use_adaat(network, "published")
         published = network(*inputs)
-    layers = [m for m in network.modules() if isinstance(m, (UpBlock2d, NarrowConv2d))]
-    assert len(layers) == 3 and layers == reformulated_layers(network) and all(layer.published for layer in layers)
+    layers = [m for m in network.modules() if isinstance(m, (UpBlock2d, NarrowConv2d, FourierConv2d))]
+    assert len(layers) == 5 and layers == reformulated_layers(network) and all(layer.published for layer in layers)
     assert not torch.equal(ours, published) and (ours - published).abs().max() < 1e-5
     bench.use_adaat(network, "channel_pair")
     with published_layers(network):  # how FLOPs are counted: DINet's count, then the layers as they were

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from engine.checkpoint import generator_config_of, load_network
 from models import AdaAT, DINet, Discriminator, GeneratorConfig
-from models.blocks import NarrowConv2d, UpBlock2d
+from models.blocks import FourierConv2d, NarrowConv2d, SameBlock, UpBlock2d
 
 FIXTURES = os.path.join(SHARED, "fixtures")
 needs_fixtures = pytest.mark.skipif(not os.path.isdir(FIXTURES), reason="../shared/fixtures not present")
@@ -223,3 +223,50 @@ def test_narrow_convolution_under_bf16_autocast_gives_bf16_near_fp32():
             output = conv(x.contiguous(memory_format=torch.channels_last))
     assert output.dtype == torch.bfloat16
     assert (output.float() - reference).abs().max() < 0.02 * reference.abs().max()
+
+
+@pytest.mark.parametrize("height, width, kernel", [
+    (26, 20, 11),   # mouth 64: one tile each way, both paddings in the FFT's zero tail
+    (104, 80, 11),  # mouth 256: overlap-save tiles each way
+    (9, 70, 11),    # one tile down, tiles across
+    (13, 10, 7), (1, 1, 11)])
+def test_fourier_convolution_is_the_convolution(height, width, kernel):
+    torch.manual_seed(0)
+    conv = FourierConv2d(3, 4, kernel_size=kernel, padding=kernel // 2).double()
+    x = torch.randn(2, 3, height, width, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        output = conv(x)
+        expected = F.conv2d(x, conv.weight, conv.bias, padding=kernel // 2)
+    assert output.shape == expected.shape and output.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(output, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_fourier_convolution_follows_its_weights_and_leaves_training_to_the_convolution():
+    torch.manual_seed(0)
+    conv = FourierConv2d(4, 4, kernel_size=11, padding=5, bias=False).double()
+    x = torch.randn(1, 4, 16, 12, dtype=torch.float64)
+    with torch.no_grad():
+        first = conv(x)
+        conv.weight.mul_(-2)  # in place, as an optimiser step or load_state_dict changes it
+        assert torch.allclose(conv(x), -2 * first, rtol=1e-10, atol=1e-12)
+    spectrum = conv._spectrum_of
+    output = conv(x)  # gradients on: the direct convolution, differentiable, no spectrum computed
+    output.sum().backward()
+    assert conv.weight.grad is not None and conv._spectrum_of is spectrum
+    assert torch.allclose(output, -2 * first, rtol=1e-10, atol=1e-12)
+
+
+def test_fourier_convolution_under_bf16_autocast_is_closer_than_a_bf16_convolution():
+    torch.manual_seed(0)
+    block = SameBlock(128, 128, kernel_size=11, padding=5)
+    assert isinstance(block.conv, FourierConv2d)  # DINet's 11x11 layers are built as FourierConv2d
+    conv = block.conv
+    x = torch.randn(4, 128, 26, 20).relu()
+    with torch.no_grad():
+        reference = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            output = conv(x)
+            direct = F.conv2d(x, conv.weight, conv.bias, padding=5)
+    assert output.dtype == torch.bfloat16
+    error = lambda y: ((y.double() - reference).abs().max() / reference.abs().max()).item()
+    assert error(output) < max(error(direct), 5e-3)
