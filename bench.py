@@ -485,7 +485,7 @@ def main():
     parser.add_argument("--train_iterations", type=int, default=2, help="timed training iterations")
     parser.add_argument("--train_warmup", type=int, default=1, help="untimed training iterations first")
     parser.add_argument("--generator_batch", type=int, default=64, help="batch for generator throughput on GPU")
-    parser.add_argument("--inference_batch", type=int, default=8)
+    parser.add_argument("--inference_batch", type=int, default=16)
     parser.add_argument("--video", default="1080x1920", help="inference: WxH of the video to dub (1080x1920: the "
                         "published figure's; the sample clip of ../shared/data when present, else the demo face on it)")
     parser.add_argument("--video_seconds", type=float, default=10.0, help="inference: seconds of video and speech")

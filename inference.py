@@ -40,7 +40,7 @@ def parse_args():
         help="only for checkpoints that do not record it (DINet's published ones are 256)")
     add("--audio_feature_path", default="", help="precomputed features of the driving audio (.npy/.txt, T x C)")
     add("--face_video", action="store_true", help="also write the generated face crops as a video")
-    add("--batch_size", type=int, default=8, help="frames per generator call")
+    add("--batch_size", type=int, default=16, help="most frames per generator call (on CPU: 12 at mouth 64, 3 at 128, 1 at 256)")
     add("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
     add("--amp", choices=["auto", "off", "bf16"], default="auto",
         help="bf16 autocast for the generator; auto: bf16 where the hardware has it natively (its output is 45 dB "

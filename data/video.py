@@ -131,7 +131,8 @@ def write_video(path, frames, fps=25, audio_path=None):
 
 
 def probe(video_path, kind="video"):
-    """What a media file holds: {"width", "height", "fps", "duration", "has_video", "has_audio", "rotation"}.
+    """What a media file holds: {"width", "height", "fps", "duration", "has_video", "has_audio", "rotation",
+    "colour"}; colour is (matrix, primaries, transfer) as ffmpeg names them, None where the file does not say.
 
     Parsed from `ffmpeg -i` (imageio-ffmpeg ships no ffprobe); width/height/fps are None without video.
     `kind` names what the file should be in the message for one ffmpeg cannot read ("video", "audio file").
@@ -153,6 +154,10 @@ def probe(video_path, kind="video"):
     rotation = re.search(r"rotation of (-?[\d.]+) degrees|rotate\s*:\s*(-?\d+)", info)
     rotation = int(round(float(rotation.group(1) or rotation.group(2)))) % 360 if rotation else 0
     width, height = (int(size.group(1)), int(size.group(2))) if size else (None, None)
+    # "yuv420p(tv, bt709, progressive)" or "yuv420p(tv, bt470bg/bt470bg/smpte170m)": one name, or the three
+    colour = re.search(r"\((?:tv, |pc, )?((?:bt|smpte|fcc|ycgco|gbr|unknown)[\w-]*)(?:/([\w-]+)/([\w-]+))?[,)]", video_line)
+    colour = (colour.group(1), colour.group(2) or colour.group(1), colour.group(3) or colour.group(1)) if colour else ()
+    colour = tuple(None if name in (None, "unknown", "reserved") else name for name in colour) or (None, None, None)
     if rotation in (90, 270):
         width, height = height, width
     return {
@@ -164,6 +169,7 @@ def probe(video_path, kind="video"):
         "has_video": bool(video_line),
         "has_audio": "Audio:" in info,
         "rotation": rotation,
+        "colour": colour,
     }
 
 

@@ -15,31 +15,43 @@ import numpy as np
 
 from data.video import atomic_output, ffmpeg_failure
 
+from .yuv import frame_bytes
+
 DEFAULT_PRESET = "veryfast"
 
 
 class VideoEncoder:
     """with VideoEncoder(path, width, height, audio_path=...) as encoder: encoder.write(frame) ...
 
-    frames are (H, W, 3) uint8 RGB; `seconds` is the time spent waiting on ffmpeg (writes
-    block when its input pipe is full, and the final wait for it to finish)."""
+    frames are (H, W, 3) uint8 RGB, or with `colour` (a dubbing.yuv.Colour) 4:2:0 YUV as dubbing/frames.py
+    decodes them, encoded as they are and labelled with the source's colour tags; `seconds` is the time spent
+    waiting on ffmpeg (writes block when its input pipe is full, and the final wait for it to finish)."""
 
-    def __init__(self, path, width, height, fps=25, audio_path=None, preset=DEFAULT_PRESET, crf=18, threads=None):
+    def __init__(self, path, width, height, fps=25, audio_path=None, preset=DEFAULT_PRESET, crf=18, threads=None,
+                 colour=None):
         self.path = path
         self.shape = (height, width, 3)
+        self.frame_bytes = height * width * 3 if colour is None else frame_bytes(height, width)
         self.frames = 0
         self.seconds = 0.0
         self._finished = False
         self._atomic = atomic_output(path)
         partial = self._atomic.__enter__()
-        inputs = ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "-"]
+        if colour is not None and (width % 2 or height % 2):
+            raise ValueError(f"{path}: 4:2:0 frames of {width}x{height}; their sizes must be even")
+        pixels = "rgb24" if colour is None else "yuv420p"
+        # the frames are labelled as the source was, in and out: a label on the output alone makes ffmpeg convert
+        # every frame from what it assumes of unlabelled input (BT.601), which shifted luma by a level (measured)
+        tags = colour.ffmpeg_tags() if colour is not None else []
+        inputs = ["-f", "rawvideo", "-pix_fmt", pixels, "-s", f"{width}x{height}", "-r", str(fps), *tags, "-i", "-"]
         streams = ["-map", "0:v"]
         if audio_path is not None:
             inputs += ["-i", audio_path]
             streams += ["-map", "1:a", "-c:a", "aac", "-b:a", "128k"]
         # yuv420p needs even sizes: pad odd ones by a pixel on the right/bottom, which moves no landmark
-        video_codec = ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-preset", preset,
-                       "-pix_fmt", "yuv420p", "-crf", str(crf)]
+        pad = ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"] if width % 2 or height % 2 else []
+        video_codec = [*pad, "-c:v", "libx264", "-preset", preset, "-pix_fmt", "yuv420p", "-crf", str(crf),
+                       *tags]
         if threads:
             video_codec += ["-threads", str(threads)]
         command = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error", *inputs, *streams,
@@ -49,12 +61,12 @@ class VideoEncoder:
                                          stderr=self._log, bufsize=0)
 
     def write(self, *bands):
-        """One frame, given whole or as bands of rows, top to bottom ((h_i, W, 3) uint8 each): a frame changed
-        in a few rows is written from its unchanged rows as they are, without copying them into one array."""
-        if sum(band.shape[0] for band in bands) != self.shape[0] or any(
-                band.shape[1:] != self.shape[1:] or band.dtype != np.uint8 for band in bands):
+        """One frame, given whole or as uint8 bands in the order of its bytes (rows of RGB, top to bottom; rows
+        of Y, then of U, then of V): a frame changed in a few rows is written from its unchanged rows as they
+        are, without copying them into one array."""
+        if sum(band.nbytes for band in bands) != self.frame_bytes or any(band.dtype != np.uint8 for band in bands):
             raise ValueError(f"{self.path}: frame of {[band.shape for band in bands]} {bands[0].dtype}, "
-                             f"the video is {self.shape} uint8")
+                             f"the video's frames are {self.frame_bytes} bytes of uint8 ({self.shape})")
         started = time.perf_counter()
         try:
             for band in bands:

@@ -1,11 +1,12 @@
-"""A decoded video kept in a file, not in the process's memory: ffmpeg's raw RGB frames go straight into a
-memory-mapped file, so any frame can be revisited (ping-pong). Short videos go to /dev/shm (RAM), long ones
+"""A decoded video kept in a file, not in the process's memory: ffmpeg's raw frames, 4:2:0 YUV as the codec holds
+them (dubbing/yuv.py; odd sizes padded by a pixel to even), go straight into a memory-mapped file, so any frame
+can be revisited (ping-pong). Short videos go to /dev/shm (RAM), long ones
 to the temporary folder on disk, so a long 1080p video costs disk, not RAM.
 
 With background=True the constructor returns at once and decoding goes on in a thread: `frame(i)` and
 `wait_for(i)` block until frame i is there, so the dubbing loop starts on the first frames while ffmpeg decodes
 the rest, and `wait_all()` returns the frame count once decoding ends. By default the constructor waits for the
-whole video, so `frames` holds every frame.
+whole video. `rgb(i)` and `rgb_frames()` give frames in RGB, for landmark detection.
 """
 import math
 import os
@@ -18,6 +19,8 @@ import imageio_ffmpeg
 import numpy as np
 
 from data.video import probe
+
+from .yuv import Colour, frame_bytes, planes, rgb_frame
 
 
 SHARED_MEMORY = "/dev/shm"
@@ -43,13 +46,16 @@ class DecodedVideo:
         self.path = video_path
         self.fps = fps
         self.shape = (info["height"], info["width"], 3)             # as decoded, after any rotation
+        self.stored = (info["height"] + info["height"] % 2, info["width"] + info["width"] % 2)  # even, for 4:2:0
+        self.colour = Colour(*info["colour"])
+        self._frame_bytes = frame_bytes(*self.stored)
         self.decode_seconds = 0.0                                    # time the decoder thread spent, for profiles
         # the frame count is a guess from the duration; the file is sparse, so an over-guess costs nothing,
         # and it grows if short
         self._capacity = int(math.ceil((info["duration"] or 10) * fps)) + fps
-        self._folder = tempfile.TemporaryDirectory(prefix="dub-frames-", dir=_frame_folder(self._capacity * int(np.prod(self.shape))))
-        self._raw_path = os.path.join(self._folder.name, "frames.rgb")
-        self._frames = np.memmap(self._raw_path, dtype=np.uint8, mode="w+", shape=(self._capacity, *self.shape))
+        self._folder = tempfile.TemporaryDirectory(prefix="dub-frames-", dir=_frame_folder(self._capacity * self._frame_bytes))
+        self._raw_path = os.path.join(self._folder.name, "frames.yuv")
+        self._frames = np.memmap(self._raw_path, dtype=np.uint8, mode="w+", shape=(self._capacity, self._frame_bytes))
         self._decoded = 0
         self._done = False
         self._error = None
@@ -65,9 +71,10 @@ class DecodedVideo:
 
     def _decode(self):
         started = time.perf_counter()
+        pad = ",pad=ceil(iw/2)*2:ceil(ih/2)*2" if self.stored != self.shape[:2] else ""
         command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-i", self.path,
-                   "-vf", f"fps={self.fps}", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
-        frame_bytes = int(np.prod(self.shape))
+                   "-vf", f"fps={self.fps}{pad}", "-f", "rawvideo", "-pix_fmt", "yuv420p", "-color_range", "tv", "-"]
+        frame_bytes = self._frame_bytes
         try:
             with tempfile.TemporaryFile() as log:  # a file, not a pipe: a full stderr pipe would stall ffmpeg
                 process = self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, bufsize=0)
@@ -75,7 +82,7 @@ class DecodedVideo:
                     while not self._closing:
                         if self._decoded == self._capacity:
                             self._grow()
-                        slot = memoryview(self._frames[self._decoded].reshape(-1))
+                        slot = memoryview(self._frames[self._decoded])
                         filled = 0
                         while filled < frame_bytes:
                             count = process.stdout.readinto(slot[filled:])
@@ -116,8 +123,8 @@ class DecodedVideo:
         self._frames.flush()
         self._capacity = self._capacity * 3 // 2 + 1
         with open(self._raw_path, "r+b") as raw:
-            raw.truncate(self._capacity * int(np.prod(self.shape)))
-        self._frames = np.memmap(self._raw_path, dtype=np.uint8, mode="r+", shape=(self._capacity, *self.shape))
+            raw.truncate(self._capacity * self._frame_bytes)
+        self._frames = np.memmap(self._raw_path, dtype=np.uint8, mode="r+", shape=(self._capacity, self._frame_bytes))
 
     # ------------------------------------------------------------------ readers
 
@@ -138,17 +145,21 @@ class DecodedVideo:
             raise self._error
         return self._decoded
 
-    @property
-    def frames(self):
-        """(T, H, W, 3) uint8 RGB of the frames decoded so far (all of them after wait_all)."""
-        return self._frames[:self._decoded]
-
     def frame(self, index):
-        """Frame `index`, (H, W, 3) uint8 RGB, waiting for the decoder if need be."""
+        """Frame `index` as its (Y, U, V) planes (views of the stored frame), waiting for the decoder if need be."""
         self.wait_for(index)
         if index >= self._decoded:
             raise IndexError(f"{self.path}: frame {index} asked for, the video has {self._decoded}")
-        return self._frames[index]
+        return planes(self._frames[index], *self.stored)
+
+    def rgb(self, index):
+        """Frame `index`, (H, W, 3) uint8 RGB."""
+        height, width = self.shape[:2]
+        return rgb_frame(self.frame(index), self.colour)[:height, :width]
+
+    def rgb_frames(self):
+        """Every frame in turn as RGB (they are converted one at a time), once decoding ends."""
+        return (self.rgb(index) for index in range(self.wait_all()))
 
     def __len__(self):
         return self.wait_all()

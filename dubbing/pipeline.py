@@ -8,7 +8,8 @@
 Three threads overlap the work: ffmpeg decodes into a memory map in the background (dubbing/frames.py), the
 main thread crops and runs the generator batch by batch (the reference branch once per video,
 dubbing/generation.py; channels_last, bf16 autocast with --amp bf16), and a writer thread blends each frame
-and streams it to the encoder (dubbing/encode.py, x264 `veryfast`). `timings` (a dict) collects the seconds
+and streams it to the encoder (dubbing/encode.py, x264 `veryfast`). Frames stay 4:2:0 YUV from decoder to
+encoder (dubbing/yuv.py): only face boxes are converted to RGB and back. `timings` (a dict) collects the seconds
 each stage was busy: decode, features, landmarks, crops, generator, blend, encode (waiting on ffmpeg), total.
 `batch_size` is the most frames per generator call; on CPU, large mouths get fewer (`frames_per_call`).
 For speed on CPU, run it in a process started with OMP_WAIT_POLICY=PASSIVE (inference.py sets it): the
@@ -38,6 +39,7 @@ from models import DINet
 from .encode import DEFAULT_PRESET, VideoEncoder
 from .frames import DecodedVideo
 from .generation import ReferencedGenerator
+from .yuv import FaceBlender, rgb_region
 
 AUDIO_WINDOW = 5     # video frames of audio the generator sees, centred on the frame it makes
 NUM_REFERENCES = 5
@@ -129,11 +131,10 @@ def crop_radii(landmarks, video_size):
     return radii
 
 
-def face_crop(frame, landmarks, radius, geometry):
-    """The DINet face crop resized to the geometry, and its box in the frame."""
+def face_crop(frame, landmarks, radius, geometry, colour):
+    """The DINet face crop of a 4:2:0 frame ((Y, U, V) planes) in RGB, resized to the geometry, and its box."""
     box = crop_box(landmarks, radius)
-    top, bottom, left, right = box
-    crop = frame[top:bottom, left:right]
+    crop = rgb_region(frame, colour, *box)
     return cv2.resize(crop, (geometry.width, geometry.height), interpolation=cv2.INTER_AREA), box
 
 
@@ -152,10 +153,11 @@ class DubResult:
 
 
 # On CPU a generator call's activations should stay around this many face-crop pixels per call: past it, a
-# batch of large crops runs slower per frame than single frames (measured on 2 cores, bf16: mouth 256 is
-# 0.16 s/frame one at a time, 0.31 s/frame in batches of 8), as its tensors no longer fit in caches and each
-# one is a fresh mmap that the kernel zero-fills. Mouth 64 gets 8 frames per call, 128 gets 2, 256 gets 1.
-CPU_PIXELS_PER_CALL = 70_000
+# batch of large crops runs slower per frame than fewer frames, as its tensors no longer fit in caches and each
+# one is a fresh mmap that the kernel zero-fills. Measured on 2 cores, bf16, ms per frame: mouth 64 at batch
+# 4 / 8 / 12 / 16 / 24: 33 / 30 / 29 / 29 / 30; 128 at 1 / 2 / 3 / 4: 131 / 122 / 121 / 124; 256 at 1 / 2:
+# 492 / 502. Mouth 64 gets 12 frames per call, 128 gets 3, 256 gets 1.
+CPU_PIXELS_PER_CALL = 100_000
 
 
 def frames_per_call(batch_size, geometry, device):
@@ -202,7 +204,7 @@ class Timings(defaultdict):
 
 
 def dub(source_video_path, driving_audio_path, generator, output_path, device, landmark_csv=None,
-        audio_feature_path=None, batch_size=8, face_video_path=None, seed=0, amp=None, landmark_detector=None,
+        audio_feature_path=None, batch_size=16, face_video_path=None, seed=0, amp=None, landmark_detector=None,
         channels_last=True, preset=DEFAULT_PRESET, timings=None, progress=True):
     started = time.perf_counter()
     times = Timings()
@@ -230,10 +232,9 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
             rng = np.random.default_rng(seed)
             reference_ids = rng.choice(usable, size=NUM_REFERENCES, replace=len(usable) < NUM_REFERENCES)
             source = _SourceFrames(video, landmark_csv, len(landmarks))
+            crop = lambda t: face_crop(source[index[t]], landmarks[index[t]], radii[t], geometry, video.colour)
             with times("crops"):
-                references = np.concatenate(
-                    [face_crop(source[index[t]], landmarks[index[t]], radii[t], geometry)[0] for t in reference_ids],
-                    axis=2)
+                references = np.concatenate([crop(t)[0] for t in reference_ids], axis=2)
                 reference_batch = to_batch([references]).to(device)  # (1, 15, H, W)
             with times("generator"):
                 network = generator.network
@@ -241,8 +242,9 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
                     network = network.to(memory_format=torch.channels_last)
                 generate = ReferencedGenerator(network, reference_batch, amp, channels_last)
             padded_features = np.pad(features, ((2, 2), (0, 0)), mode="edge")
-            height, width = video.shape[:2]
-            encoders = [VideoEncoder(output_path, width, height, audio_path=driving_audio_path, preset=preset)]
+            height, width = video.stored
+            encoders = [VideoEncoder(output_path, width, height, audio_path=driving_audio_path, preset=preset,
+                                     colour=video.colour)]
             try:
                 if face_video_path:
                     encoders.append(VideoEncoder(face_video_path, geometry.width, geometry.height,
@@ -250,7 +252,7 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
             except BaseException:
                 encoders[0].abort()
                 raise
-            writer = _Writer(source, index, geometry, times, *encoders)
+            writer = _Writer(source, index, FaceBlender(paste_mask(geometry), video.colour), times, *encoders)
             try:
                 starts = range(0, len(index), batch_size)
                 for start in tqdm(starts, desc="dubbing", unit="batch", disable=not progress):
@@ -259,8 +261,7 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
                     generated = {}
                     if batch:
                         with times("crops"):
-                            crops, boxes = zip(*(face_crop(source[index[t]], landmarks[index[t]], radii[t], geometry)
-                                                 for t in batch))
+                            crops, boxes = zip(*(crop(t) for t in batch))
                             masked = mask_mouth(to_batch(crops), geometry).to(device)
                             audio = torch.from_numpy(np.stack([padded_features[t:t + AUDIO_WINDOW].T for t in batch]))
                         with times("generator"):
@@ -309,7 +310,7 @@ def _landmarks(video, landmark_csv, source_video_path, landmark_detector):
     if landmark_detector is None:
         from data.face_landmarks import detect_landmarks as landmark_detector
     video.wait_all()
-    landmarks, found = landmark_detector(video.frames)
+    landmarks, found = landmark_detector(video.rgb_frames())
     if not found.any():
         raise SystemExit(f"{source_video_path}: no face found in any frame; use a video with one visible, "
                          f"frontal face")
@@ -320,12 +321,10 @@ class _Writer(threading.Thread):
     """Blends generated faces into their frames and streams the frames to the encoder(s), in order, while the
     main thread generates the next batch. Items: (output frame numbers, {t: (face (H, W, 3) float, box)})."""
 
-    def __init__(self, source, index, geometry, times, encoder, face_encoder=None):
+    def __init__(self, source, index, blender, times, encoder, face_encoder=None):
         super().__init__(name="dub-writer", daemon=True)
-        self.source, self.index, self.geometry, self.times = source, index, geometry, times
+        self.source, self.index, self.blender, self.times = source, index, blender, times
         self.encoder, self.face_encoder = encoder, face_encoder
-        self.mask = paste_mask(geometry)
-        self.masks = {}
         self.items = queue.Queue(maxsize=2)
         self.error = None
         self.cancelled = False
@@ -374,36 +373,24 @@ class _Writer(threading.Thread):
                 continue
 
     def _write(self):
-        blank_face = np.zeros((self.geometry.height, self.geometry.width, 3), np.uint8)
+        mask_shape = self.blender.mask.shape
+        blank_face = np.zeros((*mask_shape, 3), np.uint8)
         while (item := self._next()) is not None:
             frames, generated = item
             for t in frames:
-                source = self.source[self.index[t]]
-                bands, face = (source,), blank_face
+                planes = self.source[self.index[t]]
+                bands, face = planes, blank_face
                 if t in generated:
                     started = time.perf_counter()
                     face, (top, bottom, left, right) = generated[t]
-                    rows = np.array(source[top:bottom])  # only the rows of the face box are copied and changed
-                    self._paste(rows, face, left, right)
-                    bands = (source[:top], rows, source[bottom:])
+                    chroma = slice(top // 2, (bottom + 1) // 2)
+                    # only the rows of the face box are copied and changed
+                    rows = (np.array(planes[0][top:bottom]), np.array(planes[1][chroma]), np.array(planes[2][chroma]))
+                    self.blender.paste(rows, face, (top, bottom, left, right))
+                    bands = [band for plane, changed, span in zip(planes, rows, (slice(top, bottom), chroma, chroma))
+                             for band in (plane[:span.start], changed, plane[span.stop:])]
                     face = face.astype(np.uint8)
                     self.times["blend"] += time.perf_counter() - started
                 self.encoder.write(*bands)
                 if self.face_encoder is not None:
                     self.face_encoder.write(face)
-
-    def _paste(self, rows, face, left, right):
-        """Blend the generated crop into columns left:right of the face box's rows, in place, where the
-        feathered mask is non-zero."""
-        size = (right - left, rows.shape[0])
-        if size not in self.masks:
-            weight = cv2.resize(self.mask, size)
-            ys, xs = np.nonzero(weight > 1e-3)  # below that, the blend moves no pixel by half a level
-            support = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
-            self.masks[size] = (np.ascontiguousarray(weight[support][..., None]), support)
-        weight, support = self.masks[size]
-        resized = cv2.resize(face, size)[support]
-        region = rows[:, left:right][support]
-        blended = region.astype(np.float32)
-        blended += weight * (resized - blended)
-        region[...] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)

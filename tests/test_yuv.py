@@ -1,0 +1,76 @@
+"""4:2:0 frames from decoder to encoder: colour conversions, face boxes in RGB, the blend, and labelled encoding."""
+import subprocess
+
+import cv2
+import imageio_ffmpeg
+import numpy as np
+import pytest
+
+from data.video import probe
+from dubbing.encode import VideoEncoder
+from dubbing.yuv import Colour, FaceBlender, frame_bytes, planes, rgb_frame, rgb_region
+
+BT709 = Colour("bt709", "bt709", "bt709")
+
+
+@pytest.mark.parametrize("colour", [BT709, Colour()])
+def test_colour_conversions_are_the_standard_limited_range_ones_and_invert(colour):
+    rgb = np.array([[[255, 255, 255], [0, 0, 0], [255, 0, 0], [30, 140, 200]]], np.uint8)
+    yuv = cv2.transform(rgb, colour.from_rgb)
+    assert yuv[0, 0].tolist() == [235, 128, 128] and yuv[0, 1].tolist() == [16, 128, 128]
+    red_luma = 0.2126 if colour.space == "bt709" else 0.299
+    assert yuv[0, 2, 0] == round(16 + 219 * red_luma) and yuv[0, 2, 2] == 240  # Cr of pure red is the maximum
+    assert np.abs(cv2.transform(yuv, colour.to_rgb).astype(int) - rgb).max() <= 1
+
+
+def random_frame(height, width, seed=0):
+    return np.random.default_rng(seed).integers(16, 236, frame_bytes(height, width), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("box", [(10, 30, 4, 20), (11, 30, 5, 21), (0, 24, 0, 16)])
+def test_rgb_region_is_that_box_of_the_rgb_frame_at_any_parity(box):
+    frame = planes(random_frame(24, 16), 24, 16)
+    top, bottom, left, right = box
+    assert np.array_equal(rgb_region(frame, BT709, *box), rgb_frame(frame, BT709)[top:bottom, left:right])
+
+
+@pytest.mark.parametrize("top, left", [(40, 30), (41, 33)])
+def test_face_blender_sets_the_mouth_and_leaves_the_rest_exactly(top, left):
+    height, width = 160, 120
+    frame = planes(random_frame(height, width), height, width)
+    mask = np.zeros((52, 40), np.float32)
+    mask[16:48, 4:36] = 1  # a hard mask, so the centre is the face alone
+    box = (top, top + 78, left, left + 60)  # the crop shown 1.5x larger in the frame
+    rows = (frame[0][top:box[1]].copy(), frame[1][top // 2:(box[1] + 1) // 2].copy(),
+            frame[2][top // 2:(box[1] + 1) // 2].copy())
+    before = tuple(plane.copy() for plane in rows)
+    face = np.full((52, 40, 3), (200.0, 60.0, 90.0), np.float32)
+    FaceBlender(mask, BT709).paste(rows, face, box)
+    expected = cv2.transform(np.array([[[200, 60, 90]]], np.uint8), BT709.from_rgb)[0, 0]
+    centre = (slice(40, 60), slice(left + 20, left + 40))
+    assert np.abs(rows[0][centre].astype(int) - expected[0]).max() <= 1
+    chroma_centre = ((top % 2 + 40) // 2 + 1, slice((left + 22) // 2, (left + 38) // 2))
+    for plane, value in zip(rows[1:], expected[1:]):
+        assert np.abs(plane[chroma_centre].astype(int) - value).max() <= 1
+    changed = rows[0] != before[0]
+    assert not changed[:20].any() and not changed[:, :left + 4].any() and not changed[:, left + 57:].any()
+
+
+def test_encoder_keeps_4_2_0_frames_and_the_sources_colour_labels(tmp_path):
+    """Labelled frames go in as they are: no conversion shifts a level (labelling the output alone did)."""
+    height, width = 64, 48
+    frame = np.concatenate([np.full(height * width, 92, np.uint8), np.full(height * width // 2, 128, np.uint8)])
+    path = str(tmp_path / "grey.mp4")
+    with VideoEncoder(path, width, height, colour=BT709) as encoder:
+        for _ in range(5):
+            y, u, v = planes(frame, height, width)
+            encoder.write(y[:10], y[10:], u, v)  # in bands, as dubbing writes a frame with a changed box
+    assert probe(path)["colour"] == ("bt709", "bt709", "bt709")
+    decoded = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", path, "-f", "rawvideo",
+                              "-pix_fmt", "yuv420p", "-"], capture_output=True, check=True).stdout
+    luma = np.frombuffer(decoded, np.uint8).reshape(5, -1)[:, :height * width]
+    assert np.abs(luma.astype(int) - 92).max() == 0
+    with pytest.raises(ValueError, match="grey2.mp4"), VideoEncoder(str(tmp_path / "grey2.mp4"), width, height,
+                                                                    colour=BT709) as encoder:
+        encoder.write(frame[:-1])
+    assert not (tmp_path / "grey2.mp4").exists()
