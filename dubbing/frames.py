@@ -1,12 +1,12 @@
-"""A decoded video kept in a file, not in the process's memory: ffmpeg's raw frames, 4:2:0 YUV as the codec holds
-them (dubbing/yuv.py; odd sizes padded by a pixel to even), go straight into a memory-mapped file, so any frame
-can be revisited (ping-pong). Short videos go to /dev/shm (RAM), long ones
+"""A decoded video kept in a file, not in the process's memory: ffmpeg's raw frames (RGB, or with
+pixel_format="yuv420p" 4:2:0 YUV as the codec holds them, dubbing/yuv.py, odd sizes padded by a pixel to even) go
+straight into a memory-mapped file, so any frame can be revisited (ping-pong). Short videos go to /dev/shm (RAM), long ones
 to the temporary folder on disk, so a long 1080p video costs disk, not RAM.
 
 With background=True the constructor returns at once and decoding goes on in a thread: `frame(i)` and
 `wait_for(i)` block until frame i is there, so the dubbing loop starts on the first frames while ffmpeg decodes
 the rest, and `wait_all()` returns the frame count once decoding ends. By default the constructor waits for the
-whole video. `rgb(i)` and `rgb_frames()` give frames in RGB, for landmark detection.
+whole video, so `frames` holds every frame. `rgb(i)` and `rgb_frames()` give frames in RGB in either format.
 """
 import math
 import os
@@ -39,23 +39,26 @@ def _frame_folder(size):
 
 
 class DecodedVideo:
-    def __init__(self, video_path, fps=25, background=False):
+    def __init__(self, video_path, fps=25, background=False, pixel_format="rgb24"):
         info = probe(video_path)
         if not info["has_video"] or info["width"] is None:
             raise SystemExit(f"{video_path}: no video stream; use a video file")
         self.path = video_path
         self.fps = fps
         self.shape = (info["height"], info["width"], 3)             # as decoded, after any rotation
-        self.stored = (info["height"] + info["height"] % 2, info["width"] + info["width"] % 2)  # even, for 4:2:0
+        self.yuv = pixel_format == "yuv420p"
+        # 4:2:0 needs even sizes
+        self.stored = (info["height"] + info["height"] % 2, info["width"] + info["width"] % 2) if self.yuv else self.shape[:2]
         self.colour = Colour(*info["colour"])
-        self._frame_bytes = frame_bytes(*self.stored)
+        self._frame_bytes = frame_bytes(*self.stored) if self.yuv else int(np.prod(self.shape))
+        self._frame_shape = (self._frame_bytes,) if self.yuv else self.shape
         self.decode_seconds = 0.0                                    # time the decoder thread spent, for profiles
         # the frame count is a guess from the duration; the file is sparse, so an over-guess costs nothing,
         # and it grows if short
         self._capacity = int(math.ceil((info["duration"] or 10) * fps)) + fps
         self._folder = tempfile.TemporaryDirectory(prefix="dub-frames-", dir=_frame_folder(self._capacity * self._frame_bytes))
-        self._raw_path = os.path.join(self._folder.name, "frames.yuv")
-        self._frames = np.memmap(self._raw_path, dtype=np.uint8, mode="w+", shape=(self._capacity, self._frame_bytes))
+        self._raw_path = os.path.join(self._folder.name, "frames.raw")
+        self._frames = np.memmap(self._raw_path, dtype=np.uint8, mode="w+", shape=(self._capacity, *self._frame_shape))
         self._decoded = 0
         self._done = False
         self._error = None
@@ -72,8 +75,9 @@ class DecodedVideo:
     def _decode(self):
         started = time.perf_counter()
         pad = ",pad=ceil(iw/2)*2:ceil(ih/2)*2" if self.stored != self.shape[:2] else ""
+        pixels = ["-pix_fmt", "yuv420p", "-color_range", "tv"] if self.yuv else ["-pix_fmt", "rgb24"]
         command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-i", self.path,
-                   "-vf", f"fps={self.fps}{pad}", "-f", "rawvideo", "-pix_fmt", "yuv420p", "-color_range", "tv", "-"]
+                   "-vf", f"fps={self.fps}{pad}", "-f", "rawvideo", *pixels, "-"]
         frame_bytes = self._frame_bytes
         try:
             with tempfile.TemporaryFile() as log:  # a file, not a pipe: a full stderr pipe would stall ffmpeg
@@ -82,7 +86,7 @@ class DecodedVideo:
                     while not self._closing:
                         if self._decoded == self._capacity:
                             self._grow()
-                        slot = memoryview(self._frames[self._decoded])
+                        slot = memoryview(self._frames[self._decoded].reshape(-1))
                         filled = 0
                         while filled < frame_bytes:
                             count = process.stdout.readinto(slot[filled:])
@@ -124,7 +128,7 @@ class DecodedVideo:
         self._capacity = self._capacity * 3 // 2 + 1
         with open(self._raw_path, "r+b") as raw:
             raw.truncate(self._capacity * self._frame_bytes)
-        self._frames = np.memmap(self._raw_path, dtype=np.uint8, mode="r+", shape=(self._capacity, self._frame_bytes))
+        self._frames = np.memmap(self._raw_path, dtype=np.uint8, mode="r+", shape=(self._capacity, *self._frame_shape))
 
     # ------------------------------------------------------------------ readers
 
@@ -145,15 +149,23 @@ class DecodedVideo:
             raise self._error
         return self._decoded
 
+    @property
+    def frames(self):
+        """(T, H, W, 3) uint8 RGB of the frames decoded so far (all of them after wait_all); (T, bytes) in 4:2:0."""
+        return self._frames[:self._decoded]
+
     def frame(self, index):
-        """Frame `index` as its (Y, U, V) planes (views of the stored frame), waiting for the decoder if need be."""
+        """Frame `index`, (H, W, 3) uint8 RGB or in 4:2:0 its (Y, U, V) planes (views of the stored frame),
+        waiting for the decoder if need be."""
         self.wait_for(index)
         if index >= self._decoded:
             raise IndexError(f"{self.path}: frame {index} asked for, the video has {self._decoded}")
-        return planes(self._frames[index], *self.stored)
+        return planes(self._frames[index], *self.stored) if self.yuv else self._frames[index]
 
     def rgb(self, index):
         """Frame `index`, (H, W, 3) uint8 RGB."""
+        if not self.yuv:
+            return self.frame(index)
         height, width = self.shape[:2]
         return rgb_frame(self.frame(index), self.colour)[:height, :width]
 

@@ -131,10 +131,12 @@ def crop_radii(landmarks, video_size):
     return radii
 
 
-def face_crop(frame, landmarks, radius, geometry, colour):
-    """The DINet face crop of a 4:2:0 frame ((Y, U, V) planes) in RGB, resized to the geometry, and its box."""
+def face_crop(frame, landmarks, radius, geometry, colour=None):
+    """The DINet face crop in RGB resized to the geometry, and its box in the frame: `frame` is (H, W, 3) RGB, or
+    with `colour` (dubbing.yuv.Colour) a 4:2:0 frame's (Y, U, V) planes."""
     box = crop_box(landmarks, radius)
-    crop = rgb_region(frame, colour, *box)
+    top, bottom, left, right = box
+    crop = frame[top:bottom, left:right] if colour is None else rgb_region(frame, colour, *box)
     return cv2.resize(crop, (geometry.width, geometry.height), interpolation=cv2.INTER_AREA), box
 
 
@@ -213,7 +215,7 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
     if device.type == "cpu":
         tune_cpu_allocator()
     with tempfile.TemporaryDirectory(prefix="dub-") as work_dir:
-        video = DecodedVideo(source_video_path, background=True)  # decodes in the background from here on
+        video = DecodedVideo(source_video_path, background=True, pixel_format="yuv420p")  # decodes in the background
         try:
             with times("features"):
                 features = load_audio_features(driving_audio_path, generator.audio_feature, audio_feature_path,

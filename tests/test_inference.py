@@ -138,20 +138,34 @@ def test_generator_with_cached_references_is_the_network(lab):
     assert (ReferencedGenerator(network, reference, channels_last=True)(masked, audio) - expected).abs().max() < 1e-5
 
 
+def test_decoded_video_streams_frames_and_stops_early(demo):
+    from dubbing.frames import DecodedVideo
+    path = str(demo / "split_video_25fps" / "demo_000.mp4")
+    expected = list(read_video_frames(path))
+    video = DecodedVideo(path, background=True)
+    assert np.array_equal(video.frame(3), expected[3])  # waits for frame 3 only
+    assert len(video) == len(expected) and np.array_equal(video.frames[-1], expected[-1])
+    video.close()
+    DecodedVideo(path, background=True).close()  # closing while it decodes ends the decoder
+    video = DecodedVideo(path)  # waits for every frame
+    assert len(video.frames) == len(expected) and np.array_equal(video.frames[5], expected[5])
+    video.close()
+
+
 def test_decoded_video_streams_4_2_0_frames_and_stops_early(demo):
     from dubbing.frames import DecodedVideo
     path = str(demo / "split_video_25fps" / "demo_000.mp4")
     expected = list(read_video_frames(path))  # RGB as ffmpeg converts it
     near = lambda ours, theirs: np.abs(ours.astype(int) - theirs).mean() < 1.5  # two conversions, not one
-    video = DecodedVideo(path, background=True)
+    video = DecodedVideo(path, background=True, pixel_format="yuv420p")
     height, width = expected[0].shape[:2]
     y, u, v = video.frame(3)  # waits for frame 3 only
     assert y.shape == (height, width) and u.shape == v.shape == (height // 2, width // 2)
     assert near(video.rgb(3), expected[3])
     assert len(video) == len(expected) and near(video.rgb(len(expected) - 1), expected[-1])
     video.close()
-    DecodedVideo(path, background=True).close()  # closing while it decodes ends the decoder
-    video = DecodedVideo(path)  # waits for every frame
+    DecodedVideo(path, background=True, pixel_format="yuv420p").close()  # closing while it decodes ends the decoder
+    video = DecodedVideo(path, pixel_format="yuv420p")  # waits for every frame
     frames = list(video.rgb_frames())
     assert len(frames) == len(expected) and near(frames[5], expected[5])
     video.close()
