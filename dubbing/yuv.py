@@ -7,6 +7,7 @@ encoder exactly as decoded. Only the face box is converted to RGB for the genera
 generated face is converted back and blended into the Y, U and V rows it covers (`FaceBlender`).
 """
 from dataclasses import dataclass
+from functools import cached_property
 
 import cv2
 import numpy as np
@@ -35,13 +36,13 @@ class Colour:
         matrix = np.stack([luma * 219, blue_difference * 224, red_difference * 224]) / 255
         return matrix, np.array([16.0, 128.0, 128.0])
 
-    @property
+    @cached_property
     def from_rgb(self):
         """(3, 4) float32 for cv2.transform: RGB -> YUV."""
         matrix, offset = self._forward()
         return np.hstack([matrix, offset[:, None]]).astype(np.float32)
 
-    @property
+    @cached_property
     def to_rgb(self):
         """(3, 4) float32 for cv2.transform: YUV -> RGB."""
         matrix, offset = self._forward()
