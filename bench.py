@@ -11,8 +11,10 @@ Tasks:
   inference    the whole dubbing pipeline (decode, crops, features, generator, blend, encode; landmarks given)
                on a --video WxH video (default 1080x1920, the published figure's: the sample clip of
                ../shared/data when present, else the demo face placed on such a frame), frames per second,
-               end_to_end = true, the seconds of each stage, the speed-up over the published loop, and for bf16
-               the PSNR of the output against the fp32 output (whole frames, and the face boxes alone)
+               end_to_end = true, the seconds of each stage, and for bf16 the PSNR of the output against the fp32
+               output (whole frames, and the face boxes alone); first, DINet's published inference loop on the
+               same video and machine (dubbing/published.py, a row with baseline = true), and each row's
+               speed-up over it (--published_loop off skips it)
   loader       the frame stage's data loader at mouth 64, batch 24 (workers, seeded sampler, crop cache) on
                demo data, samples per second: the training step's rate must stay below it
 GFLOPs are counted with torch.utils.flop_counter (a multiply-add is 2 FLOPs; lab1 at mouth 64 is 22.4 per frame,
@@ -37,6 +39,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from engine.compare import lab_config
+from engine.precision import resolve_amp
 from data.geometry import CropGeometry
 from dubbing.generation import autocast
 from models import DINet
@@ -230,9 +233,6 @@ def bench_baseline(opt, device, precision, lab):
             + bench_train(opt, device, "fp32", lab, "train_clip", CLIP_STAGES, baseline=True))
 
 
-# the published inference loop (JPEG frames, batch 1, XVID, ffmpeg mux) on the project's 2-core CPU, 1080x1920
-# video, landmarks given (DESIGN.md, "Reference figures"); inference rows report their speed-up over it
-PUBLISHED_INFERENCE_FPS = {64: 6.5, 256: 0.61}
 SAMPLE_CLIP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "shared", "data")
 
 
@@ -306,7 +306,7 @@ def face_boxes(landmark_csv, video_size, frames):
             for points, radius in zip(aligned, crop_radii(aligned, video_size))]
 
 
-_INFERENCE = {}  # inputs, weights and fp32 outputs, kept across the fp32 and bf16 calls of one bench run
+_INFERENCE = {}  # inputs, weights, fp32 outputs and the published loop's rows, kept across one bench run's calls
 
 # One dubbing run in a fresh process, as `python inference.py` runs it (OMP_WAIT_POLICY=PASSIVE, which must be
 # set before torch loads, and nothing left over from the training rows); prints the result as JSON.
@@ -326,14 +326,62 @@ result = dub(job["video"], job["audio"], Generator(network.to(device).eval(), jo
 print(json.dumps(dict(frames=result.frames, batch=result.batch_size, timings=timings)))
 """
 
+# The published inference loop (dubbing/published.py) in a fresh process with the default environment, as
+# DINet's inference.py runs: the generator set up the published way, the audio features computed first, untimed.
+PUBLISHED_PROCESS = """
+import json, sys, tempfile
+import torch
+from bench import use_adaat
+from dubbing.pipeline import load_audio_features
+from dubbing.published import published_inference
+from models import DINet, GeneratorConfig
+job = json.loads(sys.argv[1])
+network = DINet.from_config(GeneratorConfig.from_dict(job["config"])).eval()
+network.load_state_dict(torch.load(job["weights"]))
+use_adaat(network, "published")
+device = torch.device(job["device"])
+with tempfile.TemporaryDirectory(prefix="bench-published-") as folder:
+    features = load_audio_features(job["audio"], "mel", None, folder)
+    seconds, frames = published_inference(job["video"], job["audio"], job["landmarks"], features,
+                                          network.to(device), job["mouth"], job["frames"], folder, device)
+print(json.dumps(dict(frames=frames, seconds=seconds)))
+"""
 
-def dub_in_process(job):
-    environment = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
-    done = subprocess.run([sys.executable, "-c", DUB_PROCESS, json.dumps(job)], cwd=os.path.dirname(os.path.abspath(__file__)),
+
+def run_script(script, job, environment=None):
+    done = subprocess.run([sys.executable, "-c", script, json.dumps(job)], cwd=os.path.dirname(os.path.abspath(__file__)),
                           env=environment, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"dubbing at mouth {job['mouth']} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def dub_in_process(job):
+    return run_script(DUB_PROCESS, job, dict(os.environ, OMP_WAIT_POLICY="PASSIVE"))
+
+
+# frames the published loop dubs for its row, per mouth size (its rate is per frame; at 256 it makes ~1 a second)
+PUBLISHED_LOOP_FRAMES = {64: 100, 128: 40, 256: 16}
+
+
+def published_row(job, config, lab, description, quick):
+    """The published inference loop's row for job's video and mouth size: measured at the first call of a bench
+    run, then (None, row)."""
+    key = ("published", job["mouth"])
+    if key in _INFERENCE:
+        return None, _INFERENCE[key]
+    frames = 12 if quick else PUBLISHED_LOOP_FRAMES[job["mouth"]]
+    done = run_script(PUBLISHED_PROCESS, dict(job, frames=frames))
+    network = DINet.from_config(config).eval()
+    use_adaat(network, "published")
+    inputs = generator_inputs(job["mouth"], 1, config.audio_channel, torch.device("cpu"))
+    flops = count_flops(lambda: network(*inputs), network)  # per frame, the reference branch included
+    row = _INFERENCE[key] = dict(task="inference", lab=lab, mouth=job["mouth"], batch=1, precision="fp32",
+                                 channels_last=False, adaat="published", baseline=True, end_to_end=True,
+                                 frames_per_s=done["frames"] / done["seconds"], frames=done["frames"],
+                                 video=description, seconds=done["seconds"], gflops_per_sample=flops / 1e9,
+                                 achieved_gflops_per_s=flops * done["frames"] / done["seconds"] / 1e9)
+    return row, row
 
 
 def bench_inference(opt, device, precision, lab):
@@ -361,6 +409,10 @@ def bench_inference(opt, device, precision, lab):
                    landmarks=landmarks, mouth=mouth_size, batch=opt.inference_batch,
                    amp="bf16" if precision == "bf16" else "off",
                    output=os.path.join(folder, f"out_{mouth_size}_{precision}.mp4"))
+        published = None
+        if opt.published_loop == "on":
+            new, published = published_row(job, config, lab, description, opt.quick)
+            rows += [new] if new else []
         done = dub_in_process(job)
         seconds, frames = done["timings"]["total"], done["frames"]
         inputs = generator_inputs(mouth_size, 1, config.audio_channel, torch.device("cpu"))
@@ -371,8 +423,8 @@ def bench_inference(opt, device, precision, lab):
                    frames_per_s=frames / seconds, end_to_end=True, frames=frames, video=description, seconds=seconds,
                    gflops_per_sample=flops / 1e9, achieved_gflops_per_s=flops * frames / seconds / 1e9,
                    stage_seconds={stage: round(value, 3) for stage, value in done["timings"].items()})
-        if mouth_size in PUBLISHED_INFERENCE_FPS and (info["width"], info["height"]) == (1080, 1920):
-            row["speedup_vs_published"] = row["frames_per_s"] / PUBLISHED_INFERENCE_FPS[mouth_size]
+        if published:
+            row["speedup_vs_published"] = row["frames_per_s"] / published["frames_per_s"]
         if precision == "bf16":
             reference = os.path.join(folder, f"out_{mouth_size}_fp32.mp4")
             if not os.path.isfile(reference):  # no fp32 row in this run: make its output, untimed
@@ -460,6 +512,8 @@ def print_table(rows, peak_tflops):
                 f"{cell('peak_memory_gb', 6, '.1f')}")
         if peak_tflops and "achieved_gflops_per_s" in row:
             line += f"{row['achieved_gflops_per_s'] / (peak_tflops * 1e3):>7.1%}"
+        if row["task"] == "inference" and row.get("baseline"):
+            line += f"  the published loop ({row['frames']} frames: JPEG frames, batch 1, XVID)"
         if "speedup_vs_published" in row:
             line += f"  {row['speedup_vs_published']:.1f}x the published loop"
         if "psnr_vs_fp32" in row:
@@ -474,7 +528,8 @@ def main():
     parser.add_argument("--tasks", default="baseline,train_frame,train_clip,inference,loader",
                         help="comma list of " + ", ".join(TASKS) + " (baseline: the published code's way, fp32 only)")
     parser.add_argument("--channels_last", default="on", choices=("on", "off"), help="for the training rows")
-    parser.add_argument("--precision", default="fp32,bf16", help="comma list of fp32, bf16")
+    parser.add_argument("--precision", default="auto", help="comma list of fp32, bf16; auto: both where the device "
+                        "computes bf16 natively (GPUs from Ampere on, CPUs with AVX512-BF16 or AMX), else fp32")
     parser.add_argument("--device", default=None)
     parser.add_argument("--lab", default="lab1")
     parser.add_argument("--mouths", default="64,128,256", type=lambda text: {int(m) for m in text.split(",")},
@@ -489,6 +544,9 @@ def main():
     parser.add_argument("--video", default="1080x1920", help="inference: WxH of the video to dub (1080x1920: the "
                         "published figure's; the sample clip of ../shared/data when present, else the demo face on it)")
     parser.add_argument("--video_seconds", type=float, default=10.0, help="inference: seconds of video and speech")
+    parser.add_argument("--published_loop", default="on", choices=("on", "off"),
+                        help="inference: also run DINet's published inference loop on the same video and machine "
+                             "(dubbing/published.py; its own row, and each row's speed-up over it)")
     parser.add_argument("--num_workers", type=int, default=2, help="loader: worker processes (training's default)")
     parser.add_argument("--loader_augment_num", type=int, default=32, help="loader: samples per video per epoch")
     parser.add_argument("--quick", action="store_true", help="batch <= 2 for training rows (smoke test)")
@@ -498,13 +556,18 @@ def main():
     parser.add_argument("--json", default=None, help="also write the rows here")
     parser.add_argument("--in_process", action="store_true", help=argparse.SUPPRESS)  # a training row's own process
     opt = parser.parse_args()
+    device = torch.device(opt.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if opt.precision == "auto":
+        opt.precision = "fp32,bf16" if resolve_amp("auto", device) == "bf16" else "fp32"
+        if opt.precision == "fp32" and not opt.in_process:
+            print("bf16 rows skipped: this device has no native bf16 (emulated, it is several times slower than "
+                  "fp32); --precision fp32,bf16 measures them anyway")
     for flag, given, known in (("--tasks", opt.tasks.split(","), TASKS), ("--precision", opt.precision.split(","),
                                ("fp32", "bf16")), ("--mouths", opt.mouths, [mouth for mouth, _ in STAGES])):
         unknown = [str(value) for value in given if value not in known]
         if unknown:
             raise SystemExit(f"{flag}: {', '.join(unknown)} unknown; pass a comma list of "
                              f"{', '.join(str(value) for value in known)}")
-    device = torch.device(opt.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "

@@ -9,6 +9,7 @@ faster in fp32 and bf16 alike. --compile runs the generator through torch.compil
 CPU it spends minutes compiling before the first step).
 """
 import contextlib
+import warnings
 
 import torch
 
@@ -26,7 +27,11 @@ def cpu_has_native_bf16():
 
 
 def resolve_amp(amp, device):
-    """The precision `auto` stands for on `device`; others are returned as given."""
+    """The precision `auto` stands for on `device`; others are returned as given (bf16 on a CPU without native
+    bf16 with a warning: it is emulated there, several times slower than fp32)."""
+    if amp == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        warnings.warn("--amp bf16: this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 is emulated and runs "
+                      "several times slower than fp32; pass --amp auto (fp32 here) unless you mean to", stacklevel=2)
     if amp != "auto":
         return amp
     if device.type == "cuda":

@@ -173,7 +173,8 @@ def test_decoded_video_streams_4_2_0_frames_and_stops_early(demo):
 
 def test_bf16_dubbing_stays_near_fp32_and_writes_the_face_video(demo, checkpoint, tmp_path):
     video = str(demo / "split_video_25fps" / "demo_000.mp4")
-    audio = str(demo / "split_video_25fps_audio" / "demo_001.wav")
+    # 25 frames: bf16 runs on every CPU, emulated (and slow) where it has no native bf16
+    audio = cut_audio(demo / "split_video_25fps_audio" / "demo_001.wav", 1.0, tmp_path / "speech.wav")
     landmarks = str(demo / "split_video_25fps_landmark_openface" / "demo_000.csv")
     generator = load_generator(checkpoint, torch.device("cpu"))
     faces, timings = {}, {}
@@ -187,18 +188,56 @@ def test_bf16_dubbing_stays_near_fp32_and_writes_the_face_video(demo, checkpoint
     assert 10 * np.log10(255 ** 2 / max(mse, 1e-10)) > 30  # generated crops, the part bf16 can change
 
 
+def test_published_loop_dubs_as_dinets_inference_script(demo, tmp_path):
+    """dubbing/published.py (bench.py's baseline): frames - 1 frames made, the driving audio muxed in, and each
+    frame the source's except the top 3r rows of its face crop, where the generator's face is pasted."""
+    from bench import use_adaat
+    from data.geometry import compute_crop_radius
+    from dubbing.published import published_inference
+    video = demo / "split_video_25fps" / "demo_000.mp4"
+    audio = str(demo / "split_video_25fps_audio" / "demo_001.wav")
+    csv = demo / "split_video_25fps_landmark_openface" / "demo_000.csv"
+    torch.manual_seed(0)
+    network = DINet(3, 15, 80).eval()
+    use_adaat(network, "published")
+    seconds, made = published_inference(str(video), audio, str(csv), np.random.rand(20, 80), network, 64, 12,
+                                        str(tmp_path))
+    output = str(tmp_path / "published.mp4")
+    assert made == 11 and seconds > 0 and probe(output)["has_audio"]
+    out_frames = np.stack(list(read_video_frames(output))).astype(np.float32)
+    source = np.stack(list(read_video_frames(str(video))))[:12].astype(np.float32)
+    landmarks = np.pad(read_openface_csv(str(csv))[:12].astype(int), ((2, 2), (0, 0), (0, 0)), mode="edge")
+    assert len(out_frames) == 11
+    for t in (0, 5, 10):  # output t: source frame t, the centre of padded landmark rows t..t+4
+        window = landmarks[t:t + 5]
+        radius = compute_crop_radius((source.shape[2], source.shape[1]), window, random_scale=1.05)
+        points = window[2]
+        top, left = points[29, 1] - radius, points[33, 0] - radius - radius // 4
+        inside = np.zeros(source.shape[1:3], bool)
+        inside[top:top + 3 * radius, left:points[33, 0] + radius + radius // 4] = True
+        difference = np.abs(out_frames[t] - source[t]).mean(axis=2)
+        assert difference[~inside].mean() < 4 and difference[inside].mean() > 4 * difference[~inside].mean()
+
+
 def test_bench_quick_reports_end_to_end_dubbing_and_the_loader(tmp_path):
-    """bench.py --quick: the inference rows (fp32, and bf16 with its PSNR against fp32) and the loader row."""
+    """bench.py --quick: the published loop's row, the inference rows (fp32, and bf16 with its PSNR against fp32)
+    with their speed-up over it, and the loader row."""
     import json
     path = tmp_path / "bench.json"
+    # bf16 is measured on every CPU (emulated where it has no native bf16: slow, so 20 frames)
     result = subprocess.run([sys.executable, "bench.py", "--tasks", "inference,loader", "--quick", "--video", "320x480",
-                             "--json", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                             "--video_seconds", "0.8", "--precision", "fp32,bf16", "--json", str(path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads(path.read_text())
-    inference = [row for row in rows if row["task"] == "inference"]
+    published = [row for row in rows if row["task"] == "inference" and row.get("baseline")]
+    assert len(published) == 1 and published[0]["frames"] == 11 and published[0]["batch"] == 1
+    assert published[0]["adaat"] == "published" and published[0]["frames_per_s"] > 0
+    inference = [row for row in rows if row["task"] == "inference" and not row.get("baseline")]
     assert {row["precision"] for row in inference} == {"fp32", "bf16"}
     for row in inference:
         assert row["end_to_end"] is True and row["frames_per_s"] > 0 and row["mouth"] == 64
+        assert row["speedup_vs_published"] == pytest.approx(row["frames_per_s"] / published[0]["frames_per_s"])
         assert {"decode", "crops", "generator", "blend", "encode"} <= set(row["stage_seconds"])
     bf16 = next(row for row in inference if row["precision"] == "bf16")
     assert bf16["psnr_vs_fp32"] > 30 and bf16["face_psnr_vs_fp32"] > 25
@@ -229,15 +268,18 @@ def test_bench_baseline_runs_the_published_layers():
 
 def test_bench_training_rows_each_in_a_process_of_their_own(tmp_path):
     """bench.py --quick training rows: the published way (fp32, NCHW, 3-D AdaAT, its iteration) and ours in
-    fp32 and bf16, each measured in a process of its own and written as JSON."""
+    fp32 and (where the CPU has native bf16) bf16, each measured in a process of its own and written as JSON."""
     import json
+    from engine.precision import cpu_has_native_bf16
     path = tmp_path / "bench.json"
     result = subprocess.run([sys.executable, "bench.py", "--tasks", "baseline,train_frame", "--quick", "--mouths", "64",
                              "--json", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads(path.read_text())
+    ours = ["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"]  # --precision auto: bf16 where it is native
     assert [(row["task"], row["precision"], row["baseline"]) for row in rows] == [
-        ("train_frame", "fp32", True), ("train_frame", "fp32", False), ("train_frame", "bf16", False)]
+        ("train_frame", "fp32", True)] + [("train_frame", precision, False) for precision in ours]
+    assert ("bf16 rows skipped" in result.stdout) == (ours == ["fp32"])
     assert rows[0]["adaat"] == "published" and rows[0]["channels_last"] is False
     for row in rows:
         assert row["mouth"] == 64 and row["batch"] == 2 and row["samples_per_s"] > 0 and row["gflops_per_sample"] > 50
