@@ -21,7 +21,7 @@ import imageio_ffmpeg
 import numpy as np
 import torch
 
-from data.geometry import CropGeometry, compute_crop_radius
+from data.geometry import CropGeometry, compute_crop_radius, crop_box
 from data.landmarks import read_openface_csv
 
 from .pipeline import AUDIO_WINDOW, INFERENCE_SCALE, NUM_REFERENCES
@@ -60,11 +60,8 @@ def published_inference(video_path, audio_path, landmark_csv, features, network,
             raise SystemExit(f"{video_path}: the face size changes too much near frame {end - AUDIO_WINDOW}; "
                              f"the published loop stops there")
         image = cv2.imread(padded_paths[end - 3])[:, :, ::-1]
-        points = padded_landmarks[end - 3]
-        quarter = radius // 4
-        top, left = points[29, 1] - radius, points[33, 0] - radius - quarter
-        face = image[top:points[29, 1] + radius * 2 + quarter, left:points[33, 0] + radius + quarter]
-        return image, face, (top, left, radius)
+        top, bottom, left, right = crop_box(padded_landmarks[end - 3], radius)
+        return image, image[top:bottom, left:right], (top, left, radius)
 
     rng = np.random.default_rng(seed)
     references = [cv2.resize(crop(end, rng.random() / 10 + 1.05)[1], size) / 255.0
