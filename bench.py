@@ -1,11 +1,13 @@
 """Speed, measured: training and dubbing throughput per stage and precision, with FLOPs and FLOP/s.
 
     python bench.py                         # every task on the default device, fp32 and bf16
-    python bench.py --tasks generator --device cuda --precision bf16 --peak_tflops 989
+    python bench.py --tasks generator --device cuda --precision bf16 --peak_tflops bf16=989
     python bench.py --json bench.json       # also the rows as a JSON list
 
 Tasks:
-  generator    generator forward only (eval), frames per second at mouth 64/128/256
+  generator    generator forward only (eval, channels_last), frames per second at mouth 64/128/256: the whole
+               network, and as dubbing runs it (+ref1x: reference branch once, BatchNorms folded); batch 1 on a
+               CPU, --generator_batch on a GPU
   train_frame  one frame-stage iteration (G, D, VGG19 perception; synthetic batch, so the data loader is not
                counted) at the lab's batch sizes: 64/bs24, 128/bs12, 256/bs4
   inference    the whole dubbing pipeline (decode, crops, features, generator, blend, encode; landmarks given)
@@ -19,9 +21,9 @@ Tasks:
                demo data, samples per second: the training step's rate must stay below it
 GFLOPs are counted with torch.utils.flop_counter (a multiply-add is 2 FLOPs; lab1 at mouth 64 is 22.4 per frame,
 as DESIGN.md says); a training row counts this repository's iteration, the baseline's too (which computes more).
-With --peak_tflops, model-FLOP utilisation (MFU) = achieved / peak. Each training row runs in a process of its
-own and reports its peak memory (GB: resident set on a CPU, allocated on a GPU); one that runs out of memory
-is reported as failed and the others are still measured (--train_batch measures a smaller batch).
+Model-FLOP utilisation (MFU) = achieved / peak, with --peak_tflops or on a GPU named in GPU_PEAKS. Each training
+row runs in a process of its own and reports its peak memory (GB: resident set on a CPU, allocated on a GPU); one
+that runs out of memory is reported as failed and the others are still measured (--train_batch: a smaller batch).
 """
 import argparse
 import json
@@ -81,21 +83,35 @@ def count_flops(function, *networks):
 
 
 def bench_generator(opt, device, precision, lab):
+    """The generator alone, in eval mode, channels_last: the whole network (reference branch every frame), and
+    as dubbing runs it (ReferencedGenerator: BatchNorms folded, reference branch once, bf16 weights under bf16;
+    its GFLOPs per frame leave the reference branch out)."""
+    from dubbing.generation import ReferencedGenerator
     config = lab_config(lab)
     network = DINet.from_config(config).to(device).eval()
     rows = []
     for mouth_size, _ in selected(STAGES, opt):
         batch = opt.generator_batch if device.type == "cuda" else 1
-        inputs = generator_inputs(mouth_size, batch, config.audio_channel, device)
+        masked, reference, audio = generator_inputs(mouth_size, batch, config.audio_channel, device)
+        cached = ReferencedGenerator(network, reference[:1], "bf16" if precision == "bf16" else None, True)
+        whole = network.to(memory_format=torch.channels_last)
+        masked_nhwc, reference_nhwc = (tensor.contiguous(memory_format=torch.channels_last)
+                                       for tensor in (masked, reference))
 
         def forward():
             with torch.no_grad(), autocast(device, precision):
-                network(*inputs)
-        seconds = timed(forward, device, opt.iterations, opt.warmup)
-        flops = count_flops(forward, network) / batch
-        rows.append(dict(task="generator", lab=lab, mouth=mouth_size, batch=batch, precision=precision,
-                         frames_per_s=batch / seconds, seconds_per_iter=seconds, gflops_per_sample=flops / 1e9,
-                         achieved_gflops_per_s=flops * batch / seconds / 1e9))
+                whole(masked_nhwc, reference_nhwc, audio)
+        for reference_once, function, counted in ((False, forward, network),
+                                                  (True, lambda: cached(masked, audio), cached.network)):
+            flops = count_flops(function, counted) / batch
+            if opt.compile == "on":
+                function = torch.compile(function)
+            seconds = timed(function, device, opt.iterations, opt.warmup)
+            rows.append(dict(task="generator", lab=lab, mouth=mouth_size, batch=batch, precision=precision,
+                             channels_last=True, reference_once=reference_once, compiled=opt.compile == "on",
+                             frames_per_s=batch / seconds,
+                             seconds_per_iter=seconds, gflops_per_sample=flops / 1e9,
+                             achieved_gflops_per_s=flops * batch / seconds / 1e9))
     return rows
 
 
@@ -491,27 +507,46 @@ def training_row_in_process(task, precision, mouth):
     return [dict(task=row_task, mouth=mouth, precision=precision, baseline=task == "baseline", error=error)]
 
 
-def print_table(rows, peak_tflops):
-    header = (f"{'task':<12}{'mouth':>6}{'batch':>6}{'prec':>15}{'samples/s':>11}{'s/iter':>9}{'GFLOP/sample':>14}"
+# dense tensor-core peaks (TFLOP/s) of the datacenter GPUs met so far, from NVIDIA's datasheets (SXM parts); fp32
+# rows are counted against TF32's, which cuDNN's convolutions use by default in PyTorch
+GPU_PEAKS = {"H100": {"bf16": 989.0, "fp32": 494.5}, "H200": {"bf16": 989.0, "fp32": 494.5},
+             "A100": {"bf16": 312.0, "fp32": 156.0}}
+
+
+def peak_tflops(given, device):
+    """{precision: TFLOP/s} for MFU: --peak_tflops as one number for every precision or as bf16=X,fp32=Y; without
+    it, GPU_PEAKS for a GPU whose name holds a key there; else {} (no MFU)."""
+    if given:
+        if "=" not in given:
+            return {"bf16": float(given), "fp32": float(given)}
+        return {name: float(value) for name, value in (item.split("=") for item in given.split(","))}
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return next((peaks for key, peaks in GPU_PEAKS.items() if key in name), {})
+    return {}
+
+
+def print_table(rows, peaks):
+    header = (f"{'task':<12}{'mouth':>6}{'batch':>6}{'prec':>21}{'samples/s':>11}{'s/iter':>9}{'GFLOP/sample':>14}"
               f"{'GFLOP/s':>10}{'GB':>6}")
-    if peak_tflops:
+    if peaks:
         header += f"{'MFU':>7}"
     print(header)
     for row in rows:
         if "error" in row:
             how = row["precision"] + (" (published way)" if row.get("baseline") else "")
-            print(f"{row['task']:<12}{row['mouth']:>6}{'':>6}{how:>15}  failed: {row['error']}", flush=True)
+            print(f"{row['task']:<12}{row['mouth']:>6}{'':>6}{how:>21}  failed: {row['error']}", flush=True)
             continue
         rate = row.get("samples_per_s", row.get("frames_per_s"))
         seconds = row.get("seconds_per_iter")
         how = row["precision"] + ("+NHWC" if row.get("channels_last") else "") + (
-            "+3dAdaAT" if row.get("adaat") == "published" else "")
+            "+3dAdaAT" if row.get("adaat") == "published" else "") + ("+ref1x" if row.get("reference_once") else "") + ("+cmp" if row.get("compiled") else "")
         cell = lambda key, width, spec: format(row[key], f">{width}{spec}") if row.get(key) else " " * width
-        line = (f"{row['task']:<12}{row['mouth']:>6}{row['batch']:>6}{how:>15}{rate:>11.2f}{cell('seconds_per_iter', 9, '.3f')}"
+        line = (f"{row['task']:<12}{row['mouth']:>6}{row['batch']:>6}{how:>21}{rate:>11.2f}{cell('seconds_per_iter', 9, '.3f')}"
                 f"{cell('gflops_per_sample', 14, '.1f')}{cell('achieved_gflops_per_s', 10, '.0f')}"
                 f"{cell('peak_memory_gb', 6, '.1f')}")
-        if peak_tflops and "achieved_gflops_per_s" in row:
-            line += f"{row['achieved_gflops_per_s'] / (peak_tflops * 1e3):>7.1%}"
+        if "mfu" in row:
+            line += f"{row['mfu']:>7.1%}"
         if row["task"] == "inference" and row.get("baseline"):
             line += f"  the published loop ({row['frames']} frames: JPEG frames, batch 1, XVID)"
         if "speedup_vs_published" in row:
@@ -539,6 +574,8 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--train_iterations", type=int, default=2, help="timed training iterations")
     parser.add_argument("--train_warmup", type=int, default=1, help="untimed training iterations first")
+    parser.add_argument("--compile", default="off", choices=("on", "off"),
+                        help="generator: torch.compile it (the warm-up calls compile; give --warmup >= 2)")
     parser.add_argument("--generator_batch", type=int, default=64, help="batch for generator throughput on GPU")
     parser.add_argument("--inference_batch", type=int, default=16)
     parser.add_argument("--video", default="1080x1920", help="inference: WxH of the video to dub (1080x1920: the "
@@ -552,7 +589,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="batch <= 2 for training rows (smoke test)")
     parser.add_argument("--train_batch", type=int, default=None,
                         help="batch of every training row instead of the lab's (where memory is short)")
-    parser.add_argument("--peak_tflops", type=float, default=None, help="device peak, for MFU (H100 bf16 dense: 989)")
+    parser.add_argument("--peak_tflops", default=None, help="device peak TFLOP/s for model-FLOP utilisation (MFU): "
+                        "one number, or per precision as bf16=989,fp32=494.5 (known for H100, H200, A100)")
     parser.add_argument("--json", default=None, help="also write the rows here")
     parser.add_argument("--in_process", action="store_true", help=argparse.SUPPRESS)  # a training row's own process
     opt = parser.parse_args()
@@ -572,6 +610,9 @@ def main():
         torch.backends.cudnn.benchmark = True
     print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    peaks = peak_tflops(opt.peak_tflops, device)
+    if peaks:
+        print("MFU against peaks of " + ", ".join(f"{name} {value:g}" for name, value in peaks.items()) + " TFLOP/s")
     rows = []
     for task in opt.tasks.split(","):
         precisions = {"baseline": ("fp32",), "loader": ("-",)}.get(task, opt.precision.split(","))
@@ -581,11 +622,14 @@ def main():
                             for row in training_row_in_process(task, precision, mouth)]
             else:
                 new_rows = TASKS[task](opt, device, precision, opt.lab)
-            print_table(new_rows, opt.peak_tflops)
+            for row in new_rows:
+                if row.get("achieved_gflops_per_s") and row["precision"] in peaks:
+                    row["mfu"] = row["achieved_gflops_per_s"] / (peaks[row["precision"]] * 1e3)
+            print_table(new_rows, peaks)
             rows += new_rows
-    if opt.json:
-        with open(opt.json, "w") as f:
-            json.dump(rows, f, indent=1)
+            if opt.json:  # after every task: a run cut short keeps the rows it measured
+                with open(opt.json, "w") as f:
+                    json.dump(rows, f, indent=1)
     failed = [row for row in rows if "error" in row]
     if failed and not opt.in_process:
         raise SystemExit(f"{len(failed)} row(s) failed: " + "; ".join(

@@ -285,3 +285,25 @@ def test_bench_training_rows_each_in_a_process_of_their_own(tmp_path):
         assert row["mouth"] == 64 and row["batch"] == 2 and row["samples_per_s"] > 0 and row["gflops_per_sample"] > 50
         assert 0.2 < row["peak_memory_gb"] < 20
     assert "published way" in result.stdout or "3dAdaAT" in result.stdout
+
+
+def test_bench_generator_rows_and_model_flop_utilisation(tmp_path):
+    """bench.py --tasks generator: the whole network and the generator as dubbing runs it (reference branch once:
+    fewer FLOPs a frame, 16.1 of lab1's 22.4 at mouth 64), each with its MFU against --peak_tflops."""
+    import json
+    import bench
+    path = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, "bench.py", "--tasks", "generator", "--mouths", "64", "--precision", "fp32",
+                             "--iterations", "1", "--warmup", "0", "--peak_tflops", "bf16=1,fp32=0.5", "--json",
+                             str(path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(path.read_text())
+    assert [row["reference_once"] for row in rows] == [False, True]
+    whole, once = rows
+    assert whole["gflops_per_sample"] == pytest.approx(22.4, abs=0.1) and once["gflops_per_sample"] == pytest.approx(16.1, abs=0.1)
+    for row in rows:
+        assert row["batch"] == 1 and row["channels_last"] and row["frames_per_s"] > 0
+        assert row["mfu"] == pytest.approx(row["achieved_gflops_per_s"] / 500)
+    assert "MFU" in result.stdout and "+ref1x" in result.stdout
+    assert bench.peak_tflops("989", torch.device("cpu")) == {"bf16": 989.0, "fp32": 989.0}
+    assert bench.peak_tflops(None, torch.device("cpu")) == {}
