@@ -74,8 +74,9 @@ def add_running_flags(parser, image_every=200):
                        help="stop after this many iterations in a row with a non-finite loss (each one is skipped)")
     group.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
     group.add_argument("--amp", default="auto", choices=AMP_CHOICES,
-                       help="autocast precision; auto: bf16 on hardware with native bf16 (CUDA sm80+, CPUs with AMX or "
-                            "AVX512-BF16), fp32 elsewhere. fp16 adds a gradient scaler")
+                       help="autocast precision; auto: bf16 on CPUs with AMX or AVX512-BF16, fp32 (TF32 tensor cores) "
+                            "on GPUs and other CPUs, each measured fastest at the lab's batch sizes. fp16 adds a "
+                            "gradient scaler")
     group.add_argument("--channels_last", type=on_off, default=True, metavar="{on,off}",
                        help="NHWC memory format for the networks and image batches (measured faster)")
     group.add_argument("--compile", action="store_true", help="torch.compile the generator (slow to start on a CPU)")

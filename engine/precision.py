@@ -1,12 +1,15 @@
 """How a stage's networks compute: --amp, --channels_last, --compile.
 
---amp auto (default) is bf16 autocast where the hardware computes bf16 natively (CUDA compute capability 8.0
-and newer; CPUs with AMX or AVX512-BF16) and fp32 elsewhere: bf16 is 4-5x faster than fp32 for a DINet
-training step on a Sapphire Rapids CPU and the usual gain on Ampere/Hopper GPUs, while on a CPU without
-native bf16 it is several times slower than fp32 (both measured, README "Speed"). fp16 trains with a gradient
-scaler per optimizer. --channels_last (default on) stores conv weights and image batches NHWC, measured
-faster in fp32 and bf16 alike. --compile runs the generator through torch.compile (off by default: on a
-CPU it spends minutes compiling before the first step).
+--amp auto (default) is fp32 on a GPU when training, bf16 autocast where the hardware computes bf16 natively
+otherwise (dubbing on CUDA compute capability 8.0 and newer; CPUs with AMX or AVX512-BF16), fp32 elsewhere. All
+measured (README "Speed"): bf16 is 4-5x faster than fp32 for a DINet training step on a Sapphire Rapids CPU and
+several times slower on a CPU without native bf16; on an H200 at the lab's batch sizes a training iteration is
+bound by kernel launches (45-80 ms whatever its size), and bf16's casts made it slower than fp32 at mouth 64
+(402 vs 535 samples/s) and 256 (49 vs 55), faster only at 128 (214 vs 202), while the generator at inference
+runs 1.4x faster in bf16. fp32 on a GPU computes convolutions and matrix products in TF32 (cuDNN's default,
+and the published code's numerics). fp16 trains with a gradient scaler per optimizer. --channels_last
+(default on) stores conv weights and image batches NHWC, measured faster in fp32 and bf16 alike. --compile runs
+the generator through torch.compile (off by default: on a CPU it spends minutes compiling before the first step).
 """
 import contextlib
 import warnings
@@ -26,16 +29,16 @@ def cpu_has_native_bf16():
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def resolve_amp(amp, device):
-    """The precision `auto` stands for on `device`; others are returned as given (bf16 on a CPU without native
-    bf16 with a warning: it is emulated there, several times slower than fp32)."""
+def resolve_amp(amp, device, training=False):
+    """The precision `auto` stands for on `device` (when `training`, fp32 on a GPU); others are returned as given
+    (bf16 on a CPU without native bf16 with a warning: it is emulated there, several times slower than fp32)."""
     if amp == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
         warnings.warn("--amp bf16: this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 is emulated and runs "
                       "several times slower than fp32; pass --amp auto (fp32 here) unless you mean to", stacklevel=2)
     if amp != "auto":
         return amp
     if device.type == "cuda":
-        return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "off"
+        return "bf16" if not training and torch.cuda.get_device_capability(device)[0] >= 8 else "off"
     return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "off"
 
 
@@ -43,7 +46,9 @@ class Precision:
     def __init__(self, amp="off", device=torch.device("cpu"), channels_last=False, compile=False):
         if amp not in AMP_CHOICES:
             raise SystemExit(f"--amp {amp}: unknown precision; pass one of {', '.join(AMP_CHOICES)}")
-        self.amp = resolve_amp(amp, device)
+        self.amp = resolve_amp(amp, device, training=True)
+        if device.type == "cuda":  # fp32 matrix products on tensor cores too, as cuDNN's convolutions already are
+            torch.set_float32_matmul_precision("high")
         self.device_type = device.type
         self.channels_last = channels_last
         self.compile = compile

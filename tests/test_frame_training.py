@@ -204,3 +204,18 @@ def test_missing_training_json_is_one_line_and_nonzero_exit(tmp_path):
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [f"{tmp_path}/none.json: training JSON not found; prepare data "
                                                   f"with `python data_processing.py` or pass --train_data"]
+
+
+def test_amp_auto_is_measured_fastest_per_device(monkeypatch):
+    """--amp auto: on a CUDA GPU from Ampere on, bf16 for dubbing and fp32 (TF32) for training; on a CPU, bf16 only
+    where it is native; older GPUs fp32; explicit choices pass through."""
+    from engine import precision
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert precision.resolve_amp("auto", cuda) == "bf16" and precision.resolve_amp("auto", cuda, training=True) == "off"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert precision.resolve_amp("auto", cuda) == "off" and precision.resolve_amp("fp16", cuda, training=True) == "fp16"
+    for native in (True, False):
+        monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
+        expected = "bf16" if native else "off"
+        assert precision.resolve_amp("auto", cpu) == precision.resolve_amp("auto", cpu, training=True) == expected
