@@ -7,7 +7,8 @@
 
 Three threads overlap the work: ffmpeg decodes into a memory map in the background (dubbing/frames.py), the
 main thread crops and runs the generator batch by batch (the reference branch once per video,
-dubbing/generation.py; channels_last, bf16 autocast with --amp bf16), and a writer thread blends each frame
+dubbing/generation.py; channels_last, bf16 autocast with --amp bf16; on a GPU it crops the next batch while
+the GPU computes this one), and a writer thread blends each frame
 and streams it to the encoder (dubbing/encode.py, x264 `veryfast`). Frames stay 4:2:0 YUV from decoder to
 encoder (dubbing/yuv.py): only face boxes are converted to RGB and back. `timings` (a dict) collects the seconds
 each stage was busy: decode, features, landmarks, crops, generator, blend, encode (waiting on ffmpeg), total.
@@ -257,20 +258,23 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
             writer = _Writer(source, index, FaceBlender(paste_mask(geometry), video.colour), times, *encoders)
             try:
                 starts = range(0, len(index), batch_size)
+                launched = None  # the last batch given to the generator: on a GPU it runs while the next is cropped
                 for start in tqdm(starts, desc="dubbing", unit="batch", disable=not progress):
                     frames = range(start, min(start + batch_size, len(index)))
                     batch = [t for t in frames if radii[t] is not None]
-                    generated = {}
+                    boxes, out = (), None
                     if batch:
                         with times("crops"):
                             crops, boxes = zip(*(crop(t) for t in batch))
                             masked = mask_mouth(to_batch(crops), geometry).to(device)
                             audio = torch.from_numpy(np.stack([padded_features[t:t + AUDIO_WINDOW].T for t in batch]))
                         with times("generator"):
-                            out = generate(masked, audio.float().to(device))
-                            faces = (out.clamp(0, 1) * 255).permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
-                        generated = {t: (face, box) for t, face, box in zip(batch, faces, boxes)}
-                    writer.put((frames, generated))
+                            out = generate(masked, audio.float().to(device))  # on a GPU: queued, not yet done
+                    if launched is not None:
+                        writer.put(_generated(*launched, times))
+                    launched = (frames, batch, boxes, out)
+                if launched is not None:
+                    writer.put(_generated(*launched, times))
                 source.check_count()  # before the writer finishes: a wrong landmark CSV leaves no output file
                 writer.finish()
             except BaseException:
@@ -283,6 +287,16 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
     if timings is not None:
         timings.update(times)
     return DubResult(output_path, len(features), len(radii) - len(usable), face_video_path, batch_size)
+
+
+def _generated(frames, batch, boxes, out, times):
+    """The writer's item for a batch: (frames, {t: (face (H, W, 3) float, box)}), the faces copied to the host
+    (on a GPU, waiting for the generator to finish them)."""
+    if not batch:
+        return frames, {}
+    with times("generator"):
+        faces = (out.clamp(0, 1) * 255).permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
+    return frames, {t: (face, box) for t, face, box in zip(batch, faces, boxes)}
 
 
 class _SourceFrames:
