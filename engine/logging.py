@@ -3,8 +3,9 @@ metrics.jsonl, image grids in TensorBoard and samples/*.png."""
 import json
 import os
 
+import cv2
+import torch
 from torch.utils.tensorboard import SummaryWriter
-from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
 
@@ -15,10 +16,24 @@ def format_log_line(epoch, iteration, num_iterations, losses, lr, lr_label="lr_g
     return f"===> Epoch[{epoch}]({iteration}/{num_iterations}):  {terms} {lr_label} = {lr:.7f} "
 
 
-def image_grid(rows):
-    """rows: list of (3, H, W) tensors per sample, e.g. masked source | 5 references | generated | real."""
-    return make_grid([image.detach().float().cpu().clamp(0, 1) for row in rows for image in row],
-                     nrow=len(rows[0]), padding=2)
+def image_grid(rows, padding=2):
+    """rows: list of (3, H, W) tensors per sample, e.g. masked source | 5 references | generated | real ->
+    one (3, H', W') image in [0, 1], the images on black with `padding` pixels around each (torchvision's
+    make_grid layout, without importing torchvision: 2-3 s for every process)."""
+    height, width = rows[0][0].shape[1:]
+    grid = torch.zeros(3, len(rows) * (height + padding) + padding, len(rows[0]) * (width + padding) + padding)
+    for y, row in enumerate(rows):
+        for x, image in enumerate(row):
+            top, left = y * (height + padding) + padding, x * (width + padding) + padding
+            grid[:, top:top + height, left:left + width] = image.detach().float().cpu().clamp(0, 1)
+    return grid
+
+
+def save_png(grid, path):
+    """A (3, H, W) image in [0, 1] as an 8-bit PNG."""
+    pixels = (grid * 255 + 0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    if not cv2.imwrite(path, cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"{path}: could not write the image")
 
 
 class RunLog:
@@ -52,7 +67,7 @@ class RunLog:
         if not self.enabled:
             return
         self.board.add_image(tag, grid, step)
-        save_image(grid, os.path.join(self.result_path, "samples", f"step_{step:07d}.png"))
+        save_png(grid, os.path.join(self.result_path, "samples", f"step_{step:07d}.png"))
 
     def close(self):
         if self.enabled:

@@ -6,9 +6,7 @@ offline with `random` or a local file.
 """
 import warnings
 
-import lpips
 from torch import nn
-from torchvision import models
 
 from .pretrained import pretrained_state
 
@@ -34,6 +32,8 @@ class LPIPS(nn.Module):
 
     def __init__(self, weights="pretrained"):
         super().__init__()
+        import lpips  # imports torchvision (2-3 s): only where LPIPS is used
+        from torchvision import models
         with warnings.catch_warnings():  # lpips builds its trunk with torchvision's deprecated `pretrained=`
             warnings.simplefilter("ignore")
             # pnet_rand: lpips builds a random trunk instead of downloading; its linear layers still load

@@ -2,12 +2,24 @@
 
 import torch
 from torch import nn
-from torchvision import models
-from torchvision.models import vgg
 
 from .pretrained import pretrained_state
 
 _SLICE_ENDS = (2, 7, 12, 21, 30)  # torchvision vgg19.features indices closing each slice
+_TRUNK = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
+
+
+def vgg19_trunk():
+    """torchvision's `vgg19().features`, layer for layer (the same indices, so its state dicts load), built here:
+    importing torchvision costs every process 2-3 s, and only the ImageNet weights need it."""
+    layers, channels = [], 3
+    for width in _TRUNK:
+        if width == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers += [nn.Conv2d(channels, width, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            channels = width
+    return nn.Sequential(*layers)
 
 
 def _features_state(state):
@@ -20,9 +32,10 @@ def _features_state(state):
 def load_vgg19_features(weights="imagenet"):
     """torchvision's VGG19 convolutional trunk with `weights`: 'imagenet' (torchvision's download and cache),
     'random', or a .pth path. Only the trunk is built: the classifier's 120 M parameters are never used."""
-    features = vgg.make_layers(vgg.cfgs["E"])
+    features = vgg19_trunk()
     if weights == "random":
         return features
+    from torchvision import models
     state = pretrained_state(weights, models.VGG19_Weights.IMAGENET1K_V1, "--vgg19_weights",
                              "torchvision VGG19 (ImageNet)", keyword="imagenet")
     try:

@@ -15,7 +15,6 @@ compares where in the clip things happen, which the pooled 512-d vector averages
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import video
 
 from .pretrained import pretrained_state
 
@@ -29,6 +28,7 @@ class VideoEncoder(nn.Module):
 
     def __init__(self, weights="pretrained"):
         super().__init__()
+        from torchvision.models import video  # imported where used: 2-3 s
         network = video.r2plus1d_18()
         if weights != "random":
             state = pretrained_state(weights, video.R2Plus1D_18_Weights.KINETICS400_V1, "--trepa_weights",

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from conftest import SHARED
+from conftest import ROOT, SHARED
 import torch.nn.functional as F
 
 from engine.checkpoint import generator_config_of, load_network
@@ -270,3 +270,27 @@ def test_fourier_convolution_under_bf16_autocast_is_closer_than_a_bf16_convoluti
     assert output.dtype == torch.bfloat16
     error = lambda y: ((y.double() - reference).abs().max() / reference.abs().max()).item()
     assert error(output) < max(error(direct), 5e-3)
+
+
+def test_vgg19_trunk_and_image_grid_are_torchvisions_without_importing_it():
+    """models/vgg19.py builds torchvision's VGG19 trunk itself (same layers and keys: its state dicts load) and
+    engine/logging.py lays out image grids as make_grid does, so scripts start without importing torchvision
+    (2-3 s a process); only pretrained weights, LPIPS and TREPA import it, where they are used."""
+    import subprocess
+    import sys
+    import torchvision
+    from engine.logging import image_grid
+    from models.vgg19 import vgg19_trunk
+    torch.manual_seed(0)
+    theirs, ours = torchvision.models.vgg19().features.eval(), vgg19_trunk().eval()
+    assert [type(m) for m in ours] == [type(m) for m in theirs]
+    ours.load_state_dict(theirs.state_dict())  # strict: the same keys and shapes
+    image = torch.rand(1, 3, 64, 64)
+    assert torch.equal(ours(image), theirs(image))
+    rows = [[torch.rand(3, 10, 8) * 1.4 - 0.2 for _ in range(4)] for _ in range(3)]
+    expected = torchvision.utils.make_grid([image.clamp(0, 1) for row in rows for image in row], nrow=4, padding=2)
+    assert torch.equal(image_grid(rows), expected)
+    check = ("import sys, train_DINet_frame, train_DINet_clip, train_syncnet, inference, data_processing, bench\n"
+             "from engine.clip_stage import ClipStage\nassert 'torchvision' not in sys.modules, 'torchvision imported'")
+    result = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
