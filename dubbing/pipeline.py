@@ -11,7 +11,8 @@ dubbing/generation.py; channels_last, bf16 autocast with --amp bf16; on a GPU it
 the GPU computes this one), and a writer thread blends each frame
 and streams it to the encoder (dubbing/encode.py, x264 `veryfast`). Frames stay 4:2:0 YUV from decoder to
 encoder (dubbing/yuv.py): only face boxes are converted to RGB and back. `timings` (a dict) collects the seconds
-each stage was busy: decode, features, landmarks, crops, generator, blend, encode (waiting on ffmpeg), total.
+each stage was busy: decode, features, landmarks, references (their crops, once decoded), crops, generator,
+blend, encode (waiting on ffmpeg), total.
 `batch_size` is the most frames per generator call; on CPU, large mouths get fewer (`frames_per_call`).
 For speed on CPU, run it in a process started with OMP_WAIT_POLICY=PASSIVE (inference.py sets it): the
 generator's OpenMP threads then sleep, not spin, while the decoder and encoder need the cores.
@@ -236,7 +237,7 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
             reference_ids = rng.choice(usable, size=NUM_REFERENCES, replace=len(usable) < NUM_REFERENCES)
             source = _SourceFrames(video, landmark_csv, len(landmarks))
             crop = lambda t: face_crop(source[index[t]], landmarks[index[t]], radii[t], geometry, video.colour)
-            with times("crops"):
+            with times("references"):  # drawn from the whole video: mostly waiting for the decoder to reach them
                 references = np.concatenate([crop(t)[0] for t in reference_ids], axis=2)
                 reference_batch = to_batch([references]).to(device)  # (1, 15, H, W)
             with times("generator"):

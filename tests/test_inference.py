@@ -183,7 +183,7 @@ def test_bf16_dubbing_stays_near_fp32_and_writes_the_face_video(demo, checkpoint
             batch_size=16, amp=amp, face_video_path=str(tmp_path / f"{amp}_face.mp4"), timings=timings,
             progress=False)
         faces[amp] = np.stack(list(read_video_frames(str(tmp_path / f"{amp}_face.mp4")))).astype(np.float64)
-    assert {"decode", "crops", "generator", "blend", "encode", "total"} <= set(timings)
+    assert {"decode", "references", "crops", "generator", "blend", "encode", "total"} <= set(timings)
     mse = np.mean((faces["bf16"] - faces["off"]) ** 2)
     assert 10 * np.log10(255 ** 2 / max(mse, 1e-10)) > 30  # generated crops, the part bf16 can change
 
@@ -238,7 +238,7 @@ def test_bench_quick_reports_end_to_end_dubbing_and_the_loader(tmp_path):
     for row in inference:
         assert row["end_to_end"] is True and row["frames_per_s"] > 0 and row["mouth"] == 64
         assert row["speedup_vs_published"] == pytest.approx(row["frames_per_s"] / published[0]["frames_per_s"])
-        assert {"decode", "crops", "generator", "blend", "encode"} <= set(row["stage_seconds"])
+        assert {"decode", "references", "crops", "generator", "blend", "encode"} <= set(row["stage_seconds"])
     bf16 = next(row for row in inference if row["precision"] == "bf16")
     assert bf16["psnr_vs_fp32"] > 30 and bf16["face_psnr_vs_fp32"] > 25
     loader = next(row for row in rows if row["task"] == "loader")
