@@ -88,19 +88,18 @@ def bench_generator(opt, device, precision, lab):
     its GFLOPs per frame leave the reference branch out)."""
     from dubbing.generation import ReferencedGenerator
     config = lab_config(lab)
-    network = DINet.from_config(config).to(device).eval()
+    network = DINet.from_config(config).to(device).eval().to(memory_format=torch.channels_last)
     rows = []
     for mouth_size, _ in selected(STAGES, opt):
         batch = opt.generator_batch if device.type == "cuda" else 1
-        masked, reference, audio = generator_inputs(mouth_size, batch, config.audio_channel, device)
+        inputs = generator_inputs(mouth_size, batch, config.audio_channel, device)
+        masked, reference, audio = (tensor.contiguous(memory_format=torch.channels_last) if tensor.dim() == 4
+                                    else tensor for tensor in inputs)
         cached = ReferencedGenerator(network, reference[:1], "bf16" if precision == "bf16" else None, True)
-        whole = network.to(memory_format=torch.channels_last)
-        masked_nhwc, reference_nhwc = (tensor.contiguous(memory_format=torch.channels_last)
-                                       for tensor in (masked, reference))
 
         def forward():
             with torch.no_grad(), autocast(device, precision):
-                whole(masked_nhwc, reference_nhwc, audio)
+                network(masked, reference, audio)
         for reference_once, function, counted in ((False, forward, network),
                                                   (True, lambda: cached(masked, audio), cached.network)):
             flops = count_flops(function, counted) / batch
@@ -109,8 +108,7 @@ def bench_generator(opt, device, precision, lab):
             seconds = timed(function, device, opt.iterations, opt.warmup)
             rows.append(dict(task="generator", lab=lab, mouth=mouth_size, batch=batch, precision=precision,
                              channels_last=True, reference_once=reference_once, compiled=opt.compile == "on",
-                             frames_per_s=batch / seconds,
-                             seconds_per_iter=seconds, gflops_per_sample=flops / 1e9,
+                             frames_per_s=batch / seconds, seconds_per_iter=seconds, gflops_per_sample=flops / 1e9,
                              achieved_gflops_per_s=flops * batch / seconds / 1e9))
     return rows
 
@@ -539,8 +537,9 @@ def print_table(rows, peaks):
             continue
         rate = row.get("samples_per_s", row.get("frames_per_s"))
         seconds = row.get("seconds_per_iter")
-        how = row["precision"] + ("+NHWC" if row.get("channels_last") else "") + (
-            "+3dAdaAT" if row.get("adaat") == "published" else "") + ("+ref1x" if row.get("reference_once") else "") + ("+cmp" if row.get("compiled") else "")
+        how = row["precision"] + "".join(tag for tag, on in (
+            ("+NHWC", row.get("channels_last")), ("+3dAdaAT", row.get("adaat") == "published"),
+            ("+ref1x", row.get("reference_once")), ("+cmp", row.get("compiled"))) if on)
         cell = lambda key, width, spec: format(row[key], f">{width}{spec}") if row.get(key) else " " * width
         line = (f"{row['task']:<12}{row['mouth']:>6}{row['batch']:>6}{how:>21}{rate:>11.2f}{cell('seconds_per_iter', 9, '.3f')}"
                 f"{cell('gflops_per_sample', 14, '.1f')}{cell('achieved_gflops_per_s', 10, '.0f')}"
