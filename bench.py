@@ -515,9 +515,13 @@ def peak_tflops(given, device):
     """{precision: TFLOP/s} for MFU: --peak_tflops as one number for every precision or as bf16=X,fp32=Y; without
     it, GPU_PEAKS for a GPU whose name holds a key there; else {} (no MFU)."""
     if given:
-        if "=" not in given:
-            return {"bf16": float(given), "fp32": float(given)}
-        return {name: float(value) for name, value in (item.split("=") for item in given.split(","))}
+        try:
+            if "=" not in given:
+                return {"bf16": float(given), "fp32": float(given)}
+            return {name: float(value) for name, value in (item.split("=") for item in given.split(","))}
+        except ValueError:
+            raise SystemExit(f"--peak_tflops {given}: not a number nor bf16=X,fp32=Y; pass e.g. "
+                             f"--peak_tflops 989 or --peak_tflops bf16=989,fp32=494.5") from None
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         return next((peaks for key, peaks in GPU_PEAKS.items() if key in name), {})

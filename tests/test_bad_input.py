@@ -217,6 +217,7 @@ CASES = [
     ("bench", "--tasks generator,nonsense", "--tasks: nonsense unknown", "pass a comma list of generator"),
     ("bench", "--precision fp64", "--precision: fp64 unknown", "pass a comma list of fp32, bf16"),
     ("bench", "--mouths 64,65", "--mouths: 65 unknown", "pass a comma list of 64, 128, 256"),
+    ("bench", "--peak_tflops bf16=fast", "--peak_tflops bf16=fast: not a number", "pass e.g. --peak_tflops 989"),
 ]
 
 
