@@ -10,6 +10,7 @@ channels_last, oneDNN's preferred layout on CPU and the tensor cores', and bf16 
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -42,7 +43,12 @@ def inference_network(network, amp=None, channels_last=False):
 
 class ReferencedGenerator:
     """generate(masked_source (B, 3, H, W), audio (B, A, 5)) -> (B, 3, H, W) in [0, 1], float32, with the
-    reference branch of `network` computed once from `reference` (1, 15, H, W)."""
+    reference branch of `network` computed once from `reference` (1, 15, H, W).
+
+    With DINet's alignment (`concat`), the alignment encoder's first convolution reads [source features,
+    reference features] stacked on channels: it is one convolution per half, summed, so the reference half
+    (with the bias) is computed once as well and each frame pays for the source half only (`split`: 16.1 ->
+    15.8 GFLOPs a frame at mouth 64, 257.8 -> 252.9 at 256; measured 3-4% and 2% faster on a 2-core CPU)."""
 
     def __init__(self, network, reference, amp=None, channels_last=False):
         network = self.network = inference_network(network, amp, channels_last)
@@ -53,10 +59,27 @@ class ReferencedGenerator:
             self.reference = reference.contiguous(memory_format=self.memory_format)
             self.ref_feature = network.ref_in_conv(self.reference)                           # (1, 256, H/4, W/4)
             self.ref_prepared = network.appearance_conv_list[0](self.ref_feature)             # (1, 256, H/4, W/4)
+            first = getattr(network, "trans_conv", [None])[0]
+            self.split = (network.config.alignment == "concat" and isinstance(first, SameBlock)
+                          and isinstance(first.norm, nn.Identity) and type(first.conv) is nn.Conv2d)
+            if self.split:  # relu(W [s; r] + b) = relu(W_s s + (W_r r + b))
+                conv, channels = first.conv, self.ref_feature.shape[1]
+                self.source_half = nn.Conv2d(channels, conv.out_channels, conv.kernel_size, conv.stride,
+                                             conv.padding, bias=False).to(conv.weight)
+                self.source_half.weight = nn.Parameter(
+                    conv.weight[:, :channels].contiguous(memory_format=self.memory_format), requires_grad=False)
+                self.reference_half = F.conv2d(self.ref_feature, conv.weight[:, channels:], conv.bias, conv.stride,
+                                               conv.padding)                                  # (1, 128, H/4, W/4)
+                network.image_code = self._image_code  # this copy's; DINet.adaptation_code calls it
 
     def _batch(self, tensor, batch):
         """The cached (1, ...) tensor for a batch: materialised, since modules may view or reshape it."""
         return tensor.expand(batch, *tensor.shape[1:]).contiguous(memory_format=self.memory_format)
+
+    def _image_code(self, source_feature, ref_feature=None):
+        """DINet.image_code with the reference half of its first convolution cached (`split`)."""
+        first = F.relu(self.source_half(source_feature) + self.reference_half)
+        return self.network.trans_conv[1:](first).mean(dim=(2, 3))
 
     def __call__(self, masked_source, audio):
         network = self.network
@@ -65,8 +88,9 @@ class ReferencedGenerator:
             masked_source = masked_source.contiguous(memory_format=self.memory_format)
             source_feature = network.source_in_conv(masked_source)                           # (B, 256, H/4, W/4)
             audio_steps = getattr(network, network.audio_module_name)(audio)                  # (B, 128, T')
-            trans_para = network.adaptation_code(source_feature, self._batch(self.reference, batch),
-                                                 self._batch(self.ref_feature, batch), audio_steps)  # (B, 256)
+            ref_feature = None if self.split else self._batch(self.ref_feature, batch)       # split: not read
+            trans_para = network.adaptation_code(source_feature, self._batch(self.reference, batch), ref_feature,
+                                                 audio_steps)                                 # (B, 256)
             warped = getattr(network, network.warp_module_name)(self._batch(self.ref_prepared, batch), trans_para)
             warped = network.appearance_conv_list[1](warped)
             merged = torch.cat([source_feature, warped], 1)                                  # (B, 512, H/4, W/4)
