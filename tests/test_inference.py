@@ -176,8 +176,8 @@ def test_decoded_video_streams_4_2_0_frames_and_stops_early(demo):
 
 def test_bf16_dubbing_stays_near_fp32_and_writes_the_face_video(demo, checkpoint, tmp_path):
     video = str(demo / "split_video_25fps" / "demo_000.mp4")
-    # 25 frames: bf16 runs on every CPU, emulated (and slow) where it has no native bf16
-    audio = cut_audio(demo / "split_video_25fps_audio" / "demo_001.wav", 1.0, tmp_path / "speech.wav")
+    # 10 frames: bf16 runs on every CPU, emulated (and slow) where it has no native bf16
+    audio = cut_audio(demo / "split_video_25fps_audio" / "demo_001.wav", 0.4, tmp_path / "speech.wav")
     landmarks = str(demo / "split_video_25fps_landmark_openface" / "demo_000.csv")
     generator = load_generator(checkpoint, torch.device("cpu"))
     faces, timings = {}, {}
@@ -227,9 +227,9 @@ def test_bench_quick_reports_end_to_end_dubbing_and_the_loader(tmp_path):
     with their speed-up over it, and the loader row."""
     import json
     path = tmp_path / "bench.json"
-    # bf16 is measured on every CPU (emulated where it has no native bf16: slow, so 20 frames)
+    # bf16 is measured on every CPU (emulated where it has no native bf16: slow, so 12 frames)
     result = subprocess.run([sys.executable, "bench.py", "--tasks", "inference,loader", "--quick", "--video", "320x480",
-                             "--video_seconds", "0.8", "--precision", "fp32,bf16", "--json", str(path)], cwd=ROOT,
+                             "--video_seconds", "0.48", "--precision", "fp32,bf16", "--json", str(path)], cwd=ROOT,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads(path.read_text())
