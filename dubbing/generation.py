@@ -64,10 +64,8 @@ class ReferencedGenerator:
                           and isinstance(first.norm, nn.Identity) and type(first.conv) is nn.Conv2d)
             if self.split:  # relu(W [s; r] + b) = relu(W_s s + (W_r r + b))
                 conv, channels = first.conv, self.ref_feature.shape[1]
-                self.source_half = nn.Conv2d(channels, conv.out_channels, conv.kernel_size, conv.stride,
-                                             conv.padding, bias=False).to(conv.weight)
-                self.source_half.weight = nn.Parameter(
-                    conv.weight[:, :channels].contiguous(memory_format=self.memory_format), requires_grad=False)
+                source_weight = conv.weight[:, :channels].contiguous(memory_format=self.memory_format)
+                self.source_half = lambda x: F.conv2d(x, source_weight, None, conv.stride, conv.padding)
                 self.reference_half = F.conv2d(self.ref_feature, conv.weight[:, channels:], conv.bias, conv.stride,
                                                conv.padding)                                  # (1, 128, H/4, W/4)
                 network.image_code = self._image_code  # this copy's; DINet.adaptation_code calls it
