@@ -191,6 +191,29 @@ def test_bf16_dubbing_stays_near_fp32_and_writes_the_face_video(demo, checkpoint
     assert 10 * np.log10(255 ** 2 / max(mse, 1e-10)) > 30  # generated crops, the part bf16 can change
 
 
+def test_two_generator_streams_dub_as_one_does(demo, checkpoint, tmp_path, monkeypatch):
+    """On a CPU, batches go to two generator streams at once (each on half the threads); their faces reach the
+    writer in order, the same as one stream makes them."""
+    import dubbing.pipeline
+    video = str(demo / "split_video_25fps" / "demo_000.mp4")
+    audio = cut_audio(demo / "split_video_25fps_audio" / "demo_001.wav", 1.2, tmp_path / "speech.wav")
+    landmarks = str(demo / "split_video_25fps_landmark_openface" / "demo_000.csv")
+    generator = load_generator(checkpoint, torch.device("cpu"))
+    frames = {}
+    for streams in (1, 2):
+        monkeypatch.setattr(dubbing.pipeline, "generator_streams", lambda device: streams)
+        dub(video, audio, generator, str(tmp_path / f"{streams}.mp4"), torch.device("cpu"), landmark_csv=landmarks,
+            batch_size=4, progress=False)
+        frames[streams] = np.stack(list(read_video_frames(str(tmp_path / f"{streams}.mp4")))).astype(np.float64)
+    assert len(frames[1]) == len(frames[2]) == 30  # 8 batches
+    between_frames = np.abs(np.diff(frames[1], axis=0)).mean(axis=(1, 2, 3))
+    between_runs = np.abs(frames[2] - frames[1]).mean(axis=(1, 2, 3))
+    assert between_runs.max() < between_frames.min() / 10  # each frame in its place (an order mix-up would show)
+    assert dubbing.pipeline.generator_streams.__name__ == "<lambda>"
+    monkeypatch.undo()
+    assert dubbing.pipeline.generator_streams(torch.device("cpu")) == (2 if torch.get_num_threads() >= 2 else 1)
+
+
 def test_published_loop_dubs_as_dinets_inference_script(demo, tmp_path):
     """dubbing/published.py (bench.py's baseline): frames - 1 frames made, the driving audio muxed in, and each
     frame the source's except the top 3r rows of its face crop, where the generator's face is pasted."""
