@@ -70,6 +70,11 @@ def test_encoder_keeps_4_2_0_frames_and_the_sources_colour_labels(tmp_path):
                               "-pix_fmt", "yuv420p", "-"], capture_output=True, check=True).stdout
     luma = np.frombuffer(decoded, np.uint8).reshape(5, -1)[:, :height * width]
     assert np.abs(luma.astype(int) - 92).max() == 0
+    settings = open(path, "rb").read()  # x264 writes its options into the stream
+    assert b"subme=1" in settings and b"me=dia" in settings  # the default: veryfast + FAST_MOTION_SEARCH
+    with VideoEncoder(str(tmp_path / "medium.mp4"), width, height, preset="medium") as encoder:
+        encoder.write(np.zeros((height, width, 3), np.uint8))
+    assert b"subme=7" in open(tmp_path / "medium.mp4", "rb").read()  # another preset: its own settings
     with pytest.raises(ValueError, match="grey2.mp4"), VideoEncoder(str(tmp_path / "grey2.mp4"), width, height,
                                                                     colour=BT709) as encoder:
         encoder.write(frame[:-1])
