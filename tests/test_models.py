@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from engine.checkpoint import generator_config_of, load_network
 from models import AdaAT, DINet, Discriminator, GeneratorConfig
-from models.blocks import FourierConv2d, NarrowConv2d, SameBlock, UpBlock2d
+from models.blocks import FourierConv2d, NarrowConv2d, ResBlock, SameBlock, UpBlock2d, fresh_relu
 
 FIXTURES = os.path.join(SHARED, "fixtures")
 needs_fixtures = pytest.mark.skipif(not os.path.isdir(FIXTURES), reason="../shared/fixtures not present")
@@ -270,6 +270,27 @@ def test_fourier_convolution_under_bf16_autocast_is_closer_than_a_bf16_convoluti
     assert output.dtype == torch.bfloat16
     error = lambda y: ((y.double() - reference).abs().max() / reference.abs().max()).item()
     assert error(output) < max(error(direct), 5e-3)
+
+
+def test_inference_relus_in_place_touch_no_block_input():
+    """Without gradients the blocks apply ReLU in place to their own fresh outputs, never to what they were given
+    (a residual block's input is its shortcut, also when its first BatchNorm is folded away)."""
+    torch.manual_seed(0)
+    folded = ResBlock(8, 8).eval()
+    folded.norm1 = torch.nn.Identity()
+    for block in (SameBlock(8, 8), UpBlock2d(8, 8), ResBlock(8, 8), ResBlock(8, 4), folded):
+        block.eval()
+        x = torch.randn(2, 8, 6, 5)
+        given = x.clone()
+        expected = block(x)  # gradients on: plain ReLU
+        assert torch.equal(x, given)
+        with torch.no_grad():
+            assert torch.equal(block(x), expected.detach())
+        assert torch.equal(x, given)
+    layer = SameBlock(8, 8).eval()
+    with torch.no_grad():
+        conv_out = layer.norm(layer.conv(torch.randn(1, 8, 4, 4)))
+        assert fresh_relu(conv_out) is conv_out and (conv_out >= 0).all()  # in place: no new tensor
 
 
 def test_vgg19_trunk_and_image_grid_are_torchvisions_without_importing_it():
