@@ -291,6 +291,7 @@ def test_inference_relus_in_place_touch_no_block_input():
     with torch.no_grad():
         conv_out = layer.norm(layer.conv(torch.randn(1, 8, 4, 4)))
         assert fresh_relu(conv_out) is conv_out and (conv_out >= 0).all()  # in place: no new tensor
+        assert fresh_relu(conv_out, published=True) is not conv_out  # DINet's: a new tensor
 
 
 def test_vgg19_trunk_and_image_grid_are_torchvisions_without_importing_it():
