@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from models.blocks import ResBlock, SameBlock, UpBlock2d
+from models.blocks import ResBlock, SameBlock, UpBlock2d, fresh_relu
 
 
 def autocast(device, amp):
@@ -76,7 +76,7 @@ class ReferencedGenerator:
 
     def _image_code(self, source_feature, ref_feature=None):
         """DINet.image_code with the reference half of its first convolution cached (`split`)."""
-        first = F.relu(self.source_half(source_feature) + self.reference_half)
+        first = fresh_relu(self.source_half(source_feature) + self.reference_half)  # as the SameBlock it stands for
         return self.network.trans_conv[1:](first).mean(dim=(2, 3))
 
     def __call__(self, masked_source, audio):
