@@ -88,7 +88,7 @@ def synthesize_speech(rng, seconds):
         envelope = np.sin(np.pi * np.linspace(0, 1, end - begin)) ** 0.5  # quick rise, sustain, fall
         speech[begin:end] += stress * envelope * voiced
         spread[int(start * FPS):int((start + duration) * FPS) + 1] = lip_spread
-    speech *= 0.7 / np.abs(speech).max()
+    speech *= 0.7 / max(np.abs(speech).max(), 1e-9)  # a clip shorter than its first syllable is silent
     speech += rng.normal(0, 0.002, num_samples)  # room noise: pauses are quiet, not digitally silent
     return np.clip(speech, -1, 1), spread
 
