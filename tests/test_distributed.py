@@ -48,10 +48,13 @@ def test_two_gloo_processes_reach_the_losses_of_one_process_with_the_same_global
     one, two, half = tmp_path / "one", tmp_path / "two", tmp_path / "half"
     script = os.path.join(ROOT, "train_DINet_frame.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for path, batch in ((one, "4"), (half, "2")):
-        subprocess.run([sys.executable, script, "--train_data", tiny_json, "--result_path", str(path),
-                        "--batch_size", batch, *COMMON], check=True, cwd=ROOT, env=env, capture_output=True,
-                       timeout=300)
+    singles = [subprocess.Popen([sys.executable, script, "--train_data", tiny_json, "--result_path", str(path),
+                                 "--batch_size", batch, *COMMON], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+               for path, batch in ((one, "4"), (half, "2"))]  # side by side: one thread each
+    for single in singles:
+        _, error = single.communicate(timeout=300)
+        assert single.returncode == 0, error[-3000:]
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                              script, "--train_data", tiny_json, "--result_path", str(two), "--batch_size", "2", *COMMON],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
