@@ -7,6 +7,11 @@ import cv2
 import numpy as np
 import pytest
 
+# pytest -n N (pytest-xdist): each worker takes its share of the cores, for its own torch and for the
+# training and dubbing processes it starts, so N workers do not run N x cores threads
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT") and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
