@@ -338,3 +338,23 @@ def test_bench_generator_rows_and_model_flop_utilisation(tmp_path):
     assert "MFU" in result.stdout and "+ref1x" in result.stdout
     assert bench.peak_tflops("989", torch.device("cpu")) == {"bf16": 989.0, "fp32": 989.0}
     assert bench.peak_tflops(None, torch.device("cpu")) == {}
+
+
+def test_bench_inference_repeats_interleave_with_the_published_loop_and_give_medians(tmp_path):
+    """--inference_repeats 2: the published loop and ours run twice each, in turn; the rows hold every run's rate
+    and the median run's (the lower middle one for an even count), and the speed-up is the ratio of those."""
+    import json
+    import statistics
+    path = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, "bench.py", "--tasks", "inference", "--quick", "--video", "160x240",
+                             "--video_seconds", "0.48", "--precision", "fp32", "--inference_repeats", "2", "--json",
+                             str(path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    published, ours = json.loads(path.read_text())
+    assert published["baseline"] and not ours.get("baseline")
+    for row in (published, ours):
+        assert len(row["runs_frames_per_s"]) == 2 and len(set(row["runs_frames_per_s"])) == 2  # two timed runs
+        assert row["frames_per_s"] == statistics.median_low(row["runs_frames_per_s"])
+    assert ours["speedup_vs_published"] == pytest.approx(ours["frames_per_s"] / published["frames_per_s"])
+    assert ours["seconds"] == pytest.approx(ours["frames"] / ours["frames_per_s"])  # the median run's stages
+    assert "median of 2 runs" in result.stdout
