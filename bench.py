@@ -617,6 +617,8 @@ def main():
     parser.add_argument("--json", default=None, help="also write the rows here")
     parser.add_argument("--in_process", action="store_true", help=argparse.SUPPRESS)  # a training row's own process
     opt = parser.parse_args()
+    if opt.inference_repeats < 1:
+        parser.error(f"--inference_repeats {opt.inference_repeats}: give 1 or more runs")
     device = torch.device(opt.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if opt.precision == "auto":
         opt.precision = "fp32,bf16" if resolve_amp("auto", device) == "bf16" else "fp32"
