@@ -35,15 +35,16 @@ def tensor_digest(obj, kind="crc32"):
     PNG use; every error of up to 32 bits is caught) read from the tensors' memory in place: 2 GB/s here, so a
     262 MB checkpoint costs 0.13 s. kind="blake2b": the 128-bit digest checkpoints were written with before
     (0.54 GB/s, plus a copy of every tensor), still checked when such a file is loaded."""
-    state = {"crc": 0}
+    crc = 0
     digest = hashlib.blake2b(digest_size=16) if kind == "blake2b" else None
 
     def update(array):
+        nonlocal crc
         data = memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
         if digest is not None:
             digest.update(data)
         else:
-            state["crc"] = zlib.crc32(data, state["crc"])
+            crc = zlib.crc32(data, crc)
 
     def visit(value):
         if isinstance(value, torch.Tensor):
@@ -57,7 +58,7 @@ def tensor_digest(obj, kind="crc32"):
             for item in value:
                 visit(item)
     visit(obj)
-    return digest.hexdigest() if digest is not None else f"crc32:{state['crc']:08x}"
+    return digest.hexdigest() if digest is not None else f"crc32:{crc:08x}"
 
 
 def _disk_full(error):
