@@ -17,7 +17,7 @@ import time
 import imageio_ffmpeg
 import numpy as np
 
-from data.video import atomic_output, ffmpeg_failure
+from data.video import atomic_output, ffmpeg_failure, widen_pipe
 
 from .yuv import frame_bytes
 
@@ -69,6 +69,7 @@ class VideoEncoder:
         self._log = tempfile.TemporaryFile()  # a file, not a pipe: a full stderr pipe would stall ffmpeg
         self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                          stderr=self._log, bufsize=0)
+        widen_pipe(self._process.stdin)
 
     def write(self, *bands):
         """One frame, given whole or as uint8 bands in the order of its bytes (rows of RGB, top to bottom; rows

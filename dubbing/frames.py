@@ -18,7 +18,7 @@ import time
 import imageio_ffmpeg
 import numpy as np
 
-from data.video import probe
+from data.video import probe, widen_pipe
 
 from .yuv import Colour, frame_bytes, planes, rgb_frame
 
@@ -82,6 +82,7 @@ class DecodedVideo:
         try:
             with tempfile.TemporaryFile() as log:  # a file, not a pipe: a full stderr pipe would stall ffmpeg
                 process = self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, bufsize=0)
+                widen_pipe(process.stdout)
                 try:
                     while not self._closing:
                         if self._decoded == self._capacity:

@@ -141,6 +141,17 @@ def test_generator_with_cached_references_is_the_network(lab):
     assert (ReferencedGenerator(network, reference, channels_last=True)(masked, audio) - expected).abs().max() < 1e-5
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="F_SETPIPE_SZ is Linux's")
+def test_pipes_to_and_from_ffmpeg_hold_a_megabyte():
+    import fcntl
+    from data.video import PIPE_BYTES, widen_pipe
+    read_end, write_end = os.pipe()
+    with os.fdopen(read_end, "rb") as pipe, os.fdopen(write_end, "wb"):
+        before = fcntl.fcntl(pipe.fileno(), getattr(fcntl, "F_GETPIPE_SZ", 1032))
+        widen_pipe(pipe)
+        assert fcntl.fcntl(pipe.fileno(), getattr(fcntl, "F_GETPIPE_SZ", 1032)) == PIPE_BYTES > before
+
+
 def test_decoded_video_streams_frames_and_stops_early(demo):
     from dubbing.frames import DecodedVideo
     path = str(demo / "split_video_25fps" / "demo_000.mp4")
