@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from engine.checkpoint import generator_config_of, load_network
 from models import AdaAT, DINet, Discriminator, GeneratorConfig
-from models.blocks import FourierConv2d, NarrowConv2d, ResBlock, SameBlock, UpBlock2d, fresh_relu
+from models.blocks import FourierConv2d, NarrowConv2d, ResBlock, SameBlock, UpBlock2d, WinogradConv2d, fresh_relu
 
 FIXTURES = os.path.join(SHARED, "fixtures")
 needs_fixtures = pytest.mark.skipif(not os.path.isdir(FIXTURES), reason="../shared/fixtures not present")
@@ -270,6 +270,57 @@ def test_fourier_convolution_under_bf16_autocast_is_closer_than_a_bf16_convoluti
     assert output.dtype == torch.bfloat16
     error = lambda y: ((y.double() - reference).abs().max() / reference.abs().max()).item()
     assert error(output) < max(error(direct), 5e-3)
+
+
+@pytest.mark.parametrize("height, width, channels_last, bias", [
+    (26, 20, True, True),    # mouth 64's appearance blocks: 7 x 5 output tiles, the last row of tiles cut
+    (104, 80, True, True),   # mouth 256's: 26 x 20 tiles
+    (9, 13, False, False),   # NCHW in, NCHW out; tiles cut both ways
+    (1, 1, True, True), (4, 4, False, True)])
+def test_winograd_convolution_is_the_convolution(height, width, channels_last, bias):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(256, 260, 3, padding=1, bias=bias).double()
+    winograd = WinogradConv2d.of(conv)
+    x = torch.randn(2, 256, height, width, dtype=torch.float64)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    x = x.contiguous(memory_format=layout)
+    with torch.no_grad():
+        output, expected = winograd(x), conv(x)
+        assert winograd._transformed is not None  # computed by Winograd's algorithm, not the fallback
+        output32 = WinogradConv2d.of(conv.float())(x.float())
+    assert output.shape == expected.shape and output.is_contiguous(memory_format=layout)
+    assert torch.allclose(output, expected, rtol=1e-10, atol=1e-11)
+    assert (output32.double() - expected).abs().max() < 2e-5 * expected.abs().max()
+
+
+def test_winograd_convolution_follows_its_weights_and_leaves_training_and_bf16_to_the_convolution():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(256, 256, 3, padding=1).double()
+    assert WinogradConv2d.suits(conv) and not WinogradConv2d.suits(torch.nn.Conv2d(128, 128, 3, padding=1))
+    assert not WinogradConv2d.suits(torch.nn.Conv2d(256, 256, 3, padding=1, stride=2))
+    winograd = WinogradConv2d.of(conv)
+    assert winograd.weight is conv.weight and winograd.bias is conv.bias  # shared, so checkpoints are unchanged
+    x = torch.randn(1, 256, 6, 5, dtype=torch.float64)
+    with torch.no_grad():
+        first = winograd(x)
+        conv.weight.mul_(-2)  # in place, as an optimiser step or load_state_dict changes it
+        conv.bias.mul_(-2)
+        assert torch.allclose(winograd(x), -2 * first, rtol=1e-10, atol=1e-11)
+    transformed = winograd._transformed
+    output = winograd(x)  # gradients on: the direct convolution, differentiable, no transform computed
+    output.sum().backward()
+    assert conv.weight.grad is not None and winograd._transformed is transformed
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert winograd.float()(x.float()).dtype == torch.bfloat16  # autocast's bf16 convolution
+
+
+def test_inference_network_runs_the_256_channel_convolutions_with_winograd():
+    from dubbing.generation import inference_network
+    network = DINet()
+    copy = inference_network(network)
+    swapped = [m for m in copy.modules() if isinstance(m, WinogradConv2d)]
+    assert len(swapped) == 16  # the two appearance blocks: 4 residual blocks of 2 convolutions each
+    assert not any(isinstance(m, WinogradConv2d) for m in network.modules())  # the caller's network is unchanged
 
 
 def test_inference_relus_in_place_touch_no_block_input():
