@@ -4,8 +4,9 @@ Dubbing feeds every frame the same 5 reference crops, so DINet's reference encod
 block (4 residual blocks at 256 channels) compute the same features for every frame: ~6.3 of the 22.4 GFLOPs
 per frame at mouth 64 (lab1). `ReferencedGenerator` computes them once and runs the rest of `DINet.forward`
 per batch; its output is the network's (tests/test_inference.py holds every lab to that). It runs a copy of
-the network prepared for inference (`inference_network`: BatchNorms folded into their convolutions, optionally
-channels_last, oneDNN's preferred layout on CPU and the tensor cores', and bf16 weights under bf16 autocast).
+the network prepared for inference (`inference_network`: BatchNorms folded into their convolutions, the
+256-channel 3x3 convolutions by Winograd's algorithm on CPU in fp32, optionally channels_last, oneDNN's
+preferred layout on CPU and the tensor cores', and bf16 weights under bf16 autocast).
 """
 import copy
 
