@@ -112,6 +112,17 @@ class NarrowConv2d(nn.Conv2d):
         return out.to(dtype)
 
 
+def _kept_per_weight(conv, name, key, compute):
+    """compute(), kept on `conv` as attribute `name` while its weight is the same tensor at the same version
+    (an optimiser step or load_state_dict changes it in place) and `key` is the same."""
+    key = (conv.weight.data_ptr(), conv.weight._version, *key)
+    cached = getattr(conv, name, None)
+    if cached is None or cached[0]() is not conv.weight or cached[1] != key:
+        cached = (weakref.ref(conv.weight), key, compute())
+        setattr(conv, name, cached)
+    return cached[2]
+
+
 def _fast_length(n):
     """The smallest even length >= n made of the factors 2, 3, 5 and 7, which FFTs handle fastest."""
     while True:
@@ -184,16 +195,13 @@ class FourierConv2d(nn.Conv2d):
     def _spectrum(self, f1, f2, precision, product):
         """The kernel's spectrum as the real block matrix per frequency, (f1 * (f2 // 2 + 1), 2 in, 2 out), for
         circular correlation: the kernel's centre tap moved to (0, 0)."""
-        key = (self.weight.data_ptr(), self.weight._version, f1, f2, precision, product)
-        cached = getattr(self, "_spectrum_of", None)
-        if cached is None or cached[0]() is not self.weight or cached[1] != key:
+        def block():
             (kh, kw), (ph, pw) = self.kernel_size, self.padding
             kernel = torch.roll(F.pad(self.weight.detach().to(precision), (0, f2 - kw, 0, f1 - kh)), (-ph, -pw), (2, 3))
             spectrum = torch.fft.rfft2(kernel).conj().permute(2, 3, 1, 0).reshape(-1, self.in_channels, self.out_channels)
             re, im = spectrum.real, spectrum.imag
-            block = torch.cat([torch.cat([re, im], 2), torch.cat([-im, re], 2)], 1).to(product)
-            self._spectrum_of = (weakref.ref(self.weight), key, block)
-        return self._spectrum_of[2]
+            return torch.cat([torch.cat([re, im], 2), torch.cat([-im, re], 2)], 1).to(product)
+        return _kept_per_weight(self, "_spectrum_of", (f1, f2, precision, product), block)
 
 
 def winograd_matrices(dtype=torch.float64):
@@ -218,8 +226,9 @@ class WinogradConv2d(nn.Conv2d):
     ((tiles, in) @ (in, out), 36 in all, against the kernel transformed once per weight version, G . G^T, kept:
     36 * in * out numbers); A^T . A takes each position's sums back to a 4x4 output tile. DINet's 256-channel
     residual blocks (8 per frame in the second appearance block, the generator's largest cost at every mouth
-    size) ran 1.6-1.8x faster than oneDNN's direct convolution on an AVX2 CPU. The error is a few 1e-6 of the
-    output's range in float32 (the transforms' coefficients reach 8 and 1/24), 1e-15 in float64. bf16 (too
+    size) ran 1.4-1.7x faster than oneDNN's direct convolution on one AVX2 core (62-70 against 104-116 ms at
+    mouth 64, batch 12; 89-99 against 114-137 ms at mouth 256, batch 1). The error is a few 1e-6 of the
+    output's range in float32 (the transforms' coefficients reach 8 and 1/24), ~1e-13 in float64. bf16 (too
     coarse for these transforms), gradients, other devices and other settings run nn.Conv2d's convolution.
     `published = True` (bench.py's baseline) does too."""
 
@@ -270,14 +279,12 @@ class WinogradConv2d(nn.Conv2d):
     def _transforms(self, dtype):
         """(B^T, A^T, the kernel transformed: (36 = 6 columns x 6 rows, in, out)) in `dtype`, kept per weight
         version."""
-        key = (self.weight.data_ptr(), self.weight._version, dtype)
-        cached = getattr(self, "_transformed", None)
-        if cached is None or cached[0]() is not self.weight or cached[1] != key:
+        def transforms():
             bt, g, at = winograd_matrices()
             kernel = torch.einsum("ri,ocij,sj->srco", g, self.weight.detach().double(), g)
             kernel = kernel.reshape(36, self.in_channels, self.out_channels).to(dtype).contiguous()
-            self._transformed = (weakref.ref(self.weight), key, (bt.to(dtype), at.to(dtype), kernel))
-        return self._transformed[2]
+            return bt.to(dtype), at.to(dtype), kernel
+        return _kept_per_weight(self, "_transformed", (dtype,), transforms)
 
 
 class ResBlock(nn.Module):
