@@ -83,6 +83,7 @@ def _run_ffmpeg(arguments, path, stdin_frames=None):
         process = subprocess.Popen(command, stdin=subprocess.PIPE if stdin_frames is not None else None,
                                    stdout=subprocess.DEVNULL, stderr=log)
         if stdin_frames is not None:
+            widen_pipe(process.stdin)
             try:
                 for frame in stdin_frames:
                     process.stdin.write(np.ascontiguousarray(frame, dtype=np.uint8).tobytes())
@@ -201,6 +202,7 @@ def read_video_frames(video_path, fps=None):
     frame_bytes = width * height * 3
     with tempfile.TemporaryFile() as log:  # a file, not a pipe: a full stderr pipe would stall ffmpeg
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, bufsize=frame_bytes)
+        widen_pipe(process.stdout)
         try:
             while True:
                 buffer = process.stdout.read(frame_bytes)
