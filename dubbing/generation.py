@@ -5,8 +5,8 @@ block (4 residual blocks at 256 channels) compute the same features for every fr
 per frame at mouth 64 (lab1). `ReferencedGenerator` computes them once and runs the rest of `DINet.forward`
 per batch; its output is the network's (tests/test_inference.py holds every lab to that). It runs a copy of
 the network prepared for inference (`inference_network`: BatchNorms folded into their convolutions, the
-256-channel 3x3 convolutions by Winograd's algorithm on CPU in fp32, optionally channels_last, oneDNN's
-preferred layout on CPU and the tensor cores', and bf16 weights under bf16 autocast).
+3x3 convolutions from 256 or more channels by Winograd's algorithm on CPU in fp32, optionally channels_last,
+oneDNN's preferred layout on CPU and the tensor cores', and bf16 weights under bf16 autocast).
 """
 import copy
 
@@ -25,8 +25,8 @@ def autocast(device, amp):
 def inference_network(network, amp=None, channels_last=False):
     """A copy of `network` (in eval mode) for inference: every BatchNorm that follows a convolution folded
     into it (conv -> BN is one affine map at inference; ResBlock's first BN acts on the block input and
-    stays), the 3x3 convolutions of 256 channels and more as WinogradConv2d (on CPU in fp32: a quarter of
-    the multiplications), the convolutions' weights stored in bf16 under --amp bf16 (autocast would cast them
+    stays), the 3x3 convolutions from 256 or more channels to 128 or more as WinogradConv2d (on CPU in fp32:
+    a quarter of the multiplications), the convolutions' weights stored in bf16 under --amp bf16 (autocast would cast them
     on every call; the values are the same), and channels_last when asked. The caller's network is left as
     it is."""
     network = copy.deepcopy(network).eval()
@@ -68,14 +68,22 @@ class ReferencedGenerator:
             self.ref_prepared = network.appearance_conv_list[0](self.ref_feature)             # (1, 256, H/4, W/4)
             first = getattr(network, "trans_conv", [None])[0]
             self.split = (network.config.alignment == "concat" and isinstance(first, SameBlock)
-                          and isinstance(first.norm, nn.Identity) and type(first.conv) is nn.Conv2d)
+                          and isinstance(first.norm, nn.Identity) and type(first.conv) in (nn.Conv2d, WinogradConv2d))
             if self.split:  # relu(W [s; r] + b) = relu(W_s s + (W_r r + b))
                 conv, channels = first.conv, self.ref_feature.shape[1]
-                source_weight = conv.weight[:, :channels].contiguous(memory_format=self.memory_format)
-                self.source_half = lambda x: F.conv2d(x, source_weight, None, conv.stride, conv.padding)
+                # a module of the copy, so that published_layers (FLOP counts) reaches it too
+                network.add_module("source_half", self._convolution(conv.weight[:, :channels], conv))
+                self.source_half = network.source_half
                 self.reference_half = F.conv2d(self.ref_feature, conv.weight[:, channels:], conv.bias, conv.stride,
                                                conv.padding)                                  # (1, 128, H/4, W/4)
                 network.image_code = self._image_code  # this copy's; DINet.adaptation_code calls it
+
+    def _convolution(self, weight, like):
+        """A convolution without bias of `weight`, set as `like` is (by Winograd's algorithm where it suits)."""
+        conv = nn.Conv2d(weight.shape[1], weight.shape[0], like.kernel_size, like.stride, like.padding, bias=False,
+                         device="meta")
+        conv.weight = nn.Parameter(weight.detach().contiguous(memory_format=self.memory_format), requires_grad=False)
+        return WinogradConv2d.of(conv) if WinogradConv2d.suits(conv) else conv
 
     def _batch(self, tensor, batch):
         """The cached (1, ...) tensor for a batch: materialised, since modules may view or reshape it."""

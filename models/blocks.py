@@ -25,13 +25,14 @@ def fresh_relu(x, published=False):
 
 class SameBlock(nn.Module):
     """conv -> BN -> ReLU at the same resolution (stride 2 makes it DINet's DownBlock). Its 2-D convolutions
-    with large kernels (DINet's two 11x11 ones in the alignment encoder) are FourierConv2d."""
+    with large kernels between many channels (DINet's 11x11 and 7x7 ones in the alignment encoder) are
+    FourierConv2d."""
 
     published = False  # see fresh_relu
 
     def __init__(self, in_features, out_features, kernel_size=3, padding=1, stride=1, dims=2):
         super().__init__()
-        conv = FourierConv2d if dims == 2 and kernel_size >= FourierConv2d.MIN_KERNEL else _CONV[dims]
+        conv = FourierConv2d if dims == 2 and FourierConv2d.suits(in_features, kernel_size) else _CONV[dims]
         self.conv = conv(in_features, out_features, kernel_size=kernel_size, padding=padding, stride=stride)
         self.norm = _NORM[dims](out_features)
 
@@ -154,17 +155,29 @@ class FourierConv2d(nn.Conv2d):
     complex product per frequency. DINet's two 11x11 convolutions (128 -> 128 channels at a quarter of the crop's
     resolution) were a fifth of the generator's time at mouth 64. Here the input is transformed (rfft2) in tiles
     of at most `LIMIT` x `LIMIT` (overlap-save), multiplied by the kernel's spectrum, summed over input channels
-    as one batched real matrix product per frequency ([Re X, Im X] @ [[Re K, Im K], [-Im K, Re K]], in bf16
-    under bf16 autocast, else in the input's precision), and transformed back. The kernel's spectrum is computed
-    once per weight version and kept (60-100 MB per layer). The errors are those of the precision used:
-    1e-7 of the output's range in float32; in bf16 smaller than a bf16 convolution's (measured 1-2e-3 against
-    4-5e-3). It is used where gradients are off and the tensor is on the CPU: training, and GPUs (cuDNN picks
-    its own algorithms), run nn.Conv2d's convolution, as do other settings and `published = True` (bench.py's
-    baseline)."""
+    as one batched complex matrix product per frequency (under bf16 autocast a real one in bf16, [Re X, Im X] @
+    [[Re K, Im K], [-Im K, Re K]]), and transformed back. The kernel's spectrum is computed once per weight
+    version and kept (30-100 MB per layer). The errors are those of the precision used: 1e-7 of the output's
+    range in float32; in bf16 smaller than a bf16 convolution's (measured 1-2e-3 against 4-5e-3). It is used
+    where gradients are off and the tensor is on the CPU: training, and GPUs (cuDNN picks its own algorithms),
+    run nn.Conv2d's convolution, as do other settings and `published = True` (bench.py's baseline).
+
+    Measured on one AVX2 core, ms per call against oneDNN's direct convolution (128 -> 128 channels): 11x11 at
+    26x20, batch 12: 47-49 / 431-498; 7x7 at 13x10, batch 12 (mouth 64): 17-18 / 38-44; 7x7 at 26x20, batch 3:
+    25-26 / 45-46; 7x7 at 52x40, batch 1 (mouth 256): 23-25 / 48-51. The complex product ran 20-35% faster than
+    the real block one (no real/imaginary split and join). From 3 channels (the encoders' first 7x7 layers) the
+    FFTs cost more than the products save (124-220 / 32 ms at 104x80): `suits`. In bf16 the 7x7 layers keep
+    the direct convolution, as before these measurements (an earlier session found 7x7 layers through FFTs
+    slower at mouth 256 with the real product; bf16 is emulated on these cores, so not measured again)."""
 
     published = False
-    MIN_KERNEL = 11  # measured: 7x7 layers gain at mouth 64 and lose at 256
+    MIN_KERNEL, MIN_IN = 7, 32
+    MIN_BF16_KERNEL = 11
     LIMIT = 40       # measured at mouth 128 and 256 against 24, 32, 48, 64
+
+    @classmethod
+    def suits(cls, in_channels, kernel_size):
+        return kernel_size >= cls.MIN_KERNEL and in_channels >= cls.MIN_IN
 
     def forward(self, x):
         (kh, kw), (ph, pw) = self.kernel_size, self.padding
@@ -175,15 +188,19 @@ class FourierConv2d(nn.Conv2d):
         batch, _, height, width = x.shape
         bf16 = x.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu")
                                              and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        if bf16 and min(kh, kw) < self.MIN_BF16_KERNEL:
+            return super().forward(x)
         precision = torch.float64 if x.dtype == torch.float64 else torch.float32  # of the FFTs
-        product = torch.bfloat16 if bf16 else precision                           # of the channel sums
         (n1, t1, f1, o1), (n2, t2, f2, o2) = (_tiling(height, kh, ph, self.LIMIT), _tiling(width, kw, pw, self.LIMIT))
-        spectrum = self._spectrum(f1, f2, precision, product)                     # (bins, 2 in, 2 out)
+        spectrum = self._spectrum(f1, f2, precision, bf16)                # (bins, in, out), or (bins, 2 in, 2 out)
         padded = F.pad(x.to(precision), (o2, (n2 - 1) * t2 + f2 - width - o2, o1, (n1 - 1) * t1 + f1 - height - o1))
         tiles = torch.fft.rfft2(padded.unfold(2, f1, t1).unfold(3, f2, t2))     # (B, in, n1, n2, f1, f2 // 2 + 1)
         tiles = tiles.permute(4, 5, 0, 2, 3, 1).reshape(spectrum.shape[0], batch * n1 * n2, self.in_channels)
-        out = torch.bmm(torch.cat([tiles.real, tiles.imag], 2).to(product), spectrum).to(precision)
-        out = torch.complex(out[..., :self.out_channels], out[..., self.out_channels:])
+        if bf16:
+            out = torch.bmm(torch.cat([tiles.real, tiles.imag], 2).to(torch.bfloat16), spectrum).to(precision)
+            out = torch.complex(out[..., :self.out_channels], out[..., self.out_channels:])
+        else:
+            out = torch.bmm(tiles, spectrum)
         out = out.reshape(f1, f2 // 2 + 1, batch, n1, n2, self.out_channels).permute(2, 5, 3, 4, 0, 1)
         out = torch.fft.irfft2(out, s=(f1, f2))[..., o1:o1 + t1, o2:o2 + t2]    # (B, out, n1, n2, t1, t2)
         out = out.permute(0, 1, 2, 4, 3, 5).reshape(batch, self.out_channels, n1 * t1, n2 * t2)[:, :, :height, :width]
@@ -192,16 +209,18 @@ class FourierConv2d(nn.Conv2d):
         layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
         return out.to(torch.bfloat16 if bf16 else x.dtype).contiguous(memory_format=layout)
 
-    def _spectrum(self, f1, f2, precision, product):
-        """The kernel's spectrum as the real block matrix per frequency, (f1 * (f2 // 2 + 1), 2 in, 2 out), for
-        circular correlation: the kernel's centre tap moved to (0, 0)."""
-        def block():
+    def _spectrum(self, f1, f2, precision, bf16):
+        """The kernel's spectrum per frequency for circular correlation (the kernel's centre tap moved to (0, 0)):
+        complex (f1 * (f2 // 2 + 1), in, out), or for bf16 as the real block matrix (..., 2 in, 2 out)."""
+        def compute():
             (kh, kw), (ph, pw) = self.kernel_size, self.padding
             kernel = torch.roll(F.pad(self.weight.detach().to(precision), (0, f2 - kw, 0, f1 - kh)), (-ph, -pw), (2, 3))
             spectrum = torch.fft.rfft2(kernel).conj().permute(2, 3, 1, 0).reshape(-1, self.in_channels, self.out_channels)
+            if not bf16:
+                return spectrum.contiguous()
             re, im = spectrum.real, spectrum.imag
-            return torch.cat([torch.cat([re, im], 2), torch.cat([-im, re], 2)], 1).to(product)
-        return _kept_per_weight(self, "_spectrum_of", (f1, f2, precision, product), block)
+            return torch.cat([torch.cat([re, im], 2), torch.cat([-im, re], 2)], 1).to(torch.bfloat16)
+        return _kept_per_weight(self, "_spectrum_of", (f1, f2, precision, bf16), compute)
 
 
 def winograd_matrices(dtype=torch.float64):
@@ -233,13 +252,17 @@ class WinogradConv2d(nn.Conv2d):
     `published = True` (bench.py's baseline) does too."""
 
     published = False
-    MIN_CHANNELS = 256  # measured on 2 AVX2 cores: 512 -> 128 and 128 -> 128 layers ran no faster than oneDNN
+    # Measured on one AVX2 core, ms per call, Winograd against oneDNN: 256 -> 128 at 26x20, batch 12: 38-42 / 52-53;
+    # 512 -> 128: 78-80 / 104-109 (at 104x80, batch 1: 78-80 / 121-124); 128 -> 128 at 52x40: 82-100 / 85-104, a
+    # tie (a narrow input makes the tile transforms weigh more against the channel sums).
+    MIN_IN, MIN_OUT = 256, 128
 
     @classmethod
     def suits(cls, conv):
         return (type(conv) is nn.Conv2d and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
                 and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
-                and conv.padding_mode == "zeros" and min(conv.in_channels, conv.out_channels) >= cls.MIN_CHANNELS)
+                and conv.padding_mode == "zeros" and conv.in_channels >= cls.MIN_IN
+                and conv.out_channels >= cls.MIN_OUT)
 
     @classmethod
     def of(cls, conv):

@@ -260,6 +260,8 @@ def test_fourier_convolution_under_bf16_autocast_is_closer_than_a_bf16_convoluti
     torch.manual_seed(0)
     block = SameBlock(128, 128, kernel_size=11, padding=5)
     assert isinstance(block.conv, FourierConv2d)  # DINet's 11x11 layers are built as FourierConv2d
+    assert isinstance(SameBlock(128, 128, kernel_size=7, padding=3).conv, FourierConv2d)  # and its 128-channel 7x7
+    assert type(SameBlock(3, 64, kernel_size=7, padding=3).conv) is torch.nn.Conv2d  # not the encoders' first
     conv = block.conv
     x = torch.randn(4, 128, 26, 20).relu()
     with torch.no_grad():
@@ -270,6 +272,10 @@ def test_fourier_convolution_under_bf16_autocast_is_closer_than_a_bf16_convoluti
     assert output.dtype == torch.bfloat16
     error = lambda y: ((y.double() - reference).abs().max() / reference.abs().max()).item()
     assert error(output) < max(error(direct), 5e-3)
+    seven = FourierConv2d(128, 128, kernel_size=7, padding=3)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(seven(x), F.conv2d(x, seven.weight, seven.bias, padding=3))  # bf16 7x7: direct
+    assert getattr(seven, "_spectrum_of", None) is None
 
 
 @pytest.mark.parametrize("height, width, channels_last, bias", [
@@ -296,7 +302,8 @@ def test_winograd_convolution_is_the_convolution(height, width, channels_last, b
 def test_winograd_convolution_follows_its_weights_and_leaves_training_and_bf16_to_the_convolution():
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(256, 256, 3, padding=1).double()
-    assert WinogradConv2d.suits(conv) and not WinogradConv2d.suits(torch.nn.Conv2d(128, 128, 3, padding=1))
+    assert WinogradConv2d.suits(conv) and WinogradConv2d.suits(torch.nn.Conv2d(512, 128, 3, padding=1))
+    assert not WinogradConv2d.suits(torch.nn.Conv2d(128, 128, 3, padding=1))
     assert not WinogradConv2d.suits(torch.nn.Conv2d(256, 256, 3, padding=1, stride=2))
     winograd = WinogradConv2d.of(conv)
     assert winograd.weight is conv.weight and winograd.bias is conv.bias  # shared, so checkpoints are unchanged
@@ -314,13 +321,17 @@ def test_winograd_convolution_follows_its_weights_and_leaves_training_and_bf16_t
         assert winograd.float()(x.float()).dtype == torch.bfloat16  # autocast's bf16 convolution
 
 
-def test_inference_network_runs_the_256_channel_convolutions_with_winograd():
-    from dubbing.generation import inference_network
+def test_inference_network_runs_the_wide_3x3_convolutions_with_winograd():
+    from dubbing.generation import ReferencedGenerator, inference_network
     network = DINet()
     copy = inference_network(network)
-    swapped = [m for m in copy.modules() if isinstance(m, WinogradConv2d)]
-    assert len(swapped) == 16  # the two appearance blocks: 4 residual blocks of 2 convolutions each
+    swapped = {name for name, m in copy.named_modules() if isinstance(m, WinogradConv2d)}
+    # the two appearance blocks (4 residual blocks of 2 convolutions each), and the 512 -> 128 ones that read
+    # source and reference features (alignment encoder) and source and warped features (decoder)
+    assert len(swapped) == 18 and {"trans_conv.0.conv", "out_conv.0.conv"} <= swapped
     assert not any(isinstance(m, WinogradConv2d) for m in network.modules())  # the caller's network is unchanged
+    generate = ReferencedGenerator(network.eval(), torch.rand(1, 15, 104, 80))
+    assert generate.split and isinstance(generate.source_half, WinogradConv2d)  # its 256 -> 128 source half
 
 
 def test_inference_relus_in_place_touch_no_block_input():
