@@ -94,7 +94,10 @@ class ReferencedGenerator:
         first = fresh_relu(self.source_half(source_feature) + self.reference_half)  # as the SameBlock it stands for
         return self.network.trans_conv[1:](first).mean(dim=(2, 3))
 
-    def __call__(self, masked_source, audio):
+    def __call__(self, masked_source, audio, first_row=0):
+        """The generated crops; with `first_row` only their rows from it on are computed (the decoder's layers
+        run on the rows they feed, `decode_rows`) and the rows above are zeros: dubbing pastes only the mouth and
+        the band around it."""
         network = self.network
         batch = masked_source.shape[0]
         with torch.no_grad(), autocast(self.device, self.amp):
@@ -107,4 +110,45 @@ class ReferencedGenerator:
             warped = getattr(network, network.warp_module_name)(self._batch(self.ref_prepared, batch), trans_para)
             warped = network.appearance_conv_list[1](warped)
             merged = torch.cat([source_feature, warped], 1)                                  # (B, 512, H/4, W/4)
-            return network.out_conv(merged).float()                                          # (B, 3, H, W)
+            if not first_row:
+                return network.out_conv(merged).float()                                      # (B, 3, H, W)
+            rows = decode_rows(network.out_conv, merged, first_row)                          # (B, 3, H - first_row, W)
+            out = rows.new_zeros(batch, rows.shape[1], first_row + rows.shape[2], rows.shape[3], dtype=torch.float32)
+            out[:, :, first_row:] = rows
+            return out
+
+
+def _input_rows(layer, first):
+    """For a decoder layer whose output is wanted from row `first` down: (the row its input is needed from, the
+    row its output then starts at), or None for a layer it does not know (the decoder then runs whole). A
+    convolution's top zero padding is wrong inside a cut, but only in the rows above those wanted."""
+    if isinstance(layer, (nn.Sigmoid, nn.ReLU, nn.Identity)):
+        return first, first
+    if isinstance(layer, UpBlock2d) and layer.conv.kernel_size == (3, 3) and layer.conv.padding == (1, 1):
+        start = max(0, first // 2 - 1)  # output row 2i reads input rows i - 1 and i, row 2i + 1 rows i and i + 1
+        return start, 2 * start
+    convolutions = ([layer.conv1, layer.conv2] if isinstance(layer, ResBlock)
+                    else [layer.conv] if isinstance(layer, SameBlock) else [layer])
+    if all(isinstance(conv, nn.Conv2d) and conv.stride == (1, 1) and conv.padding_mode == "zeros"
+           and not isinstance(conv.padding, str) and conv.kernel_size[0] == 2 * conv.padding[0] + 1
+           for conv in convolutions):
+        start = max(0, first - sum(conv.padding[0] for conv in convolutions))
+        return start, start
+    return None
+
+
+def decode_rows(decoder, features, first_row):
+    """decoder(features)[:, :, first_row:] for a Sequential of same-size convolution blocks and x2 upsampling
+    blocks (DINet's `out_conv`), each layer run on the rows that the rows wanted from it depend on. At mouth 64
+    dubbing wants rows 22-103 of 104: the decoder ran 659 -> 602 ms a batch of 12 on one core."""
+    layers, plan, first = list(decoder), [], first_row
+    for layer in reversed(layers):  # from the output back: (output start, wanted output row) per layer
+        rows = _input_rows(layer, first)
+        if rows is None:
+            return decoder(features)[:, :, first_row:]
+        plan.insert(0, (rows[1], first))
+        first = rows[0]
+    x = features[:, :, first:]
+    for layer, (start, wanted) in zip(layers, plan):
+        x = layer(x)[:, :, wanted - start:]
+    return x

@@ -122,6 +122,13 @@ def paste_mask(geometry):
     return cv2.GaussianBlur(mask, (0, 0), sigma)
 
 
+def first_pasted_row(mask):
+    """The first row of a generated crop that pasting with `mask` reads: the first row the mask weighs, less two
+    for the bilinear resize to the face box (it reads the crop rows on both sides of a box row). The generator
+    need not compute the rows above (ReferencedGenerator's `first_row`): 22 of the 104 at mouth 64."""
+    return max(0, int(np.argmax(mask.max(axis=1) > 0)) - 2)
+
+
 def crop_radii(landmarks, video_size):
     """Per output frame, DINet's crop radius over its 5-frame landmark window (None where no crop fits)."""
     padded = np.pad(landmarks, ((2, 2), (0, 0), (0, 0)), mode="edge")
@@ -265,7 +272,9 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
             except BaseException:
                 encoders[0].abort()
                 raise
-            writer = _Writer(source, index, FaceBlender(paste_mask(geometry), video.colour), times, *encoders)
+            mask = paste_mask(geometry)
+            writer = _Writer(source, index, FaceBlender(mask, video.colour), times, *encoders)
+            first_row = 0 if face_video_path else first_pasted_row(mask)  # the face video shows whole crops
 
             def generated(frames):  # in a generator stream: crops and generator call for one batch
                 batch = [t for t in frames if radii[t] is not None]
@@ -276,7 +285,7 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
                     masked = mask_mouth(to_batch(crops), geometry).to(device)
                     audio = torch.from_numpy(np.stack([padded_features[t:t + AUDIO_WINDOW].T for t in batch]))
                 with times("generator"):
-                    return frames, batch, boxes, generate(masked, audio.float().to(device))  # GPU: queued
+                    return frames, batch, boxes, generate(masked, audio.float().to(device), first_row)  # GPU: queued
 
             streams = generator_streams(device)
             pool = ThreadPoolExecutor(streams, "dub-generator", initializer=torch.set_num_threads,

@@ -12,7 +12,7 @@ from data.demo import make_demo_data
 from data.geometry import CropGeometry
 from data.landmarks import read_openface_csv
 from data.video import probe, read_video_frames
-from dubbing.pipeline import dub, load_generator, paste_mask, ping_pong
+from dubbing.pipeline import dub, first_pasted_row, load_generator, paste_mask, ping_pong
 from engine.checkpoint import atomic_save
 from models import DINet
 
@@ -138,7 +138,56 @@ def test_generator_with_cached_references_is_the_network(lab):
     # DINet's alignment: the reference half of the alignment encoder's first convolution is computed once
     assert generate.split == (network.config.alignment == "concat" and hasattr(network, "trans_conv"))
     network = network.to(memory_format=torch.channels_last)
-    assert (ReferencedGenerator(network, reference, channels_last=True)(masked, audio) - expected).abs().max() < 1e-5
+    generate = ReferencedGenerator(network, reference, channels_last=True)
+    assert (generate(masked, audio) - expected).abs().max() < 1e-5
+    first_row = first_pasted_row(paste_mask(geometry))  # dubbing's: the decoder runs on the rows pasted
+    rows = generate(masked, audio, first_row)
+    assert rows.shape == expected.shape and not rows[:, :, :first_row].any()
+    assert (rows[:, :, first_row:] - expected[:, :, first_row:]).abs().max() < 1e-5
+
+
+def test_decoder_on_rows_is_the_decoder_from_any_row():
+    """Each layer of DINet's decoder runs on the rows the wanted ones depend on; every row from the first wanted
+    is the whole decoder's, in float64 to rounding, at mouth 64 and 128, and from rows the convolutions' top
+    padding and the upsampling's parity reach."""
+    from dubbing.generation import decode_rows
+    torch.manual_seed(0)
+    decoder = DINet().out_conv.double().eval()
+    for height, width in ((26, 20), (52, 40)):
+        features = torch.randn(2, 512, height, width, dtype=torch.float64)
+        with torch.no_grad():
+            whole = decoder(features)
+            for first in (0, 1, 2, 3, 7, 22, 4 * height - 1):
+                rows = decode_rows(decoder, features, first)
+                assert rows.shape[2] == 4 * height - first
+                assert torch.allclose(rows, whole[:, :, first:], rtol=1e-12, atol=1e-12), first
+    unknown = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 3, padding=1, stride=2))  # a layer it cannot cut: whole
+    x = torch.randn(1, 2, 8, 8, dtype=torch.float64)
+    assert torch.equal(decode_rows(unknown.double(), x, 2), unknown.double()(x)[:, :, 2:])
+
+
+@pytest.mark.parametrize("box_height, box_width", [(312, 240), (78, 60), (70, 53)])
+def test_pasting_reads_no_crop_row_above_the_first_pasted_row(box_height, box_width):
+    """Dubbing leaves the generated rows above first_pasted_row uncomputed: whatever they hold, the frame pasted
+    is the same, the face box larger or smaller than the crop."""
+    from dubbing.yuv import Colour, FaceBlender, frame_bytes, planes
+    geometry = CropGeometry(64)
+    mask = paste_mask(geometry)
+    first_row = first_pasted_row(mask)
+    assert 16 <= first_row <= geometry.radius - 8  # most of the band above the mouth is left out
+    rng = np.random.default_rng(0)
+    frame = planes(rng.integers(16, 236, frame_bytes(400, 300), dtype=np.uint8), 400, 300)
+    face = rng.uniform(0, 255, (geometry.height, geometry.width, 3)).astype(np.float32)
+    other = face.copy()
+    other[:first_row] = rng.uniform(0, 255, (first_row, geometry.width, 3))
+    box = (41, 41 + box_height, 17, 17 + box_width)
+    pasted = []
+    for generated in (face, other):
+        rows = tuple(np.array(plane[slice(41, box[1]) if i == 0 else slice(20, (box[1] + 1) // 2)])
+                     for i, plane in enumerate(frame))
+        FaceBlender(mask, Colour("bt709")).paste(rows, generated, box)
+        pasted.append(rows)
+    assert all(np.array_equal(a, b) for a, b in zip(*pasted))
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="F_SETPIPE_SZ is Linux's")
