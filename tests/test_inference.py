@@ -81,6 +81,10 @@ def test_dubbed_video_follows_the_audio_and_keeps_the_upper_face(demo, checkpoin
     assert upper < 2.0  # codec noise only
     assert lower > 50   # the untrained generator's mouth differs visibly: the paste-back happened
     assert probe(str(tmp_path / "face.mp4"))["width"] == 80
+    from dubbing.pipeline import encoder_threads
+    threads = encoder_threads(torch.device("cpu"))
+    assert threads == max(1, torch.get_num_threads() // 4) and encoder_threads(torch.device("cuda")) is None
+    assert f" threads={threads} ".encode() in open(output, "rb").read()  # x264 writes its options into the stream
 
 
 def test_audio_shorter_than_five_frames_is_a_clear_error_and_writes_nothing(demo, checkpoint, tmp_path):
