@@ -4,7 +4,9 @@ Attribute names (`conv`, `norm`, `conv1`, `norm1`, `channel_conv`, ...) are the 
 so its checkpoints load with strict=True. BatchNorm is plain `nn.BatchNorm{1,2}d`; the engine turns
 it into `nn.SyncBatchNorm` under torchrun.
 """
+import os
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import torch
@@ -240,16 +242,18 @@ class WinogradConv2d(nn.Conv2d):
     """nn.Conv2d (same parameters, same function) for 3x3 convolutions of many channels, computed with
     Winograd's F(4x4, 3x3) at inference on CPU: a quarter of the multiplications.
 
-    The input, padded and cut into overlapping 6x6 tiles (channels last), goes through B^T . B as two matrix
-    products over the tile rows and columns; the channel sums are one matrix product per tile position
-    ((tiles, in) @ (in, out), 36 in all, against the kernel transformed once per weight version, G . G^T, kept:
-    36 * in * out numbers); A^T . A takes each position's sums back to a 4x4 output tile. DINet's 256-channel
-    residual blocks (8 per frame in the second appearance block, the generator's largest cost at every mouth
-    size) ran 1.4-1.7x faster than oneDNN's direct convolution on one AVX2 core (62-70 against 104-116 ms at
-    mouth 64, batch 12; 89-99 against 114-137 ms at mouth 256, batch 1). The error is a few 1e-6 of the
-    output's range in float32 (the transforms' coefficients reach 8 and 1/24), ~1e-13 in float64. bf16 (too
-    coarse for these transforms), gradients, other devices and other settings run nn.Conv2d's convolution.
-    `published = True` (bench.py's baseline) does too."""
+    The input is cut into overlapping 6x6 tiles (channels last, zero outside) and each goes through B^T . B
+    (`winograd_tiles.tiles_in`, compiled by numba: one read and one write per value); the channel sums are one
+    matrix product per tile position ((tiles, in) @ (in, out), 36 in all, against the kernel transformed once
+    per weight version, G . G^T, kept: 36 * in * out numbers); A^T . A takes each position's sums back to a 4x4
+    output tile, with the bias (`tiles_out`). DINet's 256-channel residual blocks (8 per frame in the second
+    appearance block, the generator's largest cost at every mouth size) ran 1.4-1.7x faster than oneDNN's
+    direct convolution on one AVX2 core with the transforms in PyTorch operations (62-70 against 104-116 ms at
+    mouth 64, batch 12; 89-99 against 114-137 ms at mouth 256, batch 1), and the compiled transforms took
+    another quarter off (61-73 -> 45-50 ms, measured side by side). The error is a few 1e-6 of the output's
+    range in float32 (the transforms' coefficients reach 8 and 1/24), ~1e-13 in float64. bf16 (too coarse for
+    these transforms), gradients, other devices and other settings run nn.Conv2d's convolution. `published =
+    True` (bench.py's baseline) does too."""
 
     published = False
     # Measured on one AVX2 core, ms per call, Winograd against oneDNN: 256 -> 128 at 26x20, batch 12: 38-42 / 52-53;
@@ -276,38 +280,46 @@ class WinogradConv2d(nn.Conv2d):
         if (self.published or x.dtype not in (torch.float32, torch.float64) or x.device.type != "cpu"
                 or x.dim() != 4 or torch.is_grad_enabled() or torch.is_autocast_enabled("cpu")):
             return super().forward(x)
+        from . import winograd_tiles  # numba: imported (and its kernels compiled or loaded) on first use only
         batch, channels, height, width = x.shape
         rows, cols = -(-height // 4), -(-width // 4)                 # output tiles
-        height_p, width_p = 4 * rows + 2, 4 * cols + 2
-        bt, at, kernel = self._transforms(x.dtype)
-        padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, width_p - 1 - width, 1, height_p - 1 - height)).contiguous()
-        # B^T over the 6 rows of each tile: (6, batch, rows, width_p, in)
-        strided = padded.as_strided((6, batch, rows, width_p, channels),
-                                    (width_p * channels, height_p * width_p * channels, 4 * width_p * channels, channels, 1))
-        over_rows = torch.mm(bt, strided.reshape(6, -1)).view(6, batch, rows, width_p, channels)
-        # B^T over the 6 columns: (6 columns x 6 rows, tiles, in)
-        s = over_rows.stride()
-        strided = over_rows.as_strided((6, 6, batch, rows, cols, channels), (channels, s[0], s[1], s[2], 4 * channels, 1))
         tiles = batch * rows * cols
-        transformed = torch.mm(bt, strided.reshape(6, -1)).view(36, tiles, channels)
+        kernel = self._transformed_kernel(x.dtype)                    # (36, in, out)
+        transformed = x.new_empty(36, tiles, channels)
+        _split(winograd_tiles.tiles_in, tiles, x.permute(0, 2, 3, 1).contiguous().numpy(), transformed.numpy(),
+               rows, cols)
         sums = torch.bmm(transformed, kernel)                         # (36, tiles, out)
-        tile_out = torch.mm(at, sums.view(6, -1)).view(4, 6, -1)     # A^T over columns: (4, 6 rows, tiles * out)
-        tile_out = torch.matmul(at, tile_out)                         # and over rows: (4 columns, 4 rows, ...)
-        tile_out = tile_out.view(4, 4, batch, rows, cols, self.out_channels).permute(2, 3, 1, 4, 0, 5)
-        tile_out = tile_out.reshape(batch, 4 * rows, 4 * cols, self.out_channels)[:, :height, :width]
-        out = tile_out + self.bias if self.bias is not None else tile_out.contiguous()
+        bias = self.bias if self.bias is not None else x.new_zeros(self.out_channels)
+        out = x.new_empty(batch, height, width, self.out_channels)
+        _split(winograd_tiles.tiles_out, tiles, sums.numpy(), bias.detach().to(x.dtype).numpy(), out.numpy(), rows, cols)
         layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
         return out.permute(0, 3, 1, 2).contiguous(memory_format=layout)
 
-    def _transforms(self, dtype):
-        """(B^T, A^T, the kernel transformed: (36 = 6 columns x 6 rows, in, out)) in `dtype`, kept per weight
+    def _transformed_kernel(self, dtype):
+        """The kernel transformed, G . G^T: (36 = 6 columns x 6 rows, in, out) in `dtype`, kept per weight
         version."""
-        def transforms():
-            bt, g, at = winograd_matrices()
+        def transform():
+            _, g, _ = winograd_matrices()
             kernel = torch.einsum("ri,ocij,sj->srco", g, self.weight.detach().double(), g)
-            kernel = kernel.reshape(36, self.in_channels, self.out_channels).to(dtype).contiguous()
-            return bt.to(dtype), at.to(dtype), kernel
-        return _kept_per_weight(self, "_transformed", (dtype,), transforms)
+            return kernel.reshape(36, self.in_channels, self.out_channels).to(dtype).contiguous()
+        return _kept_per_weight(self, "_transformed", (dtype,), transform)
+
+
+_POOL = None
+
+
+def _split(function, tiles, *args):
+    """function(*args, first, last) over tiles 0..tiles-1, split between torch's intra-op threads (the numba
+    kernels release the GIL): one call when the caller runs on one thread, as dubbing's generator streams do."""
+    global _POOL
+    parts = max(1, min(torch.get_num_threads(), tiles // 64))
+    if parts == 1:
+        return function(*args, 0, tiles)
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(os.cpu_count() or 1, "winograd-tiles")
+    bounds = [tiles * part // parts for part in range(parts + 1)]
+    for done in [_POOL.submit(function, *args, first, last) for first, last in zip(bounds, bounds[1:])]:
+        done.result()
 
 
 class ResBlock(nn.Module):

@@ -299,6 +299,20 @@ def test_winograd_convolution_is_the_convolution(height, width, channels_last, b
     assert (output32.double() - expected).abs().max() < 2e-5 * expected.abs().max()
 
 
+def test_winograd_tiles_split_between_threads_are_the_convolution():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(256, 128, 3, padding=1).double()
+    x = torch.randn(6, 256, 26, 19, dtype=torch.float64)  # 210 tiles: 3 parts on 3 threads
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        with torch.no_grad():
+            output, expected = WinogradConv2d.of(conv)(x), conv(x)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.allclose(output, expected, rtol=1e-10, atol=1e-11)
+
+
 def test_winograd_convolution_follows_its_weights_and_leaves_training_and_bf16_to_the_convolution():
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(256, 256, 3, padding=1).double()
