@@ -38,6 +38,7 @@ from data.landmarks import read_openface_csv
 from data.video import extract_audio
 from engine.checkpoint import generator_config_of, load_checkpoint, load_network
 from models import DINet
+from models.blocks import load_winograd_kernels
 
 from .encode import DEFAULT_PRESET, VideoEncoder
 from .frames import DecodedVideo
@@ -232,6 +233,7 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
     batch_size = frames_per_call(batch_size, geometry, device)
     if device.type == "cpu":
         tune_cpu_allocator()
+        threading.Thread(target=load_winograd_kernels, name="dub-kernels", daemon=True).start()
     with tempfile.TemporaryDirectory(prefix="dub-") as work_dir:
         video = DecodedVideo(source_video_path, background=True, pixel_format="yuv420p")  # decodes in the background
         try:

@@ -305,6 +305,16 @@ class WinogradConv2d(nn.Conv2d):
         return _kept_per_weight(self, "_transformed", (dtype,), transform)
 
 
+def load_winograd_kernels():
+    """Import WinogradConv2d's compiled tile transforms and run each once in float32: numba loads them from its
+    cache (~1 s, most of it the first call) or compiles them (~5 s). Dubbing does it in a thread while the
+    decoder reaches the reference frames, so that the generator's first call does not wait for it."""
+    from . import winograd_tiles
+    transformed = torch.zeros(36, 1, 1)
+    winograd_tiles.tiles_in(torch.zeros(1, 4, 4, 1).numpy(), transformed.numpy(), 1, 1, 0, 1)
+    winograd_tiles.tiles_out(transformed.numpy(), torch.zeros(1).numpy(), torch.zeros(1, 4, 4, 1).numpy(), 1, 1, 0, 1)
+
+
 _POOL = None
 
 
