@@ -26,9 +26,9 @@ def inference_network(network, amp=None, channels_last=False):
     """A copy of `network` (in eval mode) for inference: every BatchNorm that follows a convolution folded
     into it (conv -> BN is one affine map at inference; ResBlock's first BN acts on the block input and
     stays), the 3x3 convolutions from 256 or more channels to 128 or more as WinogradConv2d (on CPU in fp32:
-    a quarter of the multiplications), the convolutions' weights stored in bf16 under --amp bf16 (autocast would cast them
-    on every call; the values are the same), and channels_last when asked. The caller's network is left as
-    it is."""
+    a quarter of the multiplications), the convolutions' weights stored in bf16 under --amp bf16 (autocast
+    would cast them on every call; the values are the same), and channels_last when asked. The caller's
+    network is left as it is."""
     network = copy.deepcopy(network).eval()
     for module in network.modules():
         if isinstance(module, (SameBlock, UpBlock2d)) and isinstance(module.norm, nn.modules.batchnorm._BatchNorm):

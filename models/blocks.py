@@ -291,7 +291,8 @@ class WinogradConv2d(nn.Conv2d):
         sums = torch.bmm(transformed, kernel)                         # (36, tiles, out)
         bias = self.bias if self.bias is not None else x.new_zeros(self.out_channels)
         out = x.new_empty(batch, height, width, self.out_channels)
-        _split(winograd_tiles.tiles_out, tiles, sums.numpy(), bias.detach().to(x.dtype).numpy(), out.numpy(), rows, cols)
+        _split(winograd_tiles.tiles_out, tiles, sums.numpy(), bias.detach().to(x.dtype).numpy(), out.numpy(), rows,
+               cols)
         layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
         return out.permute(0, 3, 1, 2).contiguous(memory_format=layout)
 
