@@ -299,6 +299,29 @@ def test_winograd_convolution_is_the_convolution(height, width, channels_last, b
     assert (output32.double() - expected).abs().max() < 2e-5 * expected.abs().max()
 
 
+def test_winograd_tile_transforms_are_the_matrices():
+    """models/winograd_tiles.py writes B^T d B and A^T S A out term by term: they are winograd_matrices()'s."""
+    from models import winograd_tiles
+    from models.blocks import winograd_matrices
+    bt, _, at = winograd_matrices()
+    torch.manual_seed(0)
+    x = torch.randn(1, 6, 6, 3, dtype=torch.float64)  # one tile's window is rows/columns -1..4: pad by one
+    transformed = torch.empty(36, 4, 3, dtype=torch.float64)  # 2 x 2 tiles of a 6 x 6 input
+    winograd_tiles.tiles_in(x.numpy(), transformed.numpy(), 2, 2, 0, 4)
+    window = F.pad(x[0].permute(2, 0, 1), (1, 1, 1, 1))[:, :6, :6]  # tile (0, 0), (3, 6, 6)
+    expected = bt @ window @ bt.T                                   # [ch, i, j]
+    assert torch.allclose(transformed[:, 0].view(6, 6, 3).permute(2, 1, 0), expected, atol=1e-12)
+    sums = torch.randn(36, 4, 3, dtype=torch.float64)
+    bias = torch.randn(3, dtype=torch.float64)
+    out = torch.empty(1, 6, 6, 3, dtype=torch.float64)  # the tiles of the last row and column are cut to 2
+    winograd_tiles.tiles_out(sums.numpy(), bias.numpy(), out.numpy(), 2, 2, 0, 4)
+    for tile, (r, c) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        tile_sums = sums[:, tile].view(6, 6, 3).permute(2, 1, 0)   # [ch, i, j]
+        expected = (at @ tile_sums @ at.T).permute(1, 2, 0) + bias  # [a, e, ch]
+        rows, cols = min(4, 6 - 4 * r), min(4, 6 - 4 * c)
+        assert torch.allclose(out[0, 4 * r:4 * r + rows, 4 * c:4 * c + cols], expected[:rows, :cols], atol=1e-12)
+
+
 def test_winograd_tiles_split_between_threads_are_the_convolution():
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(256, 128, 3, padding=1).double()
