@@ -113,9 +113,7 @@ class ReferencedGenerator:
             if not first_row:
                 return network.out_conv(merged).float()                                      # (B, 3, H, W)
             rows = decode_rows(network.out_conv, merged, first_row)                          # (B, 3, H - first_row, W)
-            out = rows.new_zeros(batch, rows.shape[1], first_row + rows.shape[2], rows.shape[3], dtype=torch.float32)
-            out[:, :, first_row:] = rows
-            return out
+            return F.pad(rows.float(), (0, 0, first_row, 0))                                 # zeros above
 
 
 def _input_rows(layer, first):
