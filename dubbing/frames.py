@@ -171,8 +171,15 @@ class DecodedVideo:
         return rgb_frame(self.frame(index), self.colour)[:height, :width]
 
     def rgb_frames(self):
-        """Every frame in turn as RGB (they are converted one at a time), once decoding ends."""
-        return (self.rgb(index) for index in range(self.wait_all()))
+        """Every frame in turn as RGB, converted one at a time as the decoder delivers it (so a landmark detector
+        runs beside the decoder instead of after it)."""
+        index = 0
+        while True:
+            self.wait_for(index)
+            if index >= self._decoded:  # decoding ended
+                return
+            yield self.rgb(index)
+            index += 1
 
     def __len__(self):
         return self.wait_all()

@@ -373,8 +373,7 @@ def _landmarks(video, landmark_csv, source_video_path, landmark_detector):
         return read_openface_csv(landmark_csv)  # its row count is checked against the frames as they decode
     if landmark_detector is None:
         from data.face_landmarks import detect_landmarks as landmark_detector
-    video.wait_all()
-    landmarks, found = landmark_detector(video.rgb_frames())
+    landmarks, found = landmark_detector(video.rgb_frames())  # frames as they decode
     if not found.any():
         raise SystemExit(f"{source_video_path}: no face found in any frame; use a video with one visible, "
                          f"frontal face")

@@ -232,10 +232,26 @@ def test_decoded_video_streams_4_2_0_frames_and_stops_early(demo):
     assert len(video) == len(expected) and near(video.rgb(len(expected) - 1), expected[-1])
     video.close()
     DecodedVideo(path, background=True, pixel_format="yuv420p").close()  # closing while it decodes ends the decoder
+    video = DecodedVideo(path, background=True, pixel_format="yuv420p")
+    streamed = list(video.rgb_frames())  # as they decode, to the last
+    assert len(streamed) == len(expected) and near(streamed[0], expected[0]) and near(streamed[-1], expected[-1])
+    video.close()
     video = DecodedVideo(path, pixel_format="yuv420p")  # waits for every frame
     frames = list(video.rgb_frames())
     assert len(frames) == len(expected) and near(frames[5], expected[5])
     video.close()
+
+
+def test_landmarks_detected_as_the_video_decodes_are_those_of_the_decoded_video(demo):
+    from data.face_landmarks import detect_landmarks
+    from dubbing.frames import DecodedVideo
+    from dubbing.pipeline import _landmarks
+    path = str(demo / "split_video_25fps" / "demo_000.mp4")
+    video = DecodedVideo(path, background=True, pixel_format="yuv420p")
+    streamed = _landmarks(video, None, path, None)  # from the first frames on, beside the decoder
+    expected, found = detect_landmarks(list(video.rgb_frames()))
+    video.close()
+    assert found.all() and np.array_equal(streamed, expected)
 
 
 def test_bf16_dubbing_stays_near_fp32_and_writes_the_face_video(demo, checkpoint, tmp_path):

@@ -27,6 +27,15 @@ def random_frame(height, width, seed=0):
     return np.random.default_rng(seed).integers(16, 236, frame_bytes(height, width), dtype=np.uint8)
 
 
+def test_rgb_frame_gives_each_chroma_sample_to_its_2x2_luma_pixels():
+    height, width = 24, 16
+    frame = planes(random_frame(height, width), height, width)
+    y, u, v = (plane.astype(np.float64) for plane in frame)
+    yuv = np.dstack([y, u.repeat(2, 0).repeat(2, 1), v.repeat(2, 0).repeat(2, 1)])
+    expected = np.clip(np.rint(yuv @ BT709.to_rgb[:, :3].T.astype(np.float64) + BT709.to_rgb[:, 3]), 0, 255)
+    assert np.abs(rgb_frame(frame, BT709).astype(int) - expected).max() <= 1  # float32 matrix: a level at most
+
+
 @pytest.mark.parametrize("box", [(10, 30, 4, 20), (11, 30, 5, 21), (0, 24, 0, 16)])
 def test_rgb_region_is_that_box_of_the_rgb_frame_at_any_parity(box):
     frame = planes(random_frame(24, 16), 24, 16)
