@@ -65,6 +65,21 @@ def test_face_blender_sets_the_mouth_and_leaves_the_rest_exactly(top, left):
     assert not changed[:20].any() and not changed[:, :left + 4].any() and not changed[:, left + 57:].any()
 
 
+def test_face_blender_chroma_is_the_2x2_mean_of_the_full_resolution_blend():
+    height, width = 32, 24  # the box is the crop's size, at even rows and columns, and the weight nowhere zero
+    rng = np.random.default_rng(3)
+    mask = (0.05 + 0.9 * rng.random((height, width))).astype(np.float32)
+    face = (255 * rng.random((height, width, 3))).astype(np.float32)
+    frame = planes(random_frame(height, width), height, width)
+    rows = tuple(plane.copy() for plane in frame)
+    FaceBlender(mask, BT709).paste(rows, face, (0, height, 0, width))
+    yuv = cv2.transform(face, BT709.from_rgb).astype(np.float64)
+    block_mean = lambda image: image.reshape(height // 2, 2, width // 2, 2).mean((1, 3))
+    for plane, before, channel in ((rows[1], frame[1], 1), (rows[2], frame[2], 2)):
+        expected = before * (1 - block_mean(mask)) + block_mean(mask * yuv[..., channel])
+        assert np.abs(plane - np.floor(expected + 0.5)).max() <= 1
+
+
 def test_encoder_keeps_4_2_0_frames_and_the_sources_colour_labels(tmp_path):
     """Labelled frames go in as they are: no conversion shifts a level (labelling the output alone did)."""
     height, width = 64, 48
