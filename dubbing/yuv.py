@@ -86,6 +86,13 @@ def rgb_frame(frame_planes, colour):
     return rgb_region(frame_planes, colour, 0, height, 0, width)
 
 
+def _block_means(image):
+    """The mean of each 2x2 block of an (h, w[, c]) float image of even size: OpenCV's area halving is that,
+    25x faster than numpy's mean over reshaped axes (measured on a 520x400 face box)."""
+    height, width = image.shape[:2]
+    return cv2.resize(image, (width // 2, height // 2), interpolation=cv2.INTER_AREA)
+
+
 class FaceBlender:
     """Blends generated faces into 4:2:0 rows with a weight mask (`paste_mask`, the crop's size): luma per
     pixel, chroma per 2x2 block as the mean of the 4:4:4 blend over it (the blend in RGB followed by 4:2:0
@@ -108,8 +115,7 @@ class FaceBlender:
             y0, x0 = y0 + 2 * (y0 < 0), x0 + 2 * (x0 < 0)  # stay inside the box (the mask fades well before it)
             y1, x1 = y1 - 2 * (y1 > height), x1 - 2 * (x1 > width)
             weight = np.ascontiguousarray(weight[y0:y1, x0:x1])
-            block_mean = weight.reshape((y1 - y0) // 2, 2, (x1 - x0) // 2, 2).mean((1, 3))
-            self.layouts[key] = (slice(y0, y1), slice(x0, x1), weight, block_mean)
+            self.layouts[key] = (slice(y0, y1), slice(x0, x1), weight, _block_means(weight))
         return self.layouts[key]
 
     def paste(self, rows, face, box):
@@ -128,9 +134,7 @@ class FaceBlender:
         region[...] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
         chroma_rows = slice((top % 2 + support_rows.start) // 2, (top % 2 + support_rows.stop) // 2)
         chroma_cols = slice((left + support_cols.start) // 2, (left + support_cols.stop) // 2)
-        h, w = weight.shape
-        # the mean over each 2x2 block (h/2, w/2, 2): OpenCV's area halving is that, 25x faster than numpy's mean
-        weighted = cv2.resize(weight[..., None] * yuv[..., 1:], (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+        weighted = _block_means(weight[..., None] * yuv[..., 1:])                          # (h/2, w/2, 2)
         for plane, channel in ((u, 0), (v, 1)):
             region = plane[chroma_rows, chroma_cols]
             blended = region * (1 - block_weight) + weighted[..., channel]
