@@ -334,7 +334,7 @@ from dubbing.pipeline import Generator, dub
 from models import DINet, GeneratorConfig
 job = json.loads(sys.argv[1])
 network = DINet.from_config(GeneratorConfig.from_dict(job["config"]))
-network.load_state_dict(torch.load(job["weights"]))
+network.load_state_dict(torch.load(job["weights"], weights_only=True))
 device = torch.device(job["device"])
 timings = {}
 result = dub(job["video"], job["audio"], Generator(network.to(device).eval(), job["mouth"], "mel"), job["output"],
@@ -354,7 +354,7 @@ from dubbing.published import published_inference
 from models import DINet, GeneratorConfig
 job = json.loads(sys.argv[1])
 network = DINet.from_config(GeneratorConfig.from_dict(job["config"])).eval()
-network.load_state_dict(torch.load(job["weights"]))
+network.load_state_dict(torch.load(job["weights"], weights_only=True))
 use_adaat(network, "published")
 device = torch.device(job["device"])
 with tempfile.TemporaryDirectory(prefix="bench-published-") as folder:
@@ -425,7 +425,7 @@ def bench_inference(opt, device, precision, lab):
     video, audio, landmarks, description = _INFERENCE["inputs"]
     info = probe(video)
     network = DINet.from_config(config).eval()
-    network.load_state_dict(torch.load(_INFERENCE["weights"]))
+    network.load_state_dict(torch.load(_INFERENCE["weights"], weights_only=True))
     rows = []
     mouths = (64,) if opt.quick else [mouth for mouth, _ in selected(STAGES, opt)]
     for mouth_size in mouths:

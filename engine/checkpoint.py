@@ -13,8 +13,10 @@ import errno
 import glob
 import hashlib
 import os
+import pickle
 import re
 import tempfile
+import zipfile
 import zlib
 
 import numpy as np
@@ -24,6 +26,14 @@ from models.dinet import GeneratorConfig
 from models.syncnet import SyncNetConfig, build_syncnet
 
 TMP_PREFIX = ".tmp-"
+
+# numpy's reconstruction of uint32 arrays (earlier versions stored the RNG states so), under numpy 1's and 2's
+# module names: the only globals a checkpoint may name beyond the plain types torch's weights_only loader takes
+_reconstruct = np.zeros(0, np.uint32).__reduce__()[0]
+LEGACY_RNG_GLOBALS = [(_reconstruct, "numpy.core.multiarray._reconstruct"),
+                      (_reconstruct, "numpy._core.multiarray._reconstruct"),
+                      np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
 
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -107,18 +117,35 @@ def remove_stale_temporaries(folder):
         os.unlink(path)
 
 
+class RefusedCheckpoint(SystemExit):
+    """A file that is not plain weights: no crash writes one, so --resume auto stops at it instead of skipping it."""
+
+
 def load_checkpoint(path, flag="--resume", expected="a netG_model_epoch_N.pth", needs=None):
     """The checkpoint at `path` (its integrity checked), or exit naming `flag`, the file and the fix; `needs`:
-    the network it must hold ("net_g": a generator's, "net": a SyncNet's)."""
+    the network it must hold ("net_g": a generator's, "net": a SyncNet's). Unpickled with weights_only: tensors
+    and plain values, never code."""
     if not os.path.isfile(path):
         raise SystemExit(f"{flag} {path}: no such checkpoint file; check the path")
-    try:
-        # weights_only=False: our checkpoints carry RNG states (numpy arrays). Load only files you trust.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:
-        raise SystemExit(f"{flag} {path}: cannot read this checkpoint ({type(error).__name__}); "
-                         f"it is truncated or not a PyTorch file, use an earlier checkpoint") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+    with torch.serialization.safe_globals(LEGACY_RNG_GLOBALS):
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            if not zipfile.is_zipfile(path):  # torch.save writes a zip: this is something else
+                checkpoint = None
+            else:
+                unsafe = code_in(path)
+                reason = (f"it calls {', '.join(sorted(unsafe)[:3])}, which can run code" if unsafe else
+                          "it holds objects other than tensors and plain values, or is damaged")
+                raise RefusedCheckpoint(f"{flag} {path}: refusing to unpickle it, it is not a plain weights file "
+                                        f"({reason}); delete it and use a checkpoint of tensors and plain values "
+                                        f"only, as this repository and DINet write") from None
+        except Exception:
+            checkpoint = None
+    if checkpoint is None:
+        raise SystemExit(f"{flag} {path}: cannot read this checkpoint; it is truncated or not a PyTorch file, "
+                         f"use an earlier checkpoint")
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise SystemExit(f"{flag} {path}: not a DINet checkpoint (no 'state_dict'); pass {expected}")
     if needs and needs not in checkpoint["state_dict"]:
         kind = "generator" if needs == "net_g" else "SyncNet"
@@ -129,6 +156,15 @@ def load_checkpoint(path, flag="--resume", expected="a netG_model_epoch_N.pth", 
         raise SystemExit(f"{flag} {path}: corrupt checkpoint (its weights do not match the checksum written with "
                          f"them); use an earlier checkpoint, or --resume auto to take the newest good one")
     return checkpoint
+
+
+def code_in(path):
+    """The functions and classes beyond plain weights that unpickling the torch.save file `path` would call,
+    read without unpickling it."""
+    try:
+        return torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # a damaged file
+        return []
 
 
 def checkpoint_name(prefix, epoch, iteration=None):
@@ -155,6 +191,8 @@ def newest_valid_checkpoint(folder, prefix, report=print):
     for _, path in checkpoints_newest_first(folder, prefix):
         try:
             return path, load_checkpoint(path, "--resume auto")
+        except RefusedCheckpoint:
+            raise
         except SystemExit as error:
             report(f"skipping {error}")
     return None, None

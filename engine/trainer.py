@@ -270,13 +270,16 @@ def dinet_lr_lambda(non_decay, decay):
 
 
 def rng_state():
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+    """The RNG states in types a weights_only load takes: numpy's key array as a list of ints."""
+    name, keys, *position = np.random.get_state()
+    return {"python": random.getstate(), "numpy": [name, keys.tolist(), *position], "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def set_rng_state(state):
+    """Restore rng_state(), or that of earlier versions (numpy's state as a tuple holding an array)."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    np.random.set_state(tuple(state["numpy"]))
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

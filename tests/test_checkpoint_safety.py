@@ -1,0 +1,120 @@
+"""Checkpoints load as data, never as code, and whatever they hold is checked: every command's checkpoint flag
+refuses a file whose unpickling would run code, DINet's plain state dicts still load, the checksum covers every
+value, and a checkpoint is an ordinary file under the user's umask."""
+import glob
+import os
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+from engine.checkpoint import load_checkpoint
+from engine.trainer import set_rng_state
+from test_bad_input import COMMANDS, assets, fill  # noqa: F401  (fixture: tiny data, checkpoints, 1 s media)
+from test_clip_training import clip_assets  # noqa: F401  (fixture the assets need)
+from test_inference import checkpoint  # noqa: F401  (fixture the assets need)
+
+
+class RunsCode:
+    """Unpickling this runs a shell command, as a crafted checkpoint downloaded from the internet could."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def run(command, args, values, cwd=ROOT):
+    """`python SCRIPT` with the command's base arguments and `args`, as a user runs it."""
+    script, base = COMMANDS[command]
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *fill(base, values), *fill(args, values)],
+                          cwd=cwd, capture_output=True, text=True, timeout=180)
+
+
+def assert_one_line(result, *pieces):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    for piece in pieces:
+        assert piece in last, result.stderr[-3000:]
+
+
+def outputs(folder):
+    return sorted(path for pattern in ("*.mp4", "*.csv", "*.pth", "*.json")
+                  for path in glob.glob(os.path.join(folder, "**", pattern), recursive=True))
+
+
+def case(command, flag, args):
+    return pytest.param(command, flag, args, id=f"{command} {flag}")
+
+
+EVERY_CHECKPOINT_FLAG = [  # {bad}: the file under test
+    case("inference", "--pretrained_clip_DINet_path", "--pretrained_clip_DINet_path {bad}"),
+    case("frame", "--coarse_model_path", "--coarse2fine --coarse_model_path {bad}"),
+    case("frame", "--resume", "--resume {bad}"),
+    case("clip", "--pretrained_frame_DINet_path", "--pretrained_frame_DINet_path {bad}"),
+    case("syncnet", "--resume", "--resume {bad}"),
+]
+
+
+@pytest.mark.parametrize("command,flag,args", [
+    *EVERY_CHECKPOINT_FLAG,
+    case("frame", "--resume auto", "--resume auto"),  # {bad} lies in the result folder as the newest checkpoint
+    case("clip", "--pretrained_syncnet_path", "--pretrained_syncnet_path {bad}"),
+    case("evaluate", "--syncnet_path", "--syncnet_path {bad}"),
+])
+def test_checkpoint_with_code_in_it_is_refused_on_every_path(assets, tmp_path, command, flag, args):
+    marker = tmp_path / "MARKER"
+    bad = tmp_path / "run" / "netG_model_epoch_5.pth"
+    bad.parent.mkdir()
+    torch.save({"epoch": 6, "state_dict": {"net_g": {}, "net": {}}, "hook": RunsCode(f"touch {marker}")}, bad)
+    result = run(command, args, {**assets, "tmp": str(tmp_path), "bad": str(bad)})
+    assert not marker.exists(), "unpickling the checkpoint ran its code"
+    assert_one_line(result, f"{flag} {bad}: refusing to unpickle it, it is not a plain weights file",
+                    "posix.system")
+    assert outputs(tmp_path) == [str(bad)]  # nothing written
+
+
+def earlier_checkpoint():
+    """What this repository wrote before its checkpoints loaded as weights only: numpy's RNG state as an array
+    (made here with the same seeds) and a CRC-32 of the tensors alone, the value its atomic_save wrote."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    state = {"epoch": 3, "iteration": 0, "global_step": 12,
+             "state_dict": {"net_g": {"w": torch.arange(1000, dtype=torch.float32)}},
+             "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                     "cuda": []}, "lab": "lab1"}
+    return {**state, "integrity": "crc32:ead80cff"}
+
+
+def test_checkpoints_of_earlier_versions_load_with_numpys_rng_arrays_and_nothing_else(tmp_path):
+    earlier = tmp_path / "netG_model_epoch_2.pth"
+    torch.save(earlier_checkpoint(), earlier)
+    checkpoint = load_checkpoint(str(earlier))
+    assert checkpoint["global_step"] == 12
+    np.random.seed(1)
+    set_rng_state(checkpoint["rng"])
+    restored = np.random.rand(3), random.random(), torch.rand(3)
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    assert np.array_equal(restored[0], np.random.rand(3)) and restored[1] == random.random()
+    assert torch.equal(restored[2], torch.rand(3))
+
+    data = bytearray(earlier.read_bytes())
+    offset = data.index(torch.tensor(500.0).numpy().tobytes())  # inside the weights: their checksum is still read
+    data[offset] ^= 0x01
+    (tmp_path / "flipped.pth").write_bytes(bytes(data))
+    with pytest.raises(SystemExit, match="corrupt checkpoint"):
+        load_checkpoint(str(tmp_path / "flipped.pth"))
+
+    other_array = tmp_path / "float_array.pth"  # numpy arrays beyond the RNG's uint32 ones are not weights
+    torch.save({**earlier_checkpoint(), "extra": np.zeros(3)}, other_array)
+    with pytest.raises(SystemExit, match=f"--resume {other_array}: refusing to unpickle it, it is not a plain"):
+        load_checkpoint(str(other_array))
