@@ -2,6 +2,7 @@
 refuses a file whose unpickling would run code, DINet's plain state dicts still load, the checksum covers every
 value, and a checkpoint is an ordinary file under the user's umask."""
 import glob
+import hashlib
 import os
 import random
 import subprocess
@@ -12,8 +13,9 @@ import pytest
 import torch
 
 from conftest import ROOT
-from engine.checkpoint import load_checkpoint
+from engine.checkpoint import atomic_save, load_checkpoint
 from engine.trainer import set_rng_state
+from models import DINet
 from test_bad_input import COMMANDS, assets, fill  # noqa: F401  (fixture: tiny data, checkpoints, 1 s media)
 from test_clip_training import clip_assets  # noqa: F401  (fixture the assets need)
 from test_inference import checkpoint  # noqa: F401  (fixture the assets need)
@@ -118,3 +120,49 @@ def test_checkpoints_of_earlier_versions_load_with_numpys_rng_arrays_and_nothing
     torch.save({**earlier_checkpoint(), "extra": np.zeros(3)}, other_array)
     with pytest.raises(SystemExit, match=f"--resume {other_array}: refusing to unpickle it, it is not a plain"):
         load_checkpoint(str(other_array))
+
+
+def test_checkpoints_with_the_blake2b_digest_of_earlier_versions_are_refused_by_name(tmp_path):
+    state = {"epoch": 3, "state_dict": {"net_g": {"w": torch.arange(1000, dtype=torch.float32)}}}
+    digest = hashlib.blake2b(state["state_dict"]["net_g"]["w"].numpy().tobytes(), digest_size=16).hexdigest()
+    torch.save({**state, "integrity": digest}, tmp_path / "old.pth")
+    with pytest.raises(SystemExit, match="its checksum is the blake2b digest of this repository's versions before"):
+        load_checkpoint(str(tmp_path / "old.pth"))
+
+
+def edit(checkpoint, change):
+    """Apply `change` to a checkpoint as a flipped bit would, leaving its stored checksum as it was."""
+    if change == "global_step":
+        checkpoint["global_step"] += 1
+    elif change == "epoch":
+        checkpoint["epoch"] = 13
+    elif change == "learning_rate":
+        checkpoint["optimizer"]["net_g"]["param_groups"][0]["lr"] *= 2
+    elif change == "config_string":
+        checkpoint["generator_config"]["warp"] = "adain"
+    elif change == "tensor_shape":  # the same bytes in another shape
+        checkpoint["state_dict"]["net_g"]["bias"] = checkpoint["state_dict"]["net_g"]["bias"].reshape(2, 4)
+    elif change == "tensor_dtype":
+        checkpoint["state_dict"]["net_g"]["bias"] = checkpoint["state_dict"]["net_g"]["bias"].view(torch.int32)
+
+
+@pytest.mark.parametrize("change", ["untouched", "global_step", "epoch", "learning_rate", "config_string",
+                                    "tensor_shape", "tensor_dtype"])
+def test_the_checksum_covers_every_value_not_only_the_tensors(tmp_path, change):
+    torch.manual_seed(0)
+    network = torch.nn.Linear(8, 8)
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-4)
+    network(torch.rand(2, 8)).sum().backward()
+    optimizer.step()
+    path = tmp_path / "netG_model_epoch_1.pth"
+    atomic_save({"epoch": 2, "global_step": 40, "state_dict": {"net_g": network.state_dict()},
+                 "optimizer": {"net_g": optimizer.state_dict()}, "lab": "lab1",
+                 "generator_config": DINet(3, 15, 29).config.to_dict()}, str(path))
+    checkpoint = torch.load(path, weights_only=True)
+    edit(checkpoint, change)
+    torch.save(checkpoint, path)
+    if change == "untouched":
+        assert load_checkpoint(str(path))["global_step"] == 40
+    else:
+        with pytest.raises(SystemExit, match=f"--resume {path}: corrupt checkpoint"):
+            load_checkpoint(str(path))
