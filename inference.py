@@ -6,8 +6,9 @@
 writes RES_DIR/<video name>_facial_dubbing_add_audio.mp4 (H.264 + AAC, 25 fps, the source's resolution,
 one frame per 40 ms of audio). The generator, its mouth size, lab and audio feature come from the
 checkpoint. Landmarks are detected unless --source_openface_landmark_path gives an OpenFace CSV.
-The published clip_training_DINet_256mouth.pth takes DeepSpeech features: pass them with
---audio_feature_path FILE.npy (frames x 29), since computing them needs TensorFlow.
+The published clip_training_DINet_256mouth.pth records no mouth size: pass --mouth_region_size 256; it takes
+DeepSpeech features: pass them with --audio_feature_path FILE.npy (frames x 29), since computing them needs
+TensorFlow.
 """
 import argparse
 import os
@@ -37,7 +38,7 @@ def parse_args():
         help="generator checkpoint (clip or frame stage)")
     add("--res_video_dir", default="./asserts/inference_result", help="folder of the results")
     add("--mouth_region_size", type=int, default=None,
-        help="only for checkpoints that do not record it (DINet's published ones are 256)")
+        help="needed for checkpoints that do not record it (DINet's: 256 for clip_training_DINet_256mouth.pth)")
     add("--audio_feature_path", default="", help="precomputed features of the driving audio (.npy/.txt, T x C)")
     add("--face_video", action="store_true", help="also write the generated face crops as a video")
     add("--batch_size", type=int, default=16, help="most frames per generator call (on CPU: 12 at mouth 64, 3 at 128, 1 at 256)")

@@ -60,28 +60,26 @@ class Generator:
 def load_generator(path, device, mouth_size=None):
     """The generator of a checkpoint, rebuilt from the checkpoint alone (architecture, mouth size, feature).
 
-    DINet's published checkpoints carry no mouth size or feature name: then `mouth_size` (DINet's default
-    256) is used and a 29-wide audio input means DeepSpeech.
+    DINet's published checkpoints carry no mouth size or feature name: then `mouth_size` must be given (no
+    weight depends on the image size, so the weights cannot tell it) and a 29-wide audio input means DeepSpeech.
     """
     flag = "--pretrained_clip_DINet_path"
-    checkpoint = load_checkpoint(path, flag)
-    if not isinstance(checkpoint["state_dict"], dict) or "net_g" not in checkpoint["state_dict"]:
-        raise SystemExit(f"{flag} {path}: not a generator checkpoint (no state_dict['net_g']); pass a "
-                         f"netG_model_epoch_N.pth from train_DINet_clip.py or train_DINet_frame.py")
-    try:
-        config = generator_config_of(checkpoint)
-    except KeyError as error:
-        raise SystemExit(f"{flag} {path}: its net_g weights are not a DINet generator's (no {error}); pass a "
-                         f"netG_model_epoch_N.pth from train_DINet_clip.py or train_DINet_frame.py") from None
+    checkpoint = load_checkpoint(path, flag, needs="net_g", expected="a netG_model_epoch_N.pth from "
+                                                                     "train_DINet_clip.py or train_DINet_frame.py")
+    config = generator_config_of(checkpoint)
     trained_size = checkpoint.get("mouth_region_size")
     if trained_size and mouth_size and trained_size != mouth_size:
         raise SystemExit(f"{flag} {path}: trained at mouth {trained_size}, but --mouth_region_size is {mouth_size}; "
                          f"drop --mouth_region_size (it is read from the checkpoint) or pass a {mouth_size} checkpoint")
+    if not trained_size and not mouth_size:
+        raise SystemExit(f"{flag} {path}: the checkpoint does not record its mouth size (DINet's do not) and its "
+                         f"weights cannot tell it; pass --mouth_region_size: 256 for DINet's "
+                         f"clip_training_DINet_256mouth.pth, else the size it was trained at")
     feature = checkpoint.get("audio_feature") or next(
         (name for name, width in FEATURE_WIDTHS.items() if width == config.audio_channel), None)
     network = DINet.from_config(config)
     load_network(network, checkpoint, "net_g", path, flag)
-    return Generator(network.to(device).eval(), trained_size or mouth_size or 256, feature)
+    return Generator(network.to(device).eval(), trained_size or mouth_size, feature)
 
 
 def load_audio_features(driving_audio_path, feature, feature_path, work_dir):

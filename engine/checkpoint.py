@@ -14,7 +14,7 @@ import glob
 import os
 import pickle
 import re
-import tempfile
+import secrets
 import zipfile
 import zlib
 
@@ -85,7 +85,9 @@ def write_atomically(path, write, what="file"):
     complete or absent. A full disk removes the temporary file, leaves what was at `path` and exits saying so."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX, suffix=os.path.splitext(path)[1])
+    tmp_path = os.path.join(folder, TMP_PREFIX + secrets.token_hex(8) + os.path.splitext(path)[1])
+    # not mkstemp, whose files are 0600: the mode every other file gets under the user's umask
+    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -122,8 +124,8 @@ class RefusedCheckpoint(SystemExit):
 
 def load_checkpoint(path, flag="--resume", expected="a netG_model_epoch_N.pth", needs=None):
     """The checkpoint at `path` (its integrity checked), or exit naming `flag`, the file and the fix; `needs`:
-    the network it must hold ("net_g": a generator's, "net": a SyncNet's). Unpickled with weights_only: tensors
-    and plain values, never code."""
+    the network it must hold, readable as that kind ("net_g": a generator's, "net": a SyncNet's).
+    Unpickled with weights_only: tensors and plain values, never code."""
     if not os.path.isfile(path):
         raise SystemExit(f"{flag} {path}: no such checkpoint file; check the path")
     with torch.serialization.safe_globals(LEGACY_RNG_GLOBALS):
@@ -146,10 +148,18 @@ def load_checkpoint(path, flag="--resume", expected="a netG_model_epoch_N.pth", 
                          f"use an earlier checkpoint")
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise SystemExit(f"{flag} {path}: not a DINet checkpoint (no 'state_dict'); pass {expected}")
-    if needs and needs not in checkpoint["state_dict"]:
-        kind = "generator" if needs == "net_g" else "SyncNet"
-        raise SystemExit(f"{flag} {path}: not a {kind} checkpoint (no state_dict['{needs}']); pass {expected}")
     check_integrity(checkpoint, path, flag)
+    if needs:
+        kind, read_config = NETWORKS[needs]
+        if needs not in checkpoint["state_dict"]:
+            raise SystemExit(f"{flag} {path}: not a {kind} checkpoint (no state_dict['{needs}']); pass {expected}")
+        try:
+            read_config(checkpoint)
+        except ValueError as error:  # a recorded configuration this version cannot build
+            raise SystemExit(f"{flag} {path}: {error}; pass {expected}") from None
+        except (KeyError, IndexError, AttributeError, TypeError) as error:
+            what = f"no {error}" if isinstance(error, KeyError) else f"{type(error).__name__}: {error}"
+            raise SystemExit(f"{flag} {path}: its {needs} weights are not a {kind}'s ({what}); pass {expected}") from None
     return checkpoint
 
 
@@ -263,14 +273,15 @@ def syncnet_config_of(checkpoint):
                          embedding_dim=weights["audio_encoder.audio_conv.7.conv.weight"].shape[0])
 
 
+# what load_checkpoint's `needs` names, and how its configuration is read
+NETWORKS = {"net_g": ("generator", generator_config_of), "net": ("SyncNet", syncnet_config_of)}
+
+
 def load_syncnet(path, flag="--pretrained_syncnet_path"):
     """(frozen SyncNet in eval mode, its SyncNetConfig) from a checkpoint, or exit naming the file and the fix."""
     checkpoint = load_checkpoint(path, flag, needs="net", expected="the .pth train_syncnet.py writes, or DINet's "
                                                                   "syncnet_256mouth.pth")
-    try:
-        config = syncnet_config_of(checkpoint)
-    except KeyError:
-        raise SystemExit(f"{flag} {path}: its weights are not a SyncNet's; pass the .pth train_syncnet.py writes") from None
+    config = syncnet_config_of(checkpoint)
     network = build_syncnet(config)
     load_network(network, checkpoint, "net", path, flag)
     network.requires_grad_(False)

@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from conftest import ROOT
+from dubbing.pipeline import load_generator
 from engine.checkpoint import atomic_save, load_checkpoint
 from engine.trainer import set_rng_state
-from models import DINet
+from models import DINet, Discriminator
 from test_bad_input import COMMANDS, assets, fill  # noqa: F401  (fixture: tiny data, checkpoints, 1 s media)
 from test_clip_training import clip_assets  # noqa: F401  (fixture the assets need)
 from test_inference import checkpoint  # noqa: F401  (fixture the assets need)
@@ -166,3 +167,52 @@ def test_the_checksum_covers_every_value_not_only_the_tensors(tmp_path, change):
     else:
         with pytest.raises(SystemExit, match=f"--resume {path}: corrupt checkpoint"):
             load_checkpoint(str(path))
+
+
+@pytest.mark.parametrize("command,flag,args", EVERY_CHECKPOINT_FLAG)
+def test_checkpoint_without_dinets_weights_is_one_line_on_every_path(assets, tmp_path, command, flag, args):
+    bad = tmp_path / "other.pth"
+    other = {"weight": torch.zeros(4, 4)}  # some other network's state dict
+    torch.save({"epoch": 3, "state_dict": {"net_g": other, "net": other}}, bad)
+    result = run(command, args, {**assets, "tmp": str(tmp_path), "bad": str(bad)})
+    kind = "a SyncNet's" if command == "syncnet" else "a generator's"
+    assert_one_line(result, f"{flag} {bad}: its net", f"weights are not {kind} (no '", "pass ")
+
+
+def dinet_layout(path):
+    """A checkpoint as DINet's training writes it (and as its published files are): plain state dicts with
+    DataParallel's `module.` prefix and the optimizers' states, nothing about the mouth size or audio feature."""
+    torch.manual_seed(0)
+    net_g, net_d = DINet(3, 15, 29), Discriminator(3, 64, 4, 256)
+    optimizers = {name: torch.optim.Adam(net.parameters(), lr=1e-4) for name, net in (("net_g", net_g),
+                                                                                        ("net_dI", net_d))}
+    torch.save({"epoch": 3, "state_dict": {name: {"module." + key: value for key, value in net.state_dict().items()}
+                                           for name, net in (("net_g", net_g), ("net_dI", net_d))},
+                "optimizer": {name: optimizer.state_dict() for name, optimizer in optimizers.items()}}, path)
+    return net_g
+
+
+def test_dinets_checkpoint_loads_at_the_mouth_size_given_and_without_it_asks_for_it(assets, tmp_path):
+    path = tmp_path / "clip_training_DINet_256mouth.pth"
+    network = dinet_layout(path)
+    result = run("inference", "--pretrained_clip_DINet_path {dinet}", {**assets, "tmp": str(tmp_path),
+                                                                        "dinet": str(path)})
+    assert_one_line(result, f"--pretrained_clip_DINet_path {path}: the checkpoint does not record its mouth size",
+                    "pass --mouth_region_size")
+    assert outputs(tmp_path) == [str(path)]
+    generator = load_generator(str(path), torch.device("cpu"), mouth_size=128)
+    assert (generator.mouth_size, generator.audio_feature) == (128, "deepspeech")
+    loaded = generator.network.state_dict()
+    assert all(torch.equal(loaded[key], value) for key, value in network.state_dict().items())
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077], ids=lambda umask: f"umask {umask:03o}")
+def test_a_checkpoint_gets_the_mode_of_any_new_file_under_the_umask(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        atomic_save({"state_dict": {"net_g": {"w": torch.zeros(3)}}}, str(tmp_path / "netG_model_epoch_1.pth"))
+        (tmp_path / "log.txt").write_text("an ordinary file\n")
+    finally:
+        os.umask(previous)
+    mode = os.stat(tmp_path / "netG_model_epoch_1.pth").st_mode & 0o777
+    assert mode == 0o666 & ~umask == os.stat(tmp_path / "log.txt").st_mode & 0o777

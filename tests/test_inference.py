@@ -104,7 +104,7 @@ def test_checkpoint_for_another_mouth_size_is_rejected(checkpoint):
 def test_dinet_checkpoint_needs_deepspeech_features(demo, tmp_path):
     path = str(tmp_path / "dinet.pth")
     torch.save({"epoch": 1, "state_dict": {"net_g": {"module." + k: v for k, v in DINet(3, 15, 29).state_dict().items()}}}, path)
-    generator = load_generator(path, torch.device("cpu"))
+    generator = load_generator(path, torch.device("cpu"), mouth_size=256)
     assert (generator.mouth_size, generator.audio_feature) == (256, "deepspeech")
     with pytest.raises(SystemExit, match="pass --audio_feature_path FILE.npy"):
         dub(str(demo / "split_video_25fps" / "demo_000.mp4"), str(demo / "split_video_25fps_audio" / "demo_001.wav"),
