@@ -32,11 +32,11 @@ class RunsCode:
         return os.system, (self.command,)
 
 
-def run(command, args, values, cwd=ROOT):
+def run(command, args, values):
     """`python SCRIPT` with the command's base arguments and `args`, as a user runs it."""
     script, base = COMMANDS[command]
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *fill(base, values), *fill(args, values)],
-                          cwd=cwd, capture_output=True, text=True, timeout=180)
+                          cwd=ROOT, capture_output=True, text=True, timeout=180)
 
 
 def assert_one_line(result, *pieces):
