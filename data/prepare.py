@@ -13,7 +13,8 @@
 
 `prepare_videos` runs the chosen per-video steps on every video, in a process pool when workers > 1. A
 video that cannot be used raises `SkipVideo` (or a step's SystemExit) with a one-line reason: it goes in
-the report, its crops are removed so no index lists it, and the other videos go on. Each output is
+the report, its crops are removed so no index lists it, and the other videos go on. A write that fails (a full
+disk, a folder that cannot be written) stops the whole run with one line naming the output. Each output is
 skipped when it exists and is newer than its inputs, and is written under a temporary name first, so an
 interrupted run can simply be started again. The JSON, an index of every crop, is rebuilt each time.
 """
@@ -36,7 +37,8 @@ from .audio_features import FEATURE_WIDTHS, compute_audio_feature, deepspeech_so
 from .geometry import CropGeometry, compute_crop_radius, crop_box
 from .landmarks import read_openface_csv, write_openface_csv
 from .training_json import _resolve as resolve_frame_path
-from .video import atomic_output, extract_audio as extract_wav, extract_frames, probe, read_video_frames, resample_video
+from .video import (NotWritten, atomic_output, extract_audio as extract_wav, extract_frames, probe, read_video_frames,
+                    resample_video)
 
 FPS = 25
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".flv", ".mpg", ".mpeg", ".ts", ".wmv")
@@ -130,6 +132,16 @@ def _frame_paths(folder):
 def _remove(path):
     if os.path.isdir(path):
         shutil.rmtree(path)
+
+
+def _write_jpg(path, image):
+    """cv2.imwrite returns False on a failed write and says nothing of why: encode here and write the bytes, so a
+    full disk or a folder that cannot be written raises (atomic_output turns it into one line naming the output)."""
+    encoded, data = cv2.imencode(".jpg", image)
+    if not encoded:
+        raise SystemExit(f"{path}: OpenCV could not encode this {image.shape} image")
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 def list_videos(source_video_dir):
@@ -295,7 +307,7 @@ def _crop_faces(name, csv_path, layout, settings, progress):
             for frame_index in range(start, end):
                 top, bottom, left, right = crop_box(landmarks[frame_index], radius)
                 face_crop = cv2.imread(frame_paths[frame_index])[top:bottom, left:right]  # (3r + r/4, 2r + r/2, 3)
-                cv2.imwrite(os.path.join(clip_dir, f"{frame_index:06d}.jpg"), face_crop)
+                _write_jpg(os.path.join(clip_dir, f"{frame_index:06d}.jpg"), face_crop)
     return len(kept), len(clip_ends)
 
 
@@ -341,7 +353,7 @@ def _draw_debug(name, csv_path, layout, settings):
             frame = cv2.imread(frame_paths[index])
             clip = landmarks[index - half:index + half + 1].astype(int)  # the clip around it sets the radius
             radius = compute_crop_radius(frame.shape[1::-1], clip, random_scale=1.1)
-            cv2.imwrite(os.path.join(partial, f"{index:06d}.jpg"), debug_image(frame, landmarks[index], radius))
+            _write_jpg(os.path.join(partial, f"{index:06d}.jpg"), debug_image(frame, landmarks[index], radius))
 
 
 def prepare_video(name, source_path, layout, settings, steps, progress=True):
@@ -374,6 +386,8 @@ def _prepare_or_skip(name, source_path, layout, settings, steps, progress):
     started = time.time()
     try:
         report = prepare_video(name, source_path, layout, settings, steps, progress)
+    except NotWritten:
+        raise  # a full disk is not the video's fault: the run stops
     except (SkipVideo, SystemExit) as error:
         report = VideoReport(name, skipped=str(error).strip().splitlines()[0] if str(error).strip() else "failed")
         _remove(os.path.join(layout.crop_dir, name))  # crops of an earlier run must not be indexed
@@ -398,10 +412,14 @@ def prepare_videos(layout, settings, steps, workers=1):
             with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
                 futures = [pool.submit(_prepare_or_skip, name, source_path, layout, settings, steps, False)
                            for name, source_path in videos.items()]
-                for future in as_completed(futures):
-                    reports.append(future.result())
-                    bar.set_postfix_str(reports[-1].name)
-                    bar.update()
+                try:
+                    for future in as_completed(futures):
+                        reports.append(future.result())
+                        bar.set_postfix_str(reports[-1].name)
+                        bar.update()
+                except BaseException:
+                    pool.shutdown(cancel_futures=True)  # the run stops: start no other video
+                    raise
     return sorted(reports, key=lambda report: report.name)
 
 
