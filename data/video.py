@@ -97,7 +97,7 @@ def _remove(path):
 
 def _run_ffmpeg(arguments, path, stdin_frames=None, output=None):
     """Run ffmpeg with `arguments`; raise SystemExit naming `path` with ffmpeg's last error line if it fails
-    (`output`, the file it writes, when the disk is full).
+    (`output`, the file it writes, when the disk is full or its folder cannot be written).
 
     stdin_frames: an iterator of uint8 arrays piped to ffmpeg's stdin (raw video input), or None.
     """
