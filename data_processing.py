@@ -31,6 +31,7 @@ import os
 
 from data import prepare
 from data.audio_features import FEATURE_WIDTHS
+from data.training_json import read_training_json
 from data.video import check_writable
 
 TRAINING_DATA = "./asserts/training_data"
@@ -105,7 +106,7 @@ def parse_args(argv=None):
 
 
 def check(json_path, clip_length):
-    problems = prepare.check_training_json(json_path, clip_length)
+    problems = read_training_json(json_path, clip_length, flag="--json")[1]
     if problems:
         shown = problems[:MAX_PROBLEM_LINES]
         if len(problems) > len(shown):

@@ -13,7 +13,8 @@
 
 `prepare_videos` runs the chosen per-video steps on every video, in a process pool when workers > 1. A
 video that cannot be used raises `SkipVideo` (or a step's SystemExit) with a one-line reason: it goes in
-the report, its crops are removed so no index lists it, and the other videos go on. Each output is
+the report, its crops are removed so no index lists it, and the other videos go on. A write that fails (a full
+disk, a folder that cannot be written) stops the whole run with one line naming the output. Each output is
 skipped when it exists and is newer than its inputs, and is written under a temporary name first, so an
 interrupted run can simply be started again. The JSON, an index of every crop, is rebuilt each time.
 """
@@ -35,8 +36,9 @@ from tqdm import tqdm
 from .audio_features import FEATURE_WIDTHS, compute_audio_feature, deepspeech_sources, read_deepspeech
 from .geometry import CropGeometry, compute_crop_radius, crop_box
 from .landmarks import read_openface_csv, write_openface_csv
-from .training_json import _resolve as resolve_frame_path
-from .video import atomic_output, extract_audio as extract_wav, extract_frames, probe, read_video_frames, resample_video
+from .training_json import climbs_out
+from .video import (NotWritten, atomic_output, extract_audio as extract_wav, extract_frames, probe, read_video_frames,
+                    resample_video)
 
 FPS = 25
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".flv", ".mpg", ".mpeg", ".ts", ".wmv")
@@ -130,6 +132,16 @@ def _frame_paths(folder):
 def _remove(path):
     if os.path.isdir(path):
         shutil.rmtree(path)
+
+
+def _write_jpg(path, image):
+    """cv2.imwrite returns False on a failed write and says nothing of why: encode here and write the bytes, so a
+    full disk or a folder that cannot be written raises (atomic_output turns it into one line naming the output)."""
+    encoded, data = cv2.imencode(".jpg", image)
+    if not encoded:
+        raise SystemExit(f"{path}: OpenCV could not encode this {image.shape} image")
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 def list_videos(source_video_dir):
@@ -295,7 +307,7 @@ def _crop_faces(name, csv_path, layout, settings, progress):
             for frame_index in range(start, end):
                 top, bottom, left, right = crop_box(landmarks[frame_index], radius)
                 face_crop = cv2.imread(frame_paths[frame_index])[top:bottom, left:right]  # (3r + r/4, 2r + r/2, 3)
-                cv2.imwrite(os.path.join(clip_dir, f"{frame_index:06d}.jpg"), face_crop)
+                _write_jpg(os.path.join(clip_dir, f"{frame_index:06d}.jpg"), face_crop)
     return len(kept), len(clip_ends)
 
 
@@ -341,7 +353,7 @@ def _draw_debug(name, csv_path, layout, settings):
             frame = cv2.imread(frame_paths[index])
             clip = landmarks[index - half:index + half + 1].astype(int)  # the clip around it sets the radius
             radius = compute_crop_radius(frame.shape[1::-1], clip, random_scale=1.1)
-            cv2.imwrite(os.path.join(partial, f"{index:06d}.jpg"), debug_image(frame, landmarks[index], radius))
+            _write_jpg(os.path.join(partial, f"{index:06d}.jpg"), debug_image(frame, landmarks[index], radius))
 
 
 def prepare_video(name, source_path, layout, settings, steps, progress=True):
@@ -374,6 +386,8 @@ def _prepare_or_skip(name, source_path, layout, settings, steps, progress):
     started = time.time()
     try:
         report = prepare_video(name, source_path, layout, settings, steps, progress)
+    except NotWritten:
+        raise  # a full disk is not the video's fault: the run stops
     except (SkipVideo, SystemExit) as error:
         report = VideoReport(name, skipped=str(error).strip().splitlines()[0] if str(error).strip() else "failed")
         _remove(os.path.join(layout.crop_dir, name))  # crops of an earlier run must not be indexed
@@ -398,10 +412,14 @@ def prepare_videos(layout, settings, steps, workers=1):
             with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
                 futures = [pool.submit(_prepare_or_skip, name, source_path, layout, settings, steps, False)
                            for name, source_path in videos.items()]
-                for future in as_completed(futures):
-                    reports.append(future.result())
-                    bar.set_postfix_str(reports[-1].name)
-                    bar.update()
+                try:
+                    for future in as_completed(futures):
+                        reports.append(future.result())
+                        bar.set_postfix_str(reports[-1].name)
+                        bar.update()
+                except BaseException:
+                    pool.shutdown(cancel_futures=True)  # the run stops: start no other video
+                    raise
     return sorted(reports, key=lambda report: report.name)
 
 
@@ -420,7 +438,7 @@ def generate_training_json(crop_dir, feature_dir, feature_name, json_path, clip_
     """Index every cropped clip with its per-frame audio vectors in DINet's training JSON.
 
     {video: {"video_clip_num": n, "clip_data_list": [{"frame_name_list": [9 x "video/clip/frame.jpg"],
-    "frame_path_list": [9 paths, relative to the JSON's directory], "deep_speech_list": [9 vectors]}],
+    "frame_path_list": [9 paths, relative to the JSON's folder when inside it], "deep_speech_list": [9 vectors]}],
     "audio_feature": feature_name, "audio_channel": C}}. DINet's key `deep_speech_list` holds whatever
     the feature is. Returns json_path.
     """
@@ -454,7 +472,16 @@ def _load_feature(feature_dir, video_name, feature_name):
     if features.ndim != 2 or (expected is not None and features.shape[1] != expected):
         raise SystemExit(f"{path}: expected (T, {expected}) {feature_name} features, got {features.shape}; "
                          f"delete it and extract the features again")
+    if not np.isfinite(features).all():
+        raise SystemExit(f"{path}: holds NaN or infinite values; delete it and extract the features again")
     return features
+
+
+def _path_in_json(frame_path, json_dir):
+    """Relative to the JSON's folder when the frame is inside it, else absolute (a relative path climbing out with
+    .. is refused when the JSON is loaded)."""
+    relative = os.path.relpath(frame_path, json_dir)
+    return os.path.abspath(frame_path) if climbs_out(relative) else relative
 
 
 def _clip_entries(video_crop_dir, video_name, features, clip_length, json_dir):
@@ -474,61 +501,7 @@ def _clip_entries(video_crop_dir, video_name, features, clip_length, json_dir):
             continue
         entries.append({
             "frame_name_list": [f"{video_name}/{clip_name}/{os.path.basename(p)}" for p in frame_paths],
-            "frame_path_list": [os.path.relpath(p, json_dir) for p in frame_paths],
+            "frame_path_list": [_path_in_json(p, json_dir) for p in frame_paths],
             "deep_speech_list": np.round(audio.astype(np.float64), JSON_DECIMALS).tolist(),
         })
     return entries
-
-
-def check_training_json(json_path, clip_length=9):
-    """Every problem with a training JSON, one line each (an empty list when it is fine to train on):
-    DINet's layout, clip_length frames and audio vectors per clip, one audio width throughout (and the
-    declared audio_channel), every frame file present."""
-    if not os.path.isfile(json_path):
-        return [f"{json_path}: file not found; pass the training JSON's path as --json"]
-    try:
-        with open(json_path) as f:
-            training_data = json.load(f)
-    except (OSError, ValueError) as error:
-        return [f"{json_path}: cannot read it as JSON ({error})"]
-    if not isinstance(training_data, dict) or not training_data:
-        return [f"{json_path}: not DINet's layout ({{video_name: {{\"clip_data_list\": [...]}}}}) or empty; make it "
-                f"with `python data_processing.py --generate_training_json`"]
-    json_dir = os.path.dirname(os.path.abspath(json_path))
-    problems, first_of_width, features = [], {}, set()
-    for video, entry in training_data.items():
-        clips = entry.get("clip_data_list") if isinstance(entry, dict) else None
-        if not isinstance(clips, list) or not clips:
-            problems.append(f"{video}: no clip_data_list, or an empty one")
-            continue
-        features.add(entry.get("audio_feature", "deepspeech"))
-        declared = entry.get("audio_channel")
-        for index, clip in enumerate(clips):
-            where = f"{video} clip {index}"
-            frames, vectors = (clip.get("frame_path_list"), clip.get("deep_speech_list")) if isinstance(
-                clip, dict) else (None, None)
-            if not isinstance(frames, list) or not isinstance(vectors, list):
-                problems.append(f"{where}: no frame_path_list or deep_speech_list")
-                continue
-            if not all(isinstance(vector, list) for vector in vectors):
-                problems.append(f"{where}: deep_speech_list holds no per-frame vectors")
-                continue
-            if len(frames) != clip_length or len(vectors) != clip_length:
-                problems.append(f"{where}: {len(frames)} frames and {len(vectors)} audio vectors, "
-                                f"expected {clip_length} of each")
-            for width in sorted({len(vector) for vector in vectors}):
-                first_of_width.setdefault(width, where)
-                if declared is not None and width != declared:
-                    problems.append(f"{where}: audio vectors {width} wide, but audio_channel says {declared}")
-            problems += [f"{where}: frame {frame} does not exist" for frame in frames
-                         if not isinstance(frame, str) or not os.path.isfile(resolve_frame_path(frame, json_dir))]
-    one_feature = ("make every video's features with one --audio_feature (`python data_processing.py "
-                   "--extract_audio_feature --generate_training_json --audio_feature NAME`)")
-    if len(first_of_width) > 1:
-        problems.append("audio vector widths disagree: " + ", ".join(
-            f"{width} (first in {where})" for width, where in sorted(first_of_width.items())) + f"; {one_feature}")
-    if len(features) > 1:
-        problems.append(f"videos use different audio features: {', '.join(sorted(features))}; {one_feature}")
-    # one line each, naming the file and the fix
-    remake = "make it again with `python data_processing.py --crop_face --generate_training_json`"
-    return [f"{json_path}: {problem}" + ("" if ";" in problem else f"; {remake}") for problem in problems]

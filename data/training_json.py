@@ -1,13 +1,25 @@
-"""Loading DINet's `training_json.json`.
+"""Loading and checking DINet's `training_json.json`.
 
 Layout: {video_name: {"clip_data_list": [{"frame_path_list": [9 paths], "deep_speech_list": [9 vectors]}, ...]}}.
 Files we write add per-video "audio_feature" (its name) and "audio_channel" (its width); a DINet-made
 JSON has neither and is DeepSpeech (29-d). Relative frame paths are looked up beside the JSON first,
-then in the current directory (where DINet's data_processing.py wrote them from).
+then in the current directory (where DINet's data_processing.py wrote them from); they may not climb out of
+that folder with `..`. Absolute paths are taken as written.
+
+`read_training_json` finds every problem (one line each, naming the file, the video, the clip and the list);
+`load_training_json` (every training command) and `data_processing.py --check` both use it.
 """
 import json
 import os
 from dataclasses import dataclass
+
+import numpy as np
+
+MAKE = "make it with `python data_processing.py --generate_training_json`"
+REMAKE = "make it again with `python data_processing.py --crop_face --generate_training_json`"
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # training reads audio vectors as float32
+ONE_FEATURE = ("make every video's features with one --audio_feature (`python data_processing.py "
+               "--extract_audio_feature --generate_training_json --audio_feature NAME`)")
 
 
 @dataclass
@@ -24,8 +36,10 @@ class TrainingSet:
     audio_channel: int      # width of one audio vector
 
 
-def _fail(path, problem, fix="make it with `python data_processing.py`"):
-    raise SystemExit(f"{path}: {problem}; {fix}")
+def climbs_out(relative_path):
+    """Whether a relative path leaves the folder it is read from (`..` above its start)."""
+    first = os.path.normpath(relative_path).split(os.sep)[0]
+    return first == os.pardir
 
 
 def _resolve(frame_path, json_dir):
@@ -35,57 +49,113 @@ def _resolve(frame_path, json_dir):
     return beside_json if os.path.exists(beside_json) or not os.path.exists(frame_path) else frame_path
 
 
-def load_training_json(path, clip_length=9, check_files=True):
+def _bad_audio_value(vectors):
+    """Where deep_speech_list holds what training cannot use (a value that is not a number, NaN, inf), or None."""
+    try:
+        array = np.array(vectors)
+        if array.dtype.kind in "fiu" and array.ndim == 2 and (np.abs(array) <= FLOAT32_MAX).all():
+            return None  # the common case, without a Python loop over every value
+    except (ValueError, OverflowError):
+        pass
+    for row, vector in enumerate(vectors):
+        for column, value in enumerate(vector):
+            field = f"deep_speech_list[{row}][{column}]"
+            if type(value) not in (int, float):
+                return f"{field}: {json.dumps(value)[:40]} is not a number"
+            if not abs(value) <= FLOAT32_MAX:  # NaN too
+                return f"{field}: {json.dumps(value)[:40]} is not a finite float32 number"
+    return "deep_speech_list: holds values that are not plain numbers"
+
+
+def _check_clip(clip, where, clip_length, json_dir, check_files, problems):
+    """The Clip, with its problems appended to `problems`; None when it cannot be read as one."""
+    frames, vectors = (clip.get("frame_path_list"), clip.get("deep_speech_list")) if isinstance(
+        clip, dict) else (None, None)
+    if not isinstance(frames, list) or not isinstance(vectors, list):
+        problems.append(f"{where}: no frame_path_list or deep_speech_list")
+        return None
+    if not all(isinstance(vector, list) and vector for vector in vectors):
+        problems.append(f"{where}: deep_speech_list holds no per-frame vectors")
+        return None
+    found = len(problems)
+    if len(frames) != clip_length or len(vectors) != clip_length:
+        problems.append(f"{where}: {len(frames)} frames and {len(vectors)} audio vectors, expected {clip_length} "
+                        f"of each")
+    if len({len(vector) for vector in vectors}) == 1:  # different widths are reported for the whole file
+        bad_value = _bad_audio_value(vectors)
+        if bad_value:
+            problems.append(f"{where}, {bad_value}")
+    paths = []
+    for position, frame in enumerate(frames):
+        field = f"{where}, frame_path_list[{position}]"
+        if not isinstance(frame, str) or not frame:
+            problems.append(f"{field}: {json.dumps(frame)[:40]} is not a path")
+        elif not os.path.isabs(frame) and climbs_out(frame):
+            problems.append(f"{field}: {frame} leaves the dataset folder (a relative frame path may not climb out "
+                            f"of the JSON's folder with ..)")
+        else:
+            paths.append(_resolve(frame, json_dir))
+            if check_files and not os.path.isfile(paths[-1]):
+                problems.append(f"{field}: {frame} does not exist")
+    return Clip(paths, vectors) if len(problems) == found else None
+
+
+def read_training_json(path, clip_length=9, check_files=True, flag="--train_data"):
+    """(TrainingSet, []) for a training JSON that is fine to train on, else (None, every problem, one line each,
+    naming `path` and the fix): DINet's layout, clip_length frames and audio vectors per clip, every audio value a
+    finite number, one audio width throughout (and the declared audio_channel), one audio feature, every frame
+    path inside the dataset (see climbs_out) and, with check_files, present. `flag`: how the file was given."""
     if not os.path.isfile(path):
-        _fail(path, "training JSON not found", "prepare data with `python data_processing.py` or pass --train_data")
+        return None, [f"{path}: training JSON not found; prepare data with `python data_processing.py` or pass "
+                      f"{flag}"]
     try:
         with open(path) as f:
             raw = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        _fail(path, f"not valid JSON ({error})")
+    except (OSError, ValueError) as error:
+        return None, [f"{path}: not valid JSON ({error}); {MAKE}"]
     if not isinstance(raw, dict) or not raw:
-        _fail(path, "not DINet's layout (expected {video_name: {\"clip_data_list\": [...]}})")
+        return None, [f"{path}: not DINet's layout ({{video_name: {{\"clip_data_list\": [...]}}}}) or empty; {MAKE}"]
     json_dir = os.path.dirname(os.path.abspath(path))
-    videos, widths, names = {}, set(), set()
-    for video_name, entry in raw.items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("clip_data_list"), list):
-            _fail(path, f"video {video_name!r} has no clip_data_list: not DINet's layout")
-        clips = []
-        for index, clip in enumerate(entry["clip_data_list"]):
-            frames, features = (clip.get("frame_path_list"), clip.get("deep_speech_list")) if isinstance(
-                clip, dict) else (None, None)
-            if not isinstance(frames, list) or not isinstance(features, list):
-                _fail(path, f"{video_name} clip {index} lacks frame_path_list or deep_speech_list: not DINet's layout")
-            if not all(isinstance(vector, list) for vector in features):
-                _fail(path, f"{video_name} clip {index}: deep_speech_list holds no per-frame vectors: "
-                      f"not DINet's layout")
-            if len(frames) != clip_length or len(features) != clip_length:
-                _fail(path, f"{video_name} clip {index} has {len(frames)} frames and {len(features)} audio vectors, "
-                      f"expected {clip_length} of each")
-            widths.update(len(vector) for vector in features)
-            clips.append(Clip([_resolve(p, json_dir) for p in frames], features))
-        videos[video_name] = clips
-        names.add(entry.get("audio_feature", "deepspeech"))
-        if "audio_channel" in entry:
-            widths.add(int(entry["audio_channel"]))
-    if not widths:
-        _fail(path, "lists no clips")
-    if len(widths) != 1:
-        _fail(path, f"audio feature widths disagree ({sorted(widths)}): all videos need the same feature",
-              "make every video's features with one --audio_feature (`python data_processing.py "
-              "--extract_audio_feature --generate_training_json --audio_feature NAME`)")
-    if len(names) != 1:
-        _fail(path, f"videos use different audio features ({sorted(names)})",
-              "make every video's features with one --audio_feature (`python data_processing.py "
-              "--extract_audio_feature --generate_training_json --audio_feature NAME`)")
-    if check_files:
-        for clips in videos.values():
-            for clip in clips:
-                for frame in clip.frame_paths:
-                    if not os.path.isfile(frame):
-                        _fail(path, f"lists {frame}, which does not exist",
-                              "rerun `python data_processing.py --crop_face --generate_training_json`")
-    return TrainingSet(path, videos, names.pop(), widths.pop())
+    problems, videos, first_of_width, features = [], {}, {}, set()
+    for video, entry in raw.items():
+        clips = entry.get("clip_data_list") if isinstance(entry, dict) else None
+        if not isinstance(clips, list) or not clips:
+            problems.append(f"{video}: no clip_data_list, or an empty one")
+            continue
+        feature, declared = entry.get("audio_feature", "deepspeech"), entry.get("audio_channel")
+        if not isinstance(feature, str) or not (declared is None or type(declared) is int):
+            problems.append(f"{video}: audio_feature {json.dumps(feature)[:40]} and audio_channel "
+                            f"{json.dumps(declared)[:40]} are not a name and a width")
+            continue
+        features.add(feature)
+        videos[video] = []
+        for index, clip in enumerate(clips):
+            where = f"{video} clip {index}"
+            clip = _check_clip(clip, where, clip_length, json_dir, check_files, problems)
+            videos[video].append(clip)
+            for width in sorted({len(vector) for vector in clip.audio_features}) if clip else ():
+                first_of_width.setdefault(width, where)
+                if declared is not None and width != declared:
+                    problems.append(f"{where}: audio vectors {width} wide, but audio_channel says {declared}")
+    lines = [f"{path}: {problem}; {REMAKE}" for problem in problems]
+    if len(first_of_width) > 1:
+        lines.append(f"{path}: audio feature widths disagree ({sorted(first_of_width)}): " + ", ".join(
+            f"{width} first in {where}" for width, where in sorted(first_of_width.items())) + f"; {ONE_FEATURE}")
+    if len(features) > 1:
+        lines.append(f"{path}: videos use different audio features ({', '.join(sorted(features))}); {ONE_FEATURE}")
+    if lines:
+        return None, lines
+    return TrainingSet(path, videos, features.pop(), first_of_width.popitem()[0]), []
+
+
+def load_training_json(path, clip_length=9, check_files=True):
+    """The TrainingSet at `path`, or exit with its first problem in one line (read_training_json)."""
+    training_set, problems = read_training_json(path, clip_length, check_files)
+    if problems:
+        more = len(problems) - 1
+        raise SystemExit(problems[0] + (f" ({more} more: `python data_processing.py --check --json {path}` lists "
+                                        f"them)" if more else ""))
+    return training_set
 
 
 def check_audio_channel(training_set, audio_channel):

@@ -8,6 +8,7 @@ directory and renamed into place when complete (`atomic_output`), so an interrup
 truncated file that looks finished.
 """
 import contextlib
+import errno
 import itertools
 import os
 import re
@@ -20,10 +21,30 @@ import imageio_ffmpeg
 import numpy as np
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # EFBIG: past the file-size limit, a full disk under one
+
+
+class NotWritten(SystemExit):
+    """An output that could not be written (a full disk, a folder that cannot be written): the whole run stops,
+    since every later output would fail the same way."""
+
+
+def not_written(path, reason, full_disk=True):
+    """The NotWritten for `path`, saying why and what to do; the earlier file at `path`, if any, is intact."""
+    folder = os.path.dirname(os.path.abspath(path))
+    kept = f"the earlier {os.path.basename(path)} is intact" if os.path.exists(path) else "nothing was left behind"
+    if full_disk:
+        return NotWritten(f"{path}: not written, the disk is full ({reason}); {kept}. Free space in {folder} and run "
+                          f"again")
+    return NotWritten(f"{path}: not written ({reason}); {kept}. Make {folder} writable, or pass another folder, and "
+                      f"run again")
+
+
 @contextlib.contextmanager
 def atomic_output(path):
     """Yield a temporary path beside `path` (same extension, so ffmpeg picks the same format); on success
-    it replaces `path`, on failure it is removed. Works for files and for directories."""
+    it replaces `path`, on failure it is removed. Works for files and for directories. A write that fails
+    there (a full disk, a folder that cannot be written) exits with one line naming `path` (NotWritten)."""
     folder, name = os.path.split(os.path.abspath(path))
     stem, extension = os.path.splitext(name)
     partial = os.path.join(folder, f".{stem}.partial{extension}")  # hidden: globs and listings skip it
@@ -35,8 +56,10 @@ def atomic_output(path):
     _remove(partial)  # left over from an interrupted run
     try:
         yield partial
-    except BaseException:
+    except BaseException as error:
         _remove(partial)
+        if isinstance(error, OSError) and (error.errno in DISK_FULL or str(error.filename).startswith(partial)):
+            raise not_written(path, error.strerror, full_disk=error.errno in DISK_FULL) from None
         raise
     if os.path.isdir(partial):
         _remove(path)  # os.replace cannot replace a non-empty directory
@@ -72,8 +95,9 @@ def _remove(path):
         os.remove(path)
 
 
-def _run_ffmpeg(arguments, path, stdin_frames=None):
-    """Run ffmpeg with `arguments`; raise SystemExit naming `path` with ffmpeg's last error line if it fails.
+def _run_ffmpeg(arguments, path, stdin_frames=None, output=None):
+    """Run ffmpeg with `arguments`; raise SystemExit naming `path` with ffmpeg's last error line if it fails
+    (`output`, the file it writes, when the disk is full or its folder cannot be written).
 
     stdin_frames: an iterator of uint8 arrays piped to ffmpeg's stdin (raw video input), or None.
     """
@@ -95,7 +119,7 @@ def _run_ffmpeg(arguments, path, stdin_frames=None):
         log.seek(0)
         messages = log.read().decode(errors="replace").strip().splitlines()
     if returncode != 0:
-        raise ffmpeg_failure(path, returncode, messages)
+        raise ffmpeg_failure(path, returncode, messages, output=output)
 
 
 PIPE_BYTES = 1 << 20  # Linux's default pipe-max-size for unprivileged processes
@@ -113,17 +137,20 @@ def widen_pipe(pipe):
         pass
 
 
-def ffmpeg_failure(path, returncode, messages, reason=None):
-    """The SystemExit for an ffmpeg that failed writing `path`: a full disk said as such (the earlier file at
-    `path` is intact, since outputs are written under another name), else ffmpeg's last error line, or `reason`."""
-    last = messages[-1] if messages else (reason or f"exit code {returncode}")
-    full_disk = ("No space left", "File too large", "quota exceeded")
+def ffmpeg_failure(path, returncode, messages, reason=None, output=None):
+    """The SystemExit for an ffmpeg that failed on `path`: a full disk or an output folder that cannot be written
+    said as such, naming `output` (default `path`, the file it was writing; the earlier one is intact, since outputs
+    are written under another name), else ffmpeg's last error line, or `reason`."""
     # SIGXFSZ: killed for writing past the file-size limit, which is what a full disk looks like under one
-    if returncode == -signal.SIGXFSZ or any(text in line for line in messages for text in full_disk):
-        folder = os.path.dirname(os.path.abspath(path))
-        kept = f"the earlier {os.path.basename(path)} is intact" if os.path.exists(path) else "nothing was left behind"
-        return SystemExit(f"{path}: not written, the disk is full ({last}); {kept}. Free space in {folder} and run "
-                          f"again")
+    killed_by_limit = returncode == -signal.SIGXFSZ
+    last = messages[-1] if messages else os.strerror(errno.EFBIG) if killed_by_limit else (
+        reason or f"exit code {returncode}")
+    full_disk = ("No space left", "File too large", "quota exceeded")
+    if killed_by_limit or any(text in line for line in messages for text in full_disk):
+        return not_written(output or path, last)
+    not_writable = [os.strerror(code) for code in (errno.EACCES, errno.EPERM, errno.EROFS)]
+    if any("output" in line and text in line for line in messages for text in not_writable):
+        return not_written(output or path, last, full_disk=False)
     return SystemExit(f"{path}: ffmpeg failed ({last})")
 
 
@@ -229,7 +256,7 @@ def extract_audio(video_path, wav_path, sample_rate=16000):
                          f"so mux it in (ffmpeg -i video.mp4 -i speech.wav -c:v copy -c:a aac out.mp4)")
     with atomic_output(wav_path) as partial:
         _run_ffmpeg(["-i", video_path, "-vn", "-ac", "1", "-ar", str(sample_rate), "-c:a", "pcm_s16le",
-                     "-f", "wav", partial], video_path)
+                     "-f", "wav", partial], video_path, output=wav_path)
 
 
 def resample_video(video_path, output_path, fps=25):
@@ -238,7 +265,7 @@ def resample_video(video_path, output_path, fps=25):
                    "-vf", f"fps={fps},pad=ceil(iw/2)*2:ceil(ih/2)*2"]  # yuv420p needs even sizes
     with atomic_output(output_path) as partial:
         _run_ffmpeg(["-i", video_path, "-map", "0:v:0", "-map", "0:a:0?", *video_codec, "-c:a", "aac", "-b:a", "128k",
-                     "-movflags", "+faststart", partial], video_path)
+                     "-movflags", "+faststart", partial], video_path, output=output_path)
 
 
 def extract_frames(video_path, frame_dir, fps=25):
@@ -248,6 +275,6 @@ def extract_frames(video_path, frame_dir, fps=25):
     with atomic_output(frame_dir) as partial:
         os.makedirs(partial)
         _run_ffmpeg(["-i", video_path, "-vf", f"fps={fps}", "-q:v", "2", "-start_number", "0",
-                     os.path.join(partial, "%06d.jpg")], video_path)
+                     os.path.join(partial, "%06d.jpg")], video_path, output=frame_dir)
         count = len([name for name in os.listdir(partial) if name.endswith(".jpg")])
     return count
