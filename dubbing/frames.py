@@ -30,12 +30,13 @@ from .yuv import frame_bytes, planes, rgb_frame, source_colour
 
 
 SHARED_MEMORY = "/dev/shm"
-_SCRATCH_NAME = re.compile(r"dub-[a-z]+-(\d+)-[a-z0-9_]+")
+_SCRATCH_NAME = re.compile(r"dub-[a-z]+-(\d+)-[a-z0-9_]{8}")  # mkdtemp adds 8 of these
 
 
-def scratch_folder(kind, folder=None):
-    """A TemporaryDirectory dub-<kind>-<pid>-* in `folder` (default: the temporary folder), made after removing
-    those that runs killed before they could clean up left in /dev/shm and the temporary folder."""
+def scratch_folder(kind, size=0, video_path=None):
+    """A TemporaryDirectory dub-<kind>-<pid>-*, made after removing those that runs killed before they could clean
+    up left in /dev/shm and the temporary folder; for `size` bytes of `video_path`'s frames where `_frame_folder`
+    says, else in the temporary folder."""
     for parent in {SHARED_MEMORY, tempfile.gettempdir()}:
         try:
             names = os.listdir(parent)
@@ -45,6 +46,7 @@ def scratch_folder(kind, folder=None):
             match = _SCRATCH_NAME.fullmatch(name)
             if match and not _running(int(match.group(1))):
                 shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+    folder = _frame_folder(size, video_path) if size else None
     return tempfile.TemporaryDirectory(prefix=f"dub-{kind}-{os.getpid()}-", dir=folder)
 
 
@@ -102,7 +104,8 @@ class DecodedVideo:
         self.fps = fps
         self.shape = (info["height"], info["width"], 3)             # as decoded, after any rotation
         self.yuv = pixel_format == "yuv420p"
-        self.stored = even_size(*self.size)[::-1] if self.yuv else self.shape[:2]
+        width, height = even_size(*self.size) if self.yuv else self.size
+        self.stored = (height, width)
         self.colour, self._colour_filter = source_colour(info)
         self._frame_bytes = frame_bytes(*self.stored) if self.yuv else int(np.prod(self.shape))
         self._frame_shape = (self._frame_bytes,) if self.yuv else self.shape
@@ -110,7 +113,7 @@ class DecodedVideo:
         # the frame count is a guess from the duration; the file is sparse, so an over-guess costs nothing,
         # and it grows if short
         self._capacity = int(math.ceil((info["duration"] or 10) * fps)) + fps
-        self._folder = scratch_folder("frames", _frame_folder(self._capacity * self._frame_bytes, video_path))
+        self._folder = scratch_folder("frames", self._capacity * self._frame_bytes, video_path)
         self._raw_path = os.path.join(self._folder.name, "frames.raw")
         self._frames = np.memmap(self._raw_path, dtype=np.uint8, mode="w+", shape=(self._capacity, *self._frame_shape))
         self._decoded = 0
