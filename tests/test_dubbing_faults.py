@@ -61,10 +61,15 @@ def command(media, checkpoint, source, out, landmarks=None):
             "--device", "cpu", *(["--source_openface_landmark_path", str(landmarks)] if landmarks else [])]
 
 
-def run(arguments, tmp_path, **kwargs):
-    environment = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
-    os.makedirs(environment["TMPDIR"], exist_ok=True)
-    return subprocess.run(arguments, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300, **kwargs)
+def with_temporary_folder(tmp_path):
+    """The environment of a run whose temporary folder is tmp_path/tmp."""
+    os.makedirs(tmp_path / "tmp", exist_ok=True)
+    return {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
+
+
+def run(arguments, tmp_path):
+    return subprocess.run(arguments, cwd=ROOT, env=with_temporary_folder(tmp_path), capture_output=True, text=True,
+                          timeout=300)
 
 
 def frames_of(path):
@@ -112,11 +117,9 @@ def frames_file(pid):
 
 
 def start_and_wait_for_dubbing(arguments, tmp_path, partial):
-    """Start a run in a session of its own and return it, with its frames file, once it is encoding."""
-    environment = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
-    os.makedirs(environment["TMPDIR"], exist_ok=True)
-    process = subprocess.Popen(arguments, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
+    """Start a run in a process group of its own and return it, with its frames file, once it is encoding."""
+    process = subprocess.Popen(arguments, cwd=ROOT, env=with_temporary_folder(tmp_path), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 240
     frames = None
     while not (frames and partial.exists()):
@@ -166,7 +169,6 @@ def test_scratch_that_cannot_fit_stops_the_run_before_any_work_naming_the_folder
     if subprocess.run(["unshare", "-Urm", "true"], capture_output=True).returncode != 0:
         pytest.skip("needs unshare -Urm (user namespaces) to mount small file systems")
     tmp = tmp_path / "tmp"
-    os.makedirs(tmp)
     script = ("mount -t tmpfs -o size=1m tmpfs /dev/shm && mount -t tmpfs -o size=1m tmpfs \"$TMPDIR\" && "
               "\"$@\"; status=$?; echo left: $(ls -A /dev/shm) $(ls -A \"$TMPDIR\") >&2; exit $status")
     result = run(["unshare", "-Urm", "sh", "-c", script, "sh",
