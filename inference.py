@@ -12,6 +12,8 @@ TensorFlow.
 """
 import argparse
 import os
+import signal
+import sys
 import time
 
 # Before torch loads OpenMP: its threads sleep instead of spinning when they wait, which leaves the cores to
@@ -22,6 +24,7 @@ import torch
 
 from data.geometry import CropGeometry
 from data.video import check_writable, probe
+from dubbing.frames import even_size
 from dubbing.pipeline import dub, load_generator
 from engine.distributed import setup
 from engine.precision import resolve_amp
@@ -88,19 +91,37 @@ def check_inputs(opt):
     check_writable(opt.res_video_dir, "--res_video_dir")
 
 
+def _stop(signum, frame):
+    raise KeyboardInterrupt(signum)
+
+
 def main():
     opt = parse_args()
     check_inputs(opt)
+    # a scheduler's SIGTERM and a closed terminal's SIGHUP stop as Ctrl-C does, through the cleanup of scratch
+    # folders and partial outputs
+    for number in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, _stop)
+    info = probe(opt.source_video_path)
+    size, output_size = (info["width"], info["height"]), even_size(info["width"], info["height"])
+    if output_size != size:
+        print("note: {} is {}x{}; H.264 in 4:2:0 needs even sides, so the output is {}x{}, the last column or row "
+              "repeated".format(opt.source_video_path, *size, *output_size))
     device = setup(opt.device).device
     generator = load_generator(opt.pretrained_clip_DINet_path, device, opt.mouth_region_size)
     name = os.path.splitext(os.path.basename(opt.source_video_path))[0]
     output_path = os.path.join(opt.res_video_dir, f"{name}_facial_dubbing_add_audio.mp4")
     face_path = os.path.join(opt.res_video_dir, f"{name}_synthetic_face.mp4") if opt.face_video else None
     started = time.time()
-    result = dub(opt.source_video_path, opt.driving_audio_path, generator, output_path, device,
-                 landmark_csv=opt.source_openface_landmark_path or None, audio_feature_path=opt.audio_feature_path,
-                 batch_size=opt.batch_size, face_video_path=face_path, seed=opt.seed,
-                 amp=resolve_amp(opt.amp, device))
+    try:
+        result = dub(opt.source_video_path, opt.driving_audio_path, generator, output_path, device,
+                     landmark_csv=opt.source_openface_landmark_path or None, audio_feature_path=opt.audio_feature_path,
+                     batch_size=opt.batch_size, face_video_path=face_path, seed=opt.seed,
+                     amp=resolve_amp(opt.amp, device))
+    except KeyboardInterrupt as stop:  # the scratch and the partial output are removed by now
+        number = stop.args[0] if stop.args else signal.SIGINT
+        print(f"stopped by {signal.Signals(number).name}: {output_path} not written", file=sys.stderr)
+        sys.exit(128 + number)
     seconds = time.time() - started
     print(f"wrote {result.output_path}: {result.frames} frames at 25 fps, mouth {generator.mouth_size}, "
           f"{result.frames / seconds:.2f} frames/s end to end")

@@ -175,7 +175,8 @@ def write_video(path, frames, fps=25, audio_path=None):
 
 def probe(video_path, kind="video"):
     """What a media file holds: {"width", "height", "fps", "duration", "has_video", "has_audio", "rotation",
-    "colour"}; colour is (matrix, primaries, transfer) as ffmpeg names them, None where the file does not say.
+    "colour", "pixel_format"}; colour is (matrix, primaries, transfer) as ffmpeg names them, None where the file
+    does not say; pixel_format is ffmpeg's name of the video's ("yuv420p", "gbrp", "rgb24", ...), None without video.
 
     Parsed from `ffmpeg -i` (imageio-ffmpeg ships no ffprobe); width/height/fps are None without video.
     `kind` names what the file should be in the message for one ffmpeg cannot read ("video", "audio file").
@@ -190,6 +191,7 @@ def probe(video_path, kind="video"):
         last_line = last_line.replace(f"{video_path}: ", "")  # ffmpeg repeats the path
         raise SystemExit(f"{video_path}: not a readable {kind} ({last_line}); re-encode it with ffmpeg")
     video_line = next((line for line in info.splitlines() if "Video:" in line), "")
+    pixel_format = re.search(r"Video: [^,]*, (\w+)", video_line)
     size = re.search(r", (\d+)x(\d+)\b", video_line)  # "..., yuv420p(progressive), 256x256 [SAR 1:1 ...], ..."
     fps = re.search(r"([\d.]+) fps", video_line)
     duration = re.search(r"Duration: (\d+):(\d+):([\d.]+)", info)
@@ -213,6 +215,7 @@ def probe(video_path, kind="video"):
         "has_audio": "Audio:" in info,
         "rotation": rotation,
         "colour": colour,
+        "pixel_format": pixel_format.group(1) if pixel_format else None,
     }
 
 

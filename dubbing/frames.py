@@ -7,9 +7,15 @@ With background=True the constructor returns at once and decoding goes on in a t
 `wait_for(i)` block until frame i is there, so the dubbing loop starts on the first frames while ffmpeg decodes
 the rest, and `wait_all()` returns the frame count once decoding ends. By default the constructor waits for the
 whole video, so `frames` holds every frame. `rgb(i)` and `rgb_frames()` give frames in RGB in either format.
+
+Scratch folders (`scratch_folder`) are named dub-<kind>-<pid>-*: closing removes them, and a later run removes those
+whose process is gone (a killed run's). The frames' file is checked against the free space before decoding.
 """
+import errno
 import math
 import os
+import re
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -20,22 +26,73 @@ import numpy as np
 
 from data.video import probe, widen_pipe
 
-from .yuv import Colour, frame_bytes, planes, rgb_frame
+from .yuv import frame_bytes, planes, rgb_frame, source_colour
 
 
 SHARED_MEMORY = "/dev/shm"
+_SCRATCH_NAME = re.compile(r"dub-[a-z]+-(\d+)-[a-z0-9_]{8}")  # mkdtemp adds 8 of these
 
 
-def _frame_folder(size):
-    """Where the frames go: RAM-backed /dev/shm when they take less than a quarter of its free space and of
-    the free memory (no disk writeback racing the decoder), else the temporary folder."""
+def scratch_folder(kind, size=0, video_path=None):
+    """A TemporaryDirectory dub-<kind>-<pid>-*, made after removing those that runs killed before they could clean
+    up left in /dev/shm and the temporary folder; for `size` bytes of `video_path`'s frames where `_frame_folder`
+    says, else in the temporary folder."""
+    for parent in {SHARED_MEMORY, tempfile.gettempdir()}:
+        try:
+            names = os.listdir(parent)
+        except OSError:
+            continue
+        for name in names:
+            match = _SCRATCH_NAME.fullmatch(name)
+            if match and not _running(int(match.group(1))):
+                shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+    folder = _frame_folder(size, video_path) if size else None
+    return tempfile.TemporaryDirectory(prefix=f"dub-{kind}-{os.getpid()}-", dir=folder)
+
+
+def _running(pid):
     try:
-        stat = os.statvfs(SHARED_MEMORY)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        pass
+    return True
+
+
+def _free_bytes(folder):
+    stat = os.statvfs(folder)
+    return stat.f_bavail * stat.f_frsize
+
+
+def _frame_folder(size, video_path):
+    """Where the frames go: RAM-backed /dev/shm when they take less than a quarter of its free space and of
+    the free memory (no disk writeback racing the decoder), else the temporary folder if they fit there; else
+    the run stops here, before any work, saying how to give it room."""
+    try:
         with open("/proc/meminfo") as meminfo:
             available = next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+        if size < min(_free_bytes(SHARED_MEMORY), available) / 4:
+            return SHARED_MEMORY
     except (OSError, StopIteration):
-        return None
-    return SHARED_MEMORY if size < min(stat.f_bavail * stat.f_frsize, available) / 4 else None
+        pass
+    folder = tempfile.gettempdir()
+    free = _free_bytes(folder)
+    if size > free:
+        raise SystemExit(f"{video_path}: its decoded frames need {_megabytes(size)} of scratch space while dubbing, "
+                         f"but the temporary folder {folder} has {_megabytes(free)} free (and {SHARED_MEMORY} too "
+                         f"little); free space there or point TMPDIR at a folder with room (TMPDIR=/big/folder "
+                         f"python inference.py ...)")
+    return folder
+
+
+def _megabytes(size):
+    return f"{size / 1e6:,.0f} MB"
+
+
+def even_size(width, height):
+    """The size a 4:2:0 frame of a width x height picture has: odd sides grow by a pixel."""
+    return width + width % 2, height + height % 2
 
 
 class DecodedVideo:
@@ -47,16 +104,16 @@ class DecodedVideo:
         self.fps = fps
         self.shape = (info["height"], info["width"], 3)             # as decoded, after any rotation
         self.yuv = pixel_format == "yuv420p"
-        # 4:2:0 needs even sizes
-        self.stored = (info["height"] + info["height"] % 2, info["width"] + info["width"] % 2) if self.yuv else self.shape[:2]
-        self.colour = Colour(*info["colour"])
+        width, height = even_size(*self.size) if self.yuv else self.size
+        self.stored = (height, width)
+        self.colour, self._colour_filter = source_colour(info)
         self._frame_bytes = frame_bytes(*self.stored) if self.yuv else int(np.prod(self.shape))
         self._frame_shape = (self._frame_bytes,) if self.yuv else self.shape
         self.decode_seconds = 0.0                                    # time the decoder thread spent, for profiles
         # the frame count is a guess from the duration; the file is sparse, so an over-guess costs nothing,
         # and it grows if short
         self._capacity = int(math.ceil((info["duration"] or 10) * fps)) + fps
-        self._folder = tempfile.TemporaryDirectory(prefix="dub-frames-", dir=_frame_folder(self._capacity * self._frame_bytes))
+        self._folder = scratch_folder("frames", self._capacity * self._frame_bytes, video_path)
         self._raw_path = os.path.join(self._folder.name, "frames.raw")
         self._frames = np.memmap(self._raw_path, dtype=np.uint8, mode="w+", shape=(self._capacity, *self._frame_shape))
         self._decoded = 0
@@ -74,10 +131,15 @@ class DecodedVideo:
 
     def _decode(self):
         started = time.perf_counter()
-        pad = ",pad=ceil(iw/2)*2:ceil(ih/2)*2" if self.stored != self.shape[:2] else ""
+        filters = [f"fps={self.fps}"]
+        if self.stored != self.shape[:2]:  # 4:2:0 needs even sizes: the last column or row is repeated
+            right, bottom = self.shape[1] % 2, self.shape[0] % 2
+            filters += ["pad=ceil(iw/2)*2:ceil(ih/2)*2", f"fillborders=right={right}:bottom={bottom}:mode=smear"]
+        if self.yuv and self._colour_filter:
+            filters.append(self._colour_filter)
         pixels = ["-pix_fmt", "yuv420p", "-color_range", "tv"] if self.yuv else ["-pix_fmt", "rgb24"]
         command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-i", self.path,
-                   "-vf", f"fps={self.fps}{pad}", "-f", "rawvideo", *pixels, "-"]
+                   "-vf", ",".join(filters), "-f", "rawvideo", *pixels, "-"]
         frame_bytes = self._frame_bytes
         try:
             with tempfile.TemporaryFile() as log:  # a file, not a pipe: a full stderr pipe would stall ffmpeg
@@ -90,7 +152,16 @@ class DecodedVideo:
                         slot = memoryview(self._frames[self._decoded].reshape(-1))
                         filled = 0
                         while filled < frame_bytes:
-                            count = process.stdout.readinto(slot[filled:])
+                            try:
+                                count = process.stdout.readinto(slot[filled:])
+                            except OSError as error:  # the file's pages could not be had: its folder is full
+                                if error.errno not in (errno.EFAULT, errno.ENOSPC):
+                                    raise
+                                raise SystemExit(
+                                    f"{self.path}: the decoded frames filled {self._folder.name} "
+                                    f"({_megabytes(self._decoded * frame_bytes)} so far); free space there or point "
+                                    f"TMPDIR at a folder with room (TMPDIR=/big/folder python inference.py ...)"
+                                ) from None
                             if not count:
                                 break
                             filled += count

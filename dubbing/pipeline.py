@@ -19,7 +19,6 @@ generator's OpenMP threads then sleep, not spin, while the decoder and encoder n
 """
 import os
 import queue
-import tempfile
 import threading
 import time
 from collections import defaultdict, deque
@@ -41,7 +40,7 @@ from models import DINet
 from models.blocks import load_winograd_kernels
 
 from .encode import DEFAULT_PRESET, VideoEncoder
-from .frames import DecodedVideo
+from .frames import DecodedVideo, scratch_folder
 from .generation import ReferencedGenerator
 from .yuv import FaceBlender, rgb_region
 
@@ -232,7 +231,7 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
     if device.type == "cpu":
         tune_cpu_allocator()
         threading.Thread(target=load_winograd_kernels, name="dub-kernels", daemon=True).start()
-    with tempfile.TemporaryDirectory(prefix="dub-") as work_dir:
+    with scratch_folder("work") as work_dir:
         video = DecodedVideo(source_video_path, background=True, pixel_format="yuv420p")  # decodes in the background
         try:
             with times("features"):

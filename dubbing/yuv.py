@@ -6,6 +6,7 @@ time and a fifth of the encoder's, measured at 1080x1920) and every pixel outsid
 encoder exactly as decoded. Only the face box is converted to RGB for the generator (`rgb_region`), and the
 generated face is converted back and blended into the Y, U and V rows it covers (`FaceBlender`).
 """
+import re
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -15,6 +16,9 @@ import numpy as np
 # luma weights (Kr, Kb) of the matrices ffmpeg names; an untagged video is read as BT.601, as ffmpeg does
 _MATRICES = {"bt709": (0.2126, 0.0722), "bt2020nc": (0.2627, 0.0593), "bt2020c": (0.2627, 0.0593)}
 _BT601 = (0.299, 0.114)
+# what a source coded in RGB is converted to: no 4:2:0 video can carry its `gbr` matrix, and BT.709 is HD's
+RGB_SOURCE_MATRIX = "bt709"
+_RGB_PIXELS = re.compile(r"(?:0|x2|a)?(?:rgb|bgr|gbr)|pal8")  # ffmpeg's RGB pixel formats: rgb24, gbrp, bgra, ...
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,17 @@ class Colour:
         """Output options that label an encoded video as the source was labelled."""
         tags = [("-colorspace", self.space), ("-color_primaries", self.primaries), ("-color_trc", self.transfer)]
         return [item for flag, value in tags if value for item in (flag, value)] + ["-color_range", "tv"]
+
+
+def source_colour(info):
+    """(Colour of a source's 4:2:0 frames as dubbing decodes them, the ffmpeg filter that decodes them so or None),
+    from `data.video.probe`'s info: the source's own colour, or for a source coded in RGB (libx264rgb, PNG) its
+    conversion to limited-range RGB_SOURCE_MATRIX, which the output is then labelled with."""
+    space, primaries, transfer = info["colour"]
+    if space != "gbr" and not _RGB_PIXELS.match(info["pixel_format"] or ""):
+        return Colour(space, primaries, transfer), None
+    return (Colour(RGB_SOURCE_MATRIX, primaries, transfer),
+            f"scale=out_color_matrix={RGB_SOURCE_MATRIX}:out_range=tv")
 
 
 def frame_bytes(height, width):
