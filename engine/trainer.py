@@ -404,7 +404,7 @@ class Checkpointer:
             **stage.checkpoint_metadata(),
         }, path)
         if not whole_epoch:
-            prune_step_checkpoints(self.opt.result_path, prefix, self.opt.keep_step_checkpoints)
+            prune_step_checkpoints(self.opt.result_path, prefix, self.opt.keep_step_checkpoints, path)
         self.log.line(f"checkpoint saved: {path}")
         return path
 
@@ -430,7 +430,7 @@ def train(opt, stage_class=FrameStage):
     """Train `stage_class` as `opt` says; returns the stage (its networks hold the final weights)."""
     runtime = distributed.setup(opt.device)
     torch.manual_seed(opt.seed)
-    np.random.seed(opt.seed + runtime.rank)
+    np.random.seed((opt.seed + runtime.rank) % 2 ** 32)  # --seed may be numpy's largest
     random.seed(opt.seed + runtime.rank)
     CropGeometry.checked(opt.mouth_region_size)  # rejects a size DINet's crop cannot use, before any work
     check_writable(opt.result_path, "--result_path")

@@ -120,3 +120,25 @@ def test_torchrun_killed_with_its_process_group_stops_every_rank_after_the_same_
         text = open(rank).read()
         assert "Traceback" not in text, text[-3000:]
     assert [str(p) for p in result_path.glob("*.pth")] == [path]  # rank 0 alone writes
+
+
+def test_the_step_checkpoint_just_written_stays_when_the_folder_holds_newer_ones(tiny_json, tmp_path):
+    """Resumed from an earlier step checkpoint, a run finds the later ones of the run it replaces: it keeps the newest
+    --keep_step_checkpoints of them and the one it has just written and named in the log."""
+    from config.config import training_parser
+    from engine.trainer import train
+
+    def run(*extra):
+        train(training_parser("test", str(tmp_path)).parse_args(
+            ["--train_data", tiny_json, "--result_path", str(tmp_path), *RUN, "--num_workers", "0",
+             "--save_every_steps", "1", *extra]))
+
+    run("--keep_step_checkpoints", "3")
+    assert sorted(p.name for p in tmp_path.glob("*_iter_*.pth")) == [f"netG_model_epoch_1_iter_{i}.pth"
+                                                                     for i in (1, 2, 3)]
+    run("--keep_step_checkpoints", "1", "--resume", str(tmp_path / "netG_model_epoch_1_iter_1.pth"),
+        "--iterations_per_epoch", "2")
+    written = tmp_path / "netG_model_epoch_1_iter_2.pth"
+    assert f"checkpoint saved: {written}" in (tmp_path / "log.txt").read_text()
+    assert load_checkpoint(str(written))["global_step"] == 2
+    assert sorted(p.name for p in tmp_path.glob("*_iter_*.pth")) == [written.name, "netG_model_epoch_1_iter_3.pth"]
