@@ -26,10 +26,10 @@ NOTICE = "stopping after this iteration, with a checkpoint"
 
 
 def start(result_path, tiny_json, *extra, launcher=()):
-    """A training run in a new session (its own process group, as a job under a scheduler)."""
+    """A training run in a process group of its own (as a job under a scheduler)."""
     return subprocess.Popen([sys.executable, *launcher, SCRIPT, "--train_data", tiny_json, "--result_path",
                              str(result_path), *RUN, *extra], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            stderr=subprocess.STDOUT, text=True, process_group=0,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
@@ -104,7 +104,7 @@ def test_a_signal_to_a_loader_worker_alone_is_ignored_and_the_main_process_decid
 
 
 def test_torchrun_killed_with_its_process_group_stops_every_rank_after_the_same_iteration(tiny_json, tmp_path):
-    """torchrun's agent runs each rank in a session of its own: the group's SIGTERM reaches the agent, which sends
+    """torchrun's agent runs each rank in a process group of its own: the group's SIGTERM reaches the agent, which sends
     it to each rank's group (the rank and its loader workers) and SIGKILLs them after --shutdown_timeout."""
     result_path, logs = tmp_path / "run", tmp_path / "ranks"
     run = start(result_path, tiny_json, "--num_workers", "1",
