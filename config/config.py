@@ -8,6 +8,8 @@ New: `--lab` and one flag per architectural choice, `--resume [PATH|auto]`, `--s
 (`--loss_preset` and one weight per loss, `--lpips_weights`, `--trepa_weights`); and the SyncNet
 script's own parser.
 
+Numeric flags carry their valid range (`config/ranges.py`): a value outside it stops argparse before any work.
+
 Loss weights default to None on the command line and are filled from the loss preset after parsing
 (DINet's unless `--loss_preset` says otherwise), so a weight given explicitly always wins.
 """
