@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from config.ranges import integer, number
 from engine.compare import lab_config
 from engine.precision import resolve_amp
 from data.geometry import CropGeometry
@@ -261,7 +262,7 @@ def inference_inputs(opt, folder):
     from data.demo import make_demo_data
     from data.landmarks import read_openface_csv, write_openface_csv
     from data.video import probe
-    width, height = (int(n) for n in opt.video.lower().split("x"))
+    width, height = opt.video
     seconds = min(opt.video_seconds, 2.0) if opt.quick else opt.video_seconds
     ffmpeg = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error"]
     clip = os.path.join(SAMPLE_CLIP, "talking_head_a.mp4")
@@ -525,17 +526,30 @@ GPU_PEAKS = {"H100": {"bf16": 989.0, "fp32": 494.5}, "H200": {"bf16": 989.0, "fp
              "A100": {"bf16": 312.0, "fp32": 156.0}}
 
 
+def video_size(text):
+    """--video WxH as (width, height): even sides (the H.264 4:2:0 source drawn for it), 64 or more."""
+    try:
+        width, height = (int(side) for side in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WxH such as 1080x1920, got {text}") from None
+    if min(width, height) < 64 or width % 2 or height % 2:
+        raise argparse.ArgumentTypeError(f"must be WxH with even sides of 64 or more, got {text}")
+    return width, height
+
+
 def peak_tflops(given, device):
     """{precision: TFLOP/s} for MFU: --peak_tflops as one number for every precision or as bf16=X,fp32=Y; without
     it, GPU_PEAKS for a GPU whose name holds a key there; else {} (no MFU)."""
     if given:
         try:
-            if "=" not in given:
-                return {"bf16": float(given), "fp32": float(given)}
-            return {name: float(value) for name, value in (item.split("=") for item in given.split(","))}
+            peaks = ({"bf16": float(given), "fp32": float(given)} if "=" not in given else
+                     {name: float(value) for name, value in (item.split("=") for item in given.split(","))})
         except ValueError:
             raise SystemExit(f"--peak_tflops {given}: not a number nor bf16=X,fp32=Y; pass e.g. "
                              f"--peak_tflops 989 or --peak_tflops bf16=989,fp32=494.5") from None
+        if not all(peak in number(above=0) for peak in peaks.values()):
+            raise SystemExit(f"--peak_tflops {given}: a peak must be a number > 0; pass e.g. --peak_tflops 989")
+        return peaks
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         return next((peaks for key, peaks in GPU_PEAKS.items() if key in name), {})
@@ -578,7 +592,7 @@ def print_table(rows, peaks):
         print(line, flush=True)
 
 
-def main():
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="baseline,train_frame,train_clip,inference,loader",
                         help="comma list of " + ", ".join(TASKS) + " (baseline: the published code's way, fp32 only)")
@@ -590,35 +604,40 @@ def main():
     parser.add_argument("--mouths", default="64,128,256", type=lambda text: {int(m) for m in text.split(",")},
                         help="comma list: the mouth sizes of the training and dubbing rows (the clip stage is 256; "
                              "in fp32 on a CPU it needs more than 24 GB of memory)")
-    parser.add_argument("--iterations", type=int, default=5, help="timed generator calls")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--train_iterations", type=int, default=2, help="timed training iterations")
-    parser.add_argument("--train_warmup", type=int, default=1, help="untimed training iterations first")
+    parser.add_argument("--iterations", type=integer(1), default=5, help="timed generator calls")
+    parser.add_argument("--warmup", type=integer(0), default=2)
+    parser.add_argument("--train_iterations", type=integer(1), default=2, help="timed training iterations")
+    parser.add_argument("--train_warmup", type=integer(0), default=1, help="untimed training iterations first")
     parser.add_argument("--compile", default="off", choices=("on", "off"),
                         help="generator: torch.compile it (the warm-up calls compile; give --warmup >= 2)")
-    parser.add_argument("--generator_batch", type=int, default=64, help="batch for generator throughput on GPU")
-    parser.add_argument("--inference_batch", type=int, default=16)
-    parser.add_argument("--video", default="1080x1920", help="inference: WxH of the video to dub (1080x1920: the "
-                        "published figure's; the sample clip of ../shared/data when present, else the demo face on it)")
-    parser.add_argument("--video_seconds", type=float, default=10.0, help="inference: seconds of video and speech")
+    parser.add_argument("--generator_batch", type=integer(1), default=64, help="batch for generator throughput on GPU")
+    parser.add_argument("--inference_batch", type=integer(1), default=16)
+    parser.add_argument("--video", type=video_size, default="1080x1920",
+                        help="inference: WxH of the video to dub (1080x1920: the published figure's; the sample clip "
+                             "of ../shared/data when present, else the demo face on it)")
+    parser.add_argument("--video_seconds", type=number(0.4), default=10.0,
+                        help="inference: seconds of video and speech (10 frames or more: the shortest video data "
+                             "preparation takes)")
     parser.add_argument("--published_loop", default="on", choices=("on", "off"),
                         help="inference: also run DINet's published inference loop on the same video and machine "
                              "(dubbing/published.py; its own row, and each row's speed-up over it)")
-    parser.add_argument("--inference_repeats", type=int, default=1,
+    parser.add_argument("--inference_repeats", type=integer(1), default=1,
                         help="inference: runs of each dubbing row, in turn with runs of the published loop (for the "
                              "first precision); rows give their runs' median frames/s (and every run's in the JSON)")
-    parser.add_argument("--num_workers", type=int, default=2, help="loader: worker processes (training's default)")
-    parser.add_argument("--loader_augment_num", type=int, default=32, help="loader: samples per video per epoch")
+    parser.add_argument("--num_workers", type=integer(0), default=2, help="loader: worker processes (training's default)")
+    parser.add_argument("--loader_augment_num", type=integer(1), default=32, help="loader: samples per video per epoch")
     parser.add_argument("--quick", action="store_true", help="batch <= 2 for training rows (smoke test)")
-    parser.add_argument("--train_batch", type=int, default=None,
+    parser.add_argument("--train_batch", type=integer(1), default=None,
                         help="batch of every training row instead of the lab's (where memory is short)")
     parser.add_argument("--peak_tflops", default=None, help="device peak TFLOP/s for model-FLOP utilisation (MFU): "
                         "one number, or per precision as bf16=989,fp32=494.5 (known for H100, H200, A100)")
     parser.add_argument("--json", default=None, help="also write the rows here")
     parser.add_argument("--in_process", action="store_true", help=argparse.SUPPRESS)  # a training row's own process
-    opt = parser.parse_args()
-    if opt.inference_repeats < 1:
-        parser.error(f"--inference_repeats {opt.inference_repeats}: give 1 or more runs")
+    return parser
+
+
+def main():
+    opt = build_parser().parse_args()
     device = torch.device(opt.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if opt.precision == "auto":
         opt.precision = "fp32,bf16" if resolve_amp("auto", device) == "bf16" else "fp32"

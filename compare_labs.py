@@ -13,6 +13,7 @@ needs mel features) is listed as skipped, with the reason.
 import argparse
 
 from config.labs import LAB_PRESETS
+from config.ranges import integer
 from data.video import check_writable
 from engine.compare import cost_table, markdown_table, run_comparison
 
@@ -26,15 +27,19 @@ def lab_list(text):
     return labs
 
 
-def main():
+def build_parser():
     # allow_abbrev off: --lab (a training flag, refused here) must not be read as an abbreviation of --labs
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False,
                                      epilog="Other flags: see python train_DINet_frame.py --help")
     parser.add_argument("--labs", type=lab_list, default=list(LAB_PRESETS), help="comma-separated, default all twelve")
-    parser.add_argument("--epochs", type=int, default=10, help="epochs per lab (the lab's notes compare epoch 10)")
+    parser.add_argument("--epochs", type=integer(1), default=10, help="epochs per lab (the lab's notes compare epoch 10)")
     parser.add_argument("--out_dir", default="./asserts/lab_comparison", help="folder for the runs and the comparison")
     parser.add_argument("--table_only", action="store_true", help="print parameters and GFLOPs per frame; no training")
-    opt, training_args = parser.parse_known_args()
+    return parser
+
+
+def main():
+    opt, training_args = build_parser().parse_known_args()
     if opt.table_only:
         print(markdown_table(cost_table(opt.labs)))
         return

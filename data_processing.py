@@ -29,6 +29,7 @@ Or make a small procedural demo set (videos, landmarks and every step above) to 
 import argparse
 import os
 
+from config.ranges import SEED, integer, number
 from data import prepare
 from data.audio_features import FEATURE_WIDTHS
 from data.training_json import read_training_json
@@ -38,7 +39,7 @@ TRAINING_DATA = "./asserts/training_data"
 MAX_PROBLEM_LINES = 50  # --check: enough to see the pattern, not a wall of text
 
 
-def parse_args(argv=None):
+def build_parser():
     defaults = prepare.Layout.under(TRAINING_DATA)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     steps = parser.add_argument_group("steps (DINet's, plus landmark detection)")
@@ -79,14 +80,18 @@ def parse_args(argv=None):
     options = parser.add_argument_group("options")
     options.add_argument("--audio_feature", default="mel", choices=sorted(FEATURE_WIDTHS),
                          help="per-frame audio feature (default mel)")
-    options.add_argument("--workers", type=int, default=1, help="videos prepared in parallel (processes)")
-    options.add_argument("--min_face_fraction", type=float, default=prepare.Settings.min_face_fraction,
+    options.add_argument("--workers", type=integer(1), default=1, help="videos prepared in parallel (processes)")
+    options.add_argument("--min_face_fraction", type=number(0, 1), default=prepare.Settings.min_face_fraction,
                          help="skip a video with a face in fewer of its frames than this")
-    options.add_argument("--clip_length", type=int, default=9, help="frames per training clip (DINet: 9)")
-    options.add_argument("--seed", type=int, default=0, help="seed of the crop-scale jitter and the demo set")
+    options.add_argument("--clip_length", type=integer(1), default=9, help="frames per training clip (DINet: 9)")
+    options.add_argument("--seed", type=SEED, default=0, help="seed of the crop-scale jitter and the demo set")
     options.add_argument("--demo_dir", default="./asserts/demo_data", help="where --make_demo_data writes")
-    options.add_argument("--num_videos", type=int, default=3, help="videos in the demo set")
+    options.add_argument("--num_videos", type=integer(1), default=3, help="videos in the demo set")
+    return parser
 
+
+def parse_args(argv=None):
+    parser = build_parser()
     opt = parser.parse_args(argv)
     if opt.extract_deep_speech:
         opt.extract_audio_feature, opt.audio_feature = True, "deepspeech"
@@ -96,8 +101,6 @@ def parse_args(argv=None):
             setattr(opt, step, True)
     if opt.audio_feature_dir is None:
         opt.audio_feature_dir = os.path.join(TRAINING_DATA, f"split_video_25fps_{opt.audio_feature}")
-    if opt.workers < 1:
-        parser.error("--workers must be 1 or more")
     if not any(getattr(opt, step) for step in (*prepare.VIDEO_STEPS, "generate_training_json", "check",
                                                "make_demo_data")):
         parser.error("nothing to do: pass --all --source_video_dir DIR, or one or more steps "

@@ -27,6 +27,8 @@ import time
 
 import torch
 
+from config.ranges import SEED
+
 NUM_VIDEOS = 10  # the SyncNet learns lip motion, not faces, from 8 training videos; 2 are held out
 # (mouth size, --augment_num, --batch_size, --iterations_per_epoch): the lab's schedule, shrunk to two short epochs
 STAGES = ((64, 4, 4, 3), (128, 2, 2, 2), (256, 1, 1, 1))
@@ -60,12 +62,16 @@ def vgg19_weights():
     return "random"
 
 
-def main():
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="./asserts/demo", help="folder for the demo data and runs")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the demo dataset")
-    opt = parser.parse_args()
+    parser.add_argument("--seed", type=SEED, default=0, help="seed of the demo dataset")
+    return parser
+
+
+def main():
+    opt = build_parser().parse_args()
     opt.out = os.path.abspath(opt.out)  # the commands run from the repository's folder
     started = time.time()
     data_dir = os.path.join(opt.out, "training_data")

@@ -29,7 +29,7 @@ LPIPS_SIDE = 512
 CHUNK = 16
 
 
-def parse_args():
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--videos", nargs="+", required=True, help="generated videos (with their audio)")
@@ -39,7 +39,7 @@ def parse_args():
     parser.add_argument("--inception_weights", default=None, help="torchvision Inception v3 .pth, for FID")
     parser.add_argument("--csv", default="./asserts/evaluation.csv", help="where the table is also written")
     parser.add_argument("--device", default=None)
-    return parser.parse_args()
+    return parser
 
 
 def check_inputs(opt):
@@ -134,7 +134,7 @@ def print_table(rows):
 
 
 def main():
-    opt = parse_args()
+    opt = build_parser().parse_args()
     check_inputs(opt)
     device = torch.device(opt.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     syncnet, config = load_syncnet(opt.syncnet_path, "--syncnet_path")

@@ -22,6 +22,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
+from config.ranges import SEED, integer
 from data.geometry import CropGeometry
 from data.video import check_writable, probe
 from dubbing.frames import even_size
@@ -30,7 +31,7 @@ from engine.distributed import setup
 from engine.precision import resolve_amp
 
 
-def parse_args():
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add = parser.add_argument
@@ -44,18 +45,18 @@ def parse_args():
         help="needed for checkpoints that do not record it (DINet's: 256 for clip_training_DINet_256mouth.pth)")
     add("--audio_feature_path", default="", help="precomputed features of the driving audio (.npy/.txt, T x C)")
     add("--face_video", action="store_true", help="also write the generated face crops as a video")
-    add("--batch_size", type=int, default=16, help="most frames per generator call (on CPU: 12 at mouth 64, 3 at 128, 1 at 256)")
+    add("--batch_size", type=integer(1), default=16, help="most frames per generator call (on CPU: 12 at mouth 64, 3 at 128, 1 at 256)")
     add("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
     add("--amp", choices=["auto", "off", "bf16"], default="auto",
         help="bf16 autocast for the generator; auto: bf16 where the hardware has it natively (its output is 45 dB "
              "PSNR from fp32's, bench.py), fp32 elsewhere")
-    add("--seed", type=int, default=0, help="seed for the choice of the 5 reference frames")
+    add("--seed", type=SEED, default=0, help="seed for the choice of the 5 reference frames")
     # DINet's flags that no longer do anything, accepted so old command lines keep working
-    add("--source_channel", type=int, default=3, help=argparse.SUPPRESS)
-    add("--ref_channel", type=int, default=15, help=argparse.SUPPRESS)
-    add("--audio_channel", type=int, default=None, help=argparse.SUPPRESS)
+    add("--source_channel", type=int, choices=[3], default=3, help=argparse.SUPPRESS)
+    add("--ref_channel", type=int, choices=[15], default=15, help=argparse.SUPPRESS)
+    add("--audio_channel", type=integer(1), default=None, help=argparse.SUPPRESS)
     add("--deepspeech_model_path", default="", help=argparse.SUPPRESS)
-    return parser.parse_args()
+    return parser
 
 
 def check_inputs(opt):
@@ -75,8 +76,6 @@ def check_inputs(opt):
             raise SystemExit(f"{flag} {error.code}") from None
         if not info[stream]:
             raise SystemExit(f"{flag} {path}: no {stream[len('has_'):]} stream; {fix}")
-    if opt.batch_size < 1:
-        raise SystemExit(f"--batch_size {opt.batch_size}: frames per generator call must be 1 or more")
     if opt.mouth_region_size is not None:
         try:
             CropGeometry(opt.mouth_region_size)
@@ -96,7 +95,7 @@ def _stop(signum, frame):
 
 
 def main():
-    opt = parse_args()
+    opt = build_parser().parse_args()
     check_inputs(opt)
     # a scheduler's SIGTERM and a closed terminal's SIGHUP stop as Ctrl-C does, through the cleanup of scratch
     # folders and partial outputs

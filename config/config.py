@@ -8,6 +8,8 @@ New: `--lab` and one flag per architectural choice, `--resume [PATH|auto]`, `--s
 (`--loss_preset` and one weight per loss, `--lpips_weights`, `--trepa_weights`); and the SyncNet
 script's own parser.
 
+Numeric flags carry their valid range (`config/ranges.py`): a value outside it stops argparse before any work.
+
 Loss weights default to None on the command line and are filled from the loss preset after parsing
 (DINet's unless `--loss_preset` says otherwise), so a weight given explicitly always wins.
 """
@@ -15,9 +17,10 @@ import argparse
 
 from engine.precision import AMP_CHOICES
 from models.dinet import CHOICES
-from models.syncnet import ARCHITECTURES
+from models.syncnet import ARCHITECTURES, FACE_STRIDE
 
 from .labs import LAB_PRESETS
+from .ranges import SEED, integer, number
 
 # Each preset sets every weight; 0 turns a loss off and its network is never built.
 LOSS_PRESETS = {
@@ -66,11 +69,12 @@ def add_running_flags(parser, image_every=200):
     group.add_argument("--resume", default="",
                        help="checkpoint to continue from (networks, optimizers, schedulers, position in the epoch, RNG), "
                             "or auto: the newest good checkpoint in --result_path (none yet: start from the beginning)")
-    group.add_argument("--save_every_steps", type=int, default=0,
+    group.add_argument("--save_every_steps", type=integer(0), default=0,
                        help="also write a checkpoint every K iterations ({prefix}_{epoch}_iter_{I}.pth; 0: only DINet's "
                             "per-epoch ones)")
-    group.add_argument("--keep_step_checkpoints", type=int, default=2, help="how many of the newest step checkpoints stay")
-    group.add_argument("--max_non_finite", type=int, default=10,
+    group.add_argument("--keep_step_checkpoints", type=integer(1), default=2,
+                       help="how many of the newest step checkpoints stay (the newest holds the run)")
+    group.add_argument("--max_non_finite", type=integer(1), default=10,
                        help="stop after this many iterations in a row with a non-finite loss (each one is skipped)")
     group.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
     group.add_argument("--amp", default="auto", choices=AMP_CHOICES,
@@ -80,11 +84,12 @@ def add_running_flags(parser, image_every=200):
     group.add_argument("--channels_last", type=on_off, default=True, metavar="{on,off}",
                        help="NHWC memory format for the networks and image batches (measured faster)")
     group.add_argument("--compile", action="store_true", help="torch.compile the generator (slow to start on a CPU)")
-    group.add_argument("--num_workers", type=int, default=2, help="data-loader worker processes")
-    group.add_argument("--image_every", type=int, default=image_every, help="write an image grid every N iterations")
-    group.add_argument("--frame_cache_mb", type=int, default=2048,
+    group.add_argument("--num_workers", type=integer(0), default=2, help="data-loader worker processes")
+    group.add_argument("--image_every", type=integer(1), default=image_every,
+                       help="write an image grid every N iterations")
+    group.add_argument("--frame_cache_mb", type=integer(0), default=2048,
                        help="memory per loader process for decoded, resized face crops (0: re-read every time)")
-    group.add_argument("--iterations_per_epoch", type=int, default=0,
+    group.add_argument("--iterations_per_epoch", type=integer(0), default=0,
                        help="stop each epoch after N iterations (0: a full pass, DINet's epoch)")
     return group
 
@@ -92,32 +97,32 @@ def add_running_flags(parser, image_every=200):
 def training_parser(description, result_path):
     parser = TrainingParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add = parser.add_argument
-    add("--seed", type=int, default=456, help="random seed to use")
-    add("--source_channel", type=int, default=3, help="input source image channels")
-    add("--ref_channel", type=int, default=15, help="input reference image channels (5 frames)")
-    add("--audio_channel", type=int, default=None,
+    add("--seed", type=SEED, default=456, help="random seed to use")
+    add("--source_channel", type=int, choices=[3], default=3, help="input source image channels (RGB)")
+    add("--ref_channel", type=int, choices=[15], default=15, help="input reference image channels (5 RGB frames)")
+    add("--audio_channel", type=integer(1), default=None,
         help="audio feature width; read from the training JSON (29 for DeepSpeech). Given explicitly, it must agree")
-    add("--augment_num", type=int, default=32, help="times each video is sampled per epoch")
+    add("--augment_num", type=integer(1), default=32, help="times each video is sampled per epoch")
     add("--mouth_region_size", type=int, default=64, help="mouth size m; the face crop is (3m/2+m/8) x (m+m/4)")
     add("--train_data", type=str, default="./asserts/training_data/training_json.json", help="path of training json")
-    add("--batch_size", type=int, default=24, help="training batch size")
-    add("--lamb_perception", type=float, default=None, help="weight of VGG19 perception loss (preset: dinet 10)")
-    add("--lamb_syncnet_perception", type=float, default=None,
+    add("--batch_size", type=integer(1), default=24, help="training batch size")
+    add("--lamb_perception", type=number(0), default=None, help="weight of VGG19 perception loss (preset: dinet 10)")
+    add("--lamb_syncnet_perception", type=number(0), default=None,
         help="weight of the SyncNet loss in the clip stage (preset: dinet 0.1, latentsync 0.05)")
-    add("--lr_g", type=float, default=0.0001, help="initial learning rate of the generator (Adam)")
-    add("--lr_dI", type=float, default=0.0001, help="initial learning rate of the discriminators (Adam)")
-    add("--start_epoch", default=1, type=int, help="start epoch in training stage")
-    add("--non_decay", default=200, type=int, help="epochs with fixed learning rate")
-    add("--decay", default=200, type=int, help="epochs of linear learning-rate decay")
-    add("--checkpoint", type=int, default=2, help="save a checkpoint every N epochs")
+    add("--lr_g", type=number(above=0), default=0.0001, help="initial learning rate of the generator (Adam)")
+    add("--lr_dI", type=number(above=0), default=0.0001, help="initial learning rate of the discriminators (Adam)")
+    add("--start_epoch", default=1, type=integer(1), help="start epoch in training stage")
+    add("--non_decay", default=200, type=integer(0), help="epochs with fixed learning rate")
+    add("--decay", default=200, type=integer(0), help="epochs of linear learning-rate decay")
+    add("--checkpoint", type=integer(1), default=2, help="save a checkpoint every N epochs")
     add("--result_path", type=str, default=result_path, help="folder for checkpoints, logs and samples")
     add("--coarse2fine", action="store_true", help="initialise the generator from --coarse_model_path")
     add("--coarse_model_path", default="", type=str, help="checkpoint (.pth) of the coarser stage")
     add("--pretrained_syncnet_path", default="", type=str, help="checkpoint (.pth) of a trained SyncNet")
     add("--pretrained_frame_DINet_path", default="", type=str, help="checkpoint (.pth) of the frame-trained DINet")
-    add("--D_num_blocks", type=int, default=4, help="num of down blocks in discriminator")
-    add("--D_block_expansion", type=int, default=64, help="block expansion in discriminator")
-    add("--D_max_features", type=int, default=256, help="max channels in discriminator")
+    add("--D_num_blocks", type=integer(1), default=4, help="num of down blocks in discriminator")
+    add("--D_block_expansion", type=integer(1), default=64, help="block expansion in discriminator")
+    add("--D_max_features", type=integer(1), default=256, help="max channels in discriminator")
     add_generator_flags(parser)
     group = add_running_flags(parser)
     group.add_argument("--vgg19_weights", default="imagenet",
@@ -131,11 +136,11 @@ def clip_training_parser(description, result_path):
     group = parser.add_argument_group("clip-stage losses (a preset, then per-weight overrides; 0 turns a loss off)")
     group.add_argument("--loss_preset", default="dinet", choices=list(LOSS_PRESETS),
                        help="dinet: perception x10, sync x0.1; latentsync: L1 x1, sync x0.05, LPIPS x0.1, TREPA x10")
-    group.add_argument("--lamb_l1", type=float, default=None, help="weight of the L1 reconstruction loss "
+    group.add_argument("--lamb_l1", type=number(0), default=None, help="weight of the L1 reconstruction loss "
                        "(preset: latentsync 1)")
-    group.add_argument("--lamb_lpips", type=float, default=None,
+    group.add_argument("--lamb_lpips", type=number(0), default=None,
                        help="weight of LPIPS (VGG) on the lower half of the face (preset: latentsync 0.1)")
-    group.add_argument("--lamb_trepa", type=float, default=None,
+    group.add_argument("--lamb_trepa", type=number(0), default=None,
                        help="weight of TREPA, the distance of frozen video-model features (preset: latentsync 10)")
     group.add_argument("--lpips_weights", default="pretrained",
                        help="LPIPS VGG16 trunk: pretrained (torchvision download/cache), random, or a VGG16 .pth path; "
@@ -150,34 +155,34 @@ def syncnet_parser(description, result_path):
     """train_syncnet.py: the generator scripts' data, schedule and running flags, and the SyncNet's own."""
     parser = TrainingParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add = parser.add_argument
-    add("--seed", type=int, default=456, help="random seed to use")
+    add("--seed", type=SEED, default=456, help="random seed to use")
     add("--train_data", type=str, default="./asserts/training_data/training_json.json", help="path of training json")
-    add("--audio_channel", type=int, default=None, help="audio feature width; read from the training JSON")
+    add("--audio_channel", type=integer(1), default=None, help="audio feature width; read from the training JSON")
     add("--mouth_region_size", type=int, default=256, help="mouth size m of the generator this SyncNet will serve")
-    add("--augment_num", type=int, default=1, help="times each 5-frame window is sampled per epoch")
-    add("--batch_size", type=int, default=32, help="windows per batch (each also meets the others' audio)")
-    add("--lr", type=float, default=0.0001, help="initial learning rate (Adam)")
-    add("--start_epoch", default=1, type=int, help="start epoch")
-    add("--non_decay", default=20, type=int, help="epochs with fixed learning rate")
-    add("--decay", default=20, type=int, help="epochs of linear learning-rate decay")
-    add("--checkpoint", type=int, default=2, help="save a checkpoint every N epochs")
+    add("--augment_num", type=integer(1), default=1, help="times each 5-frame window is sampled per epoch")
+    add("--batch_size", type=integer(1), default=32, help="windows per batch (each also meets the others' audio)")
+    add("--lr", type=number(above=0), default=0.0001, help="initial learning rate (Adam)")
+    add("--start_epoch", default=1, type=integer(1), help="start epoch")
+    add("--non_decay", default=20, type=integer(0), help="epochs with fixed learning rate")
+    add("--decay", default=20, type=integer(0), help="epochs of linear learning-rate decay")
+    add("--checkpoint", type=integer(1), default=2, help="save a checkpoint every N epochs")
     add("--result_path", type=str, default=result_path, help="folder for checkpoints, logs and samples")
     add("--syncnet_path", default="",
         help="where the trained SyncNet goes (default ./asserts/syncnet_{m}mouth.pth, where the clip stage looks)")
     group = parser.add_argument_group("SyncNet")
     group.add_argument("--syncnet_arch", default="dinet", choices=ARCHITECTURES,
                        help="dinet: DINet's score map (published layout); embedding: cosine of embeddings + BCE")
-    group.add_argument("--syncnet_input_size", type=int, default=None,
+    group.add_argument("--syncnet_input_size", type=integer(FACE_STRIDE), default=None,
                        help="resize the m x m mouths to this before the face encoder (a multiple of 32; default m)")
     group.add_argument("--syncnet_centre_window", type=on_off, default=True, metavar="{on,off}",
                        help="subtract each window's mean mouth crop and audio vector first (who speaks is not "
                             "evidence of sync; off reads raw inputs, as DINet's published SyncNet does)")
-    group.add_argument("--held_out_fraction", type=float, default=0.1,
+    group.add_argument("--held_out_fraction", type=number(0, 1), default=0.1,
                        help="share of videos kept out of training to measure accuracy on (at least one video)")
-    group.add_argument("--in_sync_fraction", type=float, default=0.5,
+    group.add_argument("--in_sync_fraction", type=number(0, 1), default=0.5,
                        help="share of training windows drawn in sync; pairing each window's mouths with the other "
                             "windows' audio in a batch adds off-sync examples on top")
-    group.add_argument("--negative_min_shift", type=int, default=5,
+    group.add_argument("--negative_min_shift", type=integer(1), default=5,
                        help="off-sync windows from the same video have their audio at least this many frames away")
     add_running_flags(parser, image_every=500)
     return parser

@@ -218,11 +218,13 @@ def newest_valid_checkpoint(folder, prefix, report=print):
     return None, None
 
 
-def prune_step_checkpoints(folder, prefix, keep):
-    """Keep the newest `keep` step checkpoints (`_iter_` files); whole-epoch checkpoints all stay, as in DINet."""
+def prune_step_checkpoints(folder, prefix, keep, written):
+    """Keep the newest `keep` step checkpoints (`_iter_` files) and the one just `written`, which holds the run
+    (a run resumed from an earlier one may find newer files); whole-epoch checkpoints all stay, as in DINet."""
     steps = [path for (_, path) in checkpoints_newest_first(folder, prefix) if "_iter_" in os.path.basename(path)]
     for path in steps[keep:]:
-        os.unlink(path)
+        if path != written:
+            os.unlink(path)
 
 
 def strip_module_prefix(state_dict):

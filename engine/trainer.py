@@ -15,6 +15,7 @@ import os
 import random
 import signal
 import threading
+from contextlib import contextmanager
 from itertools import islice
 
 import numpy as np
@@ -239,13 +240,15 @@ class EpochOrder(Sampler):
 
 class StopRequest:
     """SIGINT / SIGTERM ask the loop to stop after the current iteration and write a checkpoint; a second
-    SIGINT interrupts at once."""
+    SIGINT interrupts at once. Ctrl-C and schedulers signal the whole process group (Slurm, torchrun's agent):
+    the loader workers ignore both (`ignore_stop_signals`), so the main process alone decides."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self):
+    def __init__(self, announce=True):
         self.signal = None
         self.previous = {}
+        self.announce = announce  # under torchrun rank 0 alone says it
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -255,13 +258,48 @@ class StopRequest:
     def handle(self, number, frame):
         if self.signal is not None and number == signal.SIGINT:
             raise KeyboardInterrupt
+        if self.signal is None and self.announce:  # a scheduler and torchrun's agent may both send SIGTERM: one notice
+            tqdm.write(f"{signal.Signals(number).name}: stopping after this iteration, with a checkpoint "
+                       f"(press Ctrl-C again to stop at once, without one)")
         self.signal = number
-        tqdm.write(f"{signal.Signals(number).name}: stopping after this iteration, with a checkpoint "
-                   f"(press Ctrl-C again to stop at once, without one)")
 
     def __exit__(self, *exc):
         for number, handler in self.previous.items():
             signal.signal(number, handler)
+
+
+def ignore_stop_signals(worker_id):
+    """The loader workers' worker_init_fn: SIGINT and SIGTERM, blocked since before they started
+    (`epoch_batches`), are ignored from here on; a pending one is dropped."""
+    for number in StopRequest.SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, StopRequest.SIGNALS)
+
+
+def epoch_batches(loader, count):
+    """The first `count` batches of the loader's next epoch. Its workers (started here, once: they persist) are
+    forked with SIGINT and SIGTERM blocked, so a signal to the group at that instant cannot kill them before
+    they ignore it; the main process receives its own as soon as they are started."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, StopRequest.SIGNALS)
+    try:
+        iterator = iter(loader)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    return islice(iterator, count)
+
+
+@contextmanager
+def workers_shut_down(loader):
+    """Shut the loader's persistent workers down on leaving, however the loop ends (as PyTorch Lightning does):
+    a loader still referenced at interpreter exit (by a kept traceback) is left to multiprocessing's SIGTERM,
+    which they ignore, and the exit would wait for them forever."""
+    try:
+        yield
+    finally:
+        iterator = getattr(loader, "_iterator", None)
+        if hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        loader._iterator = None
 
 
 def dinet_lr_lambda(non_decay, decay):
@@ -369,7 +407,7 @@ class Checkpointer:
             **stage.checkpoint_metadata(),
         }, path)
         if not whole_epoch:
-            prune_step_checkpoints(self.opt.result_path, prefix, self.opt.keep_step_checkpoints)
+            prune_step_checkpoints(self.opt.result_path, prefix, self.opt.keep_step_checkpoints, path)
         self.log.line(f"checkpoint saved: {path}")
         return path
 
@@ -395,7 +433,7 @@ def train(opt, stage_class=FrameStage):
     """Train `stage_class` as `opt` says; returns the stage (its networks hold the final weights)."""
     runtime = distributed.setup(opt.device)
     torch.manual_seed(opt.seed)
-    np.random.seed(opt.seed + runtime.rank)
+    np.random.seed((opt.seed + runtime.rank) % 2 ** 32)  # --seed may be numpy's largest
     random.seed(opt.seed + runtime.rank)
     CropGeometry.checked(opt.mouth_region_size)  # rejects a size DINet's crop cannot use, before any work
     check_writable(opt.result_path, "--result_path")
@@ -414,7 +452,7 @@ def train(opt, stage_class=FrameStage):
     # its own generator: making loader iterators must not draw from the RNG that a resume restores
     loader = DataLoader(dataset, batch_size=opt.batch_size, sampler=order, num_workers=opt.num_workers,
                         persistent_workers=opt.num_workers > 0, pin_memory=runtime.device.type == "cuda",
-                        generator=torch.Generator())
+                        worker_init_fn=ignore_stop_signals, generator=torch.Generator())
     iterations = min(order.batches, opt.iterations_per_epoch or order.batches)
 
     schedule = dinet_lr_lambda(opt.non_decay, opt.decay)
@@ -432,13 +470,13 @@ def train(opt, stage_class=FrameStage):
     checkpointer = Checkpointer(opt, stage, schedulers, training_set, runtime, log)
     last_epoch = opt.non_decay + opt.decay
     skipped = consecutive = 0
-    with StopRequest() as stop:
+    with StopRequest(announce=runtime.is_main) as stop, workers_shut_down(loader):
         for epoch in range(start_epoch, last_epoch + 1):
             first = start_iteration if epoch == start_epoch else 0
             order.set_epoch(epoch, skip_batches=first)
             for network in stage.networks().values():
                 network.train()
-            progress = tqdm(islice(loader, max(0, iterations - first)), total=iterations, initial=first,
+            progress = tqdm(epoch_batches(loader, max(0, iterations - first)), total=iterations, initial=first,
                             desc=f"epoch {epoch}/{last_epoch}", leave=False, dynamic_ncols=True,
                             disable=not runtime.is_main)
             for iteration, batch in enumerate(progress, start=first):

@@ -165,7 +165,7 @@ CASES = [
      "or drop the flag"),
     ("inference", "--audio_feature_path {not_audio}", "--audio_feature_path {not_audio}: cannot read it",
      "pass a .npy or .txt array"),
-    ("inference", "--batch_size 0", "--batch_size 0", "1 or more"),
+    ("inference", "--batch_size 0", "argument --batch_size: must be an integer >= 1, got 0"),
     ("inference", "--device gpu", "--device gpu: not a device", "pass cuda, cuda:N or cpu"),
     ("inference", "--res_video_dir {a_file}/out", "--res_video_dir {a_file}/out: cannot write there",
      "pass a folder you can write to"),
@@ -205,7 +205,7 @@ CASES = [
     ("data", "--check --json {missing_frame_json}", "{missing_frame_json}: video1 clip 2, frame_path_list[4]: ",
      "does not exist",
      "make it again with `python data_processing.py --crop_face --generate_training_json`"),
-    ("data", "--all --workers 0", "error: --workers must be 1 or more"),
+    ("data", "--all --workers 0", "error: argument --workers: must be an integer >= 1, got 0"),
     ("data", "--source_video_dir {videos_silent}", "error: nothing to do", "--all --source_video_dir DIR"),
     # ---- compare_labs.py
     ("compare", "--labs lab1,lab99", "error: argument --labs: unknown lab 'lab99'", "choose from lab1"),
