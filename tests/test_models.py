@@ -13,7 +13,7 @@ from models import AdaAT, DINet, Discriminator, GeneratorConfig
 from models.blocks import FourierConv2d, NarrowConv2d, ResBlock, SameBlock, UpBlock2d, WinogradConv2d, fresh_relu
 
 FIXTURES = os.path.join(SHARED, "fixtures")
-needs_fixtures = pytest.mark.skipif(not os.path.isdir(FIXTURES), reason="../shared/fixtures not present")
+needs_fixtures = pytest.mark.needs_shared("fixtures")
 
 
 def shapes(module):

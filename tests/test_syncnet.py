@@ -22,7 +22,7 @@ FAST = ["--device", "cpu", "--num_workers", "0", "--mouth_region_size", "64", "-
         "--batch_size", "4", "--non_decay", "1", "--decay", "1", "--checkpoint", "1", "--iterations_per_epoch", "2"]
 
 
-@pytest.mark.skipif(not os.path.isfile(SHAPES), reason="../shared/fixtures not present")
+@pytest.mark.needs_shared("fixtures/dinet_state_dict_shapes.json")
 def test_dinet_syncnet_has_the_published_names_and_shapes():
     with open(SHAPES) as f:
         published = json.load(f)["syncnet SyncNet(15,29,128)"]
