@@ -12,6 +12,7 @@ from data.demo import make_demo_data
 from data.geometry import CropGeometry
 from data.landmarks import read_openface_csv
 from data.video import probe, read_video_frames
+from bench import face_boxes, video_psnr
 from dubbing.pipeline import dub, first_pasted_row, load_generator, paste_mask, ping_pong
 from engine.checkpoint import atomic_save
 from models import DINet
@@ -24,15 +25,35 @@ def demo(tmp_path_factory):
     return folder
 
 
+def save_generator(network, folder):
+    path = str(folder / "netG_model_epoch_2.pth")
+    atomic_save({"epoch": 3, "state_dict": {"net_g": network.state_dict()}, "generator_config":
+                 network.config.to_dict(), "mouth_region_size": 64, "audio_feature": "mel"}, path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """An untrained mel generator at mouth 64, saved as training saves it."""
     torch.manual_seed(0)
+    return save_generator(DINet(3, 15, 80), tmp_path_factory.mktemp("ckpt"))
+
+
+@pytest.fixture(scope="module")
+def audio_driven_checkpoint(tmp_path_factory):
+    """The same generator with its BatchNorm statistics taken from one batch of random inputs, so that every layer
+    passes on a full-scale signal as trained weights do: its mouths follow the audio visibly (with fresh statistics
+    each layer shrinks the signal, and the face it paints is a nearly flat grey whatever the audio)."""
+    torch.manual_seed(0)
     network = DINet(3, 15, 80)
-    path = str(tmp_path_factory.mktemp("ckpt") / "netG_model_epoch_2.pth")
-    atomic_save({"epoch": 3, "state_dict": {"net_g": network.state_dict()}, "generator_config":
-                 network.config.to_dict(), "mouth_region_size": 64, "audio_feature": "mel"}, path)
-    return path
+    for module in network.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = None  # the statistics of the one batch below, not a running average
+    inputs = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        network.train()(torch.rand(8, 3, 104, 80, generator=inputs), torch.rand(8, 15, 104, 80, generator=inputs),
+                        torch.randn(8, 80, 5, generator=inputs))
+    return save_generator(network.eval(), tmp_path_factory.mktemp("ckpt_audio_driven"))
 
 
 def cut_audio(source, seconds, path):
@@ -56,10 +77,10 @@ def test_paste_mask_covers_the_mouth_and_fades_before_the_crop_border():
     assert mask[: geometry.radius - 8].max() < 1e-3  # the upper face is the source's own
 
 
-def test_dubbed_video_follows_the_audio_and_keeps_the_upper_face(demo, checkpoint, tmp_path):
+def test_dubbed_video_follows_the_audio_and_keeps_the_upper_face(demo, audio_driven_checkpoint, tmp_path):
     video = demo / "split_video_25fps" / "demo_000.mp4"
     audio = cut_audio(demo / "split_video_25fps_audio" / "demo_001.wav", 5.0, tmp_path / "speech.wav")  # > video
-    generator = load_generator(checkpoint, torch.device("cpu"))
+    generator = load_generator(audio_driven_checkpoint, torch.device("cpu"))
     assert (generator.mouth_size, generator.audio_feature) == (64, "mel")
     output = tmp_path / "out.mp4"
     result = dub(str(video), audio, generator, str(output), torch.device("cpu"),
@@ -81,6 +102,22 @@ def test_dubbed_video_follows_the_audio_and_keeps_the_upper_face(demo, checkpoin
     assert upper < 2.0  # codec noise only
     assert lower > 50   # the untrained generator's mouth differs visibly: the paste-back happened
     assert probe(str(tmp_path / "face.mp4"))["width"] == 80
+    # the same video dubbed with other speech as long: other mouths, and the same frames away from the face
+    other = cut_audio(demo / "split_video_25fps_audio" / "demo_000.wav", 5.0, tmp_path / "other.wav")
+    dub(str(video), other, generator, str(tmp_path / "other.mp4"), torch.device("cpu"),
+        landmark_csv=str(demo / "split_video_25fps_landmark_openface" / "demo_000.csv"), batch_size=4, progress=False)
+    other_frames = np.stack(list(read_video_frames(str(tmp_path / "other.mp4"))))
+    assert len(other_frames) == 125
+    change = np.abs(other_frames.astype(np.float32) - out_frames).mean(axis=3)  # (125, H, W)
+    for t, points in enumerate(landmarks[ping_pong(len(landmarks), 125)]):
+        lips = points[48:68].astype(int)
+        (lips_left, lips_top), (lips_right, lips_bottom) = lips.min(0), lips.max(0)
+        assert change[t, lips_top:lips_bottom, lips_left:lips_right].mean() > 3, t  # each frame's mouth moved
+        (left, top), (right, bottom) = points.min(0), points.max(0)
+        margin = 0.25 * max(right - left, bottom - top)
+        away = np.ones(change.shape[1:], bool)
+        away[max(0, int(top - margin)):int(bottom + margin), max(0, int(left - margin)):int(right + margin)] = False
+        assert change[t][away].mean() < 0.5, t  # a quarter of the face's size away from it: encoder noise only
     from dubbing.pipeline import encoder_threads
     threads = encoder_threads(torch.device("cpu"))
     assert threads == max(1, torch.get_num_threads() // 4) and encoder_threads(torch.device("cuda")) is None
@@ -254,21 +291,24 @@ def test_landmarks_detected_as_the_video_decodes_are_those_of_the_decoded_video(
     assert found.all() and np.array_equal(streamed, expected)
 
 
-def test_bf16_dubbing_stays_near_fp32_and_writes_the_face_video(demo, checkpoint, tmp_path):
+def test_bf16_dubbing_stays_near_fp32_and_writes_the_face_video(demo, audio_driven_checkpoint, tmp_path):
     video = str(demo / "split_video_25fps" / "demo_000.mp4")
     # 5 frames (the shortest audio dubbed): bf16 runs on every CPU, emulated (~4 s a frame) where it is not native
     audio = cut_audio(demo / "split_video_25fps_audio" / "demo_001.wav", 0.2, tmp_path / "speech.wav")
     landmarks = str(demo / "split_video_25fps_landmark_openface" / "demo_000.csv")
-    generator = load_generator(checkpoint, torch.device("cpu"))
-    faces, timings = {}, {}
+    generator = load_generator(audio_driven_checkpoint, torch.device("cpu"))  # faces that vary, as trained ones do
+    timings = {}
     for amp in ("off", "bf16"):
         dub(video, audio, generator, str(tmp_path / f"{amp}.mp4"), torch.device("cpu"), landmark_csv=landmarks,
             batch_size=16, amp=amp, face_video_path=str(tmp_path / f"{amp}_face.mp4"), timings=timings,
             progress=False)
-        faces[amp] = np.stack(list(read_video_frames(str(tmp_path / f"{amp}_face.mp4")))).astype(np.float64)
     assert {"decode", "references", "crops", "generator", "blend", "encode", "total"} <= set(timings)
-    mse = np.mean((faces["bf16"] - faces["off"]) ** 2)
-    assert 10 * np.log10(255 ** 2 / max(mse, 1e-10)) > 30  # generated crops, the part bf16 can change
+    boxes = face_boxes(landmarks, (probe(video)["width"], probe(video)["height"]), 5)
+    in_boxes = video_psnr(str(tmp_path / "bf16.mp4"), str(tmp_path / "off.mp4"), boxes)
+    crops = video_psnr(str(tmp_path / "bf16_face.mp4"), str(tmp_path / "off_face.mp4"))
+    whole = video_psnr(str(tmp_path / "bf16.mp4"), str(tmp_path / "off.mp4"))
+    assert 33 < in_boxes < whole < 60  # the README's 35 dB in the boxes, the rest the same; bf16 did change them
+    assert crops > 29  # the generated crops themselves
 
 
 def test_two_generator_streams_dub_as_one_does(demo, checkpoint, tmp_path, monkeypatch):
