@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from bench import face_boxes, video_psnr
 from conftest import ROOT
 from data.demo import make_demo_data
 from data.geometry import CropGeometry
 from data.landmarks import read_openface_csv
 from data.video import probe, read_video_frames
-from bench import face_boxes, video_psnr
 from dubbing.pipeline import dub, first_pasted_row, load_generator, paste_mask, ping_pong
 from engine.checkpoint import atomic_save
 from models import DINet
