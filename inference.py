@@ -48,8 +48,8 @@ def build_parser():
     add("--batch_size", type=integer(1), default=16, help="most frames per generator call (on CPU: 12 at mouth 64, 3 at 128, 1 at 256)")
     add("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
     add("--amp", choices=["auto", "off", "bf16"], default="auto",
-        help="bf16 autocast for the generator; auto: bf16 where the hardware has it natively (its output is 45 dB "
-             "PSNR from fp32's, bench.py), fp32 elsewhere")
+        help="bf16 autocast for the generator; auto: bf16 where the hardware has it natively (its output is about "
+             "35 dB PSNR from fp32's inside the face boxes), fp32 elsewhere")
     add("--seed", type=SEED, default=0, help="seed for the choice of the 5 reference frames")
     # DINet's flags that no longer do anything, accepted so old command lines keep working
     add("--source_channel", type=int, choices=[3], default=3, help=argparse.SUPPRESS)

@@ -1,4 +1,6 @@
-"""Shared test fixtures: a tiny DINet-made training set (random crops, 29-d 'DeepSpeech' vectors)."""
+"""Shared test fixtures: a tiny DINet-made training set (random crops, 29-d 'DeepSpeech' vectors), and the
+`needs_shared` marker for tests that read ../shared (reference tensors, real clips): a checkout without it skips
+them and names every one at the end of the run."""
 import json
 import os
 import sys
@@ -15,6 +17,30 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT") and "OMP_NUM_THREADS" not in os.e
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+SHARED_MISSING = "needs ../shared/"  # the start of the reason of every skip for want of ../shared
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "needs_shared(*paths): the test reads these paths under ../shared "
+                                       "(skipped, and listed at the end of the run, where one is missing)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for marker in item.iter_markers("needs_shared"):
+            missing = [path for path in marker.args if not os.path.exists(os.path.join(SHARED, path))]
+            if missing:
+                item.add_marker(pytest.mark.skip(reason=f"{SHARED_MISSING}{missing[0]}, which this checkout lacks"))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Name every test skipped for want of ../shared: a clone without it passes without running them."""
+    skipped = [report for report in terminalreporter.stats.get("skipped", [])
+               if isinstance(report.longrepr, tuple) and SHARED_MISSING in report.longrepr[2]]
+    if skipped:
+        terminalreporter.write_sep("=", f"{len(skipped)} tests NOT RUN: ../shared is missing", red=True, bold=True)
+        for report in skipped:
+            terminalreporter.write_line(f"{report.nodeid}  ({report.longrepr[2].removeprefix('Skipped: ')})")
 
 
 def write_dinet_json(folder, videos=2, clips=6, width=29, seed=0, relative_to_cwd=False):

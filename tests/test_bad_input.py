@@ -348,11 +348,14 @@ def test_bad_input_is_one_line_naming_the_file_or_flag_and_the_fix(assets, comma
     with pytest.raises(SystemExit) as exit_info:  # any other exception is a traceback: the case fails
         runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
     code = exit_info.value.code
+    printed = capsys.readouterr()
+    assert "Traceback" not in printed.out + printed.err, printed.err[-3000:]  # none printed and then exited either
     if isinstance(code, str):
         message = code
-    else:  # argparse: exit 2 after usage lines and one error line on stderr
-        assert code not in (0, None), f"exit code {code}"
-        message = capsys.readouterr().err.strip().splitlines()[-1]
+    else:  # argparse: exit 2 after its usage lines, and one "SCRIPT: error: ..." line on stderr
+        lines = printed.err.strip().splitlines()
+        assert code == 2 and lines[0].startswith("usage: ") and lines[-1].startswith(f"{script}: error: "), printed.err
+        message = lines[-1]
     assert "\n" not in message.strip(), message
     for piece in expected:
         assert piece.format(**values) in message, message

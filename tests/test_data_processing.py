@@ -224,8 +224,7 @@ def test_deepspeech_features_are_read_from_npy_or_dinet_txt(tmp_path):
 
 # ---------------------------------------------------------------- the real clips
 
-@pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED, "data", "talking_head_a.mp4")),
-                    reason="../shared/data (real talking-head clips) not present")
+@pytest.mark.needs_shared("data/talking_head_a.mp4")
 def test_real_clip_has_a_face_in_every_frame_and_its_lips_in_dinets_mouth_hole(tmp_path):
     source = tmp_path / "videos"
     source.mkdir()

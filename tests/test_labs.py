@@ -124,9 +124,13 @@ def test_every_lab_trains_at_mouth_64_and_its_audio_reaches_the_output(lab):
     idle = [name for name, p in generator.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not idle, idle
     generator.eval()
-    with torch.no_grad():  # same images, two different audio windows: the mouths must differ
-        output = generator(source[:1].expand(2, -1, -1, -1), reference[:1].expand(2, -1, -1, -1), audio)
-    assert (output[0] - output[1]).abs().max() > 1e-6
+    with torch.no_grad():  # one image, two audio windows; then one audio window, two source images
+        by_audio = generator(source[:1].expand(2, -1, -1, -1), reference[:1].expand(2, -1, -1, -1), audio)
+        by_source = generator(source, reference[:1].expand(2, -1, -1, -1), audio[:1].expand(2, -1, -1))
+    # untrained, another audio window moves every lab's face by 4% or more of what another source picture does;
+    # an audio path that is cut, or reaches the output only through a vanishing term, stays far below 1%
+    change = lambda output: (output[0] - output[1]).abs().mean()
+    assert change(by_audio) > 0.01 * change(by_source)
 
 
 @pytest.mark.parametrize("lab", ["lab3", "lab12"])

@@ -13,7 +13,7 @@ from models import AdaAT, DINet, Discriminator, GeneratorConfig
 from models.blocks import FourierConv2d, NarrowConv2d, ResBlock, SameBlock, UpBlock2d, WinogradConv2d, fresh_relu
 
 FIXTURES = os.path.join(SHARED, "fixtures")
-needs_fixtures = pytest.mark.skipif(not os.path.isdir(FIXTURES), reason="../shared/fixtures not present")
+needs_fixtures = pytest.mark.needs_shared("fixtures")
 
 
 def shapes(module):
@@ -87,12 +87,17 @@ def test_extra_same_block_is_read_back_from_weights_alone():
 
 
 @pytest.mark.parametrize("mouth_size,height,width", [(64, 104, 80), (128, 208, 160), (256, 416, 320)])
-def test_generator_output_has_the_face_crop_shape(mouth_size, height, width):
+def test_generator_output_has_the_face_crop_shape_and_each_sample_is_its_own(mouth_size, height, width):
+    """Each face of a batch comes from its own inputs alone: a reshape that mixes samples (in the warp, the
+    audio encoder or a layout change) makes a batched face differ from the same face made alone."""
+    torch.manual_seed(0)
     generator = DINet(3, 15, 29).eval()
+    inputs = torch.rand(2, 3, height, width), torch.rand(2, 15, height, width), torch.randn(2, 29, 5)
     with torch.no_grad():
-        out = generator(torch.rand(1, 3, height, width), torch.rand(1, 15, height, width), torch.randn(1, 29, 5))
-    assert out.shape == (1, 3, height, width)
-    assert 0 <= out.min() and out.max() <= 1
+        out = generator(*inputs)
+        alone = generator(*(tensor[1:] for tensor in inputs))
+    assert out.shape == (2, 3, height, width)
+    assert (out[1] - alone[0]).abs().max() < 1e-5 < (out[0] - out[1]).abs().max()
 
 
 def test_unavailable_architecture_choice_is_a_clear_error():

@@ -130,33 +130,43 @@ def test_sigterm_stops_after_a_checkpoint_and_resume_auto_finishes(tiny_json, tm
     assert sorted(last_losses_per_step(tmp_path)) == list(range(12))
 
 
-def test_sigkill_at_ten_random_points_loses_at_most_one_checkpoint_interval(tiny_json, tmp_path):
+def temporaries(result_path):
+    return glob.glob(str(result_path / ".tmp-*"))
+
+
+def test_sigkill_at_ten_random_points_mid_write_included_loses_at_most_one_checkpoint_interval(tiny_json, tmp_path):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     assert start(reference, tiny_json).wait(timeout=300) == 0
     chooser = random.Random(7)
-    kills = 0
+    kills = mid_write = 0
     while kills < 10:
-        before = logged_steps(killed)
+        before, left_before = logged_steps(killed), set(temporaries(killed))
         process = start(killed, tiny_json, "--resume", "auto")
         wait_steps, extra = chooser.randint(0, 2), chooser.uniform(0, 1.5)
         while logged_steps(killed) < before + wait_steps and process.poll() is None:
             time.sleep(0.02)
-        time.sleep(extra)
+        if mid_write < (kills + 2) // 3:  # kills 1, 4 and 7 (the next one again if it missed) land in a write
+            while not set(temporaries(killed)) - left_before and process.poll() is None:
+                time.sleep(0.002)
+        else:
+            time.sleep(extra)
         if process.poll() is not None:
             break  # finished before this kill
         process.kill()
         process.wait()
         kills += 1
+        mid_write += bool(set(temporaries(killed)) - left_before)  # the write it cut short left its temporary file
         for path in glob.glob(str(killed / "*.pth")):
             load_checkpoint(path)  # every checkpoint complete and its checksum right (temporaries are hidden)
         newest = newest_valid_checkpoint(str(killed), "netG_model_epoch", lambda text: None)[1]
         trained = max(last_losses_per_step(killed), default=-1) + 1 if logged_steps(killed) else 0
         assert (newest["global_step"] if newest else 0) >= trained - 1  # the interval is one step
-    assert kills == 10
+    assert kills == 10 and mid_write >= 3
     final = start(killed, tiny_json, "--resume", "auto")
     output, _ = final.communicate(timeout=300)
     assert final.returncode == 0, output[-2000:]
     assert last_losses_per_step(killed) == last_losses_per_step(reference)
+    assert not temporaries(killed)  # the resumed runs removed what the killed writes left
 
 
 def limit_file_size():
