@@ -22,8 +22,7 @@ from test_inference import checkpoint  # noqa: F401  (fixture: an untrained mel 
 
 TALKING_HEAD = os.path.join(SHARED, "data", "talking_head_a.mp4")
 SPEECH = os.path.join(SHARED, "data", "driving_speech_a.wav")
-pytestmark = pytest.mark.skipif(not os.path.isfile(TALKING_HEAD) or not os.path.isfile(SPEECH),
-                                reason="../shared/data (real talking-head clips) not present")
+pytestmark = pytest.mark.needs_shared("data/talking_head_a.mp4", "data/driving_speech_a.wav")
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 # saturated red, green and blue patches above the face: a colour matrix taken wrongly moves them by 8-40 levels
 PATCHES = ",".join(f"drawbox=x={90 * i}:y=0:w=90:h=60:color={colour}:t=fill"
