@@ -85,7 +85,7 @@ FRAME = ["--vgg19_weights", "random", "--device", "cpu", "--num_workers", "0", "
 @pytest.mark.parametrize("flag,value,rule", [
     ("--batch_size", "0", "an integer >= 1"),
     ("--decay", "-1", "an integer >= 0"),
-    ("--lr_g", "-1", "a number > 0"),
+    ("--lr_g", "-1", "a number >= 0"),
     ("--num_workers", "-1", "an integer >= 0"),
     ("--seed", "-1", "an integer from 0 to 4294967295"),
     ("--checkpoint", "0", "an integer >= 1"),              # trained a whole epoch, then divided by it
@@ -106,10 +106,10 @@ def test_a_training_flag_out_of_range_stops_before_any_training_step(tiny_json, 
 
 def test_compare_labs_checks_the_training_flags_it_passes_on_before_any_lab_trains(tiny_json, tmp_path):
     done = subprocess.run([sys.executable, "compare_labs.py", "--labs", "lab1", "--out_dir", str(tmp_path / "out"),
-                           "--train_data", tiny_json, *FRAME, "--lr_dI", "0"], cwd=ROOT, capture_output=True, text=True,
+                           "--train_data", tiny_json, *FRAME, "--lr_dI", "-1"], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1].endswith("error: argument --lr_dI: must be a number > 0, got 0")
+    assert done.stderr.strip().splitlines()[-1].endswith("error: argument --lr_dI: must be a number >= 0, got -1")
     assert not (tmp_path / "out" / "lab1").exists()
 
 
