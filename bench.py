@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from common.errors import run_command
 from config.ranges import integer, number
 from engine.compare import lab_config
 from engine.precision import resolve_amp
@@ -681,4 +682,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -12,6 +12,7 @@ needs mel features) is listed as skipped, with the reason.
 """
 import argparse
 
+from common.errors import run_command
 from config.labs import LAB_PRESETS
 from config.ranges import integer
 from data.video import check_writable
@@ -48,4 +49,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -29,6 +29,7 @@ Or make a small procedural demo set (videos, landmarks and every step above) to 
 import argparse
 import os
 
+from common.errors import run_command
 from config.ranges import SEED, integer, number
 from data import prepare
 from data.audio_features import FEATURE_WIDTHS
@@ -157,4 +158,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

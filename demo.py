@@ -27,6 +27,7 @@ import time
 
 import torch
 
+from common.errors import run_command
 from config.ranges import SEED
 
 NUM_VIDEOS = 10  # the SyncNet learns lip motion, not faces, from 8 training videos; 2 are held out
@@ -107,4 +108,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

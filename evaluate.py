@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.errors import run_command
 from data.face_landmarks import detect_landmarks
 from data.video import check_writable, probe
 from dubbing.frames import DecodedVideo
@@ -174,4 +175,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

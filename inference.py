@@ -22,6 +22,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
+from common.errors import UserError, run_command
 from config.ranges import SEED, integer
 from data.geometry import CropGeometry
 from data.video import check_writable, probe
@@ -72,8 +73,8 @@ def check_inputs(opt):
              "pass the speech to dub with (wav, mp3, or a video with sound)")):
         try:
             info = probe(path, kind)
-        except SystemExit as error:
-            raise SystemExit(f"{flag} {error.code}") from None
+        except UserError as error:
+            raise UserError(f"{flag} {error}") from None
         if not info[stream]:
             raise SystemExit(f"{flag} {path}: no {stream[len('has_'):]} stream; {fix}")
     if opt.mouth_region_size is not None:
@@ -131,4 +132,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

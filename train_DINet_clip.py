@@ -15,10 +15,11 @@ Continue an interrupted run:
 Watch it:
     tensorboard --logdir ./asserts/training_model_weight
 """
+from common.errors import run_command
 from config.config import clip_training_parser
 from engine.clip_stage import ClipStage
 from engine.trainer import train
 
 if __name__ == "__main__":
     parser = clip_training_parser(__doc__.splitlines()[0], "./asserts/training_model_weight/clip_training_256")
-    train(parser.parse_args(), ClipStage)
+    run_command(train, parser.parse_args(), ClipStage)

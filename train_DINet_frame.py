@@ -13,9 +13,10 @@ Continue an interrupted run:
 Watch it:
     tensorboard --logdir ./asserts/training_model_weight
 """
+from common.errors import run_command
 from config.config import training_parser
 from engine.trainer import FrameStage, train
 
 if __name__ == "__main__":
     parser = training_parser(__doc__.splitlines()[0], "./asserts/training_model_weight/frame_training_64")
-    train(parser.parse_args(), FrameStage)
+    run_command(train, parser.parse_args(), FrameStage)

@@ -15,10 +15,11 @@ Continue an interrupted run:
 Watch it:
     tensorboard --logdir ./asserts/training_model_weight
 """
+from common.errors import run_command
 from config.config import syncnet_parser
 from engine.syncnet_stage import SyncNetStage
 from engine.trainer import train
 
 if __name__ == "__main__":
     parser = syncnet_parser(__doc__.splitlines()[0], "./asserts/training_model_weight/syncnet_training_256")
-    train(parser.parse_args(), SyncNetStage)
+    run_command(train, parser.parse_args(), SyncNetStage)

@@ -8,6 +8,7 @@ The numbers are the lab's notes: perception loss at epoch 10 of stage 1.
 extractor, so it trains on mel features (`python data_processing.py --extract_audio_feature --audio_feature mel`)
 where lab6 used DINet's DeepSpeech; building it for data of another width is a one-line error.
 """
+from common.errors import UserError
 from data.audio_features import FEATURE_WIDTHS
 from models.dinet import CHOICES, GeneratorConfig
 
@@ -42,7 +43,7 @@ def check_lab_data(lab, audio_channel, audio_feature=None):
         return
     found = audio_feature if audio_feature is not None else f"{audio_channel}-d"
     if (audio_feature is not None and audio_feature != needed) or FEATURE_WIDTHS[needed] != audio_channel:
-        raise SystemExit(f"--lab {lab} trains on {needed} audio features ({FEATURE_WIDTHS[needed]}-d) but the "
+        raise UserError(f"--lab {lab} trains on {needed} audio features ({FEATURE_WIDTHS[needed]}-d) but the "
                          f"training data has {found} features; make them with `python data_processing.py "
                          f"--extract_audio_feature --generate_training_json --audio_feature {needed}` "
                          f"and pass that JSON")
@@ -60,4 +61,4 @@ def generator_config(lab, audio_channel, source_channel=3, ref_channel=15, audio
         return GeneratorConfig(source_channel=source_channel, ref_channel=ref_channel,
                                audio_channel=audio_channel, **settings)
     except ValueError as error:
-        raise SystemExit(f"--lab {lab}: {error}") from None
+        raise UserError(f"--lab {lab}: {error}") from None

@@ -17,6 +17,8 @@ import numpy as np
 import python_speech_features
 import soundfile
 
+from common.errors import UserError
+
 SAMPLE_RATE = 16000
 FEATURE_WIDTHS = {"deepspeech": 29, "mel": 80, "mfcc": 52}
 
@@ -113,7 +115,7 @@ def load_wav(path):
     try:
         wav, sample_rate = soundfile.read(path, always_2d=True)  # (samples, channels)
     except soundfile.SoundFileError as error:
-        raise SystemExit(f"{path}: cannot read this audio ({error}); re-extract it with "
+        raise UserError(f"{path}: cannot read this audio ({error}); re-extract it with "
                          f"`python data_processing.py --extract_audio`")
     wav = wav.mean(axis=1)
     if sample_rate != SAMPLE_RATE:
@@ -132,16 +134,16 @@ def read_deepspeech(deepspeech_dir, video_name):
     candidates = deepspeech_sources(deepspeech_dir, video_name)
     path = next((candidate for candidate in candidates if os.path.isfile(candidate)), None)
     if path is None:
-        raise SystemExit(f"{candidates[0]}: no DeepSpeech features for {video_name} (also looked for "
+        raise UserError(f"{candidates[0]}: no DeepSpeech features for {video_name} (also looked for "
                          f"{os.path.basename(candidates[1])}, {os.path.basename(candidates[2])}); make them with "
                          f"DINet's utils/deep_speech.py and pass their folder as --deepspeech_dir")
     try:
         features = np.load(path) if path.endswith(".npy") else np.loadtxt(path, ndmin=2)
     except ValueError as error:
-        raise SystemExit(f"{path}: cannot read DeepSpeech features ({error}); make the file again")
+        raise UserError(f"{path}: cannot read DeepSpeech features ({error}); make the file again")
     width = FEATURE_WIDTHS["deepspeech"]
     if features.ndim != 2 or features.shape[1] != width or len(features) == 0:
-        raise SystemExit(f"{path}: expected (T, {width}) DeepSpeech features, one row per 25 fps frame, "
+        raise UserError(f"{path}: expected (T, {width}) DeepSpeech features, one row per 25 fps frame, "
                          f"got {features.shape}; make the file again")
     return features.astype(np.float32)
 
@@ -153,14 +155,14 @@ def compute_audio_feature(wav_path, name, num_frames=None, fps=25):
     number of video frames the audio spans, rounded up.
     """
     if name == "deepspeech":
-        raise SystemExit(f"{wav_path}: DeepSpeech features are not computed here (they need TensorFlow); make "
+        raise UserError(f"{wav_path}: DeepSpeech features are not computed here (they need TensorFlow); make "
                          f"them with DINet's utils/deep_speech.py and pass their folder as --deepspeech_dir "
                          f"(<video>_deepspeech.npy or .txt), or use --audio_feature mel or mfcc")
     if name not in FEATURE_WIDTHS:
-        raise SystemExit(f"unknown audio feature {name!r}; choose one of {', '.join(FEATURE_WIDTHS)}")
+        raise UserError(f"unknown audio feature {name!r}; choose one of {', '.join(FEATURE_WIDTHS)}")
     wav = load_wav(wav_path)
     if len(wav) == 0:
-        raise SystemExit(f"{wav_path}: empty audio; re-extract it with `python data_processing.py --extract_audio`")
+        raise UserError(f"{wav_path}: empty audio; re-extract it with `python data_processing.py --extract_audio`")
     if num_frames is None:
         num_frames = math.ceil(len(wav) * fps / SAMPLE_RATE)  # a partial last frame still gets a vector
     per_frame = _mel_per_frame if name == "mel" else _mfcc_per_frame

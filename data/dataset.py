@@ -13,22 +13,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from common.errors import UserError
 from .geometry import CropGeometry, mask_mouth
 
 NUM_REFERENCES = 5
 AUDIO_WINDOW = 5  # video frames of audio around the source frame
-
-
-class UnreadableFrame(SystemExit, Exception):
-    """A face crop that cannot be read. A SystemExit, so the command stops with this one line and no traceback;
-    also an Exception, so a DataLoader worker passes it to the main process instead of dying (which would end
-    in "DataLoader worker exited unexpectedly"). The loader raises it there again with the worker's traceback
-    as its message; the original line is taken back from that traceback's last line."""
-
-    def __init__(self, message):
-        if "\n" in message:
-            message = message.rstrip().splitlines()[-1].split(f"{type(self).__name__}: ", 1)[-1]
-        super().__init__(message)
 
 
 class FrameCache:
@@ -46,7 +35,7 @@ class FrameCache:
             return self.frames[key]
         image = cv2.imread(path)
         if image is None:
-            raise UnreadableFrame(f"{path}: cannot read this face crop; rerun "
+            raise UserError(f"{path}: cannot read this face crop; rerun "
                                   f"`python data_processing.py --crop_face`")
         image = cv2.resize(image[:, :, ::-1], size)  # BGR -> RGB, (H, W, 3) uint8
         if self.budget:
@@ -72,7 +61,7 @@ class FrameDataset(Dataset):
         if skipped:
             print(f"skipping {len(skipped)} video(s) with fewer than {NUM_REFERENCES + 1} clips: {', '.join(skipped[:5])}")
         if not self.videos:
-            raise SystemExit(f"{training_set.path}: no video has {NUM_REFERENCES + 1} or more 9-frame clips; "
+            raise UserError(f"{training_set.path}: no video has {NUM_REFERENCES + 1} or more 9-frame clips; "
                              f"use longer videos")
         names = sorted(self.videos)
         self.items = [name for _ in range(augment_num) for name in names]

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 from scipy.signal import lfilter
 
+from common.errors import UserError
 from . import prepare
 from .landmarks import write_openface_csv
 from .video import write_video
@@ -311,6 +312,6 @@ def make_demo_data(demo_dir, num_videos=3, seconds=4.0, seed=0, audio_feature="m
     reports = prepare.prepare_videos(layout, settings, steps)
     skipped = [report.line() for report in reports if report.skipped]
     if skipped:
-        raise SystemExit("demo data could not be prepared:\n" + "\n".join(skipped))
+        raise UserError("demo data could not be prepared:\n" + "\n".join(skipped))
     return prepare.generate_training_json(layout.crop_dir, layout.feature_dir, audio_feature,
                                           os.path.join(demo_dir, "training_json.json"))

@@ -22,6 +22,8 @@ import cv2
 import numpy as np
 from scipy.signal import savgol_filter
 
+from common.errors import UserError
+
 NUM_POINTS = 68
 
 # For each iBUG point: (mesh vertex a, mesh vertex b, weight of b). Image-left is the subject's right.
@@ -91,10 +93,10 @@ def _face_mesh():
     try:
         from mediapipe.python.solutions.face_mesh import FaceMesh
     except ImportError:
-        raise SystemExit("mediapipe is not installed, so landmarks cannot be detected: run "
+        raise UserError("mediapipe is not installed, so landmarks cannot be detected: run "
                          "`pip install mediapipe==0.10.14`, or pass --openface_landmark_dir with OpenFace CSVs")
     except TypeError as error:  # what protobuf >= 5 raises inside mediapipe 0.10's generated code
-        raise SystemExit(f"mediapipe cannot be imported ({error}); it needs protobuf<5: "
+        raise UserError(f"mediapipe cannot be imported ({error}); it needs protobuf<5: "
                          f"run `pip install -r requirements.txt`")
     return FaceMesh(static_image_mode=False, max_num_faces=1, refine_landmarks=False,
                     min_detection_confidence=0.5, min_tracking_confidence=0.5)

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.errors import UserError
+
 
 @dataclass(frozen=True)
 class CropGeometry:
@@ -26,7 +28,7 @@ class CropGeometry:
         try:
             return cls(mouth_size)
         except ValueError:
-            raise SystemExit(f"{flag} {mouth_size}: DINet's crop geometry needs a multiple of 8, 16 or more; use 64, "
+            raise UserError(f"{flag} {mouth_size}: DINet's crop geometry needs a multiple of 8, 16 or more; use 64, "
                              f"128 or 256 (the trained sizes)") from None
 
     @property

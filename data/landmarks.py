@@ -10,6 +10,7 @@ import csv
 
 import numpy as np
 
+from common.errors import UserError
 from .video import atomic_output
 
 NUM_POINTS = 68
@@ -43,18 +44,18 @@ def read_openface_csv(path, with_success=False):
     with open(path, newline="") as f:
         rows = list(csv.reader(f, skipinitialspace=True))
     if not rows:
-        raise SystemExit(f"{path}: empty landmark file; rerun OpenFace FeatureExtraction on the video")
+        raise UserError(f"{path}: empty landmark file; rerun OpenFace FeatureExtraction on the video")
     header = [name.strip() for name in rows[0]]
     missing = [name for name in X_COLUMNS + Y_COLUMNS if name not in header]
     if missing:
-        raise SystemExit(f"{path}: no 2-D landmark columns ({missing[0]} missing); run OpenFace "
+        raise UserError(f"{path}: no 2-D landmark columns ({missing[0]} missing); run OpenFace "
                          f"FeatureExtraction with -2Dfp (or its default outputs) to write x_0..x_67, y_0..y_67")
     x_index = [header.index(name) for name in X_COLUMNS]
     y_index = [header.index(name) for name in Y_COLUMNS]
     try:
         table = np.array([row for row in rows[1:] if row], dtype=np.float64).reshape(-1, len(header))  # (T, columns)
     except ValueError:
-        raise SystemExit(f"{path}: a row is not numbers or has the wrong number of columns; "
+        raise UserError(f"{path}: a row is not numbers or has the wrong number of columns; "
                          f"the file is damaged, make it again")
     landmarks = np.stack([table[:, x_index], table[:, y_index]], axis=2)  # (T, 68, 2)
     if not with_success:

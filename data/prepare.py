@@ -12,7 +12,7 @@
     training_json.json                                    generate_training_json
 
 `prepare_videos` runs the chosen per-video steps on every video, in a process pool when workers > 1. A
-video that cannot be used raises `SkipVideo` (or a step's SystemExit) with a one-line reason: it goes in
+video that cannot be used raises `SkipVideo` (or a step's UserError) with a one-line reason: it goes in
 the report, its crops are removed so no index lists it, and the other videos go on. A write that fails (a full
 disk, a folder that cannot be written) stops the whole run with one line naming the output. Each output is
 skipped when it exists and is newer than its inputs, and is written under a temporary name first, so an
@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from common.errors import UserError
 from .audio_features import FEATURE_WIDTHS, compute_audio_feature, deepspeech_sources, read_deepspeech
 from .geometry import CropGeometry, compute_crop_radius, crop_box
 from .landmarks import read_openface_csv, write_openface_csv
@@ -117,7 +118,7 @@ class VideoReport:
 
 def _require_dir(path, fix):
     if not os.path.isdir(path):
-        raise SystemExit(f"{path}: directory not found; {fix}")
+        raise UserError(f"{path}: directory not found; {fix}")
 
 
 def _is_fresh(output, *inputs):
@@ -139,7 +140,7 @@ def _write_jpg(path, image):
     full disk or a folder that cannot be written raises (atomic_output turns it into one line naming the output)."""
     encoded, data = cv2.imencode(".jpg", image)
     if not encoded:
-        raise SystemExit(f"{path}: OpenCV could not encode this {image.shape} image")
+        raise UserError(f"{path}: OpenCV could not encode this {image.shape} image")
     with open(path, "wb") as f:
         f.write(data)
 
@@ -156,7 +157,7 @@ def list_videos(source_video_dir):
         if stem not in videos or extension.lower() == ".mp4":
             videos[stem] = os.path.join(source_video_dir, name)
     if not videos:
-        raise SystemExit(f"{source_video_dir}: no videos ({', '.join(VIDEO_EXTENSIONS)}) found; put the videos there")
+        raise UserError(f"{source_video_dir}: no videos ({', '.join(VIDEO_EXTENSIONS)}) found; put the videos there")
     return videos
 
 
@@ -178,7 +179,7 @@ def landmark_csv(video_name, layout):
 def video_at_25fps(name, source_path, layout, settings):
     """The 25 fps mp4 the other steps read: the source itself when it is one, else a copy resampled into
     split_video_dir. Skips videos with no audio or too short for one clip."""
-    info = probe(source_path)  # SystemExit for an unreadable file
+    info = probe(source_path)  # UserError for an unreadable file
     if not info["has_video"]:
         raise SkipVideo(f"{source_path}: no video stream; remove it from the video folder")
     if not info["has_audio"]:
@@ -220,7 +221,7 @@ def _extract_feature(name, layout, settings):
         source = next((path for path in deepspeech_sources(source_dir, name) if os.path.isfile(path)), None)
         if source is not None and (os.path.abspath(source) == os.path.abspath(output) or _is_fresh(output, source)):
             return
-        features = read_deepspeech(source_dir, name)  # SystemExit naming the file when absent or malformed
+        features = read_deepspeech(source_dir, name)  # UserError naming the file when absent or malformed
     else:
         wav_path = os.path.join(layout.audio_dir, name + ".wav")
         if not os.path.isfile(wav_path):
@@ -358,7 +359,7 @@ def _draw_debug(name, csv_path, layout, settings):
 
 def prepare_video(name, source_path, layout, settings, steps, progress=True):
     """Run the chosen per-video `steps` (names from VIDEO_STEPS) on one video; return its VideoReport.
-    Raises SkipVideo or SystemExit (one line) when the video cannot be used."""
+    Raises SkipVideo or UserError (one line) when the video cannot be used."""
     report = VideoReport(name)
     video_path = (video_at_25fps(name, source_path, layout, settings)
                   if STEPS_READING_VIDEO & set(steps) else None)
@@ -388,7 +389,7 @@ def _prepare_or_skip(name, source_path, layout, settings, steps, progress):
         report = prepare_video(name, source_path, layout, settings, steps, progress)
     except NotWritten:
         raise  # a full disk is not the video's fault: the run stops
-    except (SkipVideo, SystemExit) as error:
+    except (SkipVideo, UserError) as error:
         report = VideoReport(name, skipped=str(error).strip().splitlines()[0] if str(error).strip() else "failed")
         _remove(os.path.join(layout.crop_dir, name))  # crops of an earlier run must not be indexed
     report.seconds = time.time() - started
@@ -456,7 +457,7 @@ def generate_training_json(crop_dir, feature_dir, feature_name, json_path, clip_
         training_data[video_name] = {"video_clip_num": len(clips), "clip_data_list": clips,
                                      "audio_feature": feature_name, "audio_channel": int(features.shape[1])}
     if not training_data:
-        raise SystemExit(f"{crop_dir}: no cropped clips to index; check the landmarks and rerun --crop_face")
+        raise UserError(f"{crop_dir}: no cropped clips to index; check the landmarks and rerun --crop_face")
     with atomic_output(json_path) as partial, open(partial, "w") as f:
         json.dump(training_data, f)
     return json_path
@@ -465,15 +466,15 @@ def generate_training_json(crop_dir, feature_dir, feature_name, json_path, clip_
 def _load_feature(feature_dir, video_name, feature_name):
     path = feature_path(feature_dir, video_name, feature_name)
     if not os.path.isfile(path):
-        raise SystemExit(f"{path}: audio features not found; make them with `python data_processing.py "
+        raise UserError(f"{path}: audio features not found; make them with `python data_processing.py "
                          f"--extract_audio_feature --audio_feature {feature_name}`")
     features = np.load(path)
     expected = FEATURE_WIDTHS.get(feature_name)
     if features.ndim != 2 or (expected is not None and features.shape[1] != expected):
-        raise SystemExit(f"{path}: expected (T, {expected}) {feature_name} features, got {features.shape}; "
+        raise UserError(f"{path}: expected (T, {expected}) {feature_name} features, got {features.shape}; "
                          f"delete it and extract the features again")
     if not np.isfinite(features).all():
-        raise SystemExit(f"{path}: holds NaN or infinite values; delete it and extract the features again")
+        raise UserError(f"{path}: holds NaN or infinite values; delete it and extract the features again")
     return features
 
 
@@ -493,7 +494,7 @@ def _clip_entries(video_crop_dir, video_name, features, clip_length, json_dir):
         start = int(clip_name) * clip_length
         first = int(os.path.splitext(os.path.basename(frame_paths[0]))[0]) if frame_paths else None
         if len(frame_paths) != clip_length or first != start:
-            raise SystemExit(f"{clip_dir}: expected frames {start}..{start + clip_length - 1}; "
+            raise UserError(f"{clip_dir}: expected frames {start}..{start + clip_length - 1}; "
                              f"delete {video_crop_dir} and rerun --crop_face")
         audio = features[start:start + clip_length]  # (9, C)
         if len(audio) != clip_length:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from common.errors import UserError
 from models.syncnet import resize_mouths
 
 from .dataset import FrameCache, to_tensor
@@ -84,7 +85,7 @@ def split_videos(training_set, held_out_fraction, seed):
     """(training names, held-out names): a seeded draw of at least one held-out video."""
     names = sorted(training_set.videos)
     if len(names) < 2:
-        raise SystemExit(f"{training_set.path}: SyncNet training holds out whole videos to measure accuracy, "
+        raise UserError(f"{training_set.path}: SyncNet training holds out whole videos to measure accuracy, "
                          f"and this JSON has {len(names)}; prepare at least 2 videos")
     held_out_count = min(len(names) - 1, max(1, round(held_out_fraction * len(names))))
     shuffled = names[:]
@@ -114,9 +115,9 @@ class SyncDataset(Dataset):
         windows = [(v, c) for v, t in enumerate(timelines) for c in t.image_centres if t.has_audio_window(c)]
         names = ", ".join(t.name for t in timelines)
         if not windows:
-            raise SystemExit(f"videos {names}: no 5-frame window with its 9 audio vectors; check the training JSON")
+            raise UserError(f"videos {names}: no 5-frame window with its 9 audio vectors; check the training JSON")
         if len(timelines) == 1 and not any(self._shifted_centres(0, c) for _, c in windows):
-            raise SystemExit(f"video {names}: no audio window {min_shift}+ frames away for off-sync examples and "
+            raise UserError(f"video {names}: no audio window {min_shift}+ frames away for off-sync examples and "
                              f"no other video in this split; lower --negative_min_shift or add videos")
         self.cache = FrameCache(frame_cache_mb)
         if fixed_seed is None:

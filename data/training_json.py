@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.errors import UserError
+
 MAKE = "make it with `python data_processing.py --generate_training_json`"
 REMAKE = "make it again with `python data_processing.py --crop_face --generate_training_json`"
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # training reads audio vectors as float32
@@ -153,7 +155,7 @@ def load_training_json(path, clip_length=9, check_files=True):
     training_set, problems = read_training_json(path, clip_length, check_files)
     if problems:
         more = len(problems) - 1
-        raise SystemExit(problems[0] + (f" ({more} more: `python data_processing.py --check --json {path}` lists "
+        raise UserError(problems[0] + (f" ({more} more: `python data_processing.py --check --json {path}` lists "
                                         f"them)" if more else ""))
     return training_set
 
@@ -161,7 +163,7 @@ def load_training_json(path, clip_length=9, check_files=True):
 def check_audio_channel(training_set, audio_channel):
     """The width to build the generator with: the data's, and an explicit --audio_channel must agree."""
     if audio_channel is not None and audio_channel != training_set.audio_channel:
-        raise SystemExit(
+        raise UserError(
             f"--audio_channel {audio_channel} disagrees with {training_set.path}, whose {training_set.audio_feature} "
             f"features are {training_set.audio_channel} wide; drop --audio_channel (it is read from the data)")
     return training_set.audio_channel

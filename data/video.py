@@ -20,11 +20,13 @@ import tempfile
 import imageio_ffmpeg
 import numpy as np
 
+from common.errors import UserError
+
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # EFBIG: past the file-size limit, a full disk under one
 
 
-class NotWritten(SystemExit):
+class NotWritten(UserError):
     """An output that could not be written (a full disk, a folder that cannot be written): the whole run stops,
     since every later output would fail the same way."""
 
@@ -51,7 +53,7 @@ def atomic_output(path):
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as error:
-        raise SystemExit(f"{path}: cannot write there ({_why_not_writable(folder, error)}); pass a path in a "
+        raise UserError(f"{path}: cannot write there ({_why_not_writable(folder, error)}); pass a path in a "
                          f"folder you can write to") from None
     _remove(partial)  # left over from an interrupted run
     try:
@@ -85,7 +87,7 @@ def check_writable(folder, flag, shown=None):
     reason = _why_not_writable(folder)
     if reason:
         where = "a path in a folder" if shown else "a folder"
-        raise SystemExit(f"{flag} {shown or folder}: cannot write there ({reason}); pass {where} you can write to")
+        raise UserError(f"{flag} {shown or folder}: cannot write there ({reason}); pass {where} you can write to")
 
 
 def _remove(path):
@@ -96,7 +98,7 @@ def _remove(path):
 
 
 def _run_ffmpeg(arguments, path, stdin_frames=None, output=None):
-    """Run ffmpeg with `arguments`; raise SystemExit naming `path` with ffmpeg's last error line if it fails
+    """Run ffmpeg with `arguments`; raise UserError naming `path` with ffmpeg's last error line if it fails
     (`output`, the file it writes, when the disk is full or its folder cannot be written).
 
     stdin_frames: an iterator of uint8 arrays piped to ffmpeg's stdin (raw video input), or None.
@@ -138,7 +140,7 @@ def widen_pipe(pipe):
 
 
 def ffmpeg_failure(path, returncode, messages, reason=None, output=None):
-    """The SystemExit for an ffmpeg that failed on `path`: a full disk or an output folder that cannot be written
+    """The UserError for an ffmpeg that failed on `path`: a full disk or an output folder that cannot be written
     said as such, naming `output` (default `path`, the file it was writing; the earlier one is intact, since outputs
     are written under another name), else ffmpeg's last error line, or `reason`."""
     # SIGXFSZ: killed for writing past the file-size limit, which is what a full disk looks like under one
@@ -151,7 +153,7 @@ def ffmpeg_failure(path, returncode, messages, reason=None, output=None):
     not_writable = [os.strerror(code) for code in (errno.EACCES, errno.EPERM, errno.EROFS)]
     if any("output" in line and text in line for line in messages for text in not_writable):
         return not_written(output or path, last, full_disk=False)
-    return SystemExit(f"{path}: ffmpeg failed ({last})")
+    return UserError(f"{path}: ffmpeg failed ({last})")
 
 
 def write_video(path, frames, fps=25, audio_path=None):
@@ -182,14 +184,14 @@ def probe(video_path, kind="video"):
     `kind` names what the file should be in the message for one ffmpeg cannot read ("video", "audio file").
     """
     if not os.path.isfile(video_path):
-        raise SystemExit(f"{video_path}: file not found; check the path")
+        raise UserError(f"{video_path}: file not found; check the path")
     result = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", video_path],
                             capture_output=True, text=True, errors="replace")
     info = result.stderr  # ffmpeg prints stream info to stderr and exits 1 for want of an output file
     if "Stream #" not in info:
         last_line = info.strip().splitlines()[-1] if info.strip() else "no streams"
         last_line = last_line.replace(f"{video_path}: ", "")  # ffmpeg repeats the path
-        raise SystemExit(f"{video_path}: not a readable {kind} ({last_line}); re-encode it with ffmpeg")
+        raise UserError(f"{video_path}: not a readable {kind} ({last_line}); re-encode it with ffmpeg")
     video_line = next((line for line in info.splitlines() if "Video:" in line), "")
     pixel_format = re.search(r"Video: [^,]*, (\w+)", video_line)
     size = re.search(r", (\d+)x(\d+)\b", video_line)  # "..., yuv420p(progressive), 256x256 [SAR 1:1 ...], ..."
@@ -224,7 +226,7 @@ def read_video_frames(video_path, fps=None):
     with `fps`, resampled to that rate the way `extract_frames` does, so frame i here is frame i there."""
     info = probe(video_path)
     if not info["has_video"] or info["width"] is None:
-        raise SystemExit(f"{video_path}: no video stream; remove it from the video directory")
+        raise UserError(f"{video_path}: no video stream; remove it from the video directory")
     width, height = info["width"], info["height"]
     filters = ["-vf", f"fps={fps}"] if fps else []
     command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-i", video_path,
@@ -248,14 +250,14 @@ def read_video_frames(video_path, fps=None):
         log.seek(0)
         messages = log.read().decode(errors="replace").strip().splitlines()
     if returncode != 0:
-        raise SystemExit(f"{video_path}: ffmpeg could not decode it "
+        raise UserError(f"{video_path}: ffmpeg could not decode it "
                          f"({messages[-1] if messages else f'exit code {returncode}'}); re-encode it with ffmpeg")
 
 
 def extract_audio(video_path, wav_path, sample_rate=16000):
     """Write the video's audio as mono 16-bit wav at `sample_rate` (16 kHz: what every audio feature expects)."""
     if not probe(video_path)["has_audio"]:
-        raise SystemExit(f"{video_path}: video has no audio stream; training needs each video's speech, "
+        raise UserError(f"{video_path}: video has no audio stream; training needs each video's speech, "
                          f"so mux it in (ffmpeg -i video.mp4 -i speech.wav -c:v copy -c:a aac out.mp4)")
     with atomic_output(wav_path) as partial:
         _run_ffmpeg(["-i", video_path, "-vn", "-ac", "1", "-ar", str(sample_rate), "-c:a", "pcm_s16le",
@@ -274,7 +276,7 @@ def resample_video(video_path, output_path, fps=25):
 def extract_frames(video_path, frame_dir, fps=25):
     """Write the video's frames, resampled to `fps`, as frame_dir/000000.jpg, 000001.jpg, ...; return the count."""
     if not probe(video_path)["has_video"]:
-        raise SystemExit(f"{video_path}: no video stream; remove it from the video directory")
+        raise UserError(f"{video_path}: no video stream; remove it from the video directory")
     with atomic_output(frame_dir) as partial:
         os.makedirs(partial)
         _run_ffmpeg(["-i", video_path, "-vf", f"fps={fps}", "-q:v", "2", "-start_number", "0",

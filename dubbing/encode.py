@@ -89,7 +89,7 @@ class VideoEncoder:
         self.seconds += time.perf_counter() - started
 
     def close(self):
-        """Finish the file; raises SystemExit with ffmpeg's last error line if it failed."""
+        """Finish the file; raises UserError with ffmpeg's last error line if it failed."""
         started = time.perf_counter()
         try:
             self._process.stdin.close()

@@ -24,6 +24,7 @@ import time
 import imageio_ffmpeg
 import numpy as np
 
+from common.errors import UserError
 from data.video import probe, widen_pipe
 
 from .yuv import frame_bytes, planes, rgb_frame, source_colour
@@ -79,7 +80,7 @@ def _frame_folder(size, video_path):
     folder = tempfile.gettempdir()
     free = _free_bytes(folder)
     if size > free:
-        raise SystemExit(f"{video_path}: its decoded frames need {_megabytes(size)} of scratch space while dubbing, "
+        raise UserError(f"{video_path}: its decoded frames need {_megabytes(size)} of scratch space while dubbing, "
                          f"but the temporary folder {folder} has {_megabytes(free)} free (and {SHARED_MEMORY} too "
                          f"little); free space there or point TMPDIR at a folder with room (TMPDIR=/big/folder "
                          f"python inference.py ...)")
@@ -99,7 +100,7 @@ class DecodedVideo:
     def __init__(self, video_path, fps=25, background=False, pixel_format="rgb24"):
         info = probe(video_path)
         if not info["has_video"] or info["width"] is None:
-            raise SystemExit(f"{video_path}: no video stream; use a video file")
+            raise UserError(f"{video_path}: no video stream; use a video file")
         self.path = video_path
         self.fps = fps
         self.shape = (info["height"], info["width"], 3)             # as decoded, after any rotation
@@ -157,7 +158,7 @@ class DecodedVideo:
                             except OSError as error:  # the file's pages could not be had: its folder is full
                                 if error.errno not in (errno.EFAULT, errno.ENOSPC):
                                     raise
-                                raise SystemExit(
+                                raise UserError(
                                     f"{self.path}: the decoded frames filled {self._folder.name} "
                                     f"({_megabytes(self._decoded * frame_bytes)} so far); free space there or point "
                                     f"TMPDIR at a folder with room (TMPDIR=/big/folder python inference.py ...)"
@@ -183,10 +184,10 @@ class DecodedVideo:
             if self._closing:
                 return
             if returncode != 0:
-                raise SystemExit(f"{self.path}: ffmpeg could not decode it "
+                raise UserError(f"{self.path}: ffmpeg could not decode it "
                                  f"({messages[-1] if messages else f'exit code {returncode}'}); re-encode it with ffmpeg")
             if self._decoded == 0:
-                raise SystemExit(f"{self.path}: no video frames could be decoded; re-encode it with ffmpeg")
+                raise UserError(f"{self.path}: no video frames could be decoded; re-encode it with ffmpeg")
         except BaseException as error:  # handed to the thread that waits for frames
             self._error = error
         finally:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from common.errors import UserError
 from data.audio_features import FEATURE_WIDTHS, compute_audio_feature
 from data.geometry import CropGeometry, compute_crop_radius, crop_box, mask_mouth
 from data.landmarks import read_openface_csv
@@ -68,10 +69,10 @@ def load_generator(path, device, mouth_size=None):
     config = generator_config_of(checkpoint)
     trained_size = checkpoint.get("mouth_region_size")
     if trained_size and mouth_size and trained_size != mouth_size:
-        raise SystemExit(f"{flag} {path}: trained at mouth {trained_size}, but --mouth_region_size is {mouth_size}; "
+        raise UserError(f"{flag} {path}: trained at mouth {trained_size}, but --mouth_region_size is {mouth_size}; "
                          f"drop --mouth_region_size (it is read from the checkpoint) or pass a {mouth_size} checkpoint")
     if not trained_size and not mouth_size:
-        raise SystemExit(f"{flag} {path}: the checkpoint does not record its mouth size (DINet's do not) and its "
+        raise UserError(f"{flag} {path}: the checkpoint does not record its mouth size (DINet's do not) and its "
                          f"weights cannot tell it; pass --mouth_region_size: 256 for DINet's "
                          f"clip_training_DINet_256mouth.pth, else the size it was trained at")
     feature = checkpoint.get("audio_feature") or next(
@@ -85,20 +86,20 @@ def load_audio_features(driving_audio_path, feature, feature_path, work_dir):
     """(T, C) features of the driving audio, computed here, or read from `feature_path` (.npy/.txt)."""
     if feature_path:
         if not os.path.isfile(feature_path):
-            raise SystemExit(f"--audio_feature_path {feature_path}: no such file")
+            raise UserError(f"--audio_feature_path {feature_path}: no such file")
         try:
             features = np.load(feature_path) if feature_path.endswith(".npy") else np.loadtxt(feature_path, ndmin=2)
         except (ValueError, OSError, EOFError) as error:
-            raise SystemExit(f"--audio_feature_path {feature_path}: cannot read it ({type(error).__name__}); pass "
+            raise UserError(f"--audio_feature_path {feature_path}: cannot read it ({type(error).__name__}); pass "
                              f"a .npy or .txt array of (frames, channels)") from None
         width = FEATURE_WIDTHS.get(feature)
         if features.ndim != 2 or (width is not None and features.shape[1] != width):
-            raise SystemExit(f"--audio_feature_path {feature_path}: shape {features.shape}, but the checkpoint "
+            raise UserError(f"--audio_feature_path {feature_path}: shape {features.shape}, but the checkpoint "
                              f"expects (frames, {width}) {feature} features; pass {feature} features of the "
                              f"driving audio, 25 per second, or drop the flag")
         return features.astype(np.float32)
     if feature == "deepspeech" or feature is None:
-        raise SystemExit("this checkpoint takes DeepSpeech features, which need TensorFlow: compute them for the "
+        raise UserError("this checkpoint takes DeepSpeech features, which need TensorFlow: compute them for the "
                          "driving audio elsewhere and pass --audio_feature_path FILE.npy (frames x 29, 25 per second)")
     wav_path = os.path.join(work_dir, "driving.wav")
     extract_audio(driving_audio_path, wav_path)
@@ -238,7 +239,7 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
                 features = load_audio_features(driving_audio_path, generator.audio_feature, audio_feature_path,
                                                work_dir)
             if len(features) < AUDIO_WINDOW:
-                raise SystemExit(f"{driving_audio_path}: {len(features) * 40} ms of audio; dubbing needs at least "
+                raise UserError(f"{driving_audio_path}: {len(features) * 40} ms of audio; dubbing needs at least "
                                  f"{AUDIO_WINDOW * 40} ms ({AUDIO_WINDOW} video frames); pass a longer --driving_audio_path")
             with times("landmarks"):
                 landmarks = _landmarks(video, landmark_csv, source_video_path, landmark_detector)
@@ -246,7 +247,7 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
             radii = crop_radii(landmarks[index], video.size)
             usable = [t for t, radius in enumerate(radii) if radius is not None]
             if not usable:
-                raise SystemExit(f"{source_video_path}: the face crop leaves the frame in every frame; "
+                raise UserError(f"{source_video_path}: the face crop leaves the frame in every frame; "
                                  f"use a video with the whole lower face inside the picture")
             rng = np.random.default_rng(seed)
             reference_ids = rng.choice(usable, size=NUM_REFERENCES, replace=len(usable) < NUM_REFERENCES)
@@ -361,7 +362,7 @@ class _SourceFrames:
     def check_count(self):
         count = self.video.wait_all()
         if self.landmark_csv and count != self.expected:
-            raise SystemExit(f"--source_openface_landmark_path {self.landmark_csv}: {self.expected} rows for {count} "
+            raise UserError(f"--source_openface_landmark_path {self.landmark_csv}: {self.expected} rows for {count} "
                              f"frames at 25 fps; run the landmark step on the same 25 fps video, or drop the flag")
 
 
@@ -372,7 +373,7 @@ def _landmarks(video, landmark_csv, source_video_path, landmark_detector):
         from data.face_landmarks import detect_landmarks as landmark_detector
     landmarks, found = landmark_detector(video.rgb_frames())  # frames as they decode
     if not found.any():
-        raise SystemExit(f"{source_video_path}: no face found in any frame; use a video with one visible, "
+        raise UserError(f"{source_video_path}: no face found in any frame; use a video with one visible, "
                          f"frontal face")
     return landmarks
 

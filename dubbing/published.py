@@ -21,6 +21,7 @@ import imageio_ffmpeg
 import numpy as np
 import torch
 
+from common.errors import UserError
 from data.geometry import CropGeometry, compute_crop_radius, crop_box
 from data.landmarks import read_openface_csv
 
@@ -43,7 +44,7 @@ def published_inference(video_path, audio_path, landmark_csv, features, network,
     for i in range(frames):
         ok, frame = capture.read()
         if not ok:
-            raise SystemExit(f"{video_path}: {i} frames, the published loop was asked for {frames}; pass a longer video")
+            raise UserError(f"{video_path}: {i} frames, the published loop was asked for {frames}; pass a longer video")
         paths.append(os.path.join(frame_dir, f"{i:06d}.jpg"))
         cv2.imwrite(paths[-1], frame)
     capture.release()
@@ -57,7 +58,7 @@ def published_inference(video_path, audio_path, landmark_csv, features, network,
         """The frame at the centre of the window ending at `end` (padded numbering), its crop and placement."""
         radius = compute_crop_radius(video_size, padded_landmarks[end - AUDIO_WINDOW:end], random_scale=scale)
         if radius is None:
-            raise SystemExit(f"{video_path}: the face size changes too much near frame {end - AUDIO_WINDOW}; "
+            raise UserError(f"{video_path}: the face size changes too much near frame {end - AUDIO_WINDOW}; "
                              f"the published loop stops there")
         image = cv2.imread(padded_paths[end - 3])[:, :, ::-1]
         top, bottom, left, right = crop_box(padded_landmarks[end - 3], radius)

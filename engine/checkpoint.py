@@ -21,6 +21,7 @@ import zlib
 import numpy as np
 import torch
 
+from common.errors import UserError
 from models.dinet import GeneratorConfig
 from models.syncnet import SyncNetConfig, build_syncnet
 
@@ -100,7 +101,7 @@ def write_atomically(path, write, what="file"):
         full = _disk_full(error)
         if full is not None:
             kept = "the earlier one is intact" if os.path.exists(path) else "earlier files are intact"
-            raise SystemExit(f"{path}: {what} not written, the disk is full ({full.strerror}); {kept}. "
+            raise UserError(f"{path}: {what} not written, the disk is full ({full.strerror}); {kept}. "
                              f"Free space in {folder} and run again (training: --resume auto)") from None
         raise
 
@@ -118,7 +119,7 @@ def remove_stale_temporaries(folder):
         os.unlink(path)
 
 
-class RefusedCheckpoint(SystemExit):
+class RefusedCheckpoint(UserError):
     """A file that is not plain weights: no crash writes one, so --resume auto stops at it instead of skipping it."""
 
 
@@ -127,7 +128,7 @@ def load_checkpoint(path, flag="--resume", expected="a netG_model_epoch_N.pth", 
     the network it must hold, readable as that kind ("net_g": a generator's, "net": a SyncNet's).
     Unpickled with weights_only: tensors and plain values, never code."""
     if not os.path.isfile(path):
-        raise SystemExit(f"{flag} {path}: no such checkpoint file; check the path")
+        raise UserError(f"{flag} {path}: no such checkpoint file; check the path")
     with torch.serialization.safe_globals(LEGACY_RNG_GLOBALS):
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -144,22 +145,22 @@ def load_checkpoint(path, flag="--resume", expected="a netG_model_epoch_N.pth", 
         except Exception:
             checkpoint = None
     if checkpoint is None:
-        raise SystemExit(f"{flag} {path}: cannot read this checkpoint; it is truncated or not a PyTorch file, "
+        raise UserError(f"{flag} {path}: cannot read this checkpoint; it is truncated or not a PyTorch file, "
                          f"use an earlier checkpoint")
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
-        raise SystemExit(f"{flag} {path}: not a DINet checkpoint (no 'state_dict'); pass {expected}")
+        raise UserError(f"{flag} {path}: not a DINet checkpoint (no 'state_dict'); pass {expected}")
     check_integrity(checkpoint, path, flag)
     if needs:
         kind, read_config = NETWORKS[needs]
         if needs not in checkpoint["state_dict"]:
-            raise SystemExit(f"{flag} {path}: not a {kind} checkpoint (no state_dict['{needs}']); pass {expected}")
+            raise UserError(f"{flag} {path}: not a {kind} checkpoint (no state_dict['{needs}']); pass {expected}")
         try:
             read_config(checkpoint)
         except ValueError as error:  # a recorded configuration this version cannot build
-            raise SystemExit(f"{flag} {path}: {error}; pass {expected}") from None
+            raise UserError(f"{flag} {path}: {error}; pass {expected}") from None
         except (KeyError, IndexError, AttributeError, TypeError) as error:
             what = f"no {error}" if isinstance(error, KeyError) else f"{type(error).__name__}: {error}"
-            raise SystemExit(f"{flag} {path}: its {needs} weights are not a {kind}'s ({what}); pass {expected}") from None
+            raise UserError(f"{flag} {path}: its {needs} weights are not a {kind}'s ({what}); pass {expected}") from None
     return checkpoint
 
 
@@ -178,12 +179,12 @@ def check_integrity(checkpoint, path, flag):
     if stored is None:  # DINet's own checkpoints carry none
         return
     if re.fullmatch(r"[0-9a-f]{32}", str(stored)):
-        raise SystemExit(f"{flag} {path}: its checksum is the blake2b digest of this repository's versions before "
+        raise UserError(f"{flag} {path}: its checksum is the blake2b digest of this repository's versions before "
                          f"2026-11-27, which is no longer checked; use a checkpoint written since")
     digest = checkpoint_digest(checkpoint)
     # "crc32:T": written before the checksum covered more than the tensors; those are still checked
     if stored not in (digest, digest.rsplit(":", 1)[0]):
-        raise SystemExit(f"{flag} {path}: corrupt checkpoint (what it holds does not match the checksum written with "
+        raise UserError(f"{flag} {path}: corrupt checkpoint (what it holds does not match the checksum written with "
                          f"it); use an earlier checkpoint, or --resume auto to take the newest good one")
 
 
@@ -213,7 +214,7 @@ def newest_valid_checkpoint(folder, prefix, report=print):
             return path, load_checkpoint(path, "--resume auto")
         except RefusedCheckpoint:
             raise
-        except SystemExit as error:
+        except UserError as error:
             report(f"skipping {error}")
     return None, None
 
@@ -247,18 +248,18 @@ def generator_config_of(checkpoint):
 def load_network(network, checkpoint, name, path, flag):
     """Load state_dict[name] into `network` (strict), or exit naming the file and the mismatch."""
     if name not in checkpoint["state_dict"]:
-        raise SystemExit(f"{flag} {path}: the checkpoint has no {name!r} weights")
+        raise UserError(f"{flag} {path}: the checkpoint has no {name!r} weights")
     try:
         network.load_state_dict(strip_module_prefix(checkpoint["state_dict"][name]))
     except RuntimeError as error:
         first = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
-        raise SystemExit(f"{flag} {path}: its {name} does not fit this architecture ({first})") from None
+        raise UserError(f"{flag} {path}: its {name} does not fit this architecture ({first})") from None
 
 
 def check_generator_config(checkpoint, expected: GeneratorConfig, path, flag):
     found = generator_config_of(checkpoint)
     if found != expected:
-        raise SystemExit(f"{flag} {path}: trained as [{found.describe()}, audio_channel={found.audio_channel}] but this run "
+        raise UserError(f"{flag} {path}: trained as [{found.describe()}, audio_channel={found.audio_channel}] but this run "
                          f"builds [{expected.describe()}, audio_channel={expected.audio_channel}]; pass the matching --lab "
                          f"and data, or another checkpoint")
 
@@ -295,11 +296,11 @@ def check_syncnet_fits(config, path, mouth_region_size, audio_feature, audio_cha
     retrain = (f"train one on this data: python train_syncnet.py --train_data JSON "
                f"--mouth_region_size {mouth_region_size}")
     if config.audio_channel != audio_channel:
-        raise SystemExit(f"{flag} {path}: this SyncNet reads {config.audio_channel}-d {config.audio_feature} audio, the "
+        raise UserError(f"{flag} {path}: this SyncNet reads {config.audio_channel}-d {config.audio_feature} audio, the "
                          f"training data has {audio_channel}-d {audio_feature} features; {retrain}")
     if config.audio_feature not in ("unknown", audio_feature) and audio_feature is not None:
-        raise SystemExit(f"{flag} {path}: this SyncNet was trained on {config.audio_feature} audio, the training data "
+        raise UserError(f"{flag} {path}: this SyncNet was trained on {config.audio_feature} audio, the training data "
                          f"has {audio_feature} features; {retrain}")
     if config.mouth_region_size is not None and config.mouth_region_size != mouth_region_size:
-        raise SystemExit(f"{flag} {path}: this SyncNet was trained on mouth {config.mouth_region_size} crops, this run "
+        raise UserError(f"{flag} {path}: this SyncNet was trained on mouth {config.mouth_region_size} crops, this run "
                          f"uses --mouth_region_size {mouth_region_size}; {retrain}")

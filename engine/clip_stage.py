@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.optim import Adam
 
+from common.errors import UserError
 from data.clip_dataset import CLIP_FRAMES, ClipDataset
 from data.geometry import CropGeometry
 from data.training_json import check_audio_channel
@@ -55,7 +56,7 @@ class ClipStage(FrameStage):
         syncnet = None
         if opt.lamb_syncnet_perception:
             if not opt.pretrained_syncnet_path:
-                raise SystemExit("--pretrained_syncnet_path is empty: the sync loss needs a SyncNet trained on this "
+                raise UserError("--pretrained_syncnet_path is empty: the sync loss needs a SyncNet trained on this "
                                  "data (python train_syncnet.py), or pass --lamb_syncnet_perception 0")
             syncnet, syncnet_cfg = load_syncnet(opt.pretrained_syncnet_path)
             check_syncnet_fits(syncnet_cfg, opt.pretrained_syncnet_path, opt.mouth_region_size,
@@ -63,7 +64,7 @@ class ClipStage(FrameStage):
         if resume is not None:
             start, path, flag = resume, opt.resume, "--resume"
         elif not opt.pretrained_frame_DINet_path:
-            raise SystemExit("--pretrained_frame_DINet_path is empty: the clip stage starts from the frame stage's "
+            raise UserError("--pretrained_frame_DINet_path is empty: the clip stage starts from the frame stage's "
                              "netG_model_epoch_N.pth at the same --mouth_region_size")
         else:
             path, flag = opt.pretrained_frame_DINet_path, "--pretrained_frame_DINet_path"

@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from common.errors import UserError
 from config.config import training_parser
 from config.labs import GENERATOR_FLAGS, generator_config, lab_audio_feature
 from data.audio_features import FEATURE_WIDTHS
@@ -143,7 +144,7 @@ def prepare_runs(labs, training_args, epochs, out_dir):
     """Check everything before the first lab trains: flags, data, folders. Returns (base options, args per lab)."""
     for name in PER_RUN_FLAGS:
         if flag_given(name, training_args):
-            raise SystemExit(f"{name}: compare_labs.py sets it for each lab; choose labs with --labs and the "
+            raise UserError(f"{name}: compare_labs.py sets it for each lab; choose labs with --labs and the "
                              f"folder with --out_dir")
     if not (flag_given("--non_decay", training_args) or flag_given("--decay", training_args)):
         training_args = [*training_args, "--non_decay", str(epochs), "--decay", "0"]
@@ -151,7 +152,7 @@ def prepare_runs(labs, training_args, epochs, out_dir):
     base = parser.parse_args(training_args)  # a wrong flag stops here, before any training
     for lab in labs:
         if os.path.exists(os.path.join(out_dir, lab, "metrics.jsonl")):
-            raise SystemExit(f"{os.path.join(out_dir, lab)} already holds a run; pass another --out_dir or remove it")
+            raise UserError(f"{os.path.join(out_dir, lab)} already holds a run; pass another --out_dir or remove it")
     return base, training_args
 
 
@@ -166,7 +167,7 @@ def run_comparison(labs, training_args, epochs, out_dir):
         try:
             config = generator_config(lab, audio_channel, base.source_channel, base.ref_channel,
                                       audio_feature=training_set.audio_feature, **overrides)
-        except SystemExit as reason:  # this data lacks the lab's audio feature, or an override does not fit it
+        except UserError as reason:  # this data lacks the lab's audio feature, or an override does not fit it
             own = lab_config(lab)
             runs.append(LabRun(lab, lab_description(lab, own), cost_columns(own), skipped=str(reason)))
             print(f"skipping {lab}: {reason}")

@@ -12,6 +12,8 @@ import torch.distributed as torch_dist
 import torch.distributed.nn.functional as functional_dist
 from torch import nn
 
+from common.errors import UserError
+
 
 @dataclass
 class Runtime:
@@ -36,10 +38,10 @@ def setup(device_arg=None):
     try:
         device = torch.device(device_arg)
     except RuntimeError:
-        raise SystemExit(f"--device {device_arg}: not a device; pass cuda, cuda:N or cpu") from None
+        raise UserError(f"--device {device_arg}: not a device; pass cuda, cuda:N or cpu") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise SystemExit(f"--device {device_arg}: no CUDA device is visible; pass --device cpu")
+            raise UserError(f"--device {device_arg}: no CUDA device is visible; pass --device cpu")
         # one process per GPU under torchrun; set_device needs an index ("cuda" alone is refused by some releases)
         device = torch.device("cuda", local_rank if world_size > 1 else (device.index or 0))
         torch.cuda.set_device(device)

@@ -16,6 +16,8 @@ import warnings
 
 import torch
 
+from common.errors import UserError
+
 AMP_CHOICES = ("auto", "off", "bf16", "fp16")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -45,7 +47,7 @@ def resolve_amp(amp, device, training=False):
 class Precision:
     def __init__(self, amp="off", device=torch.device("cpu"), channels_last=False, compile=False):
         if amp not in AMP_CHOICES:
-            raise SystemExit(f"--amp {amp}: unknown precision; pass one of {', '.join(AMP_CHOICES)}")
+            raise UserError(f"--amp {amp}: unknown precision; pass one of {', '.join(AMP_CHOICES)}")
         self.amp = resolve_amp(amp, device, training=True)
         if device.type == "cuda":  # fp32 matrix products on tensor cores too, as cuDNN's convolutions already are
             torch.set_float32_matmul_precision("high")

@@ -15,6 +15,7 @@ import torch
 from torch.optim import Adam
 from torch.utils.data import DataLoader
 
+from common.errors import UserError
 from data.sync_dataset import SyncDataset, pair_labels, split_videos, video_timelines
 from data.training_json import check_audio_channel
 from models.syncnet import SyncNetConfig, build_syncnet
@@ -67,7 +68,7 @@ class SyncNetStage(Stage):
                                        input_size=opt.syncnet_input_size or opt.mouth_region_size,
                                        centre_window=opt.syncnet_centre_window)
             except ValueError as error:
-                raise SystemExit(str(error)) from None
+                raise UserError(str(error)) from None
         return cls(opt, config, runtime, training_set)
 
     def describe(self):

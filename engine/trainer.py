@@ -25,6 +25,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
+from common.errors import UserError, Stopped
 from config.labs import GENERATOR_FLAGS, generator_config
 from data.dataset import FrameDataset
 from data.geometry import CropGeometry
@@ -138,7 +139,7 @@ class FrameStage(Stage):
         """The stage for this data: the lab's generator (or the resumed checkpoint's), initialised from the
         coarser stage under --coarse2fine."""
         if opt.coarse2fine and not opt.coarse_model_path:
-            raise SystemExit("--coarse2fine needs --coarse_model_path PATH to the coarser stage's netG_model_epoch_N.pth")
+            raise UserError("--coarse2fine needs --coarse_model_path PATH to the coarser stage's netG_model_epoch_N.pth")
         audio_channel = check_audio_channel(training_set, opt.audio_channel)
         if resume is not None:
             check_data_compatible(resume, opt, training_set, opt.resume, "--resume")
@@ -340,7 +341,7 @@ def choose_generator_config(opt, training_set, audio_channel, checkpoint, path, 
         check_generator_config(checkpoint, requested, path, flag)
     found = generator_config_of(checkpoint)
     if found.audio_channel != audio_channel:
-        raise SystemExit(f"{flag} {path}: its generator reads {found.audio_channel}-d audio, but {training_set.path} has "
+        raise UserError(f"{flag} {path}: its generator reads {found.audio_channel}-d audio, but {training_set.path} has "
                          f"{audio_channel}-d {training_set.audio_feature} features; pass a checkpoint trained on this data")
     return found
 
@@ -351,7 +352,7 @@ def check_data_compatible(checkpoint, opt, training_set, path, flag):
         theirs = checkpoint.get(key, ours)
         if theirs != ours:
             fix = f"pass --{key} {theirs}" if key == "mouth_region_size" else f"pass --train_data with {theirs} features"
-            raise SystemExit(f"{flag} {path}: trained with {key}={theirs}, this run uses {ours}; "
+            raise UserError(f"{flag} {path}: trained with {key}={theirs}, this run uses {ours}; "
                              f"{fix} or another checkpoint")
 
 
@@ -446,7 +447,7 @@ def train(opt, stage_class=FrameStage):
 
     dataset = stage.dataset(training_set)
     if len(dataset) < opt.batch_size * runtime.world_size:
-        raise SystemExit(f"--batch_size {opt.batch_size} is larger than the {len(dataset)} samples per epoch of "
+        raise UserError(f"--batch_size {opt.batch_size} is larger than the {len(dataset)} samples per epoch of "
                          f"{opt.train_data} (videos x --augment_num); lower --batch_size or raise --augment_num")
     order = EpochOrder(len(dataset), opt.batch_size, opt.seed, runtime.rank, runtime.world_size)
     # its own generator: making loader iterators must not draw from the RNG that a resume restores
@@ -496,7 +497,7 @@ def train(opt, stage_class=FrameStage):
                              f"{', '.join(stage.non_finite)} not finite, update skipped ({skipped} skipped so far)")
                     if consecutive >= opt.max_non_finite:
                         log.close()
-                        raise SystemExit(
+                        raise UserError(
                             f"stopping: {consecutive} non-finite steps in a row, the last at epoch {epoch} iteration "
                             f"{iteration} (step {global_step}, {values}; {', '.join(stage.non_finite)} not finite); the checkpoints in {opt.result_path} are "
                             f"from before it: resume with a lower --lr_g/--lr_dI, or --amp off")
@@ -516,7 +517,7 @@ def train(opt, stage_class=FrameStage):
                              f"continue with the same command and --resume auto")
                     log.close()
                     distributed.cleanup()
-                    raise SystemExit(128 + (stop.signal or signal.SIGTERM))
+                    raise Stopped(128 + (stop.signal or signal.SIGTERM))
             for scheduler in schedulers.values():
                 scheduler.step()
             if runtime.is_main:

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.errors import UserError
+
 
 def psnr(fake, real):
     """fake, real (N, 3, H, W) in [0, 1] -> (N,) dB."""
@@ -44,13 +46,13 @@ class InceptionFeatures(torch.nn.Module):
         from torchvision.models import inception_v3
         network = inception_v3(weights=None, aux_logits=True, init_weights=False)
         if not os.path.isfile(weights_path):
-            raise SystemExit(f"--inception_weights {weights_path}: no such file; pass torchvision's Inception v3 "
+            raise UserError(f"--inception_weights {weights_path}: no such file; pass torchvision's Inception v3 "
                              f"state dict (.pth), or leave the flag out to skip FID")
         try:
             state = torch.load(weights_path, map_location="cpu", weights_only=True)
             network.load_state_dict(state.get("state_dict", state))
         except Exception as error:
-            raise SystemExit(f"--inception_weights {weights_path}: not a torchvision Inception v3 state dict "
+            raise UserError(f"--inception_weights {weights_path}: not a torchvision Inception v3 state dict "
                              f"({type(error).__name__}); pass inception_v3_google-0cc3c7bd.pth or a state dict "
                              f"saved from torchvision.models.inception_v3") from None
         network.fc = torch.nn.Identity()

@@ -8,6 +8,7 @@ import warnings
 
 from torch import nn
 
+from common.errors import UserError
 from .pretrained import pretrained_state
 
 # lpips' vgg16 keeps torchvision's layer indices inside five slices: features.{i} -> net.slice{k}.{i}
@@ -44,7 +45,7 @@ class LPIPS(nn.Module):
             try:
                 self.metric.net.load_state_dict(trunk)
             except RuntimeError as error:
-                raise SystemExit(f"--lpips_weights {weights}: not a torchvision VGG16 state dict "
+                raise UserError(f"--lpips_weights {weights}: not a torchvision VGG16 state dict "
                                  f"({str(error).splitlines()[0]})") from None
         self.requires_grad_(False)
         self.eval()

@@ -4,6 +4,8 @@ import os
 
 import torch
 
+from common.errors import UserError
+
 
 def pretrained_state(weights, enum, flag, description, keyword="pretrained"):
     """The state dict for `weights` (`keyword` for torchvision's `enum`, or a path); exits naming `flag` and the fix."""
@@ -12,14 +14,14 @@ def pretrained_state(weights, enum, flag, description, keyword="pretrained"):
             return enum.get_state_dict(progress=True)
         except Exception as error:  # no network, proxy, corrupt cache: all end the same way for the user
             filename = os.path.basename(enum.url)
-            raise SystemExit(f"could not fetch {description} weights ({type(error).__name__}); put {filename} in "
+            raise UserError(f"could not fetch {description} weights ({type(error).__name__}); put {filename} in "
                              f"{torch.hub.get_dir()}/checkpoints, or pass {flag} PATH to a state dict, "
                              f"or {flag} random") from None
     if not os.path.isfile(weights):
-        raise SystemExit(f"{flag} {weights}: no such file; pass {keyword}, random or a {description} .pth path")
+        raise UserError(f"{flag} {weights}: no such file; pass {keyword}, random or a {description} .pth path")
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise SystemExit(f"{flag} {weights}: cannot read it ({type(error).__name__}); "
+        raise UserError(f"{flag} {weights}: cannot read it ({type(error).__name__}); "
                          f"pass a {description} .pth, {keyword} or random") from None
     return state.get("state_dict", state)

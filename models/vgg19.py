@@ -3,6 +3,7 @@
 import torch
 from torch import nn
 
+from common.errors import UserError
 from .pretrained import pretrained_state
 
 _SLICE_ENDS = (2, 7, 12, 21, 30)  # torchvision vgg19.features indices closing each slice
@@ -41,7 +42,7 @@ def load_vgg19_features(weights="imagenet"):
     try:
         features.load_state_dict(_features_state(state))
     except RuntimeError as error:
-        raise SystemExit(f"--vgg19_weights {weights}: not a torchvision VGG19 state dict "
+        raise UserError(f"--vgg19_weights {weights}: not a torchvision VGG19 state dict "
                          f"({str(error).splitlines()[0]})") from None
     return features
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.errors import UserError
 from .pretrained import pretrained_state
 
 INPUT_SIZE = (144, 112)  # (H, W): the face crop's 13:10 aspect at torchvision's 112-px training width
@@ -36,7 +37,7 @@ class VideoEncoder(nn.Module):
             try:
                 network.load_state_dict(state)
             except RuntimeError as error:
-                raise SystemExit(f"--trepa_weights {weights}: not a torchvision r2plus1d_18 state dict "
+                raise UserError(f"--trepa_weights {weights}: not a torchvision r2plus1d_18 state dict "
                                  f"({str(error).splitlines()[0]})") from None
         # the classifier (avgpool, fc) is never used
         self.trunk = nn.Sequential(network.stem, network.layer1, network.layer2, network.layer3, network.layer4)

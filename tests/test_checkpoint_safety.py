@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from common.errors import UserError
 from conftest import ROOT
 from dubbing.pipeline import load_generator
 from engine.checkpoint import atomic_save, load_checkpoint
@@ -114,12 +115,12 @@ def test_checkpoints_of_earlier_versions_load_with_numpys_rng_arrays_and_nothing
     offset = data.index(torch.tensor(500.0).numpy().tobytes())  # inside the weights: their checksum is still read
     data[offset] ^= 0x01
     (tmp_path / "flipped.pth").write_bytes(bytes(data))
-    with pytest.raises(SystemExit, match="corrupt checkpoint"):
+    with pytest.raises(UserError, match="corrupt checkpoint"):
         load_checkpoint(str(tmp_path / "flipped.pth"))
 
     other_array = tmp_path / "float_array.pth"  # numpy arrays beyond the RNG's uint32 ones are not weights
     torch.save({**earlier_checkpoint(), "extra": np.zeros(3)}, other_array)
-    with pytest.raises(SystemExit, match=f"--resume {other_array}: refusing to unpickle it, it is not a plain"):
+    with pytest.raises(UserError, match=f"--resume {other_array}: refusing to unpickle it, it is not a plain"):
         load_checkpoint(str(other_array))
 
 
@@ -127,7 +128,7 @@ def test_checkpoints_with_the_blake2b_digest_of_earlier_versions_are_refused_by_
     state = {"epoch": 3, "state_dict": {"net_g": {"w": torch.arange(1000, dtype=torch.float32)}}}
     digest = hashlib.blake2b(state["state_dict"]["net_g"]["w"].numpy().tobytes(), digest_size=16).hexdigest()
     torch.save({**state, "integrity": digest}, tmp_path / "old.pth")
-    with pytest.raises(SystemExit, match="its checksum is the blake2b digest of this repository's versions before"):
+    with pytest.raises(UserError, match="its checksum is the blake2b digest of this repository's versions before"):
         load_checkpoint(str(tmp_path / "old.pth"))
 
 
@@ -165,7 +166,7 @@ def test_the_checksum_covers_every_value_not_only_the_tensors(tmp_path, change):
     if change == "untouched":
         assert load_checkpoint(str(path))["global_step"] == 40
     else:
-        with pytest.raises(SystemExit, match=f"--resume {path}: corrupt checkpoint"):
+        with pytest.raises(UserError, match=f"--resume {path}: corrupt checkpoint"):
             load_checkpoint(str(path))
 
 

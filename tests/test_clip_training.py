@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 
+from common.errors import UserError
 from conftest import ROOT, write_dinet_json
 from config.config import clip_training_parser
 from config.labs import generator_config
@@ -134,7 +135,7 @@ def test_a_syncnet_for_other_audio_is_refused_before_training(clip_assets, tmp_p
     mel = SyncNetConfig(audio_channel=80, audio_feature="mel", mouth_region_size=64, input_size=32)
     path = str(folder / "mel_syncnet.pth")
     atomic_save({"state_dict": {"net": build_syncnet(mel).state_dict()}, "syncnet_config": mel.to_dict()}, path)
-    with pytest.raises(SystemExit, match=r"mel_syncnet.pth: this SyncNet reads 80-d mel audio, the training data has "
+    with pytest.raises(UserError, match=r"mel_syncnet.pth: this SyncNet reads 80-d mel audio, the training data has "
                                          r"29-d deepspeech features"):
         train(clip_options(clip_assets, tmp_path, "--pretrained_syncnet_path", path), ClipStage)
 
@@ -145,7 +146,7 @@ def test_sync_weight_zero_needs_no_syncnet_and_missing_frame_checkpoint_is_named
     stage = ClipStage.create(opt, load_training_json(json_path), distributed.setup("cpu"), None)
     assert stage.syncnet is None
     opt = clip_options(clip_assets, tmp_path, "--pretrained_frame_DINet_path", "")
-    with pytest.raises(SystemExit, match=r"--pretrained_frame_DINet_path is empty"):
+    with pytest.raises(UserError, match=r"--pretrained_frame_DINet_path is empty"):
         train(opt, ClipStage)
 
 

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
+from common.errors import UserError
 from conftest import ROOT, write_dinet_json
 from data.prepare import generate_training_json
 from data.training_json import load_training_json
@@ -153,7 +154,7 @@ def test_features_with_nan_are_refused_when_the_json_is_made_naming_the_file(tmp
     features[4, 7] = np.nan
     os.makedirs(feature_dir)
     np.save(feature_dir / "talk_mel.npy", features)
-    with pytest.raises(SystemExit, match=r"talk_mel.npy: holds NaN or infinite values; delete it and extract"):
+    with pytest.raises(UserError, match=r"talk_mel.npy: holds NaN or infinite values; delete it and extract"):
         generate_training_json(str(crop_dir), str(feature_dir), "mel", str(tmp_path / "training_json.json"))
     assert not (tmp_path / "training_json.json").exists()
 

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from common.errors import UserError
 from data.audio_features import FEATURE_WIDTHS, compute_audio_feature, mel_filter_bank
 from data.demo import make_demo_data
 from data.geometry import CropGeometry, compute_crop_radius, crop_box
@@ -191,5 +192,5 @@ def test_mel_filter_bank_is_librosas(settings):
 
 
 def test_deepspeech_is_made_elsewhere_with_a_clear_message(one_second_wav):
-    with pytest.raises(SystemExit, match="DeepSpeech"):
+    with pytest.raises(UserError, match="DeepSpeech"):
         compute_audio_feature(one_second_wav, "deepspeech")

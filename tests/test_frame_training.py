@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from common.errors import UserError
 from conftest import ROOT, write_dinet_json
 from config.config import training_parser
 from data.training_json import load_training_json
@@ -147,7 +148,7 @@ def test_coarse_checkpoint_initialises_finer_stage(tiny_json, lab2_run, tmp_path
 
 
 def test_coarse_checkpoint_of_another_lab_is_rejected(tiny_json, lab2_run, tmp_path):
-    with pytest.raises(SystemExit, match=r"netG_model_epoch_2.pth: trained as \[extra_same_block=True.*builds \[DINet"):
+    with pytest.raises(UserError, match=r"netG_model_epoch_2.pth: trained as \[extra_same_block=True.*builds \[DINet"):
         run_frame(tiny_json, tmp_path, "--mouth_region_size", "128", "--coarse2fine",
                   "--coarse_model_path", str(lab2_run / "netG_model_epoch_2.pth"))
 
@@ -168,7 +169,7 @@ def test_resume_continues_the_loss_trajectory_of_an_uninterrupted_run(tiny_json,
 def test_audio_channel_is_read_from_the_data_and_a_disagreeing_flag_is_an_error(tmp_path):
     json_path = write_dinet_json(str(tmp_path), width=80)
     assert load_training_json(json_path).audio_channel == 80
-    with pytest.raises(SystemExit, match=r"--audio_channel 29 disagrees with .*80 wide"):
+    with pytest.raises(UserError, match=r"--audio_channel 29 disagrees with .*80 wide"):
         run_frame(json_path, tmp_path / "run", "--audio_channel", "29")
 
 
@@ -182,7 +183,7 @@ def test_dinet_made_json_with_paths_relative_to_the_working_directory_loads(tmp_
 
 
 def test_batch_larger_than_the_data_is_a_clear_error(tiny_json, tmp_path):
-    with pytest.raises(SystemExit, match="--batch_size 64 is larger than the 4 samples per epoch"):
+    with pytest.raises(UserError, match="--batch_size 64 is larger than the 4 samples per epoch"):
         run_frame(tiny_json, tmp_path, "--batch_size", "64")
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from bench import face_boxes, video_psnr
+from common.errors import UserError
 from conftest import ROOT
 from data.demo import make_demo_data
 from data.geometry import CropGeometry
@@ -129,14 +130,14 @@ def test_dubbed_video_follows_the_audio_and_keeps_the_upper_face(demo, audio_dri
 def test_audio_shorter_than_five_frames_is_a_clear_error_and_writes_nothing(demo, checkpoint, tmp_path):
     audio = cut_audio(demo / "split_video_25fps_audio" / "demo_001.wav", 0.1, tmp_path / "short.wav")
     generator = load_generator(checkpoint, torch.device("cpu"))
-    with pytest.raises(SystemExit, match="short.wav: 120 ms of audio; dubbing needs at least 200 ms"):
+    with pytest.raises(UserError, match="short.wav: 120 ms of audio; dubbing needs at least 200 ms"):
         dub(str(demo / "split_video_25fps" / "demo_000.mp4"), audio, generator, str(tmp_path / "o.mp4"),
             torch.device("cpu"), landmark_csv=str(demo / "split_video_25fps_landmark_openface" / "demo_000.csv"))
     assert os.listdir(tmp_path) == ["short.wav"]
 
 
 def test_checkpoint_for_another_mouth_size_is_rejected(checkpoint):
-    with pytest.raises(SystemExit, match="trained at mouth 64, but --mouth_region_size is 256"):
+    with pytest.raises(UserError, match="trained at mouth 64, but --mouth_region_size is 256"):
         load_generator(checkpoint, torch.device("cpu"), mouth_size=256)
 
 
@@ -145,7 +146,7 @@ def test_dinet_checkpoint_needs_deepspeech_features(demo, tmp_path):
     torch.save({"epoch": 1, "state_dict": {"net_g": {"module." + k: v for k, v in DINet(3, 15, 29).state_dict().items()}}}, path)
     generator = load_generator(path, torch.device("cpu"), mouth_size=256)
     assert (generator.mouth_size, generator.audio_feature) == (256, "deepspeech")
-    with pytest.raises(SystemExit, match="pass --audio_feature_path FILE.npy"):
+    with pytest.raises(UserError, match="pass --audio_feature_path FILE.npy"):
         dub(str(demo / "split_video_25fps" / "demo_000.mp4"), str(demo / "split_video_25fps_audio" / "demo_001.wav"),
             generator, str(tmp_path / "o.mp4"), torch.device("cpu"))
 

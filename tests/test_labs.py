@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from common.errors import UserError
 from conftest import ROOT
 from config.config import training_parser
 from config.labs import LAB_PRESETS, generator_config
@@ -95,16 +96,16 @@ def test_every_flag_combination_builds_or_is_rejected_with_a_one_line_reason():
 
 
 def test_a_combination_that_cannot_work_stops_training_with_one_line(tiny_json, tmp_path):
-    with pytest.raises(SystemExit, match=r"^--lab lab10: --alignment mha cannot be used with --param_fusion "
+    with pytest.raises(UserError, match=r"^--lab lab10: --alignment mha cannot be used with --param_fusion "
                                          r"hybrid_transformer: [^\n]*$"):
         run_frame(tiny_json, tmp_path, "--lab", "lab10", "--alignment", "mha")
 
 
 def test_lab7_needs_mel_features_and_says_how_to_make_them(tiny_json, tmp_path):
-    with pytest.raises(SystemExit, match=r"^--lab lab7 trains on mel audio features \(80-d\) but the training data has "
+    with pytest.raises(UserError, match=r"^--lab lab7 trains on mel audio features \(80-d\) but the training data has "
                                          r"deepspeech features; make them with `python data_processing.py [^\n]*$"):
         run_frame(tiny_json, tmp_path, "--lab", "lab7")
-    with pytest.raises(SystemExit, match="data has 52-d features"):  # a caller that knows only the width
+    with pytest.raises(UserError, match="data has 52-d features"):  # a caller that knows only the width
         generator_config("lab7", 52)
     assert generator_config("lab7", 80, audio_feature="mel") == generator_config("lab5", 80)
 
@@ -162,7 +163,7 @@ def test_every_lab_config_round_trips_through_a_checkpoint(lab, tmp_path):
 
 def test_a_checkpoint_of_one_lab_names_both_architectures_when_loaded_as_another():
     lab10 = {"state_dict": {"net_g": {}}, "generator_config": lab_config("lab10").to_dict()}
-    with pytest.raises(SystemExit, match=r"lab10.pth: trained as \[extra_same_block=True, "
+    with pytest.raises(UserError, match=r"lab10.pth: trained as \[extra_same_block=True, "
                                          r"param_fusion=hybrid_transformer, audio_encoder=audio_attention, .* "
                                          r"builds \[extra_same_block=True, param_fusion=hybrid_and_concat, "
                                          r"audio_channel=29\]"):
@@ -353,7 +354,7 @@ def test_compare_labs_tables_plots_and_skips_a_lab_the_data_cannot_train(compari
     assert "| lab7 | param_fusion=fusion_transformer; audio_feature=mel |" in table and "skipped: --lab lab7" in table
     assert (out_dir / "comparison.csv").read_text().startswith("lab,description,parameters (M),")
     assert (out_dir / "perception_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with pytest.raises(SystemExit, match="already holds a run"):  # never appends to an earlier comparison
+    with pytest.raises(UserError, match="already holds a run"):  # never appends to an earlier comparison
         run_comparison(["lab1"], ["--train_data", demo_json, *FAST], epochs=1, out_dir=str(out_dir))
 
 
@@ -366,5 +367,5 @@ def test_compare_labs_table_only_prints_parameters_and_gflops_without_training()
 
 
 def test_compare_labs_rejects_flags_it_sets_per_lab(tiny_json, tmp_path):
-    with pytest.raises(SystemExit, match="--lab: compare_labs.py sets it for each lab"):
+    with pytest.raises(UserError, match="--lab: compare_labs.py sets it for each lab"):
         run_comparison(["lab1"], ["--train_data", tiny_json, "--lab", "lab2"], epochs=1, out_dir=str(tmp_path))

@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from common.errors import UserError
 from conftest import ROOT, SHARED, write_dinet_json
 from config.config import syncnet_parser
 from data.demo import make_demo_data
@@ -122,25 +123,25 @@ def test_held_out_split_is_by_video_and_its_set_is_balanced_and_fixed(tmp_path):
     labels = [first[i]["in_sync"].item() for i in range(len(first))]
     assert labels.count(1.0) == labels.count(0.0) == len(first) // 2
     assert all(torch.equal(first[i]["audio"], second[i]["audio"]) for i in range(len(first)))
-    with pytest.raises(SystemExit, match="holds out whole videos.*has 1; prepare at least 2 videos"):
+    with pytest.raises(UserError, match="holds out whole videos.*has 1; prepare at least 2 videos"):
         split_videos(numbered_audio_set(str(tmp_path / "one"), videos=1), 0.1, seed=1)
 
 
 def test_syncnet_that_does_not_fit_the_generators_data_is_a_one_line_error():
     mel_256 = SyncNetConfig(arch="dinet", audio_channel=80, audio_feature="mel", mouth_region_size=256, input_size=64)
     check_syncnet_fits(mel_256, "s.pth", 256, "mel", 80)  # fits
-    with pytest.raises(SystemExit, match=r"s.pth: this SyncNet reads 80-d mel audio, the training data has 29-d "
+    with pytest.raises(UserError, match=r"s.pth: this SyncNet reads 80-d mel audio, the training data has 29-d "
                                          r"deepspeech features; train one on this data: python train_syncnet.py"):
         check_syncnet_fits(mel_256, "s.pth", 256, "deepspeech", 29)
-    with pytest.raises(SystemExit, match=r"trained on mouth 256 crops, this run uses --mouth_region_size 128"):
+    with pytest.raises(UserError, match=r"trained on mouth 256 crops, this run uses --mouth_region_size 128"):
         check_syncnet_fits(mel_256, "s.pth", 128, "mel", 80)
-    with pytest.raises(SystemExit, match=r"trained on mel audio, the training data has mfcc80 features"):
+    with pytest.raises(UserError, match=r"trained on mel audio, the training data has mfcc80 features"):
         check_syncnet_fits(mel_256, "s.pth", 256, "mfcc80", 80)
 
 
 def test_not_a_syncnet_file_is_a_one_line_error(tmp_path):
     atomic_save({"epoch": 3, "state_dict": {"net_g": {}}}, str(tmp_path / "netG_model_epoch_2.pth"))
-    with pytest.raises(SystemExit, match=r"netG_model_epoch_2.pth: not a SyncNet checkpoint"):
+    with pytest.raises(UserError, match=r"netG_model_epoch_2.pth: not a SyncNet checkpoint"):
         load_syncnet(str(tmp_path / "netG_model_epoch_2.pth"))
 
 

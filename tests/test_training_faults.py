@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 
+from common.errors import UserError
 from conftest import ROOT
 from engine.checkpoint import load_checkpoint, newest_valid_checkpoint
 from engine.trainer import FrameStage
@@ -47,7 +48,7 @@ def test_resume_auto_skips_a_corrupt_newest_checkpoint_and_truncation_is_named(t
     data = bytearray(newest.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte inside a tensor: torch.load alone would not notice
     newest.write_bytes(bytes(data))
-    with pytest.raises(SystemExit, match="corrupt checkpoint"):
+    with pytest.raises(UserError, match="corrupt checkpoint"):
         load_checkpoint(str(newest))
     reports = []
     path, checkpoint = newest_valid_checkpoint(str(tmp_path), "netG_model_epoch", reports.append)
@@ -55,7 +56,7 @@ def test_resume_auto_skips_a_corrupt_newest_checkpoint_and_truncation_is_named(t
     assert "netG_model_epoch_2.pth" in reports[0]
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes((tmp_path / "netG_model_epoch_1.pth").read_bytes()[:100000])
-    with pytest.raises(SystemExit, match="truncated or not a PyTorch file, use an earlier checkpoint"):
+    with pytest.raises(UserError, match="truncated or not a PyTorch file, use an earlier checkpoint"):
         load_checkpoint(str(truncated))
 
 
@@ -98,7 +99,7 @@ def test_consecutive_non_finite_steps_stop_the_run_naming_the_step_and_loss(tiny
         ["--train_data", tiny_json, "--result_path", str(tmp_path), *FAST, "--augment_num", "6",
          "--max_non_finite", "2", "--amp", amp, "--batch_size", "1"])  # bf16 is emulated (slow) on many CPUs
     NonFiniteInput.bad_steps, NonFiniteInput.poisoned = range(0, 100), ("audio", "source_masked")
-    with pytest.raises(SystemExit, match=r"2 non-finite steps in a row, the last at epoch 1 iteration 1 \(step 1, "
+    with pytest.raises(UserError, match=r"2 non-finite steps in a row, the last at epoch 1 iteration 1 \(step 1, "
                                          r"Loss_DI=nan .*; Loss_DI, Loss_GI\+Loss_perception not finite\)"):
         train(opt, NonFiniteInput)
 
@@ -191,9 +192,10 @@ def test_a_full_disk_while_writing_a_checkpoint_keeps_the_previous_one_and_says_
 
 
 WRITERS = {  # the two ways a video is written: whole (data/video.py) and streamed while dubbing (dubbing/encode.py)
-    "write_video": "from data.video import write_video; write_video({out!r}, frames)",
-    "VideoEncoder": ("from dubbing.encode import VideoEncoder; encoder = VideoEncoder({out!r}, 256, 256)\n"
-                     "for frame in frames: encoder.write(frame)\nencoder.close()"),
+    "write_video": "from data.video import write_video\ndef write(): write_video({out!r}, frames)",
+    "VideoEncoder": ("from dubbing.encode import VideoEncoder\ndef write():\n"
+                     "    encoder = VideoEncoder({out!r}, 256, 256)\n"
+                     "    for frame in frames: encoder.write(frame)\n    encoder.close()"),
 }
 
 
@@ -206,7 +208,7 @@ def test_a_full_disk_while_writing_a_video_keeps_the_previous_one_and_says_so(tm
     previous = out.read_bytes()
     noise = ("import numpy as np; rng = np.random.default_rng(0)\n"
              "frames = (rng.integers(0, 256, (256, 256, 3), dtype=np.uint8) for _ in range(100))\n"
-             + WRITERS[writer].format(out=str(out)))
+             + WRITERS[writer].format(out=str(out)) + "\nfrom common.errors import run_command; run_command(write)")
     full = subprocess.run([sys.executable, "-c", noise], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           preexec_fn=lambda: (signal.signal(signal.SIGXFSZ, signal.SIG_IGN),
                                               resource.setrlimit(resource.RLIMIT_FSIZE, (2 ** 20, 2 ** 20))))

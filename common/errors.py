@@ -1,0 +1,37 @@
+"""The exceptions library code raises for what a user must fix, and how a command reports them.
+
+Library packages (models, data, media, engine, dubbing, evaluation) raise `UserError` with one line that names
+the file or flag and the fix; the command-line scripts run their `main` through `run_command`, which prints that
+line and exits non-zero. Tracebacks stay for bugs.
+"""
+
+
+class UserError(Exception):
+    """Input a user can fix (a missing file, a bad flag, a full disk): the message is one line naming the file or
+    flag and the fix. Raised in a DataLoader worker, it reaches the main process with the worker's traceback as its
+    message; the original line is taken back from that traceback's last line."""
+
+    def __init__(self, message):
+        if "\n" in message and "Traceback" in message:
+            message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
+        super().__init__(message)
+
+
+class Stopped(Exception):
+    """A run stopped on request (Ctrl-C, a scheduler's SIGTERM) after saving what it must; `status` is the exit
+    status the command ends with (128 + the signal's number)."""
+
+    def __init__(self, status):
+        super().__init__(f"stopped, exit status {status}")
+        self.status = status
+
+
+def run_command(main, *args, **kwargs):
+    """main(*args, **kwargs) as a command: a UserError ends it with its one line on stderr and exit status 1, a
+    Stopped with its status."""
+    try:
+        return main(*args, **kwargs)
+    except UserError as error:
+        raise SystemExit(str(error)) from None  # Python prints it to stderr and exits with status 1
+    except Stopped as stop:
+        raise SystemExit(stop.status) from None
