@@ -1,0 +1,78 @@
+"""Lip-shape scores from 68-point landmarks: how close a generated mouth is to the real one, with no SyncNet.
+
+Both compare a generated face with the real face of the same frame (a self-reconstruction: a clip dubbed with
+its own audio, so its real frames are the ground truth), each face's landmarks taken relative to the face:
+its translation removed (the centre of the eyes and the nose, which the mouth does not move) and its scale (the
+face size: the distance between the outer eye corners, 36 and 45).
+
+    lmd_mouth        mean distance of the 20 mouth points (48-67), in units of the face size, over frames
+                     (0: the real mouth; lower is better)
+    mouth_open_corr  Pearson correlation over time of the generated and the real mouth opening (the inner-lip gap
+                     in units of the face size): 1 when the mouth opens and closes with the real one; 0 when either
+                     does not move
+
+The same detector must measure both sides; its own noise is what a re-encoded copy of the real video scores.
+"""
+import numpy as np
+
+MOUTH = np.arange(48, 68)
+RIGID = np.arange(27, 48)              # nose 27-35 and eyes 36-47
+OUTER_EYE_CORNERS = (36, 45)
+INNER_LIP_PAIRS = ((61, 67), (62, 66), (63, 65))  # upper and lower inner-lip points facing each other
+
+
+def face_size(landmarks):
+    """(T, 68, 2) -> (T,) the distance between the outer eye corners."""
+    left, right = OUTER_EYE_CORNERS
+    return np.linalg.norm(landmarks[:, left] - landmarks[:, right], axis=-1)
+
+
+def normalised_mouth(landmarks):
+    """(T, 68, 2) -> (T, 20, 2): the mouth points relative to the face's centre, in units of its size."""
+    landmarks = np.asarray(landmarks, dtype=np.float64)
+    centre = landmarks[:, RIGID].mean(axis=1, keepdims=True)
+    return (landmarks[:, MOUTH] - centre) / face_size(landmarks)[:, None, None]
+
+
+def mouth_opening(landmarks):
+    """(T, 68, 2) -> (T,) the inner-lip gap in units of the face size."""
+    landmarks = np.asarray(landmarks, dtype=np.float64)
+    gaps = [np.linalg.norm(landmarks[:, upper] - landmarks[:, lower], axis=-1) for upper, lower in INNER_LIP_PAIRS]
+    return np.mean(gaps, axis=0) / face_size(landmarks)
+
+
+def lmd_mouth(generated, real):
+    """Mouth landmark distance of generated against real landmarks (T, 68, 2) each: lower is closer."""
+    if len(generated) != len(real) or not len(real):
+        raise ValueError(f"lmd_mouth needs the same number of frames on both sides, got {len(generated)} and "
+                         f"{len(real)}")
+    distance = np.linalg.norm(normalised_mouth(generated) - normalised_mouth(real), axis=-1)  # (T, 20)
+    return float(distance.mean())
+
+
+def correlation(a, b):
+    """Pearson correlation of two series; 0 when either is constant (nothing moves together)."""
+    a, b = np.asarray(a, np.float64) - np.mean(a), np.asarray(b, np.float64) - np.mean(b)
+    scale = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / scale) if scale > 1e-12 else 0.0
+
+
+def mouth_open_corr(generated, real, offset=0):
+    """Correlation over time of the mouth openings of generated and real landmarks (T, 68, 2); `offset` > 0
+    compares generated frame t + offset with real frame t."""
+    if len(generated) != len(real):
+        raise ValueError(f"mouth_open_corr needs the same number of frames on both sides, got {len(generated)} "
+                         f"and {len(real)}")
+    opening_generated, opening_real = mouth_opening(generated), mouth_opening(real)
+    if offset > 0:
+        opening_generated, opening_real = opening_generated[offset:], opening_real[:-offset]
+    elif offset < 0:
+        opening_generated, opening_real = opening_generated[:offset], opening_real[-offset:]
+    return correlation(opening_generated, opening_real)
+
+
+def best_offset_corr(generated, real, max_offset=1):
+    """(offset, correlation) of the offset within +-max_offset frames where the openings correlate best."""
+    scores = {offset: mouth_open_corr(generated, real, offset) for offset in range(-max_offset, max_offset + 1)}
+    best = max(scores, key=lambda offset: (scores[offset], -abs(offset)))
+    return best, scores[best]
