@@ -260,8 +260,8 @@ def inference_inputs(opt, folder):
 
     The real 1080x1920 clip of ../shared/data when it is there and has that size (landmarks detected once,
     not timed, as the published figure had them given); else the demo face scaled up onto a WxH frame."""
-    from data.demo import make_demo_data
-    from data.landmarks import read_openface_csv, write_openface_csv
+    from data.procedural_faces import make_demo_data
+    from data.openface_csv import read_openface_csv, write_openface_csv
     from data.video import probe
     width, height = opt.video
     seconds = min(opt.video_seconds, 2.0) if opt.quick else opt.video_seconds
@@ -271,7 +271,7 @@ def inference_inputs(opt, folder):
     audio = os.path.join(folder, "speech.wav")
     if not opt.quick and os.path.isfile(clip) and os.path.isfile(speech) and (
             (probe(clip)["width"], probe(clip)["height"]) == (width, height)):
-        from data.face_landmarks import detect_landmarks
+        from data.landmark_detector import detect_landmarks
         from data.video import read_video_frames
         video = os.path.join(folder, "source.mp4")
         subprocess.run([*ffmpeg, "-i", clip, "-t", str(seconds), "-c", "copy", video], check=True)
@@ -317,7 +317,7 @@ def video_psnr(path_a, path_b, boxes=None):
 def face_boxes(landmark_csv, video_size, frames):
     """Each output frame's face-crop box, as the pipeline places it (None where it passes the frame through)."""
     from data.geometry import crop_box
-    from data.landmarks import read_openface_csv
+    from data.openface_csv import read_openface_csv
     from dubbing.pipeline import crop_radii, ping_pong
     landmarks = read_openface_csv(landmark_csv)
     aligned = landmarks[ping_pong(len(landmarks), frames)]
@@ -471,7 +471,7 @@ def bench_loader(opt, device, precision, lab):
     cache) on demo data: samples per second in the first epoch (JPEGs read and resized) and after (cached)."""
     from torch.utils.data import DataLoader
     from data.dataset import FrameDataset
-    from data.demo import make_demo_data
+    from data.procedural_faces import make_demo_data
     from data.training_json import load_training_json
     from engine.trainer import EpochOrder
     mouth_size, batch = STAGES[0]

@@ -127,7 +127,7 @@ def main(argv=None):
     if opt.generate_training_json:
         check_writable(os.path.dirname(os.path.abspath(opt.json_path)), "--json_path", shown=opt.json_path)
     if opt.make_demo_data:
-        from data.demo import make_demo_data
+        from data.procedural_faces import make_demo_data
         json_path = make_demo_data(opt.demo_dir, num_videos=opt.num_videos, seed=opt.seed,
                                    audio_feature=opt.audio_feature)
         print(f"demo training set: {json_path}")

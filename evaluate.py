@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from common.errors import run_command
-from data.face_landmarks import detect_landmarks
+from data.landmark_detector import detect_landmarks
 from data.video import check_writable, probe
 from dubbing.frames import DecodedVideo
 from engine.checkpoint import load_syncnet

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from common.errors import UserError
 from .audio_features import FEATURE_WIDTHS, compute_audio_feature, deepspeech_sources, read_deepspeech
 from .geometry import CropGeometry, compute_crop_radius, crop_box
-from .landmarks import read_openface_csv, write_openface_csv
+from .openface_csv import read_openface_csv, write_openface_csv
 from .training_json import climbs_out
 from .video import (NotWritten, atomic_output, extract_audio as extract_wav, extract_frames, probe, read_video_frames,
                     resample_video)
@@ -238,7 +238,7 @@ def _detect_landmarks(name, video_path, layout, progress):
     csv_path, source = landmark_csv(name, layout)
     if source == "openface" or _is_fresh(csv_path, video_path):
         return
-    from .face_landmarks import detect_landmarks  # mediapipe only when it is needed
+    from .landmark_detector import detect_landmarks  # mediapipe only when it is needed
     expected = round((probe(video_path)["duration"] or 0) * FPS) or None
     frames = tqdm(read_video_frames(video_path, fps=FPS), total=expected, desc=f"{name} landmarks", unit="frame",
                   leave=False, disable=not progress)
@@ -251,7 +251,7 @@ def _detect_landmarks(name, video_path, layout, progress):
 def read_landmarks(csv_path, settings):
     """(T, 68, 2) landmarks with faceless frames filled from their neighbours, and (T,) found; skips a video
     whose face is missing in too many frames."""
-    from .face_landmarks import fill_missing
+    from .landmark_detector import fill_missing
     landmarks, found = read_openface_csv(csv_path, with_success=True)
     if len(found) and found.mean() < settings.min_face_fraction:
         raise SkipVideo(f"{csv_path}: a face in only {100 * found.mean():.0f}% of frames (--min_face_fraction "
@@ -315,7 +315,7 @@ def _crop_faces(name, csv_path, layout, settings, progress):
 def debug_image(frame_bgr, landmarks, radius):
     """Side by side for a person to check: the face with the 68 points numbered and coloured by group, and
     DINet's crop (shown at mouth 256, 416x320) with the mouth hole the generator fills outlined."""
-    from .face_landmarks import draw_landmarks
+    from .landmark_detector import draw_landmarks
     height = 720
     extent = (landmarks.max(0) - landmarks.min(0)).max()
     x0, y0 = np.maximum(landmarks.min(0) - 0.25 * extent, 0).astype(int)

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from common.errors import UserError
 from data.audio_features import FEATURE_WIDTHS, compute_audio_feature
 from data.geometry import CropGeometry, compute_crop_radius, crop_box, mask_mouth
-from data.landmarks import read_openface_csv
+from data.openface_csv import read_openface_csv
 from data.video import extract_audio
 from engine.checkpoint import generator_config_of, load_checkpoint, load_network
 from models import DINet
@@ -370,7 +370,7 @@ def _landmarks(video, landmark_csv, source_video_path, landmark_detector):
     if landmark_csv:
         return read_openface_csv(landmark_csv)  # its row count is checked against the frames as they decode
     if landmark_detector is None:
-        from data.face_landmarks import detect_landmarks as landmark_detector
+        from data.landmark_detector import detect_landmarks as landmark_detector
     landmarks, found = landmark_detector(video.rgb_frames())  # frames as they decode
     if not found.any():
         raise UserError(f"{source_video_path}: no face found in any frame; use a video with one visible, "

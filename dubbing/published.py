@@ -23,7 +23,7 @@ import torch
 
 from common.errors import UserError
 from data.geometry import CropGeometry, compute_crop_radius, crop_box
-from data.landmarks import read_openface_csv
+from data.openface_csv import read_openface_csv
 
 from .pipeline import AUDIO_WINDOW, INFERENCE_SCALE, NUM_REFERENCES
 

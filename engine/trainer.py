@@ -37,7 +37,7 @@ from . import distributed
 from .checkpoint import (atomic_save, check_generator_config, checkpoint_name, generator_config_of,
                          load_checkpoint, load_network, newest_valid_checkpoint, prune_step_checkpoints,
                          remove_stale_temporaries)
-from .logging import RunLog, format_log_line, image_grid
+from .run_log import RunLog, format_log_line, image_grid
 from .precision import Precision
 from .losses import GANLoss, PerceptualLoss
 

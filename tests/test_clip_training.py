@@ -16,7 +16,7 @@ from data.training_json import load_training_json
 from engine import distributed
 from engine.checkpoint import atomic_save
 from engine.clip_stage import ClipStage
-from engine.logging import format_log_line
+from engine.run_log import format_log_line
 from engine.trainer import train
 from models import DINet, Discriminator
 from models.syncnet import SyncNetConfig, build_syncnet

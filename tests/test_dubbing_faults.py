@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SHARED
-from data.face_landmarks import detect_landmarks
-from data.landmarks import write_openface_csv
+from data.landmark_detector import detect_landmarks
+from data.openface_csv import write_openface_csv
 from data.video import probe, read_video_frames
 from test_inference import checkpoint  # noqa: F401  (fixture: an untrained mel generator at mouth 64)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from data.demo import make_demo_data
+from data.procedural_faces import make_demo_data
 from engine.checkpoint import atomic_save
 from evaluation.reconstruction import frechet_distance, psnr, ssim
 from evaluation.sync import sync_score

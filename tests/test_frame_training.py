@@ -13,7 +13,7 @@ from common.errors import UserError
 from conftest import ROOT, write_dinet_json
 from config.config import training_parser
 from data.training_json import load_training_json
-from engine.logging import format_log_line
+from engine.run_log import format_log_line
 from engine.trainer import FrameStage, train
 
 LOG_LINE = re.compile(r"^===> Epoch\[(\d+)\]\((\d+)/(\d+)\):  Loss_DI: (\d+\.\d{4}) Loss_GI: (\d+\.\d{4}) "

@@ -12,9 +12,9 @@ import torch
 from bench import face_boxes, video_psnr
 from common.errors import UserError
 from conftest import ROOT
-from data.demo import make_demo_data
+from data.procedural_faces import make_demo_data
 from data.geometry import CropGeometry
-from data.landmarks import read_openface_csv
+from data.openface_csv import read_openface_csv
 from data.video import probe, read_video_frames
 from dubbing.pipeline import dub, first_pasted_row, load_generator, paste_mask, ping_pong
 from engine.checkpoint import atomic_save
@@ -283,7 +283,7 @@ def test_decoded_video_streams_4_2_0_frames_and_stops_early(demo):
 
 
 def test_landmarks_detected_as_the_video_decodes_are_those_of_the_decoded_video(demo):
-    from data.face_landmarks import detect_landmarks
+    from data.landmark_detector import detect_landmarks
     from dubbing.frames import DecodedVideo
     from dubbing.pipeline import _landmarks
     path = str(demo / "split_video_25fps" / "demo_000.mp4")

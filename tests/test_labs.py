@@ -13,7 +13,7 @@ from common.errors import UserError
 from conftest import ROOT
 from config.config import training_parser
 from config.labs import LAB_PRESETS, generator_config
-from data.demo import make_demo_data
+from data.procedural_faces import make_demo_data
 from engine.checkpoint import atomic_save, check_generator_config, generator_config_of, load_checkpoint, load_network
 from engine.compare import generator_gflops, lab_config, parameter_count, run_comparison
 from engine.trainer import FrameStage, requested_generator_config, train

@@ -400,12 +400,12 @@ def test_inference_relus_in_place_touch_no_block_input():
 
 def test_vgg19_trunk_and_image_grid_are_torchvisions_without_importing_it():
     """models/vgg19.py builds torchvision's VGG19 trunk itself (same layers and keys: its state dicts load) and
-    engine/logging.py lays out image grids as make_grid does, so scripts start without importing torchvision
+    engine/run_log.py lays out image grids as make_grid does, so scripts start without importing torchvision
     (2-3 s a process); only pretrained weights, LPIPS and TREPA import it, where they are used."""
     import subprocess
     import sys
     import torchvision
-    from engine.logging import image_grid
+    from engine.run_log import image_grid
     from models.vgg19 import vgg19_trunk
     torch.manual_seed(0)
     theirs, ours = torchvision.models.vgg19().features.eval(), vgg19_trunk().eval()

@@ -11,7 +11,7 @@ import torch
 from common.errors import UserError
 from conftest import ROOT, SHARED, write_dinet_json
 from config.config import syncnet_parser
-from data.demo import make_demo_data
+from data.procedural_faces import make_demo_data
 from data.sync_dataset import SyncDataset, pair_labels, split_videos, video_timelines
 from data.training_json import load_training_json
 from engine.checkpoint import atomic_save, check_syncnet_fits, load_syncnet

@@ -22,7 +22,7 @@ from scipy.signal import lfilter
 
 from common.errors import UserError
 from . import prepare
-from .landmarks import write_openface_csv
+from .openface_csv import write_openface_csv
 from .video import write_video
 
 SAMPLE_RATE = 16000
