@@ -44,11 +44,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from common.errors import run_command
+from common.geometry import CropGeometry
 from config.ranges import integer, number
+from dubbing.generation import autocast
 from engine.compare import lab_config
 from engine.precision import resolve_amp
-from data.geometry import CropGeometry
-from dubbing.generation import autocast
 from models import DINet
 from models.adaat import DEFAULT_WARP, AdaAT
 from models.blocks import published_layers, reformulated_layers
@@ -316,7 +316,7 @@ def video_psnr(path_a, path_b, boxes=None):
 
 def face_boxes(landmark_csv, video_size, frames):
     """Each output frame's face-crop box, as the pipeline places it (None where it passes the frame through)."""
-    from data.geometry import crop_box
+    from common.geometry import crop_box
     from data.openface_csv import read_openface_csv
     from dubbing.pipeline import crop_radii, ping_pong
     landmarks = read_openface_csv(landmark_csv)

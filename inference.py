@@ -23,8 +23,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch
 
 from common.errors import UserError, run_command
+from common.geometry import CropGeometry
 from config.ranges import SEED, integer
-from data.geometry import CropGeometry
 from data.video import check_writable, probe
 from dubbing.frames import even_size
 from dubbing.pipeline import dub, load_generator

@@ -34,8 +34,9 @@ import numpy as np
 from tqdm import tqdm
 
 from common.errors import UserError
+from common.geometry import CLIP_LENGTH, NUM_REFERENCES, CropGeometry, compute_crop_radius, crop_box
+
 from .audio_features import FEATURE_WIDTHS, compute_audio_feature, deepspeech_sources, read_deepspeech
-from .geometry import CropGeometry, compute_crop_radius, crop_box
 from .openface_csv import read_openface_csv, write_openface_csv
 from .training_json import climbs_out
 from .video import (NotWritten, atomic_output, extract_audio as extract_wav, extract_frames, probe, read_video_frames,
@@ -48,7 +49,7 @@ JSON_DECIMALS = 4  # audio vectors are stored as JSON text: 4 decimals keeps rea
 VIDEO_STEPS = ("extract_video_frame", "extract_audio", "extract_audio_feature", "detect_landmarks", "crop_face",
                "debug_draw")
 STEPS_READING_VIDEO = {"extract_video_frame", "extract_audio", "detect_landmarks"}
-MIN_CLIPS_FOR_TRAINING = 6  # the frame dataset draws a source and 5 reference clips from one video
+MIN_CLIPS_FOR_TRAINING = NUM_REFERENCES + 1  # the frame dataset draws a source and its references' clips from one video
 DEBUG_FRAMES_PER_VIDEO = 4
 DEBUG_MOUTH_SIZE = 256  # debug crops are shown at the finest training geometry
 
@@ -84,7 +85,7 @@ class Layout:
 @dataclass(frozen=True)
 class Settings:
     audio_feature: str = "mel"
-    clip_length: int = 9            # frames per training clip (DINet: 9)
+    clip_length: int = CLIP_LENGTH  # frames per training clip
     seed: int = 0                   # of the crop-scale jitter
     min_face_fraction: float = 0.9  # a video with a face in fewer of its frames is skipped
 
@@ -435,7 +436,7 @@ def format_report(reports):
 
 # ---------------------------------------------------------------- the training JSON
 
-def generate_training_json(crop_dir, feature_dir, feature_name, json_path, clip_length=9):
+def generate_training_json(crop_dir, feature_dir, feature_name, json_path, clip_length=CLIP_LENGTH):
     """Index every cropped clip with its per-frame audio vectors in DINet's training JSON.
 
     {video: {"video_clip_num": n, "clip_data_list": [{"frame_name_list": [9 x "video/clip/frame.jpg"],

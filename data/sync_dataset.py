@@ -26,13 +26,11 @@ import torch
 from torch.utils.data import Dataset
 
 from common.errors import UserError
+from common.geometry import AUDIO_FRAMES, MOUTH_FRAMES, CropGeometry
 from models.syncnet import resize_mouths
 
 from .dataset import FrameCache, to_tensor
-from .geometry import CropGeometry
 
-MOUTH_FRAMES = 5   # mouth crops per window
-AUDIO_FRAMES = 9   # audio vectors per window: the 5 frames and 2 more on each side
 ISLAND = 10 ** 7   # position offset of clips whose frame names give no frame numbers: never adjacent
 
 

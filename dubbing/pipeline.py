@@ -32,8 +32,8 @@ import torch
 from tqdm import tqdm
 
 from common.errors import UserError
+from common.geometry import AUDIO_WINDOW, NUM_REFERENCES, CropGeometry, compute_crop_radius, crop_box, mask_mouth
 from data.audio_features import FEATURE_WIDTHS, compute_audio_feature
-from data.geometry import CropGeometry, compute_crop_radius, crop_box, mask_mouth
 from data.openface_csv import read_openface_csv
 from data.video import extract_audio
 from engine.checkpoint import generator_config_of, load_checkpoint, load_network
@@ -45,8 +45,6 @@ from .frames import DecodedVideo, scratch_folder
 from .generation import ReferencedGenerator
 from .yuv import FaceBlender, rgb_region
 
-AUDIO_WINDOW = 5     # video frames of audio the generator sees, centred on the frame it makes
-NUM_REFERENCES = 5
 INFERENCE_SCALE = 1.05  # DINet's fixed crop scale at inference (training draws it from [1.05, 1.15))
 
 

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from common.errors import UserError
-from data.geometry import CropGeometry, compute_crop_radius, crop_box
+from common.geometry import AUDIO_WINDOW, NUM_REFERENCES, CropGeometry, compute_crop_radius, crop_box
 from data.openface_csv import read_openface_csv
 
-from .pipeline import AUDIO_WINDOW, INFERENCE_SCALE, NUM_REFERENCES
+from .pipeline import INFERENCE_SCALE
 
 
 def published_inference(video_path, audio_path, landmark_csv, features, network, mouth_size, frames, work_dir,

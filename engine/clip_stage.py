@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch.optim import Adam
 
 from common.errors import UserError
+from common.geometry import CropGeometry
 from data.clip_dataset import CLIP_FRAMES, ClipDataset
-from data.geometry import CropGeometry
 from data.training_json import check_audio_channel
 from models import Discriminator
 from models.lpips_loss import LPIPS

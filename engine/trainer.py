@@ -26,9 +26,9 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from common.errors import UserError, Stopped
+from common.geometry import CropGeometry
 from config.labs import GENERATOR_FLAGS, generator_config
 from data.dataset import FrameDataset
-from data.geometry import CropGeometry
 from data.training_json import check_audio_channel, load_training_json
 from data.video import check_writable
 from models import DINet, Discriminator, Vgg19

@@ -22,10 +22,12 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
+from common.geometry import AUDIO_WINDOW
+
 from .adaat import AdaAT
 from .adain import AdaIN
 from .attention import CrossAttentionAlignment
-from .audio_encoders import AUDIO_WINDOW, AltConv1dAudioEncoder, AudioAttentionEncoder, conv1d_audio_encoder
+from .audio_encoders import AltConv1dAudioEncoder, AudioAttentionEncoder, conv1d_audio_encoder
 from .blocks import DownBlock, NarrowConv2d, ResBlock, SameBlock, UpBlock2d
 from .fusion import HybridTokenFusion, TokenFusionTransformer
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from common.errors import UserError
-from conftest import ROOT, write_dinet_json
+from common.geometry import CropGeometry
 from config.config import clip_training_parser
 from config.labs import generator_config
+from conftest import ROOT, write_dinet_json
 from data.clip_dataset import ClipDataset
-from data.geometry import CropGeometry
 from data.training_json import load_training_json
 from engine import distributed
 from engine.checkpoint import atomic_save

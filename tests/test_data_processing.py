@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import soundfile
 
+from common.geometry import CropGeometry, compute_crop_radius, crop_box
 from conftest import ROOT, SHARED, write_dinet_json
-from data.procedural_faces import FaceStyle, mouth_openings, render_talking_face, synthesize_speech
 from data.landmark_detector import detect_landmarks, fill_missing
-from data.geometry import CropGeometry, compute_crop_radius, crop_box
 from data.openface_csv import read_openface_csv, write_openface_csv
 from data.prepare import Layout, Settings, VIDEO_STEPS, prepare_videos
+from data.procedural_faces import FaceStyle, mouth_openings, render_talking_face, synthesize_speech
 from data.video import probe, read_video_frames, resample_video, write_video
 
 KEY_POINTS = [8, 33, 48, 51, 54, 57]  # chin, nose base, mouth corners, lip centres: what DINet's crop uses

@@ -11,10 +11,10 @@ import torch
 
 from bench import face_boxes, video_psnr
 from common.errors import UserError
+from common.geometry import CropGeometry
 from conftest import ROOT
-from data.procedural_faces import make_demo_data
-from data.geometry import CropGeometry
 from data.openface_csv import read_openface_csv
+from data.procedural_faces import make_demo_data
 from data.video import probe, read_video_frames
 from dubbing.pipeline import dub, first_pasted_row, load_generator, paste_mask, ping_pong
 from engine.checkpoint import atomic_save
@@ -348,7 +348,7 @@ def test_published_loop_dubs_as_dinets_inference_script(demo, tmp_path):
     """dubbing/published.py (bench.py's baseline): frames - 1 frames made, the driving audio muxed in, and each
     frame the source's except the top 3r rows of its face crop, where the generator's face is pasted."""
     from bench import use_adaat
-    from data.geometry import compute_crop_radius
+    from common.geometry import compute_crop_radius
     from dubbing.published import published_inference
     video = demo / "split_video_25fps" / "demo_000.mp4"
     audio = str(demo / "split_video_25fps_audio" / "demo_001.wav")
