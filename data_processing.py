@@ -30,12 +30,12 @@ import argparse
 import os
 
 from common.errors import run_command
+from common.files import check_writable
 from common.geometry import CLIP_LENGTH
 from config.ranges import SEED, integer, number
 from data import prepare
 from data.audio_features import FEATURE_WIDTHS
 from data.training_json import read_training_json
-from data.video import check_writable
 
 TRAINING_DATA = "./asserts/training_data"
 MAX_PROBLEM_LINES = 50  # --check: enough to see the pattern, not a wall of text

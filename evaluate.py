@@ -19,12 +19,13 @@ import torch
 import torch.nn.functional as F
 
 from common.errors import run_command
+from common.files import check_writable, write_atomically
 from data.landmark_detector import detect_landmarks
-from data.video import check_writable, probe
+from data.video import probe
 from dubbing.frames import DecodedVideo
-from engine.checkpoint import load_syncnet
 from evaluation.reconstruction import InceptionFeatures, frechet_distance, psnr, ssim
 from evaluation.sync import mouth_crops, sync_score, video_audio_features
+from models.checkpoint import load_syncnet
 
 LPIPS_SIDE = 512
 CHUNK = 16
@@ -114,14 +115,14 @@ def reconstruction(video, source, lpips, inception, device):
 
 
 def write_csv(rows, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    """The table as CSV at `path`, complete or not at all (an earlier table there stays until this one is written)."""
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    partial = path + ".partial"
-    with open(partial, "w", newline="") as f:
+
+    def write(f):
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(partial, path)
+    write_atomically(path, write, mode="w")
 
 
 def print_table(rows):

@@ -23,9 +23,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch
 
 from common.errors import UserError, run_command
+from common.files import check_writable
 from common.geometry import CropGeometry
 from config.ranges import SEED, integer
-from data.video import check_writable, probe
+from data.video import probe
 from dubbing.frames import even_size
 from dubbing.pipeline import dub, load_generator
 from engine.distributed import setup

@@ -7,12 +7,10 @@ audio and frames for data preparation, `resample_video` re-encodes any input as 
 directory and renamed into place when complete (`atomic_output`), so an interrupted run never leaves a
 truncated file that looks finished.
 """
-import contextlib
 import errno
 import itertools
 import os
 import re
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -21,80 +19,7 @@ import imageio_ffmpeg
 import numpy as np
 
 from common.errors import UserError
-
-
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # EFBIG: past the file-size limit, a full disk under one
-
-
-class NotWritten(UserError):
-    """An output that could not be written (a full disk, a folder that cannot be written): the whole run stops,
-    since every later output would fail the same way."""
-
-
-def not_written(path, reason, full_disk=True):
-    """The NotWritten for `path`, saying why and what to do; the earlier file at `path`, if any, is intact."""
-    folder = os.path.dirname(os.path.abspath(path))
-    kept = f"the earlier {os.path.basename(path)} is intact" if os.path.exists(path) else "nothing was left behind"
-    if full_disk:
-        return NotWritten(f"{path}: not written, the disk is full ({reason}); {kept}. Free space in {folder} and run "
-                          f"again")
-    return NotWritten(f"{path}: not written ({reason}); {kept}. Make {folder} writable, or pass another folder, and "
-                      f"run again")
-
-
-@contextlib.contextmanager
-def atomic_output(path):
-    """Yield a temporary path beside `path` (same extension, so ffmpeg picks the same format); on success
-    it replaces `path`, on failure it is removed. Works for files and for directories. A write that fails
-    there (a full disk, a folder that cannot be written) exits with one line naming `path` (NotWritten)."""
-    folder, name = os.path.split(os.path.abspath(path))
-    stem, extension = os.path.splitext(name)
-    partial = os.path.join(folder, f".{stem}.partial{extension}")  # hidden: globs and listings skip it
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"{path}: cannot write there ({_why_not_writable(folder, error)}); pass a path in a "
-                         f"folder you can write to") from None
-    _remove(partial)  # left over from an interrupted run
-    try:
-        yield partial
-    except BaseException as error:
-        _remove(partial)
-        if isinstance(error, OSError) and (error.errno in DISK_FULL or str(error.filename).startswith(partial)):
-            raise not_written(path, error.strerror, full_disk=error.errno in DISK_FULL) from None
-        raise
-    if os.path.isdir(partial):
-        _remove(path)  # os.replace cannot replace a non-empty directory
-    os.replace(partial, path)
-
-
-def _why_not_writable(folder, error=None):
-    """Why `folder` cannot be made or written, or None when it can: a file standing where a folder of its path
-    should be, no write permission where it would be created, or the OS's reason (`error`)."""
-    path = os.path.abspath(folder)
-    while not os.path.exists(path) and os.path.dirname(path) != path:
-        path = os.path.dirname(path)
-    if not os.path.isdir(path):
-        return f"{path} is a file, not a folder"
-    if not os.access(path, os.W_OK | os.X_OK):
-        return f"no permission to write in {path}"
-    return None if error is None else (error.strerror or type(error).__name__)
-
-
-def check_writable(folder, flag, shown=None):
-    """Exit naming `flag` (and `shown`, the value given, default `folder`) when `folder` could not be created or
-    written. Checked before any work, so a long run does not fail at its end; creates nothing."""
-    reason = _why_not_writable(folder)
-    if reason:
-        where = "a path in a folder" if shown else "a folder"
-        raise UserError(f"{flag} {shown or folder}: cannot write there ({reason}); pass {where} you can write to")
-
-
-def _remove(path):
-    if os.path.isdir(path):
-        shutil.rmtree(path)
-    elif os.path.exists(path):
-        os.remove(path)
+from common.files import atomic_output, not_written
 
 
 def _run_ffmpeg(arguments, path, stdin_frames=None, output=None):

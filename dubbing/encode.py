@@ -17,7 +17,8 @@ import time
 import imageio_ffmpeg
 import numpy as np
 
-from data.video import atomic_output, ffmpeg_failure, widen_pipe
+from common.files import atomic_output
+from data.video import ffmpeg_failure, widen_pipe
 
 from .yuv import frame_bytes
 

@@ -36,9 +36,9 @@ from common.geometry import AUDIO_WINDOW, NUM_REFERENCES, CropGeometry, compute_
 from data.audio_features import FEATURE_WIDTHS, compute_audio_feature
 from data.openface_csv import read_openface_csv
 from data.video import extract_audio
-from engine.checkpoint import generator_config_of, load_checkpoint, load_network
 from models import DINet
 from models.blocks import load_winograd_kernels
+from models.checkpoint import generator_config_of, load_checkpoint, load_network
 
 from .encode import DEFAULT_PRESET, VideoEncoder
 from .frames import DecodedVideo, scratch_folder

@@ -18,12 +18,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from common.errors import UserError
+from common.files import atomic_output
 from common.geometry import AUDIO_WINDOW, CropGeometry
 from config.config import training_parser
 from config.labs import GENERATOR_FLAGS, generator_config, lab_audio_feature
 from data.audio_features import FEATURE_WIDTHS
 from data.training_json import check_audio_channel, load_training_json
-from data.video import atomic_output
 from models import DINet
 from models.blocks import published_layers
 

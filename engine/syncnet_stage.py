@@ -18,10 +18,10 @@ from torch.utils.data import DataLoader
 from common.errors import UserError
 from data.sync_dataset import SyncDataset, pair_labels, split_videos, video_timelines
 from data.training_json import check_audio_channel
+from models.checkpoint import atomic_save, syncnet_config_of
 from models.syncnet import SyncNetConfig, build_syncnet
 
 from . import distributed
-from .checkpoint import atomic_save, syncnet_config_of
 from .trainer import GRID_SAMPLES, Stage, check_data_compatible
 
 THRESHOLD = 0.5  # a score above it says "in sync", for both architectures

@@ -62,7 +62,7 @@ def test_frame_stage_writes_dinet_checkpoints_logs_and_image_grids(lab2_run):
     assert len(iterations) == 4 and all(LOG_LINE.match(line + " ") for line in iterations)
     assert glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
     assert len(glob.glob(str(tmp_path / "samples" / "*.png"))) == 4
-    assert not glob.glob(str(tmp_path / ".tmp-*"))  # atomic writes leave no temporary files
+    assert not glob.glob(str(tmp_path / ".*.partial*"))  # atomic writes leave no temporary files
 
 
 @pytest.mark.parametrize("mouth_size", [64, 128, 256])

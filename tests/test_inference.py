@@ -17,8 +17,8 @@ from data.openface_csv import read_openface_csv
 from data.procedural_faces import make_demo_data
 from data.video import probe, read_video_frames
 from dubbing.pipeline import dub, first_pasted_row, load_generator, paste_mask, ping_pong
-from engine.checkpoint import atomic_save
 from models import DINet
+from models.checkpoint import atomic_save
 
 
 @pytest.fixture(scope="module")

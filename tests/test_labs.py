@@ -10,17 +10,17 @@ import pytest
 import torch
 
 from common.errors import UserError
-from conftest import ROOT
 from config.config import training_parser
 from config.labs import LAB_PRESETS, generator_config
+from conftest import ROOT
 from data.procedural_faces import make_demo_data
-from engine.checkpoint import atomic_save, check_generator_config, generator_config_of, load_checkpoint, load_network
 from engine.compare import generator_gflops, lab_config, parameter_count, run_comparison
 from engine.trainer import FrameStage, requested_generator_config, train
 from models import DINet, GeneratorConfig
 from models.adain import AdaIN
 from models.attention import CrossAttentionAlignment, sinusoid_positions_2d
 from models.audio_encoders import AltConv1dAudioEncoder, AudioAttentionEncoder
+from models.checkpoint import atomic_save, check_generator_config, generator_config_of, load_checkpoint, load_network
 from models.dinet import CHOICES
 from models.fusion import HybridTokenFusion, PoseToken, ReferenceFrameTokens, TokenFusionTransformer
 

@@ -8,9 +8,9 @@ import torch
 from conftest import ROOT, SHARED
 import torch.nn.functional as F
 
-from engine.checkpoint import generator_config_of, load_network
 from models import AdaAT, DINet, Discriminator, GeneratorConfig
 from models.blocks import FourierConv2d, NarrowConv2d, ResBlock, SameBlock, UpBlock2d, WinogradConv2d, fresh_relu
+from models.checkpoint import generator_config_of, load_network
 
 FIXTURES = os.path.join(SHARED, "fixtures")
 needs_fixtures = pytest.mark.needs_shared("fixtures")

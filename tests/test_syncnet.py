@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from common.errors import UserError
-from conftest import ROOT, SHARED, write_dinet_json
 from config.config import syncnet_parser
+from conftest import ROOT, SHARED, write_dinet_json
 from data.procedural_faces import make_demo_data
 from data.sync_dataset import SyncDataset, pair_labels, split_videos, video_timelines
 from data.training_json import load_training_json
-from engine.checkpoint import atomic_save, check_syncnet_fits, load_syncnet
 from engine.syncnet_stage import SyncNetStage
 from engine.trainer import train
+from models.checkpoint import atomic_save, check_syncnet_fits, load_syncnet
 from models.syncnet import EmbeddingSyncNet, SyncNet, SyncNetConfig, build_syncnet
 
 SHAPES = os.path.join(SHARED, "fixtures", "dinet_state_dict_shapes.json")
