@@ -262,7 +262,7 @@ def inference_inputs(opt, folder):
     not timed, as the published figure had them given); else the demo face scaled up onto a WxH frame."""
     from data.procedural_faces import make_demo_data
     from data.openface_csv import read_openface_csv, write_openface_csv
-    from data.video import probe
+    from media.ffmpeg import probe
     width, height = opt.video
     seconds = min(opt.video_seconds, 2.0) if opt.quick else opt.video_seconds
     ffmpeg = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error"]
@@ -272,7 +272,7 @@ def inference_inputs(opt, folder):
     if not opt.quick and os.path.isfile(clip) and os.path.isfile(speech) and (
             (probe(clip)["width"], probe(clip)["height"]) == (width, height)):
         from data.landmark_detector import detect_landmarks
-        from data.video import read_video_frames
+        from media.decoder import read_video_frames
         video = os.path.join(folder, "source.mp4")
         subprocess.run([*ffmpeg, "-i", clip, "-t", str(seconds), "-c", "copy", video], check=True)
         frames = np.stack(list(read_video_frames(video, fps=25)))
@@ -299,7 +299,7 @@ def inference_inputs(opt, folder):
 
 def video_psnr(path_a, path_b, boxes=None):
     """PSNR between two videos over all their pixels, or only inside each frame's box (top, bottom, left, right)."""
-    from data.video import read_video_frames
+    from media.decoder import read_video_frames
     squared, count = 0.0, 0
     for t, (a, b) in enumerate(zip(read_video_frames(path_a), read_video_frames(path_b))):
         if boxes is not None:
@@ -414,8 +414,8 @@ def bench_inference(opt, device, precision, lab):
     """The whole dubbing pipeline, timed end to end in its own process: decode, landmarks (given), features,
     crops, generator, blend, encode. bf16 rows also give the PSNR of their output against the fp32 output of
     the same input, over whole frames and over the face-crop boxes (where the two can differ)."""
-    from data.video import probe
     from dubbing.generation import ReferencedGenerator
+    from media.ffmpeg import probe
     config = lab_config(lab, 80, "mel")
     if not _INFERENCE:
         _INFERENCE["folder"] = tempfile.TemporaryDirectory(prefix="bench-dub-")

@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from common.errors import run_command
 from common.files import check_writable, write_atomically
 from data.landmark_detector import detect_landmarks
-from data.video import probe
-from dubbing.frames import DecodedVideo
 from evaluation.reconstruction import InceptionFeatures, frechet_distance, psnr, ssim
 from evaluation.sync import mouth_crops, sync_score, video_audio_features
+from media.decoder import DecodedVideo
+from media.ffmpeg import probe
 from models.checkpoint import load_syncnet
 
 LPIPS_SIDE = 512

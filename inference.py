@@ -26,11 +26,11 @@ from common.errors import UserError, run_command
 from common.files import check_writable
 from common.geometry import CropGeometry
 from config.ranges import SEED, integer
-from data.video import probe
-from dubbing.frames import even_size
 from dubbing.pipeline import dub, load_generator
 from engine.distributed import setup
 from engine.precision import resolve_amp
+from media.decoder import even_size
+from media.ffmpeg import probe
 
 
 def build_parser():

@@ -36,12 +36,13 @@ from tqdm import tqdm
 from common.errors import UserError
 from common.files import NotWritten, atomic_output
 from common.geometry import CLIP_LENGTH, NUM_REFERENCES, CropGeometry, compute_crop_radius, crop_box
+from media.convert import extract_audio as extract_wav, extract_frames, resample_video
+from media.decoder import read_video_frames
+from media.ffmpeg import probe
 
 from .audio_features import FEATURE_WIDTHS, compute_audio_feature, deepspeech_sources, read_deepspeech
 from .openface_csv import read_openface_csv, write_openface_csv
 from .training_json import climbs_out
-from .video import (extract_audio as extract_wav, extract_frames, probe, read_video_frames,
-                    resample_video)
 
 FPS = 25
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".flv", ".mpg", ".mpeg", ".ts", ".wmv")

@@ -16,8 +16,8 @@ import torch
 
 from common.geometry import AUDIO_FRAMES, MOUTH_FRAMES, CropGeometry
 from data.audio_features import compute_audio_feature
-from data.video import extract_audio
 from dubbing.pipeline import crop_radii, face_crop
+from media.convert import extract_audio
 from models.syncnet import EmbeddingSyncNet
 
 MAX_OFFSET = 15

@@ -17,7 +17,10 @@ from data.landmark_detector import detect_landmarks, fill_missing
 from data.openface_csv import read_openface_csv, write_openface_csv
 from data.prepare import Layout, Settings, VIDEO_STEPS, prepare_videos
 from data.procedural_faces import FaceStyle, mouth_openings, render_talking_face, synthesize_speech
-from data.video import probe, read_video_frames, resample_video, write_video
+from media.convert import resample_video
+from media.decoder import read_video_frames
+from media.encoder import write_video
+from media.ffmpeg import probe
 
 KEY_POINTS = [8, 33, 48, 51, 54, 57]  # chin, nose base, mouth corners, lip centres: what DINet's crop uses
 

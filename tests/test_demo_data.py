@@ -15,7 +15,7 @@ from data.audio_features import FEATURE_WIDTHS, compute_audio_feature, mel_filte
 from data.openface_csv import read_openface_csv
 from data.prepare import Layout, Settings, prepare_videos
 from data.procedural_faces import make_demo_data
-from data.video import probe
+from media.ffmpeg import probe
 
 NUM_VIDEOS, SECONDS, FRAMES = 2, 4.0, 100
 

@@ -15,8 +15,9 @@ from common.geometry import CropGeometry
 from conftest import ROOT
 from data.openface_csv import read_openface_csv
 from data.procedural_faces import make_demo_data
-from data.video import probe, read_video_frames
 from dubbing.pipeline import dub, first_pasted_row, load_generator, paste_mask, ping_pong
+from media.decoder import read_video_frames
+from media.ffmpeg import probe
 from models import DINet
 from models.checkpoint import atomic_save
 
@@ -214,7 +215,8 @@ def test_decoder_on_rows_is_the_decoder_from_any_row():
 def test_pasting_reads_no_crop_row_above_the_first_pasted_row(box_height, box_width):
     """Dubbing leaves the generated rows above first_pasted_row uncomputed: whatever they hold, the frame pasted
     is the same, the face box larger or smaller than the crop."""
-    from dubbing.yuv import Colour, FaceBlender, frame_bytes, planes
+    from dubbing.blend import FaceBlender
+    from media.yuv import Colour, frame_bytes, planes
     geometry = CropGeometry(64)
     mask = paste_mask(geometry)
     first_row = first_pasted_row(mask)
@@ -237,7 +239,7 @@ def test_pasting_reads_no_crop_row_above_the_first_pasted_row(box_height, box_wi
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="F_SETPIPE_SZ is Linux's")
 def test_pipes_to_and_from_ffmpeg_hold_a_megabyte():
     import fcntl
-    from data.video import PIPE_BYTES, widen_pipe
+    from media.ffmpeg import PIPE_BYTES, widen_pipe
     read_end, write_end = os.pipe()
     with os.fdopen(read_end, "rb") as pipe, os.fdopen(write_end, "wb"):
         before = fcntl.fcntl(pipe.fileno(), getattr(fcntl, "F_GETPIPE_SZ", 1032))
@@ -246,7 +248,7 @@ def test_pipes_to_and_from_ffmpeg_hold_a_megabyte():
 
 
 def test_decoded_video_streams_frames_and_stops_early(demo):
-    from dubbing.frames import DecodedVideo
+    from media.decoder import DecodedVideo
     path = str(demo / "split_video_25fps" / "demo_000.mp4")
     expected = list(read_video_frames(path))
     video = DecodedVideo(path, background=True)
@@ -260,7 +262,7 @@ def test_decoded_video_streams_frames_and_stops_early(demo):
 
 
 def test_decoded_video_streams_4_2_0_frames_and_stops_early(demo):
-    from dubbing.frames import DecodedVideo
+    from media.decoder import DecodedVideo
     path = str(demo / "split_video_25fps" / "demo_000.mp4")
     expected = list(read_video_frames(path))  # RGB as ffmpeg converts it
     near = lambda ours, theirs: np.abs(ours.astype(int) - theirs).mean() < 1.5  # two conversions, not one
@@ -284,8 +286,8 @@ def test_decoded_video_streams_4_2_0_frames_and_stops_early(demo):
 
 def test_landmarks_detected_as_the_video_decodes_are_those_of_the_decoded_video(demo):
     from data.landmark_detector import detect_landmarks
-    from dubbing.frames import DecodedVideo
     from dubbing.pipeline import _landmarks
+    from media.decoder import DecodedVideo
     path = str(demo / "split_video_25fps" / "demo_000.mp4")
     video = DecodedVideo(path, background=True, pixel_format="yuv420p")
     streamed = _landmarks(video, None, path, None)  # from the first frames on, beside the decoder

@@ -191,9 +191,9 @@ def test_a_full_disk_while_writing_a_checkpoint_keeps_the_previous_one_and_says_
     assert not glob.glob(str(tmp_path / ".*.partial*"))
 
 
-WRITERS = {  # the two ways a video is written: whole (data/video.py) and streamed while dubbing (dubbing/encode.py)
-    "write_video": "from data.video import write_video\ndef write(): write_video({out!r}, frames)",
-    "VideoEncoder": ("from dubbing.encode import VideoEncoder\ndef write():\n"
+WRITERS = {  # the two ways a video is written: whole (write_video) and streamed while dubbing (VideoEncoder)
+    "write_video": "from media.encoder import write_video\ndef write(): write_video({out!r}, frames)",
+    "VideoEncoder": ("from media.encoder import VideoEncoder\ndef write():\n"
                      "    encoder = VideoEncoder({out!r}, 256, 256)\n"
                      "    for frame in frames: encoder.write(frame)\n    encoder.close()"),
 }
@@ -201,7 +201,7 @@ WRITERS = {  # the two ways a video is written: whole (data/video.py) and stream
 
 @pytest.mark.parametrize("writer", WRITERS)
 def test_a_full_disk_while_writing_a_video_keeps_the_previous_one_and_says_so(tmp_path, writer):
-    from data.video import write_video
+    from media.encoder import write_video
     import numpy as np
     out = tmp_path / "dubbed.mp4"
     write_video(str(out), [np.zeros((64, 64, 3), np.uint8)] * 5)
