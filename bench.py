@@ -22,7 +22,7 @@ Tasks:
   loader       the frame stage's data loader at mouth 64, batch 24 (workers, seeded sampler, crop cache) on
                demo data, samples per second: the training step's rate must stay below it
 GFLOPs are counted with torch.utils.flop_counter (a multiply-add is 2 FLOPs; lab1 at mouth 64 is 22.4 per frame,
-as DESIGN.md says); a training row counts this repository's iteration, the baseline's too (which computes more).
+DINet's figure); a training row counts this repository's iteration, the baseline's too (which computes more).
 Model-FLOP utilisation (MFU) = achieved / peak, with --peak_tflops or on a GPU named in GPU_PEAKS. Each training
 row runs in a process of its own and reports its peak memory (GB: resident set on a CPU, allocated on a GPU); one
 that runs out of memory is reported as failed and the others are still measured (--train_batch: a smaller batch).
@@ -43,12 +43,12 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from common.devices import resolve_amp
 from common.errors import run_command
 from common.geometry import CropGeometry
 from config.ranges import integer, number
 from dubbing.generation import autocast
 from engine.compare import lab_config
-from engine.precision import resolve_amp
 from models import DINet
 from models.adaat import DEFAULT_WARP, AdaAT
 from models.blocks import published_layers, reformulated_layers

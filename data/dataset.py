@@ -71,7 +71,7 @@ class FrameDataset(Dataset):
         return self.cache.get(path, (self.geometry.width, self.geometry.height))
 
     def __getitem__(self, key):
-        """key: an index, or (index, seed) from the engine's SeededSampler to make the random picks reproducible."""
+        """key: an index, or (index, seed) from the engine's EpochOrder to make the random picks reproducible."""
         index, seed = key if isinstance(key, tuple) else (key, None)
         rng = random.Random(seed) if seed is not None else random
         clips = self.videos[self.items[index]]

@@ -146,7 +146,7 @@ class SyncDataset(Dataset):
         return resize_mouths(to_tensor(np.concatenate(crops, axis=2))[None], self.input_size)[0]
 
     def __getitem__(self, key):
-        """key: an index, or (index, seed) from the engine's SeededSampler."""
+        """key: an index, or (index, seed) from the engine's EpochOrder."""
         index, seed = key if isinstance(key, tuple) else (key, None)
         item = self.items[index]
         if len(item) == 2:  # training: in sync or not is drawn now

@@ -9,7 +9,7 @@ whatever CPU or GPU runs the bench. What the published inference.py does, and th
      an XVID face video, resized back to the crop and pasted over its top 3r rows, the frame written to an XVID
      video (both by OpenCV);
   3. ffmpeg muxing the driving audio in (video copied, AAC).
-The audio features (DeepSpeech in the published code) are given, not timed, as in DESIGN.md's figure. The
+The audio features (DeepSpeech in the published code) are given, not timed, as in the published figure. The
 network is the caller's, set up the published way (bench.py's use_adaat(network, "published")).
 """
 import os

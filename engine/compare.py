@@ -2,7 +2,7 @@
 
 `cost_columns` counts parameters and forward FLOPs per frame on the meta device (shapes only, no
 arithmetic, so all twelve labs at mouth 256 take seconds) with `torch.utils.flop_counter.FlopCounterMode`,
-which counts a multiply-add as 2 FLOPs: lab1 gives DESIGN.md's 22.4 / 89.7 / 358.7 GFLOPs at mouth
+which counts a multiply-add as 2 FLOPs: lab1 gives DINet's 22.4 / 89.7 / 358.7 GFLOPs at mouth
 64 / 128 / 256. `run_comparison` trains each lab with the shared engine (`engine.trainer.train`, frame
 stage), reads its metrics.jsonl, and writes comparison.md, comparison.csv and perception_loss.png.
 """

@@ -28,7 +28,7 @@ THRESHOLD = 0.5  # a score above it says "in sync", for both architectures
 
 
 def default_syncnet_path(mouth_region_size):
-    """Where the clip stage's --pretrained_syncnet_path looks in DESIGN.md's commands."""
+    """Where train_syncnet.py writes a SyncNet unless --syncnet_path says otherwise (beside DINet's published one)."""
     return f"./asserts/syncnet_{mouth_region_size}mouth.pth"
 
 

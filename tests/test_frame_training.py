@@ -210,13 +210,13 @@ def test_missing_training_json_is_one_line_and_nonzero_exit(tmp_path):
 def test_amp_auto_is_measured_fastest_per_device(monkeypatch):
     """--amp auto: on a CUDA GPU from Ampere on, bf16 for dubbing and fp32 (TF32) for training; on a CPU, bf16 only
     where it is native; older GPUs fp32; explicit choices pass through."""
-    from engine import precision
+    from common import devices
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
-    assert precision.resolve_amp("auto", cuda) == "bf16" and precision.resolve_amp("auto", cuda, training=True) == "off"
+    assert devices.resolve_amp("auto", cuda) == "bf16" and devices.resolve_amp("auto", cuda, training=True) == "off"
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
-    assert precision.resolve_amp("auto", cuda) == "off" and precision.resolve_amp("fp16", cuda, training=True) == "fp16"
+    assert devices.resolve_amp("auto", cuda) == "off" and devices.resolve_amp("fp16", cuda, training=True) == "fp16"
     for native in (True, False):
-        monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
+        monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native)
         expected = "bf16" if native else "off"
-        assert precision.resolve_amp("auto", cpu) == precision.resolve_amp("auto", cpu, training=True) == expected
+        assert devices.resolve_amp("auto", cpu) == devices.resolve_amp("auto", cpu, training=True) == expected

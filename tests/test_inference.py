@@ -447,7 +447,7 @@ def test_bench_baseline_runs_the_published_layers():
 def test_bench_training_rows_each_in_a_process_of_their_own(tmp_path):
     """bench.py --quick training rows: the published way (fp32, NCHW, 3-D AdaAT, its iteration) and ours in
     fp32 and (where the CPU has native bf16) bf16, each measured in a process of its own and written as JSON."""
-    from engine.precision import cpu_has_native_bf16
+    from common.devices import cpu_has_native_bf16
     rows, stdout, wall = run_bench(tmp_path, "--tasks", "baseline,train_frame", "--quick", "--mouths", "64")
     ours = ["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"]  # --precision auto: bf16 where it is native
     assert [(row["task"], row["precision"], row["baseline"]) for row in rows] == [

@@ -29,7 +29,7 @@ def test_dinet_syncnet_has_the_published_names_and_shapes():
     with open(SHAPES) as f:
         published = json.load(f)["syncnet SyncNet(15,29,128)"]
     assert {key: list(value.shape) for key, value in SyncNet(15, 29, 128).state_dict().items()} == published
-    assert sum(p.numel() for p in SyncNet(15, 29, 128).parameters()) == 3_277_121  # 3.28 M, DESIGN.md
+    assert sum(p.numel() for p in SyncNet(15, 29, 128).parameters()) == 3_277_121  # 3.28 M, DINet's count
 
 
 def test_published_syncnet_layout_loads_with_its_audio_width_and_module_prefix(tmp_path):
