@@ -22,7 +22,7 @@ Tasks:
   loader       the frame stage's data loader at mouth 64, batch 24 (workers, seeded sampler, crop cache) on
                demo data, samples per second: the training step's rate must stay below it
 GFLOPs are counted with torch.utils.flop_counter (a multiply-add is 2 FLOPs; lab1 at mouth 64 is 22.4 per frame,
-as DESIGN.md says); a training row counts this repository's iteration, the baseline's too (which computes more).
+DINet's figure); a training row counts this repository's iteration, the baseline's too (which computes more).
 Model-FLOP utilisation (MFU) = achieved / peak, with --peak_tflops or on a GPU named in GPU_PEAKS. Each training
 row runs in a process of its own and reports its peak memory (GB: resident set on a CPU, allocated on a GPU); one
 that runs out of memory is reported as failed and the others are still measured (--train_batch: a smaller batch).
@@ -43,12 +43,12 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from common.devices import resolve_amp
 from common.errors import run_command
+from common.geometry import CropGeometry
 from config.ranges import integer, number
-from engine.compare import lab_config
-from engine.precision import resolve_amp
-from data.geometry import CropGeometry
 from dubbing.generation import autocast
+from engine.compare import lab_config
 from models import DINet
 from models.adaat import DEFAULT_WARP, AdaAT
 from models.blocks import published_layers, reformulated_layers
@@ -260,9 +260,9 @@ def inference_inputs(opt, folder):
 
     The real 1080x1920 clip of ../shared/data when it is there and has that size (landmarks detected once,
     not timed, as the published figure had them given); else the demo face scaled up onto a WxH frame."""
-    from data.demo import make_demo_data
-    from data.landmarks import read_openface_csv, write_openface_csv
-    from data.video import probe
+    from data.procedural_faces import make_demo_data
+    from data.openface_csv import read_openface_csv, write_openface_csv
+    from media.ffmpeg import probe
     width, height = opt.video
     seconds = min(opt.video_seconds, 2.0) if opt.quick else opt.video_seconds
     ffmpeg = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error"]
@@ -271,8 +271,8 @@ def inference_inputs(opt, folder):
     audio = os.path.join(folder, "speech.wav")
     if not opt.quick and os.path.isfile(clip) and os.path.isfile(speech) and (
             (probe(clip)["width"], probe(clip)["height"]) == (width, height)):
-        from data.face_landmarks import detect_landmarks
-        from data.video import read_video_frames
+        from data.landmark_detector import detect_landmarks
+        from media.decoder import read_video_frames
         video = os.path.join(folder, "source.mp4")
         subprocess.run([*ffmpeg, "-i", clip, "-t", str(seconds), "-c", "copy", video], check=True)
         frames = np.stack(list(read_video_frames(video, fps=25)))
@@ -299,7 +299,7 @@ def inference_inputs(opt, folder):
 
 def video_psnr(path_a, path_b, boxes=None):
     """PSNR between two videos over all their pixels, or only inside each frame's box (top, bottom, left, right)."""
-    from data.video import read_video_frames
+    from media.decoder import read_video_frames
     squared, count = 0.0, 0
     for t, (a, b) in enumerate(zip(read_video_frames(path_a), read_video_frames(path_b))):
         if boxes is not None:
@@ -316,8 +316,8 @@ def video_psnr(path_a, path_b, boxes=None):
 
 def face_boxes(landmark_csv, video_size, frames):
     """Each output frame's face-crop box, as the pipeline places it (None where it passes the frame through)."""
-    from data.geometry import crop_box
-    from data.landmarks import read_openface_csv
+    from common.geometry import crop_box
+    from data.openface_csv import read_openface_csv
     from dubbing.pipeline import crop_radii, ping_pong
     landmarks = read_openface_csv(landmark_csv)
     aligned = landmarks[ping_pong(len(landmarks), frames)]
@@ -414,8 +414,8 @@ def bench_inference(opt, device, precision, lab):
     """The whole dubbing pipeline, timed end to end in its own process: decode, landmarks (given), features,
     crops, generator, blend, encode. bf16 rows also give the PSNR of their output against the fp32 output of
     the same input, over whole frames and over the face-crop boxes (where the two can differ)."""
-    from data.video import probe
     from dubbing.generation import ReferencedGenerator
+    from media.ffmpeg import probe
     config = lab_config(lab, 80, "mel")
     if not _INFERENCE:
         _INFERENCE["folder"] = tempfile.TemporaryDirectory(prefix="bench-dub-")
@@ -471,7 +471,7 @@ def bench_loader(opt, device, precision, lab):
     cache) on demo data: samples per second in the first epoch (JPEGs read and resized) and after (cached)."""
     from torch.utils.data import DataLoader
     from data.dataset import FrameDataset
-    from data.demo import make_demo_data
+    from data.procedural_faces import make_demo_data
     from data.training_json import load_training_json
     from engine.trainer import EpochOrder
     mouth_size, batch = STAGES[0]

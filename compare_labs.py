@@ -13,9 +13,9 @@ needs mel features) is listed as skipped, with the reason.
 import argparse
 
 from common.errors import run_command
+from common.files import check_writable
 from config.labs import LAB_PRESETS
 from config.ranges import integer
-from data.video import check_writable
 from engine.compare import cost_table, markdown_table, run_comparison
 
 

@@ -30,11 +30,12 @@ import argparse
 import os
 
 from common.errors import run_command
+from common.files import check_writable
+from common.geometry import CLIP_LENGTH
 from config.ranges import SEED, integer, number
 from data import prepare
 from data.audio_features import FEATURE_WIDTHS
 from data.training_json import read_training_json
-from data.video import check_writable
 
 TRAINING_DATA = "./asserts/training_data"
 MAX_PROBLEM_LINES = 50  # --check: enough to see the pattern, not a wall of text
@@ -84,7 +85,7 @@ def build_parser():
     options.add_argument("--workers", type=integer(1), default=1, help="videos prepared in parallel (processes)")
     options.add_argument("--min_face_fraction", type=number(0, 1), default=prepare.Settings.min_face_fraction,
                          help="skip a video with a face in fewer of its frames than this")
-    options.add_argument("--clip_length", type=integer(1), default=9, help="frames per training clip (DINet: 9)")
+    options.add_argument("--clip_length", type=integer(1), default=CLIP_LENGTH, help="frames per training clip (DINet: 9)")
     options.add_argument("--seed", type=SEED, default=0, help="seed of the crop-scale jitter and the demo set")
     options.add_argument("--demo_dir", default="./asserts/demo_data", help="where --make_demo_data writes")
     options.add_argument("--num_videos", type=integer(1), default=3, help="videos in the demo set")
@@ -127,7 +128,7 @@ def main(argv=None):
     if opt.generate_training_json:
         check_writable(os.path.dirname(os.path.abspath(opt.json_path)), "--json_path", shown=opt.json_path)
     if opt.make_demo_data:
-        from data.demo import make_demo_data
+        from data.procedural_faces import make_demo_data
         json_path = make_demo_data(opt.demo_dir, num_videos=opt.num_videos, seed=opt.seed,
                                    audio_feature=opt.audio_feature)
         print(f"demo training set: {json_path}")

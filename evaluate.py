@@ -18,13 +18,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.devices import choose_device
 from common.errors import run_command
-from data.face_landmarks import detect_landmarks
-from data.video import check_writable, probe
-from dubbing.frames import DecodedVideo
-from engine.checkpoint import load_syncnet
+from common.files import check_writable, write_atomically
+from data.landmark_detector import detect_landmarks
 from evaluation.reconstruction import InceptionFeatures, frechet_distance, psnr, ssim
 from evaluation.sync import mouth_crops, sync_score, video_audio_features
+from media.decoder import DecodedVideo
+from media.ffmpeg import probe
+from models.checkpoint import load_syncnet
 
 LPIPS_SIDE = 512
 CHUNK = 16
@@ -39,7 +41,7 @@ def build_parser():
     parser.add_argument("--lpips_weights", default="pretrained", help="pretrained, random or a VGG16 .pth")
     parser.add_argument("--inception_weights", default=None, help="torchvision Inception v3 .pth, for FID")
     parser.add_argument("--csv", default="./asserts/evaluation.csv", help="where the table is also written")
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
     return parser
 
 
@@ -60,13 +62,7 @@ def check_inputs(opt):
     if opt.inception_weights and not os.path.isfile(opt.inception_weights):
         raise SystemExit(f"--inception_weights {opt.inception_weights}: no such file; pass torchvision's Inception v3 "
                          f"state dict (.pth), or leave the flag out to skip FID")
-    if opt.device is not None:
-        try:
-            device = torch.device(opt.device)
-        except RuntimeError:
-            raise SystemExit(f"--device {opt.device}: not a device; pass cuda, cuda:N or cpu") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise SystemExit(f"--device {opt.device}: no CUDA device is visible; pass --device cpu")
+    choose_device(opt.device)
     check_writable(os.path.dirname(os.path.abspath(opt.csv)), "--csv", shown=opt.csv)
 
 
@@ -114,14 +110,14 @@ def reconstruction(video, source, lpips, inception, device):
 
 
 def write_csv(rows, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    """The table as CSV at `path`, complete or not at all (an earlier table there stays until this one is written)."""
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    partial = path + ".partial"
-    with open(partial, "w", newline="") as f:
+
+    def write(f):
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(partial, path)
+    write_atomically(path, write, mode="w")
 
 
 def print_table(rows):
@@ -137,7 +133,7 @@ def print_table(rows):
 def main():
     opt = build_parser().parse_args()
     check_inputs(opt)
-    device = torch.device(opt.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = choose_device(opt.device)
     syncnet, config = load_syncnet(opt.syncnet_path, "--syncnet_path")
     if config.audio_feature in ("deepspeech", "unknown"):
         raise SystemExit(f"--syncnet_path {opt.syncnet_path}: it reads {config.audio_feature} audio features, which "

@@ -17,19 +17,19 @@ import sys
 import time
 
 # Before torch loads OpenMP: its threads sleep instead of spinning when they wait, which leaves the cores to
-# the decoder and encoder that run beside the generator (dubbing/pipeline.py; ~12% more frames/s on 2 cores).
+# the decoder and encoder that run beside the generator (dubbing/pipeline.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
+from common.devices import choose_device, resolve_amp
 from common.errors import UserError, run_command
+from common.files import check_writable
+from common.geometry import CropGeometry
 from config.ranges import SEED, integer
-from data.geometry import CropGeometry
-from data.video import check_writable, probe
-from dubbing.frames import even_size
 from dubbing.pipeline import dub, load_generator
-from engine.distributed import setup
-from engine.precision import resolve_amp
+from media.decoder import even_size
+from media.ffmpeg import probe
 
 
 def build_parser():
@@ -107,7 +107,7 @@ def main():
     if output_size != size:
         print("note: {} is {}x{}; H.264 in 4:2:0 needs even sides, so the output is {}x{}, the last column or row "
               "repeated".format(opt.source_video_path, *size, *output_size))
-    device = setup(opt.device).device
+    device = choose_device(opt.device)
     generator = load_generator(opt.pretrained_clip_DINet_path, device, opt.mouth_region_size)
     name = os.path.splitext(os.path.basename(opt.source_video_path))[0]
     output_path = os.path.join(opt.res_video_dir, f"{name}_facial_dubbing_add_audio.mp4")

@@ -1,1 +1,2 @@
-"""What every layer of the repository shares: the user-error exception and how commands report it."""
+"""What every layer shares: user errors and how commands report them, atomic outputs, crop geometry and the frame
+windows, and the choice of device and precision."""

@@ -15,7 +15,7 @@ Loss weights default to None on the command line and are filled from the loss pr
 """
 import argparse
 
-from engine.precision import AMP_CHOICES
+from common.devices import AMP_CHOICES
 from models.dinet import CHOICES
 from models.syncnet import ARCHITECTURES, FACE_STRIDE
 
@@ -56,11 +56,27 @@ def on_off(value):
 def add_generator_flags(parser):
     group = parser.add_argument_group("architecture (a lab preset, then per-flag overrides)")
     group.add_argument("--lab", default=None, choices=list(LAB_PRESETS),
-                       help="named preset from DESIGN.md's lab table (default lab1; on --resume, the checkpoint's)")
+                       help="named preset of config/labs.py, each DINet with the changes it lists (default lab1; on "
+                            "--resume, the checkpoint's)")
     group.add_argument("--extra_same_block", type=on_off, default=None, metavar="{on,off}",
                        help="one more SameBlock2d(256->256) closing the source and reference encoders")
     for name, allowed in CHOICES.items():
         group.add_argument(f"--{name}", default=None, choices=allowed, help="default: the lab's")
+
+
+def add_data_and_schedule_flags(parser, result_path, epochs):
+    """What every training script reads the same way: the seed, the training data, DINet's schedule (`epochs` at a
+    fixed learning rate, then as many decaying), checkpoints and the result folder."""
+    add = parser.add_argument
+    add("--seed", type=SEED, default=456, help="random seed to use")
+    add("--train_data", type=str, default="./asserts/training_data/training_json.json", help="path of training json")
+    add("--audio_channel", type=integer(1), default=None,
+        help="audio feature width; read from the training JSON (29 for DeepSpeech). Given explicitly, it must agree")
+    add("--start_epoch", default=1, type=integer(1), help="start epoch in training stage")
+    add("--non_decay", default=epochs, type=integer(0), help="epochs with fixed learning rate")
+    add("--decay", default=epochs, type=integer(0), help="epochs of linear learning-rate decay")
+    add("--checkpoint", type=integer(1), default=2, help="save a checkpoint every N epochs")
+    add("--result_path", type=str, default=result_path, help="folder for checkpoints, logs and samples")
 
 
 def add_running_flags(parser, image_every=200):
@@ -96,26 +112,18 @@ def add_running_flags(parser, image_every=200):
 
 def training_parser(description, result_path):
     parser = TrainingParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_data_and_schedule_flags(parser, result_path, epochs=200)
     add = parser.add_argument
-    add("--seed", type=SEED, default=456, help="random seed to use")
     add("--source_channel", type=int, choices=[3], default=3, help="input source image channels (RGB)")
     add("--ref_channel", type=int, choices=[15], default=15, help="input reference image channels (5 RGB frames)")
-    add("--audio_channel", type=integer(1), default=None,
-        help="audio feature width; read from the training JSON (29 for DeepSpeech). Given explicitly, it must agree")
     add("--augment_num", type=integer(1), default=32, help="times each video is sampled per epoch")
     add("--mouth_region_size", type=int, default=64, help="mouth size m; the face crop is (3m/2+m/8) x (m+m/4)")
-    add("--train_data", type=str, default="./asserts/training_data/training_json.json", help="path of training json")
     add("--batch_size", type=integer(1), default=24, help="training batch size")
     add("--lamb_perception", type=number(0), default=None, help="weight of VGG19 perception loss (preset: dinet 10)")
     add("--lamb_syncnet_perception", type=number(0), default=None,
         help="weight of the SyncNet loss in the clip stage (preset: dinet 0.1, latentsync 0.05)")
     add("--lr_g", type=number(0), default=0.0001, help="initial learning rate of the generator (Adam; 0 freezes it)")
     add("--lr_dI", type=number(0), default=0.0001, help="initial learning rate of the discriminators (Adam; 0 freezes them)")
-    add("--start_epoch", default=1, type=integer(1), help="start epoch in training stage")
-    add("--non_decay", default=200, type=integer(0), help="epochs with fixed learning rate")
-    add("--decay", default=200, type=integer(0), help="epochs of linear learning-rate decay")
-    add("--checkpoint", type=integer(1), default=2, help="save a checkpoint every N epochs")
-    add("--result_path", type=str, default=result_path, help="folder for checkpoints, logs and samples")
     add("--coarse2fine", action="store_true", help="initialise the generator from --coarse_model_path")
     add("--coarse_model_path", default="", type=str, help="checkpoint (.pth) of the coarser stage")
     add("--pretrained_syncnet_path", default="", type=str, help="checkpoint (.pth) of a trained SyncNet")
@@ -154,19 +162,12 @@ def clip_training_parser(description, result_path):
 def syncnet_parser(description, result_path):
     """train_syncnet.py: the generator scripts' data, schedule and running flags, and the SyncNet's own."""
     parser = TrainingParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_data_and_schedule_flags(parser, result_path, epochs=20)
     add = parser.add_argument
-    add("--seed", type=SEED, default=456, help="random seed to use")
-    add("--train_data", type=str, default="./asserts/training_data/training_json.json", help="path of training json")
-    add("--audio_channel", type=integer(1), default=None, help="audio feature width; read from the training JSON")
     add("--mouth_region_size", type=int, default=256, help="mouth size m of the generator this SyncNet will serve")
     add("--augment_num", type=integer(1), default=1, help="times each 5-frame window is sampled per epoch")
     add("--batch_size", type=integer(1), default=32, help="windows per batch (each also meets the others' audio)")
     add("--lr", type=number(0), default=0.0001, help="initial learning rate (Adam; 0 freezes the network)")
-    add("--start_epoch", default=1, type=integer(1), help="start epoch")
-    add("--non_decay", default=20, type=integer(0), help="epochs with fixed learning rate")
-    add("--decay", default=20, type=integer(0), help="epochs of linear learning-rate decay")
-    add("--checkpoint", type=integer(1), default=2, help="save a checkpoint every N epochs")
-    add("--result_path", type=str, default=result_path, help="folder for checkpoints, logs and samples")
     add("--syncnet_path", default="",
         help="where the trained SyncNet goes (default ./asserts/syncnet_{m}mouth.pth, where the clip stage looks)")
     group = parser.add_argument_group("SyncNet")

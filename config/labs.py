@@ -1,4 +1,4 @@
-"""The lab presets: each lab lists only what differs from DINet (lab1). See DESIGN.md, "Generator and the labs".
+"""The lab presets: each lab lists only what differs from DINet (lab1); models/dinet.py describes each choice.
 
 A preset is a starting point; any generator flag given on the command line overrides it
 (`--lab lab2 --extra_same_block off` is lab1 again, `--lab lab12 --warp adain` mixes lab11 in).

@@ -1,1 +1,1 @@
-"""Data: DINet's crop geometry, the training JSON, datasets, audio features, video I/O and the demo set."""
+"""Training data: preparation, the training JSON, datasets, audio features, landmarks and the procedural demo set."""

@@ -11,10 +11,12 @@ import random
 import numpy as np
 import torch
 
-from .dataset import AUDIO_WINDOW, NUM_REFERENCES, FrameDataset, to_tensor
-from .geometry import mask_mouth
+from common.geometry import AUDIO_WINDOW, CLIP_LENGTH, NUM_REFERENCES, mask_mouth
 
-CLIP_FRAMES = range(2, 7)  # the 5 generated frames of a 9-frame clip
+from .dataset import FrameDataset, to_tensor
+
+# the generated frames of a clip: those whose audio window lies inside it (2..6 of 9)
+CLIP_FRAMES = range(AUDIO_WINDOW // 2, CLIP_LENGTH - AUDIO_WINDOW // 2)
 
 
 class ClipDataset(FrameDataset):
@@ -30,7 +32,7 @@ class ClipDataset(FrameDataset):
         sources, references, windows = [], [], []
         for frame in CLIP_FRAMES:
             sources.append(self.load(source_clip.frame_paths[frame]))
-            picked = [clips[i].frame_paths[rng.randrange(9)] for i in rng.sample(others, NUM_REFERENCES)]
+            picked = [clips[i].frame_paths[rng.randrange(CLIP_LENGTH)] for i in rng.sample(others, NUM_REFERENCES)]
             references.append(np.concatenate([self.load(path) for path in picked], axis=2))
             windows.append(source_clip.audio_features[frame - AUDIO_WINDOW // 2: frame + AUDIO_WINDOW // 2 + 1])
         return {

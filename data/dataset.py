@@ -14,10 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from common.errors import UserError
-from .geometry import CropGeometry, mask_mouth
-
-NUM_REFERENCES = 5
-AUDIO_WINDOW = 5  # video frames of audio around the source frame
+from common.geometry import AUDIO_WINDOW, CLIP_LENGTH, NUM_REFERENCES, CropGeometry, mask_mouth
 
 
 class FrameCache:
@@ -61,7 +58,7 @@ class FrameDataset(Dataset):
         if skipped:
             print(f"skipping {len(skipped)} video(s) with fewer than {NUM_REFERENCES + 1} clips: {', '.join(skipped[:5])}")
         if not self.videos:
-            raise UserError(f"{training_set.path}: no video has {NUM_REFERENCES + 1} or more 9-frame clips; "
+            raise UserError(f"{training_set.path}: no video has {NUM_REFERENCES + 1} or more {CLIP_LENGTH}-frame clips; "
                              f"use longer videos")
         names = sorted(self.videos)
         self.items = [name for _ in range(augment_num) for name in names]
@@ -74,14 +71,14 @@ class FrameDataset(Dataset):
         return self.cache.get(path, (self.geometry.width, self.geometry.height))
 
     def __getitem__(self, key):
-        """key: an index, or (index, seed) from the engine's SeededSampler to make the random picks reproducible."""
+        """key: an index, or (index, seed) from the engine's EpochOrder to make the random picks reproducible."""
         index, seed = key if isinstance(key, tuple) else (key, None)
         rng = random.Random(seed) if seed is not None else random
         clips = self.videos[self.items[index]]
         source_clip, *reference_clips = (clips[i] for i in rng.sample(range(len(clips)), NUM_REFERENCES + 1))
-        source_index = rng.randrange(AUDIO_WINDOW // 2, 9 - AUDIO_WINDOW // 2)
+        source_index = rng.randrange(AUDIO_WINDOW // 2, CLIP_LENGTH - AUDIO_WINDOW // 2)
         source = self.load(source_clip.frame_paths[source_index])
-        references = [self.load(clip.frame_paths[rng.randrange(9)]) for clip in reference_clips]
+        references = [self.load(clip.frame_paths[rng.randrange(CLIP_LENGTH)]) for clip in reference_clips]
         window = source_clip.audio_features[source_index - AUDIO_WINDOW // 2: source_index + AUDIO_WINDOW // 2 + 1]
         return {
             "source": to_tensor(source),                                  # (3, H, W)

@@ -34,12 +34,15 @@ import numpy as np
 from tqdm import tqdm
 
 from common.errors import UserError
+from common.files import NotWritten, atomic_output
+from common.geometry import CLIP_LENGTH, NUM_REFERENCES, CropGeometry, compute_crop_radius, crop_box
+from media.convert import extract_audio as extract_wav, extract_frames, resample_video
+from media.decoder import read_video_frames
+from media.ffmpeg import probe
+
 from .audio_features import FEATURE_WIDTHS, compute_audio_feature, deepspeech_sources, read_deepspeech
-from .geometry import CropGeometry, compute_crop_radius, crop_box
-from .landmarks import read_openface_csv, write_openface_csv
+from .openface_csv import read_openface_csv, write_openface_csv
 from .training_json import climbs_out
-from .video import (NotWritten, atomic_output, extract_audio as extract_wav, extract_frames, probe, read_video_frames,
-                    resample_video)
 
 FPS = 25
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".flv", ".mpg", ".mpeg", ".ts", ".wmv")
@@ -48,7 +51,7 @@ JSON_DECIMALS = 4  # audio vectors are stored as JSON text: 4 decimals keeps rea
 VIDEO_STEPS = ("extract_video_frame", "extract_audio", "extract_audio_feature", "detect_landmarks", "crop_face",
                "debug_draw")
 STEPS_READING_VIDEO = {"extract_video_frame", "extract_audio", "detect_landmarks"}
-MIN_CLIPS_FOR_TRAINING = 6  # the frame dataset draws a source and 5 reference clips from one video
+MIN_CLIPS_FOR_TRAINING = NUM_REFERENCES + 1  # the frame dataset draws a source and its references' clips from one video
 DEBUG_FRAMES_PER_VIDEO = 4
 DEBUG_MOUTH_SIZE = 256  # debug crops are shown at the finest training geometry
 
@@ -84,7 +87,7 @@ class Layout:
 @dataclass(frozen=True)
 class Settings:
     audio_feature: str = "mel"
-    clip_length: int = 9            # frames per training clip (DINet: 9)
+    clip_length: int = CLIP_LENGTH  # frames per training clip
     seed: int = 0                   # of the crop-scale jitter
     min_face_fraction: float = 0.9  # a video with a face in fewer of its frames is skipped
 
@@ -238,7 +241,7 @@ def _detect_landmarks(name, video_path, layout, progress):
     csv_path, source = landmark_csv(name, layout)
     if source == "openface" or _is_fresh(csv_path, video_path):
         return
-    from .face_landmarks import detect_landmarks  # mediapipe only when it is needed
+    from .landmark_detector import detect_landmarks  # mediapipe only when it is needed
     expected = round((probe(video_path)["duration"] or 0) * FPS) or None
     frames = tqdm(read_video_frames(video_path, fps=FPS), total=expected, desc=f"{name} landmarks", unit="frame",
                   leave=False, disable=not progress)
@@ -251,7 +254,7 @@ def _detect_landmarks(name, video_path, layout, progress):
 def read_landmarks(csv_path, settings):
     """(T, 68, 2) landmarks with faceless frames filled from their neighbours, and (T,) found; skips a video
     whose face is missing in too many frames."""
-    from .face_landmarks import fill_missing
+    from .landmark_detector import fill_missing
     landmarks, found = read_openface_csv(csv_path, with_success=True)
     if len(found) and found.mean() < settings.min_face_fraction:
         raise SkipVideo(f"{csv_path}: a face in only {100 * found.mean():.0f}% of frames (--min_face_fraction "
@@ -315,7 +318,7 @@ def _crop_faces(name, csv_path, layout, settings, progress):
 def debug_image(frame_bgr, landmarks, radius):
     """Side by side for a person to check: the face with the 68 points numbered and coloured by group, and
     DINet's crop (shown at mouth 256, 416x320) with the mouth hole the generator fills outlined."""
-    from .face_landmarks import draw_landmarks
+    from .landmark_detector import draw_landmarks
     height = 720
     extent = (landmarks.max(0) - landmarks.min(0)).max()
     x0, y0 = np.maximum(landmarks.min(0) - 0.25 * extent, 0).astype(int)
@@ -435,7 +438,7 @@ def format_report(reports):
 
 # ---------------------------------------------------------------- the training JSON
 
-def generate_training_json(crop_dir, feature_dir, feature_name, json_path, clip_length=9):
+def generate_training_json(crop_dir, feature_dir, feature_name, json_path, clip_length=CLIP_LENGTH):
     """Index every cropped clip with its per-frame audio vectors in DINet's training JSON.
 
     {video: {"video_clip_num": n, "clip_data_list": [{"frame_name_list": [9 x "video/clip/frame.jpg"],

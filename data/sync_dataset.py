@@ -26,13 +26,11 @@ import torch
 from torch.utils.data import Dataset
 
 from common.errors import UserError
+from common.geometry import AUDIO_FRAMES, MOUTH_FRAMES, CropGeometry
 from models.syncnet import resize_mouths
 
 from .dataset import FrameCache, to_tensor
-from .geometry import CropGeometry
 
-MOUTH_FRAMES = 5   # mouth crops per window
-AUDIO_FRAMES = 9   # audio vectors per window: the 5 frames and 2 more on each side
 ISLAND = 10 ** 7   # position offset of clips whose frame names give no frame numbers: never adjacent
 
 
@@ -148,7 +146,7 @@ class SyncDataset(Dataset):
         return resize_mouths(to_tensor(np.concatenate(crops, axis=2))[None], self.input_size)[0]
 
     def __getitem__(self, key):
-        """key: an index, or (index, seed) from the engine's SeededSampler."""
+        """key: an index, or (index, seed) from the engine's EpochOrder."""
         index, seed = key if isinstance(key, tuple) else (key, None)
         item = self.items[index]
         if len(item) == 2:  # training: in sync or not is drawn now

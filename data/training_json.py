@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.errors import UserError
+from common.geometry import CLIP_LENGTH
 
 MAKE = "make it with `python data_processing.py --generate_training_json`"
 REMAKE = "make it again with `python data_processing.py --crop_face --generate_training_json`"
@@ -102,7 +103,7 @@ def _check_clip(clip, where, clip_length, json_dir, check_files, problems):
     return Clip(paths, vectors) if len(problems) == found else None
 
 
-def read_training_json(path, clip_length=9, check_files=True, flag="--train_data"):
+def read_training_json(path, clip_length=CLIP_LENGTH, check_files=True, flag="--train_data"):
     """(TrainingSet, []) for a training JSON that is fine to train on, else (None, every problem, one line each,
     naming `path` and the fix): DINet's layout, clip_length frames and audio vectors per clip, every audio value a
     finite number, one audio width throughout (and the declared audio_channel), one audio feature, every frame
@@ -150,7 +151,7 @@ def read_training_json(path, clip_length=9, check_files=True, flag="--train_data
     return TrainingSet(path, videos, features.pop(), first_of_width.popitem()[0]), []
 
 
-def load_training_json(path, clip_length=9, check_files=True):
+def load_training_json(path, clip_length=CLIP_LENGTH, check_files=True):
     """The TrainingSet at `path`, or exit with its first problem in one line (read_training_json)."""
     training_set, problems = read_training_json(path, clip_length, check_files)
     if problems:

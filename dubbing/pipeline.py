@@ -5,12 +5,12 @@
     frame t of the output = source frame ping-pong(t), its DINet face crop, mouth masked, generated with
     5 reference crops and audio window t, blended back with a feathered mask, encoded H.264 + AAC.
 
-Threads overlap the work: ffmpeg decodes into a memory map in the background (dubbing/frames.py), generator
+Threads overlap the work: ffmpeg decodes into a memory map in the background (media/decoder.py), generator
 streams crop and run the generator batch by batch (the reference branch once per video, dubbing/generation.py;
 channels_last, bf16 autocast with --amp bf16; on a CPU two batches at once, each on half the threads,
 `generator_streams`; on a GPU one, cropping the next batch while the GPU computes this one), and a writer thread
-blends each frame, in order, and streams it to the encoder (dubbing/encode.py, x264 `veryfast`). Frames stay
-4:2:0 YUV from decoder to encoder (dubbing/yuv.py): only face boxes are converted to RGB and back. `timings` (a
+blends each frame, in order, and streams it to the encoder (media/encoder.py, x264 `veryfast`). Frames stay
+4:2:0 YUV from decoder to encoder (media/yuv.py): only face boxes are converted to RGB and back. `timings` (a
 dict) collects the seconds each stage was busy (summed over the generator streams): decode, features,
 landmarks, references (their crops, once decoded), crops, generator, blend, encode (waiting on ffmpeg), total.
 `batch_size` is the most frames per generator call; on CPU, large mouths get fewer (`frames_per_call`).
@@ -32,21 +32,20 @@ import torch
 from tqdm import tqdm
 
 from common.errors import UserError
+from common.geometry import AUDIO_WINDOW, NUM_REFERENCES, CropGeometry, compute_crop_radius, crop_box, mask_mouth
 from data.audio_features import FEATURE_WIDTHS, compute_audio_feature
-from data.geometry import CropGeometry, compute_crop_radius, crop_box, mask_mouth
-from data.landmarks import read_openface_csv
-from data.video import extract_audio
-from engine.checkpoint import generator_config_of, load_checkpoint, load_network
+from data.openface_csv import read_openface_csv
+from media.convert import extract_audio
+from media.decoder import DecodedVideo, scratch_folder
+from media.encoder import DEFAULT_PRESET, VideoEncoder
+from media.yuv import rgb_region
 from models import DINet
 from models.blocks import load_winograd_kernels
+from models.checkpoint import generator_config_of, load_checkpoint, load_network
 
-from .encode import DEFAULT_PRESET, VideoEncoder
-from .frames import DecodedVideo, scratch_folder
+from .blend import FaceBlender
 from .generation import ReferencedGenerator
-from .yuv import FaceBlender, rgb_region
 
-AUDIO_WINDOW = 5     # video frames of audio the generator sees, centred on the frame it makes
-NUM_REFERENCES = 5
 INFERENCE_SCALE = 1.05  # DINet's fixed crop scale at inference (training draws it from [1.05, 1.15))
 
 
@@ -142,7 +141,7 @@ def crop_radii(landmarks, video_size):
 
 def face_crop(frame, landmarks, radius, geometry, colour=None):
     """The DINet face crop in RGB resized to the geometry, and its box in the frame: `frame` is (H, W, 3) RGB, or
-    with `colour` (dubbing.yuv.Colour) a 4:2:0 frame's (Y, U, V) planes."""
+    with `colour` (media.yuv.Colour) a 4:2:0 frame's (Y, U, V) planes."""
     box = crop_box(landmarks, radius)
     top, bottom, left, right = box
     crop = frame[top:bottom, left:right] if colour is None else rgb_region(frame, colour, *box)
@@ -370,7 +369,7 @@ def _landmarks(video, landmark_csv, source_video_path, landmark_detector):
     if landmark_csv:
         return read_openface_csv(landmark_csv)  # its row count is checked against the frames as they decode
     if landmark_detector is None:
-        from data.face_landmarks import detect_landmarks as landmark_detector
+        from data.landmark_detector import detect_landmarks as landmark_detector
     landmarks, found = landmark_detector(video.rgb_frames())  # frames as they decode
     if not found.any():
         raise UserError(f"{source_video_path}: no face found in any frame; use a video with one visible, "

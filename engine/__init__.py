@@ -1,1 +1,1 @@
-"""What the training scripts share: the loop, losses, checkpoints, logging and distributed setup."""
+"""What the training scripts share: the loop, stages, losses, precision, the run log and distributed setup."""

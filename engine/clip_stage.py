@@ -17,15 +17,15 @@ import torch.nn.functional as F
 from torch.optim import Adam
 
 from common.errors import UserError
+from common.geometry import CropGeometry
 from data.clip_dataset import CLIP_FRAMES, ClipDataset
-from data.geometry import CropGeometry
 from data.training_json import check_audio_channel
 from models import Discriminator
+from models.checkpoint import check_syncnet_fits, load_checkpoint, load_network, load_syncnet
 from models.lpips_loss import LPIPS
 from models.video_encoder import VideoEncoder
 
 from . import distributed
-from .checkpoint import check_syncnet_fits, load_checkpoint, load_network, load_syncnet
 from .losses import LowerFaceLPIPS, TREPALoss
 from .trainer import FrameStage, check_data_compatible, choose_generator_config, lab_name
 

@@ -2,7 +2,7 @@
 
 `cost_columns` counts parameters and forward FLOPs per frame on the meta device (shapes only, no
 arithmetic, so all twelve labs at mouth 256 take seconds) with `torch.utils.flop_counter.FlopCounterMode`,
-which counts a multiply-add as 2 FLOPs: lab1 gives DESIGN.md's 22.4 / 89.7 / 358.7 GFLOPs at mouth
+which counts a multiply-add as 2 FLOPs: lab1 gives DINet's 22.4 / 89.7 / 358.7 GFLOPs at mouth
 64 / 128 / 256. `run_comparison` trains each lab with the shared engine (`engine.trainer.train`, frame
 stage), reads its metrics.jsonl, and writes comparison.md, comparison.csv and perception_loss.png.
 """
@@ -18,14 +18,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from common.errors import UserError
+from common.files import atomic_output
+from common.geometry import AUDIO_WINDOW, CropGeometry
 from config.config import training_parser
 from config.labs import GENERATOR_FLAGS, generator_config, lab_audio_feature
 from data.audio_features import FEATURE_WIDTHS
-from data.geometry import CropGeometry
 from data.training_json import check_audio_channel, load_training_json
-from data.video import atomic_output
 from models import DINet
-from models.audio_encoders import AUDIO_WINDOW
 from models.blocks import published_layers
 
 from .trainer import FrameStage, train

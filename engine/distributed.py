@@ -12,7 +12,7 @@ import torch.distributed as torch_dist
 import torch.distributed.nn.functional as functional_dist
 from torch import nn
 
-from common.errors import UserError
+from common.devices import choose_device
 
 
 @dataclass
@@ -33,18 +33,7 @@ class Runtime:
 def setup(device_arg=None):
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device_arg is None:
-        device_arg = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(device_arg)
-    except RuntimeError:
-        raise UserError(f"--device {device_arg}: not a device; pass cuda, cuda:N or cpu") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {device_arg}: no CUDA device is visible; pass --device cpu")
-        # one process per GPU under torchrun; set_device needs an index ("cuda" alone is refused by some releases)
-        device = torch.device("cuda", local_rank if world_size > 1 else (device.index or 0))
-        torch.cuda.set_device(device)
+    device = choose_device(device_arg, local_rank if world_size > 1 else None)  # one process per GPU under torchrun
     if world_size > 1 and not torch_dist.is_initialized():
         torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Runtime(device, int(os.environ.get("RANK", "0")), world_size)

@@ -18,17 +18,17 @@ from torch.utils.data import DataLoader
 from common.errors import UserError
 from data.sync_dataset import SyncDataset, pair_labels, split_videos, video_timelines
 from data.training_json import check_audio_channel
+from models.checkpoint import atomic_save, syncnet_config_of
 from models.syncnet import SyncNetConfig, build_syncnet
 
 from . import distributed
-from .checkpoint import atomic_save, syncnet_config_of
 from .trainer import GRID_SAMPLES, Stage, check_data_compatible
 
 THRESHOLD = 0.5  # a score above it says "in sync", for both architectures
 
 
 def default_syncnet_path(mouth_region_size):
-    """Where the clip stage's --pretrained_syncnet_path looks in DESIGN.md's commands."""
+    """Where train_syncnet.py writes a SyncNet unless --syncnet_path says otherwise (beside DINet's published one)."""
     return f"./asserts/syncnet_{mouth_region_size}mouth.pth"
 
 

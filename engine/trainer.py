@@ -26,18 +26,17 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from common.errors import UserError, Stopped
+from common.files import check_writable, remove_stale_temporaries
+from common.geometry import CropGeometry
 from config.labs import GENERATOR_FLAGS, generator_config
 from data.dataset import FrameDataset
-from data.geometry import CropGeometry
 from data.training_json import check_audio_channel, load_training_json
-from data.video import check_writable
 from models import DINet, Discriminator, Vgg19
+from models.checkpoint import (atomic_save, check_generator_config, checkpoint_name, generator_config_of,
+                               load_checkpoint, load_network, newest_valid_checkpoint, prune_step_checkpoints)
 
 from . import distributed
-from .checkpoint import (atomic_save, check_generator_config, checkpoint_name, generator_config_of,
-                         load_checkpoint, load_network, newest_valid_checkpoint, prune_step_checkpoints,
-                         remove_stale_temporaries)
-from .logging import RunLog, format_log_line, image_grid
+from .run_log import RunLog, format_log_line, image_grid
 from .precision import Precision
 from .losses import GANLoss, PerceptualLoss
 

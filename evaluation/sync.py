@@ -14,14 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from common.geometry import AUDIO_FRAMES, MOUTH_FRAMES, CropGeometry
 from data.audio_features import compute_audio_feature
-from data.geometry import CropGeometry
-from data.video import extract_audio
 from dubbing.pipeline import crop_radii, face_crop
+from media.convert import extract_audio
 from models.syncnet import EmbeddingSyncNet
 
 MAX_OFFSET = 15
-MOUTH_FRAMES, AUDIO_FRAMES = 5, 9
 
 
 @dataclass

@@ -11,10 +11,11 @@ and the hybrid transformer reads them as per-frame tokens. The three choices (`-
 import torch
 from torch import nn
 
+from common.geometry import AUDIO_WINDOW
+
 from .blocks import DownBlock, ResBlock, SameBlock
 
 AUDIO_CODE = 128  # width of one audio step and of the pooled audio code (DINet's)
-AUDIO_WINDOW = 5  # video frames of audio per sample, centred on the source frame (data/dataset.py)
 
 
 def conv1d_audio_encoder(audio_channel):

@@ -8,7 +8,7 @@ shapes as the released `netG` weights, and the same numerics. The forward pass r
     audio window (B,A,5) --audio encoder--> audio steps (B,128,T') --mean--> audio code (B,128)
     [image code, audio code] -> AdaAT code (B,256) -> deform reference features -> decoder with source features
 
-The lab flags swap one stage each (DESIGN.md, "Generator and the labs"):
+The lab flags swap one stage each (config/labs.py combines them into the labs):
     extra_same_block  one more SameBlock(256->256) closing both image encoders
     alignment         concat (DINet) | mha: source features cross-attend to reference features (models/attention.py)
     param_fusion      concat (DINet) | fusion_transformer | hybrid_transformer | hybrid_and_concat (models/fusion.py)
@@ -22,10 +22,12 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
+from common.geometry import AUDIO_WINDOW
+
 from .adaat import AdaAT
 from .adain import AdaIN
 from .attention import CrossAttentionAlignment
-from .audio_encoders import AUDIO_WINDOW, AltConv1dAudioEncoder, AudioAttentionEncoder, conv1d_audio_encoder
+from .audio_encoders import AltConv1dAudioEncoder, AudioAttentionEncoder, conv1d_audio_encoder
 from .blocks import DownBlock, NarrowConv2d, ResBlock, SameBlock, UpBlock2d
 from .fusion import HybridTokenFusion, TokenFusionTransformer
 

@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.geometry import MOUTH_FRAMES
+
 ARCHITECTURES = ("dinet", "embedding")
-FRAMES = 5          # mouth crops per sample
-AUDIO_FRAMES = 9    # audio vectors per sample: the 5 frames and 2 more on each side
 FACE_STRIDE = 32    # the face encoder halves the resolution five times
 
 
@@ -182,7 +182,7 @@ class _SyncNetBase(nn.Module):
         """Resize the mouths to input_size and, with centre_window, remove each window's mean."""
         mouths = resize_mouths(mouths, self.input_size)                          # (B, 15, s, s)
         if self.centre_window:
-            frames = mouths.unflatten(1, (FRAMES, -1))                           # (B, 5, 3, s, s)
+            frames = mouths.unflatten(1, (MOUTH_FRAMES, -1))                           # (B, 5, 3, s, s)
             mouths = (frames - frames.mean(dim=1, keepdim=True)).flatten(1, 2)
             audio = audio - audio.mean(dim=2, keepdim=True)                      # (B, A, 9)
         return mouths, audio
@@ -271,5 +271,5 @@ def _weighted_mean(values, weight):
 
 def build_syncnet(config: SyncNetConfig):
     network = SyncNet if config.arch == "dinet" else EmbeddingSyncNet
-    return network(3 * FRAMES, config.audio_channel, config.embedding_dim, config.input_size,
+    return network(3 * MOUTH_FRAMES, config.audio_channel, config.embedding_dim, config.input_size,
                    config.centre_window).initialise()

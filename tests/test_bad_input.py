@@ -23,8 +23,8 @@ import pytest
 import torch
 
 from conftest import ROOT, write_dinet_json
-from data.landmarks import write_openface_csv
-from engine.checkpoint import atomic_save
+from data.openface_csv import write_openface_csv
+from models.checkpoint import atomic_save
 from models.syncnet import SyncNetConfig, build_syncnet
 from test_clip_training import clip_assets  # noqa: F401  (fixture: 29-d data, a lab2 frame checkpoint, a SyncNet)
 from test_inference import checkpoint  # noqa: F401  (fixture: an untrained mel generator at mouth 64)

@@ -2,7 +2,6 @@
 refuses a file whose unpickling would run code, DINet's plain state dicts still load, the checksum covers every
 value, and a checkpoint is an ordinary file under the user's umask."""
 import glob
-import hashlib
 import os
 import random
 import subprocess
@@ -15,9 +14,9 @@ import torch
 from common.errors import UserError
 from conftest import ROOT
 from dubbing.pipeline import load_generator
-from engine.checkpoint import atomic_save, load_checkpoint
 from engine.trainer import set_rng_state
 from models import DINet, Discriminator
+from models.checkpoint import atomic_save, load_checkpoint
 from test_bad_input import COMMANDS, assets, fill  # noqa: F401  (fixture: tiny data, checkpoints, 1 s media)
 from test_clip_training import clip_assets  # noqa: F401  (fixture the assets need)
 from test_inference import checkpoint  # noqa: F401  (fixture the assets need)
@@ -122,14 +121,6 @@ def test_checkpoints_of_earlier_versions_load_with_numpys_rng_arrays_and_nothing
     torch.save({**earlier_checkpoint(), "extra": np.zeros(3)}, other_array)
     with pytest.raises(UserError, match=f"--resume {other_array}: refusing to unpickle it, it is not a plain"):
         load_checkpoint(str(other_array))
-
-
-def test_checkpoints_with_the_blake2b_digest_of_earlier_versions_are_refused_by_name(tmp_path):
-    state = {"epoch": 3, "state_dict": {"net_g": {"w": torch.arange(1000, dtype=torch.float32)}}}
-    digest = hashlib.blake2b(state["state_dict"]["net_g"]["w"].numpy().tobytes(), digest_size=16).hexdigest()
-    torch.save({**state, "integrity": digest}, tmp_path / "old.pth")
-    with pytest.raises(UserError, match="its checksum is the blake2b digest of this repository's versions before"):
-        load_checkpoint(str(tmp_path / "old.pth"))
 
 
 def edit(checkpoint, change):

@@ -7,18 +7,18 @@ import pytest
 import torch
 
 from common.errors import UserError
-from conftest import ROOT, write_dinet_json
+from common.geometry import CropGeometry
 from config.config import clip_training_parser
 from config.labs import generator_config
+from conftest import ROOT, write_dinet_json
 from data.clip_dataset import ClipDataset
-from data.geometry import CropGeometry
 from data.training_json import load_training_json
 from engine import distributed
-from engine.checkpoint import atomic_save
 from engine.clip_stage import ClipStage
-from engine.logging import format_log_line
+from engine.run_log import format_log_line
 from engine.trainer import train
 from models import DINet, Discriminator
+from models.checkpoint import atomic_save
 from models.syncnet import SyncNetConfig, build_syncnet
 
 FOURTH_COMMAND = ("--augment_num=3 --mouth_region_size=256 --batch_size=3 "

@@ -11,13 +11,16 @@ import numpy as np
 import pytest
 import soundfile
 
+from common.geometry import CropGeometry, compute_crop_radius, crop_box
 from conftest import ROOT, SHARED, write_dinet_json
-from data.demo import FaceStyle, mouth_openings, render_talking_face, synthesize_speech
-from data.face_landmarks import detect_landmarks, fill_missing
-from data.geometry import CropGeometry, compute_crop_radius, crop_box
-from data.landmarks import read_openface_csv, write_openface_csv
+from data.landmark_detector import detect_landmarks, fill_missing
+from data.openface_csv import read_openface_csv, write_openface_csv
 from data.prepare import Layout, Settings, VIDEO_STEPS, prepare_videos
-from data.video import probe, read_video_frames, resample_video, write_video
+from data.procedural_faces import FaceStyle, mouth_openings, render_talking_face, synthesize_speech
+from media.convert import resample_video
+from media.decoder import read_video_frames
+from media.encoder import write_video
+from media.ffmpeg import probe
 
 KEY_POINTS = [8, 33, 48, 51, 54, 57]  # chin, nose base, mouth corners, lip centres: what DINet's crop uses
 

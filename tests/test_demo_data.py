@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from common.errors import UserError
+from common.geometry import CropGeometry, compute_crop_radius, crop_box
 from data.audio_features import FEATURE_WIDTHS, compute_audio_feature, mel_filter_bank
-from data.demo import make_demo_data
-from data.geometry import CropGeometry, compute_crop_radius, crop_box
-from data.landmarks import read_openface_csv
+from data.openface_csv import read_openface_csv
 from data.prepare import Layout, Settings, prepare_videos
-from data.video import probe
+from data.procedural_faces import make_demo_data
+from media.ffmpeg import probe
 
 NUM_VIDEOS, SECONDS, FRAMES = 2, 4.0, 100
 

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SHARED
-from data.face_landmarks import detect_landmarks
-from data.landmarks import write_openface_csv
-from data.video import probe, read_video_frames
+from data.landmark_detector import detect_landmarks
+from data.openface_csv import write_openface_csv
+from media.decoder import read_video_frames
+from media.ffmpeg import probe
 from test_inference import checkpoint  # noqa: F401  (fixture: an untrained mel generator at mouth 64)
 
 TALKING_HEAD = os.path.join(SHARED, "data", "talking_head_a.mp4")

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from conftest import ROOT
-from data.demo import make_demo_data
-from engine.checkpoint import atomic_save
+from data.procedural_faces import make_demo_data
 from evaluation.reconstruction import frechet_distance, psnr, ssim
 from evaluation.sync import sync_score
+from models.checkpoint import atomic_save
 from models.syncnet import SyncNetConfig, build_syncnet
 
 

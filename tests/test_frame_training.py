@@ -13,7 +13,7 @@ from common.errors import UserError
 from conftest import ROOT, write_dinet_json
 from config.config import training_parser
 from data.training_json import load_training_json
-from engine.logging import format_log_line
+from engine.run_log import format_log_line
 from engine.trainer import FrameStage, train
 
 LOG_LINE = re.compile(r"^===> Epoch\[(\d+)\]\((\d+)/(\d+)\):  Loss_DI: (\d+\.\d{4}) Loss_GI: (\d+\.\d{4}) "
@@ -62,7 +62,7 @@ def test_frame_stage_writes_dinet_checkpoints_logs_and_image_grids(lab2_run):
     assert len(iterations) == 4 and all(LOG_LINE.match(line + " ") for line in iterations)
     assert glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
     assert len(glob.glob(str(tmp_path / "samples" / "*.png"))) == 4
-    assert not glob.glob(str(tmp_path / ".tmp-*"))  # atomic writes leave no temporary files
+    assert not glob.glob(str(tmp_path / ".*.partial*"))  # atomic writes leave no temporary files
 
 
 @pytest.mark.parametrize("mouth_size", [64, 128, 256])
@@ -210,13 +210,13 @@ def test_missing_training_json_is_one_line_and_nonzero_exit(tmp_path):
 def test_amp_auto_is_measured_fastest_per_device(monkeypatch):
     """--amp auto: on a CUDA GPU from Ampere on, bf16 for dubbing and fp32 (TF32) for training; on a CPU, bf16 only
     where it is native; older GPUs fp32; explicit choices pass through."""
-    from engine import precision
+    from common import devices
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
-    assert precision.resolve_amp("auto", cuda) == "bf16" and precision.resolve_amp("auto", cuda, training=True) == "off"
+    assert devices.resolve_amp("auto", cuda) == "bf16" and devices.resolve_amp("auto", cuda, training=True) == "off"
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
-    assert precision.resolve_amp("auto", cuda) == "off" and precision.resolve_amp("fp16", cuda, training=True) == "fp16"
+    assert devices.resolve_amp("auto", cuda) == "off" and devices.resolve_amp("fp16", cuda, training=True) == "fp16"
     for native in (True, False):
-        monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
+        monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native)
         expected = "bf16" if native else "off"
-        assert precision.resolve_amp("auto", cpu) == precision.resolve_amp("auto", cpu, training=True) == expected
+        assert devices.resolve_amp("auto", cpu) == devices.resolve_amp("auto", cpu, training=True) == expected

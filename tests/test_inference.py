@@ -11,14 +11,15 @@ import torch
 
 from bench import face_boxes, video_psnr
 from common.errors import UserError
+from common.geometry import CropGeometry
 from conftest import ROOT
-from data.demo import make_demo_data
-from data.geometry import CropGeometry
-from data.landmarks import read_openface_csv
-from data.video import probe, read_video_frames
+from data.openface_csv import read_openface_csv
+from data.procedural_faces import make_demo_data
 from dubbing.pipeline import dub, first_pasted_row, load_generator, paste_mask, ping_pong
-from engine.checkpoint import atomic_save
+from media.decoder import read_video_frames
+from media.ffmpeg import probe
 from models import DINet
+from models.checkpoint import atomic_save
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +215,8 @@ def test_decoder_on_rows_is_the_decoder_from_any_row():
 def test_pasting_reads_no_crop_row_above_the_first_pasted_row(box_height, box_width):
     """Dubbing leaves the generated rows above first_pasted_row uncomputed: whatever they hold, the frame pasted
     is the same, the face box larger or smaller than the crop."""
-    from dubbing.yuv import Colour, FaceBlender, frame_bytes, planes
+    from dubbing.blend import FaceBlender
+    from media.yuv import Colour, frame_bytes, planes
     geometry = CropGeometry(64)
     mask = paste_mask(geometry)
     first_row = first_pasted_row(mask)
@@ -237,7 +239,7 @@ def test_pasting_reads_no_crop_row_above_the_first_pasted_row(box_height, box_wi
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="F_SETPIPE_SZ is Linux's")
 def test_pipes_to_and_from_ffmpeg_hold_a_megabyte():
     import fcntl
-    from data.video import PIPE_BYTES, widen_pipe
+    from media.ffmpeg import PIPE_BYTES, widen_pipe
     read_end, write_end = os.pipe()
     with os.fdopen(read_end, "rb") as pipe, os.fdopen(write_end, "wb"):
         before = fcntl.fcntl(pipe.fileno(), getattr(fcntl, "F_GETPIPE_SZ", 1032))
@@ -246,7 +248,7 @@ def test_pipes_to_and_from_ffmpeg_hold_a_megabyte():
 
 
 def test_decoded_video_streams_frames_and_stops_early(demo):
-    from dubbing.frames import DecodedVideo
+    from media.decoder import DecodedVideo
     path = str(demo / "split_video_25fps" / "demo_000.mp4")
     expected = list(read_video_frames(path))
     video = DecodedVideo(path, background=True)
@@ -260,7 +262,7 @@ def test_decoded_video_streams_frames_and_stops_early(demo):
 
 
 def test_decoded_video_streams_4_2_0_frames_and_stops_early(demo):
-    from dubbing.frames import DecodedVideo
+    from media.decoder import DecodedVideo
     path = str(demo / "split_video_25fps" / "demo_000.mp4")
     expected = list(read_video_frames(path))  # RGB as ffmpeg converts it
     near = lambda ours, theirs: np.abs(ours.astype(int) - theirs).mean() < 1.5  # two conversions, not one
@@ -283,9 +285,9 @@ def test_decoded_video_streams_4_2_0_frames_and_stops_early(demo):
 
 
 def test_landmarks_detected_as_the_video_decodes_are_those_of_the_decoded_video(demo):
-    from data.face_landmarks import detect_landmarks
-    from dubbing.frames import DecodedVideo
+    from data.landmark_detector import detect_landmarks
     from dubbing.pipeline import _landmarks
+    from media.decoder import DecodedVideo
     path = str(demo / "split_video_25fps" / "demo_000.mp4")
     video = DecodedVideo(path, background=True, pixel_format="yuv420p")
     streamed = _landmarks(video, None, path, None)  # from the first frames on, beside the decoder
@@ -348,7 +350,7 @@ def test_published_loop_dubs_as_dinets_inference_script(demo, tmp_path):
     """dubbing/published.py (bench.py's baseline): frames - 1 frames made, the driving audio muxed in, and each
     frame the source's except the top 3r rows of its face crop, where the generator's face is pasted."""
     from bench import use_adaat
-    from data.geometry import compute_crop_radius
+    from common.geometry import compute_crop_radius
     from dubbing.published import published_inference
     video = demo / "split_video_25fps" / "demo_000.mp4"
     audio = str(demo / "split_video_25fps_audio" / "demo_001.wav")
@@ -445,7 +447,7 @@ def test_bench_baseline_runs_the_published_layers():
 def test_bench_training_rows_each_in_a_process_of_their_own(tmp_path):
     """bench.py --quick training rows: the published way (fp32, NCHW, 3-D AdaAT, its iteration) and ours in
     fp32 and (where the CPU has native bf16) bf16, each measured in a process of its own and written as JSON."""
-    from engine.precision import cpu_has_native_bf16
+    from common.devices import cpu_has_native_bf16
     rows, stdout, wall = run_bench(tmp_path, "--tasks", "baseline,train_frame", "--quick", "--mouths", "64")
     ours = ["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"]  # --precision auto: bf16 where it is native
     assert [(row["task"], row["precision"], row["baseline"]) for row in rows] == [

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SHARED
-from data.video import probe, read_video_frames
+from media.decoder import read_video_frames
+from media.ffmpeg import probe
 from test_inference import checkpoint  # noqa: F401  (fixture: an untrained mel generator at mouth 64)
 
 CLIP, SPEECH = "data/talking_head_a.mp4", "data/driving_speech_b.wav"

@@ -1,4 +1,4 @@
-"""The twelve labs: presets as DESIGN.md's table lists them, every ingredient as a module of its own,
+"""The twelve labs: presets as the lab notes list them, every ingredient as a module of its own,
 flags that compose, checkpoints that know their lab, and compare_labs.py."""
 import itertools
 import json
@@ -10,17 +10,17 @@ import pytest
 import torch
 
 from common.errors import UserError
-from conftest import ROOT
 from config.config import training_parser
 from config.labs import LAB_PRESETS, generator_config
-from data.demo import make_demo_data
-from engine.checkpoint import atomic_save, check_generator_config, generator_config_of, load_checkpoint, load_network
+from conftest import ROOT
+from data.procedural_faces import make_demo_data
 from engine.compare import generator_gflops, lab_config, parameter_count, run_comparison
 from engine.trainer import FrameStage, requested_generator_config, train
 from models import DINet, GeneratorConfig
 from models.adain import AdaIN
 from models.attention import CrossAttentionAlignment, sinusoid_positions_2d
 from models.audio_encoders import AltConv1dAudioEncoder, AudioAttentionEncoder
+from models.checkpoint import atomic_save, check_generator_config, generator_config_of, load_checkpoint, load_network
 from models.dinet import CHOICES
 from models.fusion import HybridTokenFusion, PoseToken, ReferenceFrameTokens, TokenFusionTransformer
 
@@ -29,8 +29,8 @@ FACE_64 = (104, 80)  # face crop (H, W) at mouth 64
 # on the 2-video demo data: 2 epochs of 3 iterations
 SHORT_RUN = ["--augment_num", "3", "--non_decay", "2", "--decay", "0", "--image_every", "100"]
 
-# DESIGN.md, "Generator and the labs": what each lab changes from DINet.
-DESIGN_TABLE = {
+# The lab notes: what each lab changes from DINet.
+LAB_NOTES = {
     "lab1": "DINet",
     "lab2": "extra_same_block=True",
     "lab3": "alignment=mha",
@@ -69,7 +69,7 @@ def perception_losses(result_path):
 
 def test_presets_are_the_design_tables_twelve_labs():
     assert list(LAB_PRESETS) == [f"lab{n}" for n in range(1, 13)]
-    assert {lab: lab_config(lab).describe() for lab in LAB_PRESETS} == DESIGN_TABLE
+    assert {lab: lab_config(lab).describe() for lab in LAB_PRESETS} == LAB_NOTES
 
 
 def test_a_flag_overrides_the_preset():

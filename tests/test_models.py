@@ -8,9 +8,9 @@ import torch
 from conftest import ROOT, SHARED
 import torch.nn.functional as F
 
-from engine.checkpoint import generator_config_of, load_network
 from models import AdaAT, DINet, Discriminator, GeneratorConfig
 from models.blocks import FourierConv2d, NarrowConv2d, ResBlock, SameBlock, UpBlock2d, WinogradConv2d, fresh_relu
+from models.checkpoint import generator_config_of, load_network
 
 FIXTURES = os.path.join(SHARED, "fixtures")
 needs_fixtures = pytest.mark.needs_shared("fixtures")
@@ -30,7 +30,7 @@ def test_lab1_has_the_published_parameter_names_and_shapes():
 
 
 def test_lab1_parameter_count_is_dinets():
-    assert sum(p.numel() for p in DINet(3, 15, 29).parameters()) == 19_190_275  # 19.19 M, DESIGN.md
+    assert sum(p.numel() for p in DINet(3, 15, 29).parameters()) == 19_190_275  # 19.19 M, DINet's count
 
 
 @needs_fixtures
@@ -400,12 +400,12 @@ def test_inference_relus_in_place_touch_no_block_input():
 
 def test_vgg19_trunk_and_image_grid_are_torchvisions_without_importing_it():
     """models/vgg19.py builds torchvision's VGG19 trunk itself (same layers and keys: its state dicts load) and
-    engine/logging.py lays out image grids as make_grid does, so scripts start without importing torchvision
+    engine/run_log.py lays out image grids as make_grid does, so scripts start without importing torchvision
     (2-3 s a process); only pretrained weights, LPIPS and TREPA import it, where they are used."""
     import subprocess
     import sys
     import torchvision
-    from engine.logging import image_grid
+    from engine.run_log import image_grid
     from models.vgg19 import vgg19_trunk
     torch.manual_seed(0)
     theirs, ours = torchvision.models.vgg19().features.eval(), vgg19_trunk().eval()

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import ROOT
-from engine.checkpoint import load_checkpoint
+from models.checkpoint import load_checkpoint
 from test_training_faults import last_losses_per_step, logged_steps
 
 SCRIPT = os.path.join(ROOT, "train_DINet_frame.py")

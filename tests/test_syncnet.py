@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from common.errors import UserError
-from conftest import ROOT, SHARED, write_dinet_json
 from config.config import syncnet_parser
-from data.demo import make_demo_data
+from conftest import ROOT, SHARED, write_dinet_json
+from data.procedural_faces import make_demo_data
 from data.sync_dataset import SyncDataset, pair_labels, split_videos, video_timelines
 from data.training_json import load_training_json
-from engine.checkpoint import atomic_save, check_syncnet_fits, load_syncnet
 from engine.syncnet_stage import SyncNetStage
 from engine.trainer import train
+from models.checkpoint import atomic_save, check_syncnet_fits, load_syncnet
 from models.syncnet import EmbeddingSyncNet, SyncNet, SyncNetConfig, build_syncnet
 
 SHAPES = os.path.join(SHARED, "fixtures", "dinet_state_dict_shapes.json")
@@ -29,7 +29,7 @@ def test_dinet_syncnet_has_the_published_names_and_shapes():
     with open(SHAPES) as f:
         published = json.load(f)["syncnet SyncNet(15,29,128)"]
     assert {key: list(value.shape) for key, value in SyncNet(15, 29, 128).state_dict().items()} == published
-    assert sum(p.numel() for p in SyncNet(15, 29, 128).parameters()) == 3_277_121  # 3.28 M, DESIGN.md
+    assert sum(p.numel() for p in SyncNet(15, 29, 128).parameters()) == 3_277_121  # 3.28 M, DINet's count
 
 
 def test_published_syncnet_layout_loads_with_its_audio_width_and_module_prefix(tmp_path):

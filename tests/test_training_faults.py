@@ -14,8 +14,8 @@ import torch
 
 from common.errors import UserError
 from conftest import ROOT
-from engine.checkpoint import load_checkpoint, newest_valid_checkpoint
 from engine.trainer import FrameStage
+from models.checkpoint import load_checkpoint, newest_valid_checkpoint
 from test_frame_training import FAST, metrics, run_frame
 
 SCRIPT = os.path.join(ROOT, "train_DINet_frame.py")
@@ -132,7 +132,7 @@ def test_sigterm_stops_after_a_checkpoint_and_resume_auto_finishes(tiny_json, tm
 
 
 def temporaries(result_path):
-    return glob.glob(str(result_path / ".tmp-*"))
+    return glob.glob(str(result_path / ".*.partial*"))
 
 
 def test_sigkill_at_ten_random_points_mid_write_included_loses_at_most_one_checkpoint_interval(tiny_json, tmp_path):
@@ -188,12 +188,12 @@ def test_a_full_disk_while_writing_a_checkpoint_keeps_the_previous_one_and_says_
     assert "netG_model_epoch_2.pth: checkpoint not written, the disk is full" in last and "--resume auto" in last
     assert not (tmp_path / "netG_model_epoch_2.pth").exists()
     assert (tmp_path / "netG_model_epoch_1.pth").read_bytes() == previous
-    assert not glob.glob(str(tmp_path / ".tmp-*"))
+    assert not glob.glob(str(tmp_path / ".*.partial*"))
 
 
-WRITERS = {  # the two ways a video is written: whole (data/video.py) and streamed while dubbing (dubbing/encode.py)
-    "write_video": "from data.video import write_video\ndef write(): write_video({out!r}, frames)",
-    "VideoEncoder": ("from dubbing.encode import VideoEncoder\ndef write():\n"
+WRITERS = {  # the two ways a video is written: whole (write_video) and streamed while dubbing (VideoEncoder)
+    "write_video": "from media.encoder import write_video\ndef write(): write_video({out!r}, frames)",
+    "VideoEncoder": ("from media.encoder import VideoEncoder\ndef write():\n"
                      "    encoder = VideoEncoder({out!r}, 256, 256)\n"
                      "    for frame in frames: encoder.write(frame)\n    encoder.close()"),
 }
@@ -201,7 +201,7 @@ WRITERS = {  # the two ways a video is written: whole (data/video.py) and stream
 
 @pytest.mark.parametrize("writer", WRITERS)
 def test_a_full_disk_while_writing_a_video_keeps_the_previous_one_and_says_so(tmp_path, writer):
-    from data.video import write_video
+    from media.encoder import write_video
     import numpy as np
     out = tmp_path / "dubbed.mp4"
     write_video(str(out), [np.zeros((64, 64, 3), np.uint8)] * 5)

@@ -6,9 +6,10 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 
-from data.video import probe
-from dubbing.encode import VideoEncoder
-from dubbing.yuv import Colour, FaceBlender, frame_bytes, planes, rgb_frame, rgb_region
+from dubbing.blend import FaceBlender
+from media.encoder import VideoEncoder
+from media.ffmpeg import probe
+from media.yuv import Colour, frame_bytes, planes, rgb_frame, rgb_region
 
 BT709 = Colour("bt709", "bt709", "bt709")
 

@@ -1,10 +1,9 @@
 """Frames as the codecs hold them: 8-bit YUV 4:2:0 (a full-resolution luma plane Y, then the chroma planes U and
 V at half resolution each way), limited range, in the source's colour matrix.
 
-Dubbing decodes and encodes in this form, so ffmpeg converts no frame to RGB and back (a third of the decoder's
-time and a fifth of the encoder's, measured at 1080x1920) and every pixel outside the pasted mouth reaches the
-encoder exactly as decoded. Only the face box is converted to RGB for the generator (`rgb_region`), and the
-generated face is converted back and blended into the Y, U and V rows it covers (`FaceBlender`).
+Dubbing decodes and encodes in this form, so ffmpeg converts no frame to RGB and back and every pixel outside the
+pasted mouth reaches the encoder exactly as decoded. Only the face box is converted to RGB for the generator
+(`rgb_region`), and the generated face is converted back and blended into the rows it covers (dubbing/blend.py).
 """
 import re
 from dataclasses import dataclass
@@ -61,7 +60,7 @@ class Colour:
 
 def source_colour(info):
     """(Colour of a source's 4:2:0 frames as dubbing decodes them, the ffmpeg filter that decodes them so or None),
-    from `data.video.probe`'s info: the source's own colour, or for a source coded in RGB (libx264rgb, PNG) its
+    from `media.ffmpeg.probe`'s info: the source's own colour, or for a source coded in RGB (libx264rgb, PNG) its
     conversion to limited-range RGB_SOURCE_MATRIX, which the output is then labelled with."""
     space, primaries, transfer = info["colour"]
     if space != "gbr" and not _RGB_PIXELS.match(info["pixel_format"] or ""):
@@ -88,7 +87,7 @@ def rgb_region(frame_planes, colour, top, bottom, left, right):
     top2, left2 = top // 2, left // 2
     rows, cols = slice(top - 2 * top2, top - 2 * top2 + bottom - top), slice(left - 2 * left2, left - 2 * left2 + right - left)
 
-    def upsampled(plane):  # numpy's repeat(2, 0).repeat(2, 1), without its copies: a 1080x1920 frame 22 -> 4.5 ms
+    def upsampled(plane):  # numpy's repeat(2, 0).repeat(2, 1), without its copies
         chroma = plane[top2:(bottom + 1) // 2, left2:(right + 1) // 2]
         doubled = cv2.resize(chroma, (2 * chroma.shape[1], 2 * chroma.shape[0]), interpolation=cv2.INTER_NEAREST)
         return doubled[rows, cols]
@@ -99,58 +98,3 @@ def rgb_region(frame_planes, colour, top, bottom, left, right):
 def rgb_frame(frame_planes, colour):
     height, width = frame_planes[0].shape
     return rgb_region(frame_planes, colour, 0, height, 0, width)
-
-
-def _block_means(image):
-    """The mean of each 2x2 block of an (h, w[, c]) float image of even size: OpenCV's area halving is that,
-    25x faster than numpy's mean over reshaped axes (measured on a 520x400 face box)."""
-    height, width = image.shape[:2]
-    return cv2.resize(image, (width // 2, height // 2), interpolation=cv2.INTER_AREA)
-
-
-class FaceBlender:
-    """Blends generated faces into 4:2:0 rows with a weight mask (`paste_mask`, the crop's size): luma per
-    pixel, chroma per 2x2 block as the mean of the 4:4:4 blend over it (the blend in RGB followed by 4:2:0
-    averaging), so the face meets the untouched frame without a seam."""
-
-    def __init__(self, mask, colour):
-        self.mask, self.colour = mask, colour
-        self.layouts = {}
-
-    def _layout(self, size, top, left):
-        """For a box of `size` (w, h) at (top, left): the support of the weight (where it moves a pixel by a
-        hundredth of a level or more) grown to even frame rows and columns, and the weights on it."""
-        key = (size, top % 2, left % 2)
-        if key not in self.layouts:
-            width, height = size
-            weight = cv2.resize(self.mask, size)
-            ys, xs = np.nonzero(weight > 1e-3)
-            y0, y1 = ys.min() - (top + ys.min()) % 2, ys.max() + 1 + (top + ys.max() + 1) % 2
-            x0, x1 = xs.min() - (left + xs.min()) % 2, xs.max() + 1 + (left + xs.max() + 1) % 2
-            y0, x0 = y0 + 2 * (y0 < 0), x0 + 2 * (x0 < 0)  # stay inside the box (the mask fades well before it)
-            y1, x1 = y1 - 2 * (y1 > height), x1 - 2 * (x1 > width)
-            weight = np.ascontiguousarray(weight[y0:y1, x0:x1])
-            self.layouts[key] = (slice(y0, y1), slice(x0, x1), weight, _block_means(weight))
-        return self.layouts[key]
-
-    def paste(self, rows, face, box):
-        """Blend `face` ((h, w, 3) float RGB, the crop's size) into `rows` = (Y rows top:bottom, U rows, V rows
-        top/2:bottom/2, copies that the caller owns) over columns left:right of the box (top, bottom, left, right)."""
-        top, bottom, left, right = box
-        size = (right - left, bottom - top)
-        support_rows, support_cols, weight, block_weight = self._layout(size, top, left)
-        resized = cv2.resize(face, size)[support_rows, support_cols]
-        yuv = cv2.transform(np.ascontiguousarray(resized, dtype=np.float32), self.colour.from_rgb)  # (h, w, 3)
-        y, u, v = rows
-        columns = slice(left + support_cols.start, left + support_cols.stop)
-        region = y[support_rows, columns]
-        blended = region.astype(np.float32)
-        blended += weight * (yuv[..., 0] - blended)
-        region[...] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
-        chroma_rows = slice((top % 2 + support_rows.start) // 2, (top % 2 + support_rows.stop) // 2)
-        chroma_cols = slice((left + support_cols.start) // 2, (left + support_cols.stop) // 2)
-        weighted = _block_means(weight[..., None] * yuv[..., 1:])                          # (h/2, w/2, 2)
-        for plane, channel in ((u, 0), (v, 1)):
-            region = plane[chroma_rows, chroma_cols]
-            blended = region * (1 - block_weight) + weighted[..., channel]
-            region[...] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)

@@ -1,24 +1,17 @@
-"""Streaming H.264 + AAC encoding of the dubbed frames: frames go to ffmpeg's stdin as they are made.
+"""H.264 + AAC encoding, frames streamed to ffmpeg's stdin as they are made.
 
-Unlike data/video.py's `write_video` (crf 18 at x264's default preset, `medium`), the preset is a parameter:
-dubbing encodes a full-resolution frame per output frame, and at 1080x1920 `medium` alone runs at ~13 frames/s
-on 2 cores, slower than the generator at mouth 64. `veryfast` keeps crf 18's quality target at ~3x the speed
-(files ~15% larger than `medium`'s on the sample clips), and with it dubbing uses `superfast`'s motion search
-(`FAST_MOTION_SEARCH`: diamond search, one step of subpixel refinement without rate-distortion decisions): on 10 s
-of the 1080x1920 sample clip x264 took 6.1-7.0 core-seconds instead of 8.8-10.2, for a file 18% larger and a PSNR
-to the source of 47.5 instead of 47.8 dB, and dubbing at mouth 64 on 2 cores ran 6% faster (8.04 -> 8.57 and
-8.03 -> 8.50 frames/s, medians of 4 and 5 interleaved runs). The output is written under a hidden name and
-renamed when complete (data/video.py's `atomic_output`).
+crf 18 throughout. Dubbing encodes at `veryfast` with superfast's motion search (`FAST_MOTION_SEARCH`), so the
+encoder keeps up with the generator at full resolution; `write_video` (data preparation, tests) uses x264's
+default, `medium`. The output is written under a hidden name and renamed when complete (common/files.py).
 """
-import subprocess
-import tempfile
+import itertools
 import time
 
-import imageio_ffmpeg
 import numpy as np
 
-from data.video import atomic_output, ffmpeg_failure, widen_pipe
+from common.files import atomic_output
 
+from .ffmpeg import FFmpeg
 from .yuv import frame_bytes
 
 DEFAULT_PRESET = "veryfast"
@@ -28,7 +21,7 @@ FAST_MOTION_SEARCH = "me=dia:subme=1"  # x264 options added to DEFAULT_PRESET un
 class VideoEncoder:
     """with VideoEncoder(path, width, height, audio_path=...) as encoder: encoder.write(frame) ...
 
-    frames are (H, W, 3) uint8 RGB, or with `colour` (a dubbing.yuv.Colour) 4:2:0 YUV as dubbing/frames.py
+    frames are (H, W, 3) uint8 RGB, or with `colour` (a media.yuv.Colour) 4:2:0 YUV as media/decoder.py
     decodes them, encoded as they are and labelled with the source's colour tags; `x264_params` ("key=value:...")
     are x264's own options ("" for none; FAST_MOTION_SEARCH by default with the default preset); `seconds` is the
     time spent waiting on ffmpeg (writes block when its input pipe is full, and the final wait for it to finish)."""
@@ -64,12 +57,8 @@ class VideoEncoder:
             video_codec += ["-x264-params", x264_params]
         if threads:
             video_codec += ["-threads", str(threads)]
-        command = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error", *inputs, *streams,
-                   *video_codec, "-movflags", "+faststart", partial]
-        self._log = tempfile.TemporaryFile()  # a file, not a pipe: a full stderr pipe would stall ffmpeg
-        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                         stderr=self._log, bufsize=0)
-        widen_pipe(self._process.stdin)
+        self._ffmpeg = FFmpeg([*inputs, *streams, *video_codec, "-movflags", "+faststart", partial], path,
+                              output=path, stdin=True)
 
     def write(self, *bands):
         """One frame, given whole or as uint8 bands in the order of its bytes (rows of RGB, top to bottom; rows
@@ -82,7 +71,7 @@ class VideoEncoder:
         try:
             for band in bands:
                 if band.size:
-                    self._process.stdin.write(memoryview(np.ascontiguousarray(band)).cast("B"))
+                    self._ffmpeg.write(np.ascontiguousarray(band))
         except BrokenPipeError:
             self._fail()  # ffmpeg stopped early; its log says why
         self.frames += 1
@@ -91,40 +80,30 @@ class VideoEncoder:
     def close(self):
         """Finish the file; raises UserError with ffmpeg's last error line if it failed."""
         started = time.perf_counter()
-        try:
-            self._process.stdin.close()
-        except BrokenPipeError:
-            pass
-        returncode = self._process.wait()
+        returncode = self._ffmpeg.wait()
         self.seconds += time.perf_counter() - started
         if returncode != 0 or self.frames == 0:
             self._fail()
         self._finished = True
+        self._ffmpeg.close()
         self._atomic.__exit__(None, None, None)
-        self._log.close()
 
     def abort(self):
         """Stop ffmpeg and remove the partial file."""
         if self._finished:
             return
         self._finished = True
-        if self._process.poll() is None:
-            self._process.kill()
-        self._process.wait()
+        self._ffmpeg.close()
         try:
             self._atomic.__exit__(RuntimeError, RuntimeError("aborted"), None)
         except RuntimeError:
             pass
-        self._log.close()
 
     def _fail(self):
-        if self._process.poll() is None:
-            self._process.kill()
-        returncode = self._process.wait()
-        self._log.seek(0)
-        messages = self._log.read().decode(errors="replace").strip().splitlines()
+        self._ffmpeg.stop()
+        error = self._ffmpeg.failure("no frames to write" if self.frames == 0 else None)
         self.abort()
-        raise ffmpeg_failure(self.path, returncode, messages, "no frames to write" if self.frames == 0 else None)
+        raise error
 
     def __enter__(self):
         return self
@@ -134,3 +113,15 @@ class VideoEncoder:
             self.close()
         else:
             self.abort()
+
+
+def write_video(path, frames, fps=25, audio_path=None, preset="medium"):
+    """Encode an iterable of (H, W, 3) uint8 RGB frames as an H.264 mp4, with `audio_path` as AAC."""
+    frames = iter(frames)
+    first = next(frames, None)
+    if first is None:
+        raise ValueError(f"{path}: no frames to write")
+    height, width = first.shape[:2]
+    with VideoEncoder(path, width, height, fps, audio_path, preset) as encoder:
+        for frame in itertools.chain([first], frames):
+            encoder.write(np.ascontiguousarray(frame, dtype=np.uint8))

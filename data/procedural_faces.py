@@ -21,9 +21,10 @@ import numpy as np
 from scipy.signal import lfilter
 
 from common.errors import UserError
+from media.encoder import write_video
+
 from . import prepare
-from .landmarks import write_openface_csv
-from .video import write_video
+from .openface_csv import write_openface_csv
 
 SAMPLE_RATE = 16000
 FPS = 25

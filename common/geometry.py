@@ -1,4 +1,4 @@
-"""DINet's face-crop geometry, kept exactly.
+"""DINet's face-crop geometry, kept exactly, and the frame windows every stage shares.
 
 For mouth size m: r = m/2, r4 = r/4; the face crop is (3r + r4) high and (2r + 2r4) wide
 (m=64 -> 104x80, 128 -> 208x160, 256 -> 416x320). The mouth hole that the generator fills is
@@ -10,6 +10,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.errors import UserError
+
+AUDIO_WINDOW = 5    # video frames of audio the generator sees, centred on the frame it makes
+NUM_REFERENCES = 5  # reference frames the generator sees beside the masked source
+CLIP_LENGTH = 9     # frames per training clip, as DINet cuts them
+MOUTH_FRAMES = 5    # consecutive mouths a SyncNet (and the clip stage) judges at once
+AUDIO_FRAMES = 9    # audio vectors a SyncNet hears with them: the mouths' frames and 2 more on each side
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import csv
 import numpy as np
 
 from common.errors import UserError
-from .video import atomic_output
+from common.files import atomic_output
 
 NUM_POINTS = 68
 X_COLUMNS = [f"x_{i}" for i in range(NUM_POINTS)]

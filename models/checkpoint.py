@@ -9,12 +9,9 @@ SyncNets: {"state_dict": {"net": ...}} as DINet's `syncnet_256mouth.pth`, plus "
 mouth size, input size, audio feature) when we trained it; a published file is read as DINet's architecture
 with the audio width of its weights.
 """
-import errno
-import glob
 import os
 import pickle
 import re
-import secrets
 import zipfile
 import zlib
 
@@ -22,10 +19,10 @@ import numpy as np
 import torch
 
 from common.errors import UserError
-from models.dinet import GeneratorConfig
-from models.syncnet import SyncNetConfig, build_syncnet
+from common.files import write_atomically
 
-TMP_PREFIX = ".tmp-"
+from .dinet import GeneratorConfig
+from .syncnet import SyncNetConfig, build_syncnet
 
 # numpy's reconstruction of uint32 arrays (earlier versions stored the RNG states so), under numpy 1's and 2's
 # module names: the only globals a checkpoint may name beyond the plain types torch's weights_only loader takes
@@ -35,14 +32,11 @@ LEGACY_RNG_GLOBALS = [(_reconstruct, "numpy.core.multiarray._reconstruct"),
                       np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-
-
 def checkpoint_digest(obj):
     """Two CRC-32s of `obj` (as zip and PNG use; every error of up to 32 bits is caught), in a fixed order (dict
-    keys sorted): of every tensor's bytes, read from its memory in place (2 GB/s here: 0.13 s for a 262 MB
-    checkpoint), and of everything else: each key, each value with its type, each tensor's dtype and shape.
-    Stored in the checkpoint and checked on load, because torch.load reads flipped bytes without complaint."""
+    keys sorted): of every tensor's bytes, read from its memory in place, and of everything else: each key, each
+    value with its type, each tensor's dtype and shape. Stored in the checkpoint and checked on load, because
+    torch.load reads flipped bytes without complaint."""
     tensors = values = 0
 
     def add(text):
@@ -71,52 +65,11 @@ def checkpoint_digest(obj):
     return f"crc32:{tensors:08x}:{values:08x}"
 
 
-def _disk_full(error):
-    """The full-disk OSError behind `error`, if any (torch.save reports a failed write as a RuntimeError whose
-    context is the OSError)."""
-    while error is not None:
-        if isinstance(error, OSError) and error.errno in DISK_FULL:
-            return error
-        error = error.__cause__ or error.__context__
-    return None
-
-
-def write_atomically(path, write, what="file"):
-    """Call write(f) on a temporary file beside `path`, flush it to disk, then rename it to `path`: the file is
-    complete or absent. A full disk removes the temporary file, leaves what was at `path` and exits saying so."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp_path = os.path.join(folder, TMP_PREFIX + secrets.token_hex(8) + os.path.splitext(path)[1])
-    # not mkstemp, whose files are 0600: the mode every other file gets under the user's umask
-    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException as error:
-        if os.path.exists(tmp_path):
-            os.unlink(tmp_path)
-        full = _disk_full(error)
-        if full is not None:
-            kept = "the earlier one is intact" if os.path.exists(path) else "earlier files are intact"
-            raise UserError(f"{path}: {what} not written, the disk is full ({full.strerror}); {kept}. "
-                             f"Free space in {folder} and run again (training: --resume auto)") from None
-        raise
-
-
 def atomic_save(obj, path):
-    """torch.save with an integrity checksum, straight into the temporary file of write_atomically (a 262 MB
-    checkpoint at mouth 64: about 1.0 instead of 1.85 s, with the checksum, the write and the fsync)."""
+    """torch.save with an integrity checksum, straight into the temporary file of write_atomically (no copy of
+    the checkpoint in memory)."""
     obj = {**obj, "integrity": checkpoint_digest(obj)}
-    write_atomically(path, lambda f: torch.save(obj, f), "checkpoint")
-
-
-def remove_stale_temporaries(folder):
-    """Delete the temporary files of writes a killed run never finished."""
-    for path in glob.glob(os.path.join(glob.escape(folder), TMP_PREFIX + "*")):
-        os.unlink(path)
+    write_atomically(path, lambda f: torch.save(obj, f), what="checkpoint", rerun="run again with --resume auto")
 
 
 class RefusedCheckpoint(UserError):
@@ -178,9 +131,6 @@ def check_integrity(checkpoint, path, flag):
     stored = checkpoint.pop("integrity", None)
     if stored is None:  # DINet's own checkpoints carry none
         return
-    if re.fullmatch(r"[0-9a-f]{32}", str(stored)):
-        raise UserError(f"{flag} {path}: its checksum is the blake2b digest of this repository's versions before "
-                         f"2026-11-27, which is no longer checked; use a checkpoint written since")
     digest = checkpoint_digest(checkpoint)
     # "crc32:T": written before the checksum covered more than the tensors; those are still checked
     if stored not in (digest, digest.rsplit(":", 1)[0]):

@@ -1,7 +1,8 @@
-"""A decoded video kept in a file, not in the process's memory: ffmpeg's raw frames (RGB, or with
-pixel_format="yuv420p" 4:2:0 YUV as the codec holds them, dubbing/yuv.py, odd sizes padded by a pixel to even) go
-straight into a memory-mapped file, so any frame can be revisited (ping-pong). Short videos go to /dev/shm (RAM), long ones
-to the temporary folder on disk, so a long 1080p video costs disk, not RAM.
+"""Decoding videos: `read_video_frames` streams a video's frames as RGB arrays; `DecodedVideo` keeps a decoded
+video in a file, not in the process's memory: ffmpeg's raw frames (RGB, or with pixel_format="yuv420p" 4:2:0 YUV
+as the codec holds them, media/yuv.py, odd sizes padded by a pixel to even) go straight into a memory-mapped
+file, so any frame can be revisited (ping-pong). Short videos go to /dev/shm (RAM), long ones to the temporary
+folder on disk, so a long 1080p video costs disk, not RAM.
 
 With background=True the constructor returns at once and decoding goes on in a thread: `frame(i)` and
 `wait_for(i)` block until frame i is there, so the dubbing loop starts on the first frames while ffmpeg decodes
@@ -16,17 +17,15 @@ import math
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
 
-import imageio_ffmpeg
 import numpy as np
 
 from common.errors import UserError
-from data.video import probe, widen_pipe
 
+from .ffmpeg import FFmpeg, probe
 from .yuv import frame_bytes, planes, rgb_frame, source_colour
 
 
@@ -96,6 +95,23 @@ def even_size(width, height):
     return width + width % 2, height + height % 2
 
 
+def read_video_frames(video_path, fps=None):
+    """Yield the video's frames as (H, W, 3) uint8 RGB arrays, decoded by ffmpeg (any codec it reads);
+    with `fps`, resampled to that rate the way `extract_frames` does, so frame i here is frame i there."""
+    info = probe(video_path)
+    if not info["has_video"] or info["width"] is None:
+        raise UserError(f"{video_path}: no video stream; remove it from the video directory")
+    filters = ["-vf", f"fps={fps}"] if fps else []
+    with FFmpeg(["-i", video_path, *filters, "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], video_path,
+                stdout=True) as ffmpeg:  # a caller that stops early stops ffmpeg
+        while True:
+            frame = np.empty((info["height"], info["width"], 3), np.uint8)
+            if not ffmpeg.read_into(memoryview(frame).cast("B")):
+                break
+            yield frame
+        ffmpeg.finish()
+
+
 class DecodedVideo:
     def __init__(self, video_path, fps=25, background=False, pixel_format="rgb24"):
         info = probe(video_path)
@@ -139,53 +155,30 @@ class DecodedVideo:
         if self.yuv and self._colour_filter:
             filters.append(self._colour_filter)
         pixels = ["-pix_fmt", "yuv420p", "-color_range", "tv"] if self.yuv else ["-pix_fmt", "rgb24"]
-        command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-i", self.path,
-                   "-vf", ",".join(filters), "-f", "rawvideo", *pixels, "-"]
-        frame_bytes = self._frame_bytes
         try:
-            with tempfile.TemporaryFile() as log:  # a file, not a pipe: a full stderr pipe would stall ffmpeg
-                process = self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, bufsize=0)
-                widen_pipe(process.stdout)
-                try:
-                    while not self._closing:
-                        if self._decoded == self._capacity:
-                            self._grow()
-                        slot = memoryview(self._frames[self._decoded].reshape(-1))
-                        filled = 0
-                        while filled < frame_bytes:
-                            try:
-                                count = process.stdout.readinto(slot[filled:])
-                            except OSError as error:  # the file's pages could not be had: its folder is full
-                                if error.errno not in (errno.EFAULT, errno.ENOSPC):
-                                    raise
-                                raise UserError(
-                                    f"{self.path}: the decoded frames filled {self._folder.name} "
-                                    f"({_megabytes(self._decoded * frame_bytes)} so far); free space there or point "
-                                    f"TMPDIR at a folder with room (TMPDIR=/big/folder python inference.py ...)"
-                                ) from None
-                            if not count:
-                                break
-                            filled += count
-                        if filled < frame_bytes:
-                            break  # end of stream (a partial last frame is never counted)
-                        with self._condition:
-                            self._decoded += 1
-                            self._condition.notify_all()
-                    if self._closing:  # close() while decoding: ffmpeg would block on a full pipe
-                        process.kill()
-                    returncode = process.wait()
-                finally:
-                    if process.poll() is None:  # stopped early (close() or an error): stop decoding
-                        process.kill()
-                        process.wait()
-                    process.stdout.close()
-                log.seek(0)
-                messages = log.read().decode(errors="replace").strip().splitlines()
-            if self._closing:
-                return
-            if returncode != 0:
-                raise UserError(f"{self.path}: ffmpeg could not decode it "
-                                 f"({messages[-1] if messages else f'exit code {returncode}'}); re-encode it with ffmpeg")
+            # leaving the block stops ffmpeg: after close(), or an error here
+            with FFmpeg(["-i", self.path, "-vf", ",".join(filters), "-f", "rawvideo", *pixels, "-"], self.path,
+                        stdout=True) as ffmpeg:
+                self._process = ffmpeg.process
+                while not self._closing:
+                    if self._decoded == self._capacity:
+                        self._grow()
+                    try:
+                        if not ffmpeg.read_into(memoryview(self._frames[self._decoded].reshape(-1))):
+                            break  # end of stream
+                    except OSError as error:  # the file's pages could not be had: its folder is full
+                        if error.errno not in (errno.EFAULT, errno.ENOSPC):
+                            raise
+                        raise UserError(
+                            f"{self.path}: the decoded frames filled {self._folder.name} "
+                            f"({_megabytes(self._decoded * self._frame_bytes)} so far); free space there or point "
+                            f"TMPDIR at a folder with room (TMPDIR=/big/folder python inference.py ...)") from None
+                    with self._condition:
+                        self._decoded += 1
+                        self._condition.notify_all()
+                if self._closing:
+                    return
+                ffmpeg.finish()
             if self._decoded == 0:
                 raise UserError(f"{self.path}: no video frames could be decoded; re-encode it with ffmpeg")
         except BaseException as error:  # handed to the thread that waits for frames

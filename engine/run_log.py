@@ -19,7 +19,7 @@ def format_log_line(epoch, iteration, num_iterations, losses, lr, lr_label="lr_g
 def image_grid(rows, padding=2):
     """rows: list of (3, H, W) tensors per sample, e.g. masked source | 5 references | generated | real ->
     one (3, H', W') image in [0, 1], the images on black with `padding` pixels around each (torchvision's
-    make_grid layout, without importing torchvision: 2-3 s for every process)."""
+    make_grid layout, without importing torchvision, which costs seconds in every process)."""
     height, width = rows[0][0].shape[1:]
     grid = torch.zeros(3, len(rows) * (height + padding) + padding, len(rows[0]) * (width + padding) + padding)
     for y, row in enumerate(rows):

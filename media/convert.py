@@ -1,0 +1,39 @@
+"""The conversions of data preparation: a video's audio as wav, any video as a 25 fps mp4, a video's frames as
+JPEGs. Each output is written under a hidden name and renamed when complete (common/files.py)."""
+import os
+
+from common.errors import UserError
+from common.files import atomic_output
+
+from .ffmpeg import probe, run
+
+
+def extract_audio(video_path, wav_path, sample_rate=16000):
+    """Write the video's audio as mono 16-bit wav at `sample_rate` (16 kHz: what every audio feature expects)."""
+    if not probe(video_path)["has_audio"]:
+        raise UserError(f"{video_path}: video has no audio stream; training needs each video's speech, "
+                        f"so mux it in (ffmpeg -i video.mp4 -i speech.wav -c:v copy -c:a aac out.mp4)")
+    with atomic_output(wav_path) as partial:
+        run(["-i", video_path, "-vn", "-ac", "1", "-ar", str(sample_rate), "-c:a", "pcm_s16le", "-f", "wav", partial],
+            video_path, wav_path)
+
+
+def resample_video(video_path, output_path, fps=25):
+    """Re-encode the first video and audio streams of any file ffmpeg reads as an H.264/AAC mp4 at `fps`."""
+    video_codec = ["-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p",
+                   "-vf", f"fps={fps},pad=ceil(iw/2)*2:ceil(ih/2)*2"]  # yuv420p needs even sizes
+    with atomic_output(output_path) as partial:
+        run(["-i", video_path, "-map", "0:v:0", "-map", "0:a:0?", *video_codec, "-c:a", "aac", "-b:a", "128k",
+             "-movflags", "+faststart", partial], video_path, output_path)
+
+
+def extract_frames(video_path, frame_dir, fps=25):
+    """Write the video's frames, resampled to `fps`, as frame_dir/000000.jpg, 000001.jpg, ...; return the count."""
+    if not probe(video_path)["has_video"]:
+        raise UserError(f"{video_path}: no video stream; remove it from the video directory")
+    with atomic_output(frame_dir) as partial:
+        os.makedirs(partial)
+        run(["-i", video_path, "-vf", f"fps={fps}", "-q:v", "2", "-start_number", "0",
+             os.path.join(partial, "%06d.jpg")], video_path, frame_dir)
+        count = len([name for name in os.listdir(partial) if name.endswith(".jpg")])
+    return count

@@ -1,0 +1,178 @@
+"""The one way this repository runs ffmpeg (the binary imageio-ffmpeg ships, so nothing else to install).
+
+`FFmpeg` starts it with its pipes widened and its messages kept, and turns a failure into one UserError line:
+ffmpeg's reason, naming the input, or a full disk or a folder that cannot be written, naming the output. The
+decoder, the encoder and the conversions of data preparation (media/decoder.py, media/encoder.py,
+media/convert.py) all run ffmpeg through it; `probe` reads what a media file holds.
+"""
+import errno
+import os
+import re
+import signal
+import subprocess
+import tempfile
+
+import imageio_ffmpeg
+
+from common.errors import UserError
+from common.files import not_written
+
+PIPE_BYTES = 1 << 20  # Linux's default pipe-max-size for unprivileged processes
+FULL_DISK_MESSAGES = ("No space left", "File too large", "quota exceeded")
+
+
+def widen_pipe(pipe):
+    """Give a pipe to or from ffmpeg a 1 MB buffer instead of Linux's 64 KB, so a large frame crosses it in a few
+    reads or writes, each a wake-up of the process on the other side. A no-op where the system does not allow it
+    (not Linux, or a lower pipe-max-size)."""
+    try:
+        import fcntl
+        fcntl.fcntl(pipe.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
+    except (ImportError, OSError):
+        pass
+
+
+class FFmpeg:
+    """ffmpeg running `arguments` on `path` (its input, named in errors); leaving the `with` block stops it.
+
+    `output`: the file or folder it writes, named when writing fails (None: it decodes to stdout). `stdin` and
+    `stdout`: pipes for raw frames in and out. Its messages go to a temporary file, not a pipe: a full stderr
+    pipe would stall it."""
+
+    def __init__(self, arguments, path, output=None, stdin=False, stdout=False, loglevel="error"):
+        self.path, self.output = path, output
+        self._log = tempfile.TemporaryFile()
+        command = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", loglevel, *arguments]
+        try:
+            self.process = subprocess.Popen(command, stdin=subprocess.PIPE if stdin else None,
+                                            stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
+                                            stderr=self._log, bufsize=0)
+        except BaseException:
+            self._log.close()
+            raise
+        for pipe in (self.process.stdin, self.process.stdout):
+            if pipe is not None:
+                widen_pipe(pipe)
+
+    def write(self, data):
+        """Write all of `data` (a contiguous array or bytes) to ffmpeg's stdin; BrokenPipeError when it stopped."""
+        view = memoryview(data).cast("B")
+        while view:
+            view = view[self.process.stdin.write(view):]
+
+    def read_into(self, buffer):
+        """Fill `buffer` (a writable bytes memoryview) from ffmpeg's stdout; False at the end of the stream (a
+        partial last frame is never counted)."""
+        filled = 0
+        while filled < len(buffer):
+            count = self.process.stdout.readinto(buffer[filled:])
+            if not count:
+                return False
+            filled += count
+        return True
+
+    def wait(self):
+        """ffmpeg's exit status once it ends (its stdin closed first, so it sees the end of its input)."""
+        if self.process.stdin is not None and not self.process.stdin.closed:
+            try:
+                self.process.stdin.close()
+            except BrokenPipeError:
+                pass
+        return self.process.wait()
+
+    def stop(self):
+        """Kill ffmpeg if it still runs (its caller stopped early, or failed); its exit status."""
+        if self.process.poll() is None:
+            self.process.kill()
+        return self.wait()
+
+    def messages(self):
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace").strip().splitlines()
+
+    def failure(self, reason=None):
+        """The UserError for how the ended ffmpeg failed: a full disk or an output folder that cannot be written,
+        naming the output (the earlier one is intact: outputs are written under another name), else ffmpeg's last
+        message, or `reason`."""
+        returncode, messages = self.process.returncode, self.messages()
+        # SIGXFSZ: killed for writing past the file-size limit, which is what a full disk looks like under one
+        killed_by_limit = returncode == -signal.SIGXFSZ
+        last = messages[-1] if messages else os.strerror(errno.EFBIG) if killed_by_limit else (
+            reason or f"exit code {returncode}")
+        if self.output is None:
+            return UserError(f"{self.path}: ffmpeg could not decode it ({last}); re-encode it with ffmpeg")
+        if killed_by_limit or any(text in line for line in messages for text in FULL_DISK_MESSAGES):
+            return not_written(self.output, last)
+        not_writable = [os.strerror(code) for code in (errno.EACCES, errno.EPERM, errno.EROFS)]
+        if any("output" in line and text in line for line in messages for text in not_writable):
+            return not_written(self.output, last, full_disk=False)
+        return UserError(f"{self.path}: ffmpeg failed ({last})")
+
+    def finish(self):
+        """Wait for ffmpeg to end; raise its failure unless it succeeded."""
+        if self.wait() != 0:
+            raise self.failure()
+
+    def close(self):
+        self.stop()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        self._log.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exception):
+        self.close()
+
+
+def run(arguments, path, output):
+    """Run ffmpeg to its end, reading `path` and writing `output`; a failure raises its UserError."""
+    with FFmpeg(arguments, path, output) as ffmpeg:
+        ffmpeg.finish()
+
+
+def probe(video_path, kind="video"):
+    """What a media file holds: {"width", "height", "fps", "duration", "has_video", "has_audio", "rotation",
+    "colour", "pixel_format"}; colour is (matrix, primaries, transfer) as ffmpeg names them, None where the file
+    does not say; pixel_format is ffmpeg's name of the video's ("yuv420p", "gbrp", "rgb24", ...), None without video.
+
+    Parsed from `ffmpeg -i` (imageio-ffmpeg ships no ffprobe); width/height/fps are None without video.
+    `kind` names what the file should be in the message for one ffmpeg cannot read ("video", "audio file").
+    """
+    if not os.path.isfile(video_path):
+        raise UserError(f"{video_path}: file not found; check the path")
+    with FFmpeg(["-i", video_path], video_path, loglevel="info") as ffmpeg:
+        ffmpeg.wait()  # it prints the streams and exits 1 for want of an output file
+        info = "\n".join(ffmpeg.messages())
+    if "Stream #" not in info:
+        last_line = info.strip().splitlines()[-1] if info.strip() else "no streams"
+        last_line = last_line.replace(f"{video_path}: ", "")  # ffmpeg repeats the path
+        raise UserError(f"{video_path}: not a readable {kind} ({last_line}); re-encode it with ffmpeg")
+    video_line = next((line for line in info.splitlines() if "Video:" in line), "")
+    pixel_format = re.search(r"Video: [^,]*, (\w+)", video_line)
+    size = re.search(r", (\d+)x(\d+)\b", video_line)  # "..., yuv420p(progressive), 256x256 [SAR 1:1 ...], ..."
+    fps = re.search(r"([\d.]+) fps", video_line)
+    duration = re.search(r"Duration: (\d+):(\d+):([\d.]+)", info)
+    # Phone videos store portrait as landscape plus a rotation that ffmpeg applies when decoding.
+    rotation = re.search(r"rotation of (-?[\d.]+) degrees|rotate\s*:\s*(-?\d+)", info)
+    rotation = int(round(float(rotation.group(1) or rotation.group(2)))) % 360 if rotation else 0
+    width, height = (int(size.group(1)), int(size.group(2))) if size else (None, None)
+    # "yuv420p(tv, bt709, progressive)" or "yuv420p(tv, bt470bg/bt470bg/smpte170m)": one name, or the three
+    colour = re.search(r"\((?:tv, |pc, )?((?:bt|smpte|fcc|ycgco|gbr|unknown)[\w-]*)(?:/([\w-]+)/([\w-]+))?[,)]", video_line)
+    colour = (colour.group(1), colour.group(2) or colour.group(1), colour.group(3) or colour.group(1)) if colour else ()
+    colour = tuple(None if name in (None, "unknown", "reserved") else name for name in colour) or (None, None, None)
+    if rotation in (90, 270):
+        width, height = height, width
+    return {
+        "width": width,  # as decoded, i.e. after the rotation
+        "height": height,
+        "fps": float(fps.group(1)) if fps else None,
+        "duration": (int(duration.group(1)) * 3600 + int(duration.group(2)) * 60 + float(duration.group(3))
+                     if duration else None),
+        "has_video": bool(video_line),
+        "has_audio": "Audio:" in info,
+        "rotation": rotation,
+        "colour": colour,
+        "pixel_format": pixel_format.group(1) if pixel_format else None,
+    }
