@@ -9,8 +9,8 @@ whatever CPU or GPU runs the bench. What the published inference.py does, and th
      an XVID face video, resized back to the crop and pasted over its top 3r rows, the frame written to an XVID
      video (both by OpenCV);
   3. ffmpeg muxing the driving audio in (video copied, AAC).
-The audio features (DeepSpeech in the published code) are given, not timed, as in DESIGN.md's figure. The
-network is the caller's, set up the published way (bench.py's use_adaat(network, "published")).
+The audio features (DeepSpeech in the published code) are given, not timed, as in the published figure. The
+network is the caller's, set up the published way (`published_way`).
 """
 import os
 import subprocess
@@ -25,7 +25,7 @@ from common.errors import UserError
 from data.geometry import CropGeometry, compute_crop_radius, crop_box
 from data.landmarks import read_openface_csv
 
-from .pipeline import AUDIO_WINDOW, INFERENCE_SCALE, NUM_REFERENCES
+from dubbing.pipeline import AUDIO_WINDOW, INFERENCE_SCALE, NUM_REFERENCES
 
 
 def published_inference(video_path, audio_path, landmark_csv, features, network, mouth_size, frames, work_dir,
