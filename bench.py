@@ -45,9 +45,9 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmark.published import published_way
 from common.errors import run_command
 from config.ranges import integer, number
-from benchmark.published import published_way
 from engine.compare import lab_config
 from engine.precision import resolve_amp
 from data.geometry import CropGeometry

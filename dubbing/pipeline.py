@@ -6,10 +6,9 @@
     5 reference crops and audio window t, blended back with a feathered mask, encoded H.264 + AAC.
 
 Threads overlap the work: ffmpeg decodes into a memory map in the background (dubbing/frames.py), generator
-streams crop and run the generator batch by batch (the copy `models.fast.optimize_for_inference` makes of it, its
-references encoded once per video; channels_last, bf16 autocast with --amp bf16; on a CPU two batches at once,
-each on half the threads, `generator_streams`; on a GPU one, cropping the next batch while the GPU computes
-this one), and a writer thread
+streams crop and run the generator batch by batch (optimize_for_inference's copy, references encoded once;
+channels_last, bf16 autocast with --amp bf16; on a CPU two batches at once, each on half the threads,
+`generator_streams`; on a GPU one, cropping the next batch while the GPU computes this one), and a writer thread
 blends each frame, in order, and streams it to the encoder (dubbing/encode.py, x264 `veryfast`). Frames stay
 4:2:0 YUV from decoder to encoder (dubbing/yuv.py): only face boxes are converted to RGB and back. `timings` (a
 dict) collects the seconds each stage was busy (summed over the generator streams): decode, features,

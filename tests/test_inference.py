@@ -136,9 +136,9 @@ class Mallinfo2(ctypes.Structure):
                                                      "fsmblks", "uordblks", "fordblks", "keepcost")]
 libc.mallinfo2.restype = Mallinfo2
 libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
-def mapped_for_a_large_block():  # 64 MB: above glibc's largest dynamic mmap threshold
+def mapped_for_a_large_block():  # 1 GB: no free chunk of the heap holds it, so glibc maps it unless told not to
     before = libc.mallinfo2().hblks
-    block = libc.malloc(64 << 20)
+    block = libc.malloc(1 << 30)
     mapped = libc.mallinfo2().hblks - before
     libc.free(block)
     return mapped

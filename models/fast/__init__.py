@@ -8,6 +8,7 @@ trained DINet that computes the same function faster, and leaves `net` (the trai
     split.py      the alignment encoder's first convolution with its reference half computed once per reference
 """
 import copy
+import functools
 import threading
 from contextlib import contextmanager
 
@@ -40,17 +41,10 @@ def swap_convolutions(network, device):
     return network
 
 
-_KERNELS_LOADING = threading.Lock()
-_kernels_started = False
-
-
+@functools.cache
 def _load_kernels_in_background():
     """Load WinogradConv2d's compiled kernels in a thread, once per process, while the caller gets its inputs."""
-    global _kernels_started
-    with _KERNELS_LOADING:
-        if not _kernels_started:
-            _kernels_started = True
-            threading.Thread(target=load_winograd_kernels, name="winograd-kernels", daemon=True).start()
+    threading.Thread(target=load_winograd_kernels, name="winograd-kernels", daemon=True).start()
 
 
 def optimize_for_inference(network, device, amp=None, channels_last=False):
