@@ -32,7 +32,7 @@ def test_lab1_has_the_published_parameter_names_and_shapes():
 
 
 def test_lab1_parameter_count_is_dinets():
-    assert sum(p.numel() for p in DINet(3, 15, 29).parameters()) == 19_190_275  # 19.19 M, DESIGN.md
+    assert sum(p.numel() for p in DINet(3, 15, 29).parameters()) == 19_190_275  # 19.19 M, the published count
 
 
 @needs_fixtures
