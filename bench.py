@@ -5,9 +5,9 @@
     python bench.py --json bench.json       # also the rows as a JSON list
 
 Tasks:
-  generator    generator forward only (eval, channels_last), frames per second at mouth 64/128/256: the whole
-               network, and as dubbing runs it (+ref1x: reference branch once, BatchNorms folded); batch 1 on a
-               CPU, --generator_batch on a GPU
+  generator    generator forward only, frames per second at mouth 64/128/256, on the copy optimize_for_inference
+               makes of it (channels_last): the whole network, and as dubbing runs it (+ref1x: the references
+               encoded once); batch 1 on a CPU, --generator_batch on a GPU
   train_frame  one frame-stage iteration (G, D, VGG19 perception; synthetic batch, so the data loader is not
                counted) at the lab's batch sizes: 64/bs24, 128/bs12, 256/bs4
   inference    the whole dubbing pipeline (decode, crops, features, generator, blend, encode; landmarks given)
@@ -15,14 +15,15 @@ Tasks:
                ../shared/data when present, else the demo face placed on such a frame), frames per second,
                end_to_end = true, the seconds of each stage, and for bf16 the PSNR of the output against the fp32
                output (whole frames, and the face boxes alone); first, DINet's published inference loop on the
-               same video and machine (dubbing/published.py, a row with baseline = true), and each row's
+               same video and machine (benchmark/published/, a row with baseline = true), and each row's
                speed-up over it (--published_loop off skips it); --inference_repeats N runs each N times, the
                published loop and ours in turn, and gives the median runs (the lower middle one of an even
                count)
   loader       the frame stage's data loader at mouth 64, batch 24 (workers, seeded sampler, crop cache) on
                demo data, samples per second: the training step's rate must stay below it
-GFLOPs are counted with torch.utils.flop_counter (a multiply-add is 2 FLOPs; lab1 at mouth 64 is 22.4 per frame,
-DINet's figure); a training row counts this repository's iteration, the baseline's too (which computes more).
+GFLOPs are counted with torch.utils.flop_counter on the plain model (a multiply-add is 2 FLOPs; lab1 at mouth 64
+is DINet's 22.4 per frame); a training row counts this repository's iteration, the baseline's too (which computes
+more).
 Model-FLOP utilisation (MFU) = achieved / peak, with --peak_tflops or on a GPU named in GPU_PEAKS. Each training
 row runs in a process of its own and reports its peak memory (GB: resident set on a CPU, allocated on a GPU); one
 that runs out of memory is reported as failed and the others are still measured (--train_batch: a smaller batch).
@@ -36,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from copy import deepcopy
 from types import SimpleNamespace
 
 import imageio_ffmpeg
@@ -43,15 +45,17 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmark.published import published_way
 from common.devices import resolve_amp
 from common.errors import run_command
 from common.geometry import CropGeometry
 from config.ranges import integer, number
-from dubbing.generation import autocast
 from engine.compare import lab_config
 from models import DINet
-from models.adaat import DEFAULT_WARP, AdaAT
-from models.blocks import published_layers, reformulated_layers
+from models.adaat import DEFAULT_WARP
+from models.fast import optimize_for_inference
+from models.fast.split import split_first_alignment_layer
+from models.formulations import plain_formulations
 
 STAGES = ((64, 24), (128, 12), (256, 4))
 CLIP_STAGES = ((256, 3),)
@@ -81,33 +85,44 @@ def generator_inputs(mouth_size, batch, audio_channel, device):
 
 
 def count_flops(function, *networks):
-    """FLOPs of function(), with the networks' layers counted as DINet computes them (published_layers)."""
-    with published_layers(*networks), FlopCounterMode(display=False) as counter:
+    """FLOPs of function(), with the networks' layers counted as DINet computes them (plain_formulations)."""
+    with plain_formulations(*networks), FlopCounterMode(display=False) as counter:
         function()
     return counter.get_total_flops()
 
 
+def network_flops(network, inputs):
+    """FLOPs of network(*inputs) for one sample, gradients on (as engine/compare.py counts)."""
+    return count_flops(lambda: network(*(tensor[:1] for tensor in inputs)), network)
+
+
+def reference_once_flops(network, inputs):
+    """FLOPs of one sample as dubbing computes it: `generate` with the references encoded once and the alignment
+    encoder's first convolution split as optimize_for_inference splits it (its other kernels compute the same
+    convolutions, so the plain layers are counted)."""
+    split = split_first_alignment_layer(deepcopy(network))
+    masked, reference, audio = (tensor[:1] for tensor in inputs)
+    state = split.encode_reference(reference)
+    return count_flops(lambda: split.generate(masked, audio, state), split)
+
+
 def bench_generator(opt, device, precision, lab):
-    """The generator alone, in eval mode, channels_last: the whole network (reference branch every frame), and
-    as dubbing runs it (ReferencedGenerator: BatchNorms folded, reference branch once, bf16 weights under bf16;
-    its GFLOPs per frame leave the reference branch out)."""
-    from dubbing.generation import ReferencedGenerator
+    """The generator alone, as optimize_for_inference prepares it (BatchNorms folded, its fast kernels, bf16
+    weights under bf16, channels_last): the whole network (reference branch every frame), and as dubbing runs it
+    (references encoded once; its GFLOPs per frame leave the reference branch out)."""
     config = lab_config(lab)
-    network = DINet.from_config(config).to(device).eval().to(memory_format=torch.channels_last)
+    network = DINet.from_config(config).to(device).eval()
+    fast = optimize_for_inference(network, device, "bf16" if precision == "bf16" else None, channels_last=True)
     rows = []
     for mouth_size, _ in selected(STAGES, opt):
         batch = opt.generator_batch if device.type == "cuda" else 1
         inputs = generator_inputs(mouth_size, batch, config.audio_channel, device)
         masked, reference, audio = (tensor.contiguous(memory_format=torch.channels_last) if tensor.dim() == 4
                                     else tensor for tensor in inputs)
-        cached = ReferencedGenerator(network, reference[:1], "bf16" if precision == "bf16" else None, True)
-
-        def forward():
-            with torch.no_grad(), autocast(device, precision):
-                network(masked, reference, audio)
-        for reference_once, function, counted in ((False, forward, network),
-                                                  (True, lambda: cached(masked, audio), cached.network)):
-            flops = count_flops(function, counted) / batch
+        state = fast.encode_reference(reference[:1])
+        for reference_once, function, flops in (
+                (False, lambda: fast(masked, reference, audio), network_flops(network, inputs)),
+                (True, lambda: fast.generate(masked, audio, state), reference_once_flops(network, inputs))):
             if opt.compile == "on":
                 function = torch.compile(function)
             seconds = timed(function, device, opt.iterations, opt.warmup)
@@ -119,18 +134,8 @@ def bench_generator(opt, device, precision, lab):
 
 
 # the published code's way: fp32, NCHW tensors, DINet's 3-D grid_sample AdaAT and its other layers as it computes
-# them (use_adaat), and its iteration (see published_iteration); a row per stage to compare with
+# them (published_way), and its iteration (see published_iteration); a row per stage to compare with
 BASELINE = dict(precision="fp32", channels_last=False, adaat="published")
-
-
-def use_adaat(network, implementation):
-    """The AdaAT implementation, and with the published one the other layers the published way too (UpBlock2d's
-    interpolate-then-convolve, the 3-channel output convolution as one)."""
-    for module in network.modules():
-        if isinstance(module, AdaAT):
-            module.implementation = implementation
-    for layer in reformulated_layers(network):
-        layer.published = implementation == "published"
 
 
 def training_stage(task, mouth_size, batch, device, precision, channels_last, lab):
@@ -209,7 +214,8 @@ def bench_train(opt, device, precision, lab, task, stages, baseline=False):
     for mouth_size, batch in selected(stages, opt):
         batch = opt.train_batch or (min(batch, 2) if opt.quick else batch)
         stage, data = training_stage(task, mouth_size, batch, device, setting["precision"], setting["channels_last"], lab)
-        use_adaat(stage.net_g, setting["adaat"])
+        if baseline:
+            published_way(stage.net_g)
         iteration = (lambda: published_iteration(stage, data, task)) if baseline else (lambda: stage.step(data))
         seconds = timed(iteration, device, opt.train_iterations, opt.train_warmup)
         memory = peak_memory_gb(device)  # before the FLOP count's fp32 pass adds its own
@@ -332,32 +338,34 @@ _INFERENCE = {}  # inputs, weights, fp32 outputs and the published loop's rows, 
 DUB_PROCESS = """
 import json, sys
 import torch
-from dubbing.pipeline import Generator, dub
+from dubbing.pipeline import DubbingModel, dub
+from inference import tune_cpu_allocator
 from models import DINet, GeneratorConfig
 job = json.loads(sys.argv[1])
 network = DINet.from_config(GeneratorConfig.from_dict(job["config"]))
 network.load_state_dict(torch.load(job["weights"], weights_only=True))
 device = torch.device(job["device"])
+if device.type == "cpu":
+    tune_cpu_allocator()
 timings = {}
-result = dub(job["video"], job["audio"], Generator(network.to(device).eval(), job["mouth"], "mel"), job["output"],
+result = dub(job["video"], job["audio"], DubbingModel(network.to(device).eval(), job["mouth"], "mel"), job["output"],
              device, landmark_csv=job["landmarks"], batch_size=job["batch"], amp=job["amp"], timings=timings,
              progress=False)
 print(json.dumps(dict(frames=result.frames, batch=result.batch_size, timings=timings)))
 """
 
-# The published inference loop (dubbing/published.py) in a fresh process with the default environment, as
+# The published inference loop (benchmark/published/) in a fresh process with the default environment, as
 # DINet's inference.py runs: the generator set up the published way, the audio features computed first, untimed.
 PUBLISHED_PROCESS = """
 import json, sys, tempfile
 import torch
-from bench import use_adaat
+from benchmark.published import published_inference, published_way
 from dubbing.pipeline import load_audio_features
-from dubbing.published import published_inference
 from models import DINet, GeneratorConfig
 job = json.loads(sys.argv[1])
 network = DINet.from_config(GeneratorConfig.from_dict(job["config"])).eval()
 network.load_state_dict(torch.load(job["weights"], weights_only=True))
-use_adaat(network, "published")
+published_way(network)
 device = torch.device(job["device"])
 with tempfile.TemporaryDirectory(prefix="bench-published-") as folder:
     features = load_audio_features(job["audio"], "mel", None, folder)
@@ -395,10 +403,9 @@ def published_row(job, config, lab, description, quick, repeat=0):
     done = run_script(PUBLISHED_PROCESS, dict(job, frames=frames))
     new = None
     if row is None:
-        network = DINet.from_config(config).eval()
-        use_adaat(network, "published")
+        network = published_way(DINet.from_config(config).eval())
         inputs = generator_inputs(job["mouth"], 1, config.audio_channel, torch.device("cpu"))
-        flops = count_flops(lambda: network(*inputs), network)  # per frame, the reference branch included
+        flops = network_flops(network, inputs)  # per frame, the reference branch included
         new = row = _INFERENCE[key] = dict(task="inference", lab=lab, mouth=job["mouth"], batch=1, precision="fp32",
                                            channels_last=False, adaat="published", baseline=True, end_to_end=True,
                                            frames=done["frames"], video=description, gflops_per_sample=flops / 1e9,
@@ -414,7 +421,6 @@ def bench_inference(opt, device, precision, lab):
     """The whole dubbing pipeline, timed end to end in its own process: decode, landmarks (given), features,
     crops, generator, blend, encode. bf16 rows also give the PSNR of their output against the fp32 output of
     the same input, over whole frames and over the face-crop boxes (where the two can differ)."""
-    from dubbing.generation import ReferencedGenerator
     from media.ffmpeg import probe
     config = lab_config(lab, 80, "mel")
     if not _INFERENCE:
@@ -445,9 +451,7 @@ def bench_inference(opt, device, precision, lab):
         done = runs[rates.index(statistics.median_low(rates))]  # the median run, with its stages
         seconds, frames = done["timings"]["total"], done["frames"]
         inputs = generator_inputs(mouth_size, 1, config.audio_channel, torch.device("cpu"))
-        cached = ReferencedGenerator(network, inputs[1], job["amp"])
-        # per frame, the reference branch not counted
-        flops = count_flops(lambda: cached(inputs[0], inputs[2]), cached.network)
+        flops = reference_once_flops(network, inputs)  # per frame, the reference branch not counted
         row = dict(task="inference", lab=lab, mouth=mouth_size, batch=done["batch"], precision=precision,
                    frames_per_s=frames / seconds, end_to_end=True, frames=frames, video=description, seconds=seconds,
                    gflops_per_sample=flops / 1e9, achieved_gflops_per_s=flops * frames / seconds / 1e9,
@@ -621,7 +625,7 @@ def build_parser():
                              "preparation takes)")
     parser.add_argument("--published_loop", default="on", choices=("on", "off"),
                         help="inference: also run DINet's published inference loop on the same video and machine "
-                             "(dubbing/published.py; its own row, and each row's speed-up over it)")
+                             "(benchmark/published/; its own row, and each row's speed-up over it)")
     parser.add_argument("--inference_repeats", type=integer(1), default=1,
                         help="inference: runs of each dubbing row, in turn with runs of the published loop (for the "
                              "first precision); rows give their runs' median frames/s (and every run's in the JSON)")

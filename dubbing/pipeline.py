@@ -6,7 +6,7 @@
     5 reference crops and audio window t, blended back with a feathered mask, encoded H.264 + AAC.
 
 Threads overlap the work: ffmpeg decodes into a memory map in the background (media/decoder.py), generator
-streams crop and run the generator batch by batch (the reference branch once per video, dubbing/generation.py;
+streams crop and run the generator batch by batch (optimize_for_inference's copy, references encoded once;
 channels_last, bf16 autocast with --amp bf16; on a CPU two batches at once, each on half the threads,
 `generator_streams`; on a GPU one, cropping the next batch while the GPU computes this one), and a writer thread
 blends each frame, in order, and streams it to the encoder (media/encoder.py, x264 `veryfast`). Frames stay
@@ -14,8 +14,9 @@ blends each frame, in order, and streams it to the encoder (media/encoder.py, x2
 dict) collects the seconds each stage was busy (summed over the generator streams): decode, features,
 landmarks, references (their crops, once decoded), crops, generator, blend, encode (waiting on ffmpeg), total.
 `batch_size` is the most frames per generator call; on CPU, large mouths get fewer (`frames_per_call`).
-For speed on CPU, run it in a process started with OMP_WAIT_POLICY=PASSIVE (inference.py sets it): the
-generator's OpenMP threads then sleep, not spin, while the decoder and encoder need the cores.
+`dub` changes no process-wide setting. For speed on CPU, run it as inference.py does: in a process started with
+OMP_WAIT_POLICY=PASSIVE (the generator's OpenMP threads then sleep, not spin, while the decoder and encoder need
+the cores) and with glibc's allocator kept from mapping memory anew for every large tensor (`tune_cpu_allocator`).
 """
 import os
 import queue
@@ -40,17 +41,18 @@ from media.decoder import DecodedVideo, scratch_folder
 from media.encoder import DEFAULT_PRESET, VideoEncoder
 from media.yuv import rgb_region
 from models import DINet
-from models.blocks import load_winograd_kernels
 from models.checkpoint import generator_config_of, load_checkpoint, load_network
+from models.fast import optimize_for_inference
 
 from .blend import FaceBlender
-from .generation import ReferencedGenerator
 
 INFERENCE_SCALE = 1.05  # DINet's fixed crop scale at inference (training draws it from [1.05, 1.15))
 
 
 @dataclass
-class Generator:
+class DubbingModel:
+    """A trained generator with what dubbing needs to know of it: the crop size it was trained at and the audio
+    feature it reads."""
     network: DINet
     mouth_size: int
     audio_feature: str
@@ -78,7 +80,7 @@ def load_generator(path, device, mouth_size=None):
         (name for name, width in FEATURE_WIDTHS.items() if width == config.audio_channel), None)
     network = DINet.from_config(config)
     load_network(network, checkpoint, "net_g", path, flag)
-    return Generator(network.to(device).eval(), trained_size or mouth_size, feature)
+    return DubbingModel(network.to(device).eval(), trained_size or mouth_size, feature)
 
 
 def load_audio_features(driving_audio_path, feature, feature_path, work_dir):
@@ -123,7 +125,7 @@ def paste_mask(geometry):
 def first_pasted_row(mask):
     """The first row of a generated crop that pasting with `mask` reads: the first row the mask weighs, less two
     for the bilinear resize to the face box (it reads the crop rows on both sides of a box row). The generator
-    need not compute the rows above (ReferencedGenerator's `first_row`): 22 of the 104 at mouth 64."""
+    need not compute the rows above (DINet.generate's `first_row`): 22 of the 104 at mouth 64."""
     return max(0, int(np.argmax(mask.max(axis=1) > 0)) - 2)
 
 
@@ -163,10 +165,8 @@ class DubResult:
 
 
 # On CPU a generator call's activations should stay around this many face-crop pixels per call: past it, a
-# batch of large crops runs slower per frame than fewer frames, as its tensors no longer fit in caches and each
-# one is a fresh mmap that the kernel zero-fills. Measured on 2 cores, bf16, ms per frame: mouth 64 at batch
-# 4 / 8 / 12 / 16 / 24: 33 / 30 / 29 / 29 / 30; 128 at 1 / 2 / 3 / 4: 131 / 122 / 121 / 124; 256 at 1 / 2:
-# 492 / 502. Mouth 64 gets 12 frames per call, 128 gets 3, 256 gets 1.
+# batch of large crops runs slower per frame, as its tensors no longer fit in caches. Mouth 64 gets 12 frames
+# per call, 128 gets 3, 256 gets 1.
 CPU_PIXELS_PER_CALL = 100_000
 
 
@@ -174,34 +174,6 @@ def frames_per_call(batch_size, geometry, device):
     if device.type != "cpu":
         return batch_size
     return max(1, min(batch_size, CPU_PIXELS_PER_CALL // (geometry.height * geometry.width)))
-
-
-def tune_cpu_allocator():
-    """glibc serves every allocation above 128 KB with a fresh mmap, returned at free: the generator's
-    activations (MBs each) then cost a page fault per 4 KB on every call. Raising the mmap threshold to its
-    maximum (32 MB) and the trim threshold keeps them in the reused heap: the generator runs 10-25% faster
-    (mouth 64 batch 8: 13.7 -> 11.0 ms/frame; mouth 256: 206 -> 156 ms/frame, bf16). Past 32 MB (mouth 64 at
-    batch 12 has 51 MB activations) glibc still maps, and each generator stream's thread gets its own arena of
-    64 MB heaps, unmapped whenever they empty: with mmap off and one arena, a 250-frame dubbing run at mouth 64
-    took 0.69 M page faults instead of 1.37 M (none once the generator runs) and ran 7.65 -> 8.10 frames/s on 2
-    cores (medians of 4 interleaved runs). Process-wide; a no-op where the C library is not glibc.
-    """
-    global _ALLOCATOR_TUNED
-    if _ALLOCATOR_TUNED:
-        return
-    _ALLOCATOR_TUNED = True
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 32 * 1024 * 1024)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 1 << 30)           # M_TRIM_THRESHOLD
-        libc.mallopt(-4, 0)                 # M_MMAP_MAX
-        libc.mallopt(-8, 1)                 # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
-
-
-_ALLOCATOR_TUNED = False
 
 
 class Timings(defaultdict):
@@ -228,12 +200,11 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
     times = Timings()
     geometry = CropGeometry(generator.mouth_size)
     batch_size = frames_per_call(batch_size, geometry, device)
-    if device.type == "cpu":
-        tune_cpu_allocator()
-        threading.Thread(target=load_winograd_kernels, name="dub-kernels", daemon=True).start()
     with scratch_folder("work") as work_dir:
         video = DecodedVideo(source_video_path, background=True, pixel_format="yuv420p")  # decodes in the background
         try:
+            with times("generator"):  # meanwhile: on CPU its compiled kernels load in the background
+                network = optimize_for_inference(generator.network, device, amp, channels_last)
             with times("features"):
                 features = load_audio_features(driving_audio_path, generator.audio_feature, audio_feature_path,
                                                work_dir)
@@ -256,10 +227,7 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
                 references = np.concatenate([crop(t)[0] for t in reference_ids], axis=2)
                 reference_batch = to_batch([references]).to(device)  # (1, 15, H, W)
             with times("generator"):
-                network = generator.network
-                if channels_last:
-                    network = network.to(memory_format=torch.channels_last)
-                generate = ReferencedGenerator(network, reference_batch, amp, channels_last)
+                reference_state = network.encode_reference(reference_batch)
             padded_features = np.pad(features, ((2, 2), (0, 0)), mode="edge")
             height, width = video.stored
             encoders = [VideoEncoder(output_path, width, height, audio_path=driving_audio_path, preset=preset,
@@ -284,7 +252,9 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
                     masked = mask_mouth(to_batch(crops), geometry).to(device)
                     audio = torch.from_numpy(np.stack([padded_features[t:t + AUDIO_WINDOW].T for t in batch]))
                 with times("generator"):
-                    return frames, batch, boxes, generate(masked, audio.float().to(device), first_row)  # GPU: queued
+                    # on a GPU: queued
+                    faces = network.generate(masked, audio.float().to(device), reference_state, first_row)
+                    return frames, batch, boxes, faces
 
             streams = generator_streams(device)
             pool = ThreadPoolExecutor(streams, "dub-generator", initializer=torch.set_num_threads,
@@ -326,11 +296,8 @@ def encoder_threads(device):
 def generator_streams(device):
     """Batches in the generator at once. On a CPU with 2+ threads, two, each on half of them: a generator call
     spread over all cores stalls whenever the decoder, the encoder or the writer takes one of them (its threads
-    meet at every layer), while two calls on a core each go on side by side. Measured on 2 cores at mouth 64,
-    batch 12, ms per frame (median of 10): alone 87 and 88, beside a throttled ffmpeg decode + encode 126 and
-    114 (one call on 2 threads, two on 1 thread each); dubbing 10 s of the 1080x1920 sample clip, frames/s
-    (medians of 4 and 5 interleaved runs): 7.69 -> 8.04 and 7.45 -> 8.03. On a GPU, one: the kernels are queued
-    and the host crops the next batch meanwhile."""
+    meet at every layer), while two calls on a core each go on side by side. On a GPU, one: the kernels are
+    queued and the host crops the next batch meanwhile."""
     return 2 if device.type == "cpu" and torch.get_num_threads() >= 2 else 1
 
 

@@ -2,9 +2,10 @@
 
 `cost_columns` counts parameters and forward FLOPs per frame on the meta device (shapes only, no
 arithmetic, so all twelve labs at mouth 256 take seconds) with `torch.utils.flop_counter.FlopCounterMode`,
-which counts a multiply-add as 2 FLOPs: lab1 gives DINet's 22.4 / 89.7 / 358.7 GFLOPs at mouth
-64 / 128 / 256. `run_comparison` trains each lab with the shared engine (`engine.trainer.train`, frame
-stage), reads its metrics.jsonl, and writes comparison.md, comparison.csv and perception_loss.png.
+which counts a multiply-add as 2 FLOPs, on the plain model (models/formulations.py): lab1 gives DINet's
+22.4 / 89.7 / 358.7 GFLOPs at mouth 64 / 128 / 256. `run_comparison` trains each lab with the shared engine
+(`engine.trainer.train`, frame stage), reads its metrics.jsonl, and writes comparison.md, comparison.csv and
+perception_loss.png.
 """
 import csv
 import json
@@ -25,7 +26,7 @@ from config.labs import GENERATOR_FLAGS, generator_config, lab_audio_feature
 from data.audio_features import FEATURE_WIDTHS
 from data.training_json import check_audio_channel, load_training_json
 from models import DINet
-from models.blocks import published_layers
+from models.formulations import plain_formulations
 
 from .trainer import FrameStage, train
 
@@ -53,7 +54,7 @@ def generator_gflops(config, mouth_size):
                   torch.zeros(1, config.ref_channel, geometry.height, geometry.width),
                   torch.zeros(1, config.audio_channel, AUDIO_WINDOW))
     # Gradients stay on: under no_grad nn.TransformerEncoderLayer takes a fused path the counter cannot see.
-    with published_layers(generator), FlopCounterMode(display=False) as counter:
+    with plain_formulations(generator), FlopCounterMode(display=False) as counter:
         generator(*inputs)
     return counter.get_total_flops() / 1e9
 

@@ -17,9 +17,9 @@ Two implementations of that one function:
   vectorised CPU kernels). Its grid is built with the published order of operations, so it is the same to the
   bit; the outputs then differ only in the rounding of the weights' products: 1e-14 in float64, 4e-6 in
   float32 on the reference fixture, and gradients agree to 1e-12 in float64 (tests/test_models.py).
-  Its backward is written out (`_ChannelPairWarp`). On the 2-core CPU, mouth 64 batch 24 and mouth 256
-  batch 4, forward and forward+backward run 2-3.5x faster than the published warp, fp32 and bf16 alike.
-  It is the default; `AdaAT(..., implementation="published")` (or setting `.implementation`) gives DINet's.
+  Its backward is written out (`_ChannelPairWarp`). It is the default, as it is faster in training and at
+  inference; `AdaAT(..., implementation="published")` (or setting `.implementation`, models/formulations.py)
+  gives DINet's.
 """
 import torch
 import torch.nn.functional as F

@@ -8,7 +8,10 @@ shapes as the released `netG` weights, and the same numerics. The forward pass r
     audio window (B,A,5) --audio encoder--> audio steps (B,128,T') --mean--> audio code (B,128)
     [image code, audio code] -> AdaAT code (B,256) -> deform reference features -> decoder with source features
 
-The lab flags swap one stage each (config/labs.py combines them into the labs):
+It runs in two parts, `encode_reference` (what depends on the reference frames alone) and `generate`;
+`forward` is the two in turn, and dubbing encodes a video's references once for all its frames.
+
+The lab flags swap one stage each:
     extra_same_block  one more SameBlock(256->256) closing both image encoders
     alignment         concat (DINet) | mha: source features cross-attend to reference features (models/attention.py)
     param_fusion      concat (DINet) | fusion_transformer | hybrid_transformer | hybrid_and_concat (models/fusion.py)
@@ -18,8 +21,10 @@ DINet's modules keep their published names; a module a lab adds or swaps in has 
 a checkpoint of one lab never half-loads into another.
 """
 from dataclasses import asdict, dataclass, fields
+from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from common.geometry import AUDIO_WINDOW
@@ -28,7 +33,7 @@ from .adaat import AdaAT
 from .adain import AdaIN
 from .attention import CrossAttentionAlignment
 from .audio_encoders import AltConv1dAudioEncoder, AudioAttentionEncoder, conv1d_audio_encoder
-from .blocks import DownBlock, NarrowConv2d, ResBlock, SameBlock, UpBlock2d
+from .blocks import DownBlock, ResBlock, SameBlock, UpBlock2d, decode_rows
 from .fusion import HybridTokenFusion, TokenFusionTransformer
 
 # Values each architectural choice can take; the first is DINet's.
@@ -92,6 +97,36 @@ class GeneratorConfig:
         return ", ".join(diff) or "DINet"
 
 
+@dataclass
+class ReferenceState:
+    """What the generator reads of the reference frames, from `DINet.encode_reference`: R = B sets (one per sample,
+    as training gives) or R = 1 set for a whole batch (broadcast: dubbing's 5 frames of a video)."""
+    frames: torch.Tensor                      # (R, 15, H, W) the reference frames: the hybrid fusions' tokens read them
+    feature: torch.Tensor                     # (R, 256, H/4, W/4) reference encoder's output: the alignment reads it
+    prepared: torch.Tensor                    # (R, 256, H/4, W/4) after the first appearance block: what is warped
+    alignment: Optional[torch.Tensor] = None  # the first alignment layer's part of the references (SplitFirstLayer)
+
+
+class SplitFirstLayer(nn.Module):
+    """A first layer of the alignment encoder that reads [source features; reference features] as two inputs:
+    `reference_part(ref_feature)` once per ReferenceState (kept as its `alignment`), then forward(source_feature,
+    part) per batch. DINet's own first layer reads the two stacked on channels; models/fast/split.py makes one of
+    it that computes the reference half of its convolution once."""
+
+    def reference_part(self, ref_feature):
+        raise NotImplementedError
+
+
+def broadcast(tensor, batch):
+    """A state tensor (R, ...) for a batch of `batch`: as it is when R = batch; R = 1 repeated in memory (modules
+    view and reshape it), in the tensor's own memory layout."""
+    if tensor.shape[0] == batch:
+        return tensor
+    channels_last = tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return tensor.expand(batch, *tensor.shape[1:]).contiguous(memory_format=layout)
+
+
 def image_encoder(in_channels, extra_same_block):
     """(B, in, H, W) -> (B, 256, H/4, W/4)."""
     layers = [SameBlock(in_channels, 64, kernel_size=7, padding=3),
@@ -149,7 +184,7 @@ class DINet(nn.Module):
             UpBlock2d(128, 128),
             ResBlock(128, 128, 3, 1),
             UpBlock2d(128, 128),
-            NarrowConv2d(128, 3, kernel_size=7, padding=3),
+            nn.Conv2d(128, 3, kernel_size=7, padding=3),
             nn.Sigmoid(),
         )
 
@@ -157,35 +192,58 @@ class DINet(nn.Module):
     def from_config(cls, config: GeneratorConfig):
         return cls(**config.to_dict())
 
-    def image_code(self, source_feature, ref_feature):
-        """(B, 256, h, w) x2 -> (B, 128): what the alignment encoder reads from source and references together."""
+    def encode_reference(self, reference):
+        """(R, 15, H, W) reference frames -> ReferenceState: everything the generator computes from them alone."""
+        feature = self.ref_in_conv(reference)                                  # (R, 256, H/4, W/4)
+        prepared = self.appearance_conv_list[0](feature)                       # (R, 256, H/4, W/4)
+        first = self.trans_conv[0] if hasattr(self, "trans_conv") else None
+        alignment = first.reference_part(feature) if isinstance(first, SplitFirstLayer) else None
+        return ReferenceState(reference, feature, prepared, alignment)
+
+    def image_code(self, source_feature, state):
+        """(B, 256, h, w) source features and the references' state -> (B, 128): what the alignment encoder reads
+        of source and references together."""
+        if state.alignment is not None:  # the first layer's reference part, computed by encode_reference
+            first = self.trans_conv[0](source_feature, state.alignment)
+            return self.trans_conv[1:](first).mean(dim=(2, 3))
+        ref_feature = broadcast(state.feature, source_feature.shape[0])
         if self.config.alignment == "mha":
             met = self.alignment_attention(source_feature, ref_feature)  # (B, 256, h, w)
         else:
             met = torch.cat([source_feature, ref_feature], 1)            # (B, 512, h, w)
         return self.trans_conv(met).mean(dim=(2, 3))
 
-    def adaptation_code(self, source_feature, ref_img, ref_feature, audio_steps):
+    def adaptation_code(self, source_feature, state, audio_steps):
         """The 256-d code that drives the warp, from image and audio as `param_fusion` says."""
         fusion = self.config.param_fusion
+        hybrid = lambda: self.hybrid_transformer(broadcast(state.frames, source_feature.shape[0]), source_feature,
+                                                 audio_steps)
         if fusion == "hybrid_transformer":
-            return self.hybrid_transformer(ref_img, source_feature, audio_steps)
-        img_para = self.image_code(source_feature, ref_feature)          # (B, 128)
+            return hybrid()
+        img_para = self.image_code(source_feature, state)                # (B, 128)
         audio_para = audio_steps.mean(dim=2)                             # (B, 128)
         if fusion == "fusion_transformer":
             return self.param_fusion_transformer(img_para.unsqueeze(1), audio_para.unsqueeze(1))
         trans_para = torch.cat([img_para, audio_para], 1)                # (B, 256): DINet's AdaAT code
         if fusion == "hybrid_and_concat":
-            trans_para = (trans_para + self.hybrid_transformer(ref_img, source_feature, audio_steps)) / 2
+            trans_para = (trans_para + hybrid()) / 2
         return trans_para
 
-    def forward(self, source_img, ref_img, audio_feature):
-        source_feature = self.source_in_conv(source_img)                       # (B, 256, H/4, W/4)
-        ref_feature = self.ref_in_conv(ref_img)                                # (B, 256, H/4, W/4)
+    def generate(self, masked_source, audio_feature, state, first_row=0):
+        """(B, 3, H, W) masked source frames, (B, A, 5) audio windows and the references' ReferenceState ->
+        (B, 3, H, W) faces in [0, 1]. With `first_row` only the rows from it on are computed (each decoder layer on
+        the rows they depend on, `decode_rows`) and the rows above are zeros: dubbing pastes only the mouth and the
+        band around it."""
+        batch = masked_source.shape[0]
+        source_feature = self.source_in_conv(masked_source)                    # (B, 256, H/4, W/4)
         audio_steps = getattr(self, self.audio_module_name)(audio_feature)     # (B, 128, T')
-        trans_para = self.adaptation_code(source_feature, ref_img, ref_feature, audio_steps)  # (B, 256)
-        ref_trans_feature = self.appearance_conv_list[0](ref_feature)
-        ref_trans_feature = getattr(self, self.warp_module_name)(ref_trans_feature, trans_para)
-        ref_trans_feature = self.appearance_conv_list[1](ref_trans_feature)
-        merged = torch.cat([source_feature, ref_trans_feature], 1)             # (B, 512, H/4, W/4)
-        return self.out_conv(merged)                                           # (B, 3, H, W) in [0, 1]
+        trans_para = self.adaptation_code(source_feature, state, audio_steps)  # (B, 256)
+        warped = getattr(self, self.warp_module_name)(broadcast(state.prepared, batch), trans_para)
+        warped = self.appearance_conv_list[1](warped)
+        merged = torch.cat([source_feature, warped], 1)                        # (B, 512, H/4, W/4)
+        if not first_row:
+            return self.out_conv(merged)                                       # (B, 3, H, W) in [0, 1]
+        return F.pad(decode_rows(self.out_conv, merged, first_row), (0, 0, first_row, 0))  # zeros above
+
+    def forward(self, source_img, ref_img, audio_feature):
+        return self.generate(source_img, audio_feature, self.encode_reference(ref_img))

@@ -128,6 +128,43 @@ def test_dubbed_video_follows_the_audio_and_keeps_the_upper_face(demo, audio_dri
     assert f" threads={threads} ".encode() in open(output, "rb").read()  # x264 writes its options into the stream
 
 
+MAPPED_BLOCKS = """
+import ctypes, sys, torch
+from dubbing.pipeline import dub, load_generator
+libc = ctypes.CDLL("libc.so.6")
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc.mallinfo2.restype = Mallinfo2
+libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+def mapped_for_a_large_block():  # 1 GB: no free chunk of the heap holds it, so glibc maps it unless told not to
+    before = libc.mallinfo2().hblks
+    block = libc.malloc(1 << 30)
+    mapped = libc.mallinfo2().hblks - before
+    libc.free(block)
+    return mapped
+video, audio, csv, checkpoint, output = sys.argv[1:]
+dub(video, audio, load_generator(checkpoint, torch.device("cpu")), output, torch.device("cpu"), landmark_csv=csv,
+    progress=False)
+print(mapped_for_a_large_block())
+from inference import tune_cpu_allocator
+tune_cpu_allocator()
+print(mapped_for_a_large_block())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc statistics")
+def test_dubbing_from_python_leaves_the_allocator_to_inference_py(demo, checkpoint, tmp_path):
+    """dub() changes no process-wide setting: after it, glibc still maps a large block on its own; inference.py's
+    tune_cpu_allocator (run before its work) is what keeps the generator's tensors in the reused heap."""
+    audio = cut_audio(demo / "split_video_25fps_audio" / "demo_001.wav", 0.4, tmp_path / "speech.wav")
+    result = subprocess.run([sys.executable, "-c", MAPPED_BLOCKS, str(demo / "split_video_25fps" / "demo_000.mp4"),
+                             audio, str(demo / "split_video_25fps_landmark_openface" / "demo_000.csv"), checkpoint,
+                             str(tmp_path / "out.mp4")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["1", "0"]
+
+
 def test_audio_shorter_than_five_frames_is_a_clear_error_and_writes_nothing(demo, checkpoint, tmp_path):
     audio = cut_audio(demo / "split_video_25fps_audio" / "demo_001.wav", 0.1, tmp_path / "short.wav")
     generator = load_generator(checkpoint, torch.device("cpu"))
@@ -163,52 +200,6 @@ def test_bad_inference_input_is_one_line_and_nonzero_exit(demo, args, message):
                             text=True, timeout=120)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(message)
-
-
-@pytest.mark.parametrize("lab", ["lab1", "lab3", "lab10", "lab11", "lab12"])
-def test_generator_with_cached_references_is_the_network(lab):
-    """Dubbing computes the reference branch once per video; every lab's output stays the network's own."""
-    from dubbing.generation import ReferencedGenerator
-    from engine.compare import lab_config
-    torch.manual_seed(0)
-    network = DINet.from_config(lab_config(lab, 80, "mel")).eval()
-    geometry = CropGeometry(64)
-    masked = torch.rand(3, 3, geometry.height, geometry.width)
-    reference = torch.rand(1, 15, geometry.height, geometry.width)
-    audio = torch.randn(3, 80, 5)
-    with torch.no_grad():
-        expected = network(masked, reference.expand(3, -1, -1, -1), audio)
-    generate = ReferencedGenerator(network, reference)
-    assert (generate(masked, audio) - expected).abs().max() < 1e-5
-    # DINet's alignment: the reference half of the alignment encoder's first convolution is computed once
-    assert generate.split == (network.config.alignment == "concat" and hasattr(network, "trans_conv"))
-    network = network.to(memory_format=torch.channels_last)
-    generate = ReferencedGenerator(network, reference, channels_last=True)
-    assert (generate(masked, audio) - expected).abs().max() < 1e-5
-    first_row = first_pasted_row(paste_mask(geometry))  # dubbing's: the decoder runs on the rows pasted
-    rows = generate(masked, audio, first_row)
-    assert rows.shape == expected.shape and not rows[:, :, :first_row].any()
-    assert (rows[:, :, first_row:] - expected[:, :, first_row:]).abs().max() < 1e-5
-
-
-def test_decoder_on_rows_is_the_decoder_from_any_row():
-    """Each layer of DINet's decoder runs on the rows the wanted ones depend on; every row from the first wanted
-    is the whole decoder's, in float64 to rounding, at mouth 64 and 128, and from rows the convolutions' top
-    padding and the upsampling's parity reach."""
-    from dubbing.generation import decode_rows
-    torch.manual_seed(0)
-    decoder = DINet().out_conv.double().eval()
-    for height, width in ((26, 20), (52, 40)):
-        features = torch.randn(2, 512, height, width, dtype=torch.float64)
-        with torch.no_grad():
-            whole = decoder(features)
-            for first in (0, 1, 2, 3, 7, 22, 4 * height - 1):
-                rows = decode_rows(decoder, features, first)
-                assert rows.shape[2] == 4 * height - first
-                assert torch.allclose(rows, whole[:, :, first:], rtol=1e-12, atol=1e-12), first
-    unknown = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 3, padding=1, stride=2))  # a layer it cannot cut: whole
-    x = torch.randn(1, 2, 8, 8, dtype=torch.float64)
-    assert torch.equal(decode_rows(unknown.double(), x, 2), unknown.double()(x)[:, :, 2:])
 
 
 @pytest.mark.parametrize("box_height, box_width", [(312, 240), (78, 60), (70, 53)])
@@ -347,17 +338,15 @@ def test_two_generator_streams_dub_as_one_does(demo, checkpoint, tmp_path, monke
 
 
 def test_published_loop_dubs_as_dinets_inference_script(demo, tmp_path):
-    """dubbing/published.py (bench.py's baseline): frames - 1 frames made, the driving audio muxed in, and each
+    """benchmark/published/ (bench.py's baseline): frames - 1 frames made, the driving audio muxed in, and each
     frame the source's except the top 3r rows of its face crop, where the generator's face is pasted."""
-    from bench import use_adaat
+    from benchmark.published import published_inference, published_way
     from common.geometry import compute_crop_radius
-    from dubbing.published import published_inference
     video = demo / "split_video_25fps" / "demo_000.mp4"
     audio = str(demo / "split_video_25fps_audio" / "demo_001.wav")
     csv = demo / "split_video_25fps_landmark_openface" / "demo_000.csv"
     torch.manual_seed(0)
-    network = DINet(3, 15, 80).eval()
-    use_adaat(network, "published")
+    network = published_way(DINet(3, 15, 80).eval())
     started = time.perf_counter()
     seconds, made = published_inference(str(video), audio, str(csv), np.random.rand(20, 80), network, 64, 12,
                                         str(tmp_path))
@@ -419,29 +408,30 @@ def test_bench_quick_reports_end_to_end_dubbing_and_the_loader(tmp_path):
 
 
 def test_bench_baseline_runs_the_published_layers():
-    """use_adaat(net, "published") (bench.py's baseline) computes AdaAT, UpBlock2d, the 11x11 convolutions and
-    the output convolution as DINet does: a different computation of the same function."""
+    """published_way (bench.py's baseline) computes AdaAT, UpBlock2d and every block's ReLU as DINet's published
+    code does: a different computation of the same function, with DINet's FLOP count, as the plain model's."""
     import bench
-    from models.blocks import (FourierConv2d, NarrowConv2d, ResBlock, SameBlock, UpBlock2d, published_layers,
-                               reformulated_layers)
+    from benchmark.published import published_way
+    from models.adaat import AdaAT
+    from models.blocks import ResBlock, SameBlock, UpBlock2d
+    from models.formulations import plain_formulations
     torch.manual_seed(0)
     network = DINet(3, 15, 29).eval()
     inputs = (torch.rand(1, 3, 104, 80), torch.rand(1, 15, 104, 80), torch.rand(1, 29, 5))
+    with plain_formulations(network):  # how FLOPs are counted: the plain fallbacks, then the layers as they were
+        assert not any(m.transposed for m in network.modules() if isinstance(m, UpBlock2d))
+    ups = [m for m in network.modules() if isinstance(m, UpBlock2d)]
+    assert len(ups) == 2 and all(up.transposed for up in ups)
+    flops = bench.network_flops(network, inputs)
     with torch.no_grad():
         ours = network(*inputs)
-        bench.use_adaat(network, "published")
+        published_way(network)
         published = network(*inputs)
-    layers = [m for m in network.modules() if isinstance(m, (UpBlock2d, NarrowConv2d, FourierConv2d))]
-    assert len(layers) == 7 and all(layer.published for layer in layers)  # 2 up, 1 narrow, 2 11x11 + 2 7x7 FFT
-    blocks = [m for m in network.modules() if isinstance(m, (SameBlock, ResBlock))]  # ReLU into a new tensor
-    assert reformulated_layers(network) == [m for m in network.modules() if m in layers or m in blocks]
-    assert all(block.published for block in blocks)
-    layers += blocks
+    blocks = [m for m in network.modules() if isinstance(m, (SameBlock, ResBlock, UpBlock2d))]
+    assert all(type(block).__name__.startswith("Published") for block in blocks)
+    assert all(m.implementation == "published" for m in network.modules() if isinstance(m, AdaAT))
     assert not torch.equal(ours, published) and (ours - published).abs().max() < 1e-5
-    bench.use_adaat(network, "channel_pair")
-    with published_layers(network):  # how FLOPs are counted: DINet's count, then the layers as they were
-        assert all(layer.published for layer in layers)
-    assert not any(layer.published for layer in layers)
+    assert bench.network_flops(network, inputs) == flops == pytest.approx(22.4e9, rel=2e-3)
 
 
 def test_bench_training_rows_each_in_a_process_of_their_own(tmp_path):

@@ -8,8 +8,10 @@ import torch
 from conftest import ROOT, SHARED
 import torch.nn.functional as F
 
+from config.labs import LAB_PRESETS
+from engine.compare import lab_config
 from models import AdaAT, DINet, Discriminator, GeneratorConfig
-from models.blocks import FourierConv2d, NarrowConv2d, ResBlock, SameBlock, UpBlock2d, WinogradConv2d, fresh_relu
+from models.blocks import ResBlock, SameBlock, UpBlock2d, decode_rows, fresh_relu
 from models.checkpoint import generator_config_of, load_network
 
 FIXTURES = os.path.join(SHARED, "fixtures")
@@ -30,7 +32,7 @@ def test_lab1_has_the_published_parameter_names_and_shapes():
 
 
 def test_lab1_parameter_count_is_dinets():
-    assert sum(p.numel() for p in DINet(3, 15, 29).parameters()) == 19_190_275  # 19.19 M, DINet's count
+    assert sum(p.numel() for p in DINet(3, 15, 29).parameters()) == 19_190_275  # 19.19 M, the published count
 
 
 @needs_fixtures
@@ -98,6 +100,70 @@ def test_generator_output_has_the_face_crop_shape_and_each_sample_is_its_own(mou
         alone = generator(*(tensor[1:] for tensor in inputs))
     assert out.shape == (2, 3, height, width)
     assert (out[1] - alone[0]).abs().max() < 1e-5 < (out[0] - out[1]).abs().max()
+
+
+@pytest.mark.parametrize("lab", list(LAB_PRESETS))
+def test_a_fresh_generator_of_every_lab_is_built_of_plain_layers(lab):
+    """What trains is DINet's module tree: plain convolutions, nothing of models/fast/ (optimize_for_inference
+    swaps those into a copy), so that print(DINet()) shows only DINet's layers."""
+    network = DINet.from_config(lab_config(lab))
+    convolutions = [m for m in network.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d))]
+    assert convolutions and all(type(m) in (torch.nn.Conv1d, torch.nn.Conv2d) for m in convolutions)
+    assert not any(name in repr(network) for name in ("Fourier", "Winograd", "Narrow", "Split"))
+
+
+@pytest.mark.parametrize("lab", list(LAB_PRESETS))
+def test_forward_is_generate_of_the_encoded_references_for_every_lab(lab):
+    """forward is encode_reference then generate, one path: the same numbers, and the same gradients in training;
+    one encoded reference serves a whole batch (dubbing's) as that reference repeated per sample does."""
+    torch.manual_seed(0)
+    network = DINet.from_config(lab_config(lab, 80, "mel"))
+    source, reference, audio = torch.rand(3, 3, 64, 64), torch.rand(3, 15, 64, 64), torch.randn(3, 80, 5)
+    outputs, gradients = [], []
+    for run in (lambda: network(source, reference, audio),
+                lambda: network.generate(source, audio, network.encode_reference(reference))):
+        torch.manual_seed(1)
+        network.zero_grad()
+        outputs.append(run())
+        outputs[-1].square().mean().backward()
+        gradients.append([p.grad.clone() for p in network.parameters()])
+    assert torch.equal(*outputs)
+    assert all(torch.equal(a, b) for a, b in zip(*gradients))
+    network.eval()
+    with torch.no_grad():
+        shared = network.generate(source, audio, network.encode_reference(reference[:1]))
+        repeated = network(source, reference[:1].expand(3, -1, -1, -1), audio)
+    assert (shared - repeated).abs().max() < 1e-5
+
+
+def test_generate_from_a_row_on_computes_those_rows_and_leaves_zeros_above():
+    torch.manual_seed(0)
+    network = DINet(3, 15, 29).eval()
+    source, reference, audio = torch.rand(2, 3, 104, 80), torch.rand(2, 15, 104, 80), torch.randn(2, 29, 5)
+    with torch.no_grad():
+        state = network.encode_reference(reference)
+        whole, rows = network.generate(source, audio, state), network.generate(source, audio, state, 22)
+    assert rows.shape == whole.shape and not rows[:, :, :22].any()
+    assert (rows[:, :, 22:] - whole[:, :, 22:]).abs().max() < 1e-6
+
+
+def test_decoder_on_rows_is_the_decoder_from_any_row():
+    """Each layer of DINet's decoder runs on the rows the wanted ones depend on; every row from the first wanted
+    is the whole decoder's, in float64 to rounding, at mouth 64 and 128, and from rows the convolutions' top
+    padding and the upsampling's parity reach."""
+    torch.manual_seed(0)
+    decoder = DINet().out_conv.double().eval()
+    for height, width in ((26, 20), (52, 40)):
+        features = torch.randn(2, 512, height, width, dtype=torch.float64)
+        with torch.no_grad():
+            whole = decoder(features)
+            for first in (0, 1, 2, 3, 7, 22, 4 * height - 1):
+                rows = decode_rows(decoder, features, first)
+                assert rows.shape[2] == 4 * height - first
+                assert torch.allclose(rows, whole[:, :, first:], rtol=1e-12, atol=1e-12), first
+    unknown = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 3, padding=1, stride=2))  # a layer it cannot cut: whole
+    x = torch.randn(1, 2, 8, 8, dtype=torch.float64)
+    assert torch.equal(decode_rows(unknown.double(), x, 2), unknown.double()(x)[:, :, 2:])
 
 
 def test_unavailable_architecture_choice_is_a_clear_error():
@@ -208,174 +274,6 @@ def test_up_block_is_nearest_upsampling_then_its_convolution(channels_last):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("kernel,padding", [(7, 3), ((5, 3), (2, 1)), (3, 0)])
-def test_narrow_convolution_is_the_convolution(kernel, padding):
-    torch.manual_seed(0)
-    conv = NarrowConv2d(8, 3, kernel_size=kernel, padding=padding).double()
-    published = lambda x: F.conv2d(x, conv.weight, conv.bias, padding=padding)
-    got, expected = forward_and_gradients(conv, torch.randn(2, 8, 11, 9, dtype=torch.float64), published)
-    for a, b in zip(got, expected):
-        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
-
-
-def test_narrow_convolution_under_bf16_autocast_gives_bf16_near_fp32():
-    torch.manual_seed(0)
-    conv = NarrowConv2d(128, 3, kernel_size=7, padding=3)
-    x = torch.randn(2, 128, 24, 20)
-    with torch.no_grad():
-        reference = F.conv2d(x, conv.weight, conv.bias, padding=3)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            output = conv(x.contiguous(memory_format=torch.channels_last))
-    assert output.dtype == torch.bfloat16
-    assert (output.float() - reference).abs().max() < 0.02 * reference.abs().max()
-
-
-@pytest.mark.parametrize("height, width, kernel", [
-    (26, 20, 11),   # mouth 64: one tile each way, both paddings in the FFT's zero tail
-    (104, 80, 11),  # mouth 256: overlap-save tiles each way
-    (9, 70, 11),    # one tile down, tiles across
-    (13, 10, 7), (1, 1, 11)])
-def test_fourier_convolution_is_the_convolution(height, width, kernel):
-    torch.manual_seed(0)
-    conv = FourierConv2d(3, 4, kernel_size=kernel, padding=kernel // 2).double()
-    x = torch.randn(2, 3, height, width, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        output = conv(x)
-        expected = F.conv2d(x, conv.weight, conv.bias, padding=kernel // 2)
-    assert output.shape == expected.shape and output.is_contiguous(memory_format=torch.channels_last)
-    assert torch.allclose(output, expected, rtol=1e-10, atol=1e-12)
-
-
-def test_fourier_convolution_follows_its_weights_and_leaves_training_to_the_convolution():
-    torch.manual_seed(0)
-    conv = FourierConv2d(4, 4, kernel_size=11, padding=5, bias=False).double()
-    x = torch.randn(1, 4, 16, 12, dtype=torch.float64)
-    with torch.no_grad():
-        first = conv(x)
-        conv.weight.mul_(-2)  # in place, as an optimiser step or load_state_dict changes it
-        assert torch.allclose(conv(x), -2 * first, rtol=1e-10, atol=1e-12)
-    spectrum = conv._spectrum_of
-    output = conv(x)  # gradients on: the direct convolution, differentiable, no spectrum computed
-    output.sum().backward()
-    assert conv.weight.grad is not None and conv._spectrum_of is spectrum
-    assert torch.allclose(output, -2 * first, rtol=1e-10, atol=1e-12)
-
-
-def test_fourier_convolution_under_bf16_autocast_is_closer_than_a_bf16_convolution():
-    torch.manual_seed(0)
-    block = SameBlock(128, 128, kernel_size=11, padding=5)
-    assert isinstance(block.conv, FourierConv2d)  # DINet's 11x11 layers are built as FourierConv2d
-    assert isinstance(SameBlock(128, 128, kernel_size=7, padding=3).conv, FourierConv2d)  # and its 128-channel 7x7
-    assert type(SameBlock(3, 64, kernel_size=7, padding=3).conv) is torch.nn.Conv2d  # not the encoders' first
-    conv = block.conv
-    x = torch.randn(4, 128, 26, 20).relu()
-    with torch.no_grad():
-        reference = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=5)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            output = conv(x)
-            direct = F.conv2d(x, conv.weight, conv.bias, padding=5)
-    assert output.dtype == torch.bfloat16
-    error = lambda y: ((y.double() - reference).abs().max() / reference.abs().max()).item()
-    assert error(output) < max(error(direct), 5e-3)
-    seven = FourierConv2d(128, 128, kernel_size=7, padding=3)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        assert torch.equal(seven(x), F.conv2d(x, seven.weight, seven.bias, padding=3))  # bf16 7x7: direct
-    assert getattr(seven, "_spectrum_of", None) is None
-
-
-@pytest.mark.parametrize("height, width, channels_last, bias", [
-    (26, 20, True, True),    # mouth 64's appearance blocks: 7 x 5 output tiles, the last row of tiles cut
-    (104, 80, True, True),   # mouth 256's: 26 x 20 tiles
-    (9, 13, False, False),   # NCHW in, NCHW out; tiles cut both ways
-    (1, 1, True, True), (4, 4, False, True)])
-def test_winograd_convolution_is_the_convolution(height, width, channels_last, bias):
-    torch.manual_seed(0)
-    conv = torch.nn.Conv2d(256, 260, 3, padding=1, bias=bias).double()
-    winograd = WinogradConv2d.of(conv)
-    x = torch.randn(2, 256, height, width, dtype=torch.float64)
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    x = x.contiguous(memory_format=layout)
-    with torch.no_grad():
-        output, expected = winograd(x), conv(x)
-        assert winograd._transformed is not None  # computed by Winograd's algorithm, not the fallback
-        output32 = WinogradConv2d.of(conv.float())(x.float())
-    assert output.shape == expected.shape and output.is_contiguous(memory_format=layout)
-    assert torch.allclose(output, expected, rtol=1e-10, atol=1e-11)
-    assert (output32.double() - expected).abs().max() < 2e-5 * expected.abs().max()
-
-
-def test_winograd_tile_transforms_are_the_matrices():
-    """models/winograd_tiles.py writes B^T d B and A^T S A out term by term: they are winograd_matrices()'s."""
-    from models import winograd_tiles
-    from models.blocks import winograd_matrices
-    bt, _, at = winograd_matrices()
-    torch.manual_seed(0)
-    x = torch.randn(1, 6, 6, 3, dtype=torch.float64)  # one tile's window is rows/columns -1..4: pad by one
-    transformed = torch.empty(36, 4, 3, dtype=torch.float64)  # 2 x 2 tiles of a 6 x 6 input
-    winograd_tiles.tiles_in(x.numpy(), transformed.numpy(), 2, 2, 0, 4)
-    window = F.pad(x[0].permute(2, 0, 1), (1, 1, 1, 1))[:, :6, :6]  # tile (0, 0), (3, 6, 6)
-    expected = bt @ window @ bt.T                                   # [ch, i, j]
-    assert torch.allclose(transformed[:, 0].view(6, 6, 3).permute(2, 1, 0), expected, atol=1e-12)
-    sums = torch.randn(36, 4, 3, dtype=torch.float64)
-    bias = torch.randn(3, dtype=torch.float64)
-    out = torch.empty(1, 6, 6, 3, dtype=torch.float64)  # the tiles of the last row and column are cut to 2
-    winograd_tiles.tiles_out(sums.numpy(), bias.numpy(), out.numpy(), 2, 2, 0, 4)
-    for tile, (r, c) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
-        tile_sums = sums[:, tile].view(6, 6, 3).permute(2, 1, 0)   # [ch, i, j]
-        expected = (at @ tile_sums @ at.T).permute(1, 2, 0) + bias  # [a, e, ch]
-        rows, cols = min(4, 6 - 4 * r), min(4, 6 - 4 * c)
-        assert torch.allclose(out[0, 4 * r:4 * r + rows, 4 * c:4 * c + cols], expected[:rows, :cols], atol=1e-12)
-
-
-def test_winograd_tiles_split_between_threads_are_the_convolution():
-    torch.manual_seed(0)
-    conv = torch.nn.Conv2d(256, 128, 3, padding=1).double()
-    x = torch.randn(6, 256, 26, 19, dtype=torch.float64)  # 210 tiles: 3 parts on 3 threads
-    threads = torch.get_num_threads()
-    torch.set_num_threads(3)
-    try:
-        with torch.no_grad():
-            output, expected = WinogradConv2d.of(conv)(x), conv(x)
-    finally:
-        torch.set_num_threads(threads)
-    assert torch.allclose(output, expected, rtol=1e-10, atol=1e-11)
-
-
-def test_winograd_convolution_follows_its_weights_and_leaves_training_and_bf16_to_the_convolution():
-    torch.manual_seed(0)
-    conv = torch.nn.Conv2d(256, 256, 3, padding=1).double()
-    assert WinogradConv2d.suits(conv) and WinogradConv2d.suits(torch.nn.Conv2d(512, 128, 3, padding=1))
-    assert not WinogradConv2d.suits(torch.nn.Conv2d(128, 128, 3, padding=1))
-    assert not WinogradConv2d.suits(torch.nn.Conv2d(256, 256, 3, padding=1, stride=2))
-    winograd = WinogradConv2d.of(conv)
-    assert winograd.weight is conv.weight and winograd.bias is conv.bias  # shared, so checkpoints are unchanged
-    x = torch.randn(1, 256, 6, 5, dtype=torch.float64)
-    with torch.no_grad():
-        first = winograd(x)
-        conv.weight.mul_(-2)  # in place, as an optimiser step or load_state_dict changes it
-        conv.bias.mul_(-2)
-        assert torch.allclose(winograd(x), -2 * first, rtol=1e-10, atol=1e-11)
-    transformed = winograd._transformed
-    output = winograd(x)  # gradients on: the direct convolution, differentiable, no transform computed
-    output.sum().backward()
-    assert conv.weight.grad is not None and winograd._transformed is transformed
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        assert winograd.float()(x.float()).dtype == torch.bfloat16  # autocast's bf16 convolution
-
-
-def test_inference_network_runs_the_wide_3x3_convolutions_with_winograd():
-    from dubbing.generation import ReferencedGenerator, inference_network
-    network = DINet()
-    copy = inference_network(network)
-    swapped = {name for name, m in copy.named_modules() if isinstance(m, WinogradConv2d)}
-    # the two appearance blocks (4 residual blocks of 2 convolutions each), and the 512 -> 128 ones that read
-    # source and reference features (alignment encoder) and source and warped features (decoder)
-    assert len(swapped) == 18 and {"trans_conv.0.conv", "out_conv.0.conv"} <= swapped
-    assert not any(isinstance(m, WinogradConv2d) for m in network.modules())  # the caller's network is unchanged
-    generate = ReferencedGenerator(network.eval(), torch.rand(1, 15, 104, 80))
-    assert generate.split and isinstance(generate.source_half, WinogradConv2d)  # its 256 -> 128 source half
-
-
 def test_inference_relus_in_place_touch_no_block_input():
     """Without gradients the blocks apply ReLU in place to their own fresh outputs, never to what they were given
     (a residual block's input is its shortcut, also when its first BatchNorm is folded away)."""
@@ -395,7 +293,6 @@ def test_inference_relus_in_place_touch_no_block_input():
     with torch.no_grad():
         conv_out = layer.norm(layer.conv(torch.randn(1, 8, 4, 4)))
         assert fresh_relu(conv_out) is conv_out and (conv_out >= 0).all()  # in place: no new tensor
-        assert fresh_relu(conv_out, published=True) is not conv_out  # DINet's: a new tensor
 
 
 def test_vgg19_trunk_and_image_grid_are_torchvisions_without_importing_it():

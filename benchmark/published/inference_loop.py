@@ -10,7 +10,7 @@ whatever CPU or GPU runs the bench. What the published inference.py does, and th
      video (both by OpenCV);
   3. ffmpeg muxing the driving audio in (video copied, AAC).
 The audio features (DeepSpeech in the published code) are given, not timed, as in the published figure. The
-network is the caller's, set up the published way (bench.py's use_adaat(network, "published")).
+network is the caller's, set up the published way (`published_way`).
 """
 import os
 import subprocess
@@ -25,7 +25,7 @@ from common.errors import UserError
 from common.geometry import AUDIO_WINDOW, NUM_REFERENCES, CropGeometry, compute_crop_radius, crop_box
 from data.openface_csv import read_openface_csv
 
-from .pipeline import INFERENCE_SCALE
+from dubbing.pipeline import INFERENCE_SCALE
 
 
 def published_inference(video_path, audio_path, landmark_csv, features, network, mouth_size, frames, work_dir,

@@ -1,11 +1,9 @@
-"""The tile transforms of Winograd's F(4x4, 3x3) (models/blocks.py's WinogradConv2d), compiled by numba.
+"""The tile transforms of Winograd's F(4x4, 3x3) (models/fast/winograd.py's WinogradConv2d), compiled by numba.
 
-The transforms are a few additions per value, so in PyTorch operations their cost was memory traffic: padding,
-gathering the overlapping 6x6 tiles and two small matrix products each way meant ~100 MB of reads and writes per
-256-channel layer at mouth 64 (batch 12), as much time as a third of the channel sums. Here each tile is read
-once, transformed in registers and written once (`tiles_in`), and each output tile is assembled with the bias
-straight into the NHWC output (`tiles_out`). Measured on one AVX2 core, 256 -> 256 channels at 26x20, batch 12:
-input 17.7 -> 3.8 ms, output ~7 -> 5.3 ms, the layer 61-73 -> 45-50 ms.
+The transforms are a few additions per value, so in PyTorch operations their cost is memory traffic (padding,
+gathering the overlapping 6x6 tiles, two small matrix products each way). Here each tile is read once,
+transformed in registers and written once (`tiles_in`), and each output tile is assembled with the bias straight
+into the NHWC output (`tiles_out`).
 
 Tiles are numbered (b * rows + r) * cols + c; tile (b, r, c) reads input rows 4r - 1 .. 4r + 4 and columns
 4c - 1 .. 4c + 4 (zero outside: the convolution's padding of 1) and makes output rows 4r .. 4r + 3, columns
