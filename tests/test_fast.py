@@ -3,17 +3,22 @@ optimize_for_inference makes is the trained network, every lab, whole or from a 
 import pytest
 import torch
 import torch.nn.functional as F
+from test_models import forward_and_gradients
 from torch import nn
 
-from data.geometry import CropGeometry
+from common.geometry import CropGeometry
+from config.labs import LAB_PRESETS
 from dubbing.pipeline import first_pasted_row, paste_mask
 from engine.compare import lab_config
-from config.labs import LAB_PRESETS
 from models import DINet
 from models.blocks import SameBlock
-from models.fast import FourierConv2d, NarrowConv2d, WinogradConv2d, optimize_for_inference
+from models.fast import (
+    FourierConv2d,
+    NarrowConv2d,
+    WinogradConv2d,
+    optimize_for_inference,
+)
 from models.fast.split import SplitSameBlock
-from test_models import forward_and_gradients
 
 
 @pytest.mark.parametrize("kernel,padding", [(7, 3), ((5, 3), (2, 1)), (3, 0)])

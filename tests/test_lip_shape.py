@@ -3,8 +3,18 @@ their speech: the scores must tell the true mouth from a moved, a delayed and an
 import numpy as np
 import pytest
 
-from data.demo import FaceStyle, mouth_openings, render_talking_face, synthesize_speech
-from evaluation.lip_shape import best_offset_corr, lmd_mouth, mouth_open_corr, mouth_opening
+from data.procedural_faces import (
+    FaceStyle,
+    mouth_openings,
+    render_talking_face,
+    synthesize_speech,
+)
+from evaluation.lip_shape import (
+    best_offset_corr,
+    lmd_mouth,
+    mouth_open_corr,
+    mouth_opening,
+)
 
 
 def speech_landmarks(seed, style_seed=0, seconds=3.0):
