@@ -287,9 +287,7 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
 def encoder_threads(device):
     """x264's threads for the dubbed video: on a CPU, one per 4 generator threads (the encoder only needs to keep
     up with the generator, and each frame thread costs cores in synchronisation and duplicated analysis); on a
-    GPU x264's own choice (1.5 per core), as the generator there outruns one encoder thread. Measured on 2 cores
-    at mouth 64 (250 frames of the 1080x1920 sample clip, medians of 5 interleaved runs): x264's 3 threads ->
-    1: 57.9 -> 55.0 core-seconds a run, 9.33 -> 9.69 frames/s."""
+    GPU x264's own choice (1.5 per core), as the generator there outruns one encoder thread (docs/performance.md)."""
     return max(1, torch.get_num_threads() // 4) if device.type == "cpu" else None
 
 

@@ -127,7 +127,7 @@ def code_in(path):
 
 
 def check_integrity(checkpoint, path, flag):
-    """Remove the checksum from `checkpoint` and exit unless it matches what was loaded."""
+    """Remove the checksum from `checkpoint`; a UserError unless it matches what was loaded."""
     stored = checkpoint.pop("integrity", None)
     if stored is None:  # DINet's own checkpoints carry none
         return

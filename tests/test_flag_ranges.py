@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-import bench
+import benchmark.cli
 import compare_labs
 import data_processing
 import demo
@@ -23,7 +23,7 @@ PARSERS = {  # each command's parser, as the command builds it
     "inference.py": inference.build_parser(),
     "evaluate.py": evaluate.build_parser(),
     "data_processing.py": data_processing.build_parser(),
-    "bench.py": bench.build_parser(),
+    "bench.py": benchmark.cli.build_parser(),
     "compare_labs.py": compare_labs.build_parser(),
     "demo.py": demo.build_parser(),
 }

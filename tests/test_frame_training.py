@@ -117,15 +117,16 @@ def test_stage_step_makes_the_published_iterations_update(task):
     """The stages' iteration skips work (detached fakes for the discriminators, no discriminator weight gradients
     in the generator's backward, no graph through VGG19's reals) that DINet's train_DINet_frame.py and
     train_DINet_clip.py compute and throw away: from the same weights and batch, both make the same update."""
-    import bench
+    from benchmark.published import published_iteration
+    from benchmark.training import training_stage
     stages = []
     for _ in range(2):
         torch.manual_seed(0)
-        stages.append(bench.training_stage(task, 64, 2 if task == "train_frame" else 1, torch.device("cpu"), "fp32",
-                                           False, "lab1"))
+        stages.append(training_stage(task, 64, 2 if task == "train_frame" else 1, torch.device("cpu"), "fp32", False,
+                                     "lab1"))
     (ours, data), (published, published_data) = stages
     ours.step(data)
-    bench.published_iteration(published, published_data, task)
+    published_iteration(published, published_data, task)
     # the discriminators' updated weights, and the generator's gradients (Adam's first step turns the
     # ~0 gradients of a bias before a BatchNorm into +-lr, so the generator's weights would differ by noise)
     for name in ours.checkpoint_networks[1:]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench import face_boxes, video_psnr
+from benchmark.dubbing import face_boxes, video_psnr
 from common.errors import UserError
 from common.geometry import CropGeometry
 from conftest import ROOT
@@ -410,7 +410,7 @@ def test_bench_quick_reports_end_to_end_dubbing_and_the_loader(tmp_path):
 def test_bench_baseline_runs_the_published_layers():
     """published_way (bench.py's baseline) computes AdaAT, UpBlock2d and every block's ReLU as DINet's published
     code does: a different computation of the same function, with DINet's FLOP count, as the plain model's."""
-    import bench
+    from benchmark.measure import network_flops
     from benchmark.published import published_way
     from models.adaat import AdaAT
     from models.blocks import ResBlock, SameBlock, UpBlock2d
@@ -422,7 +422,7 @@ def test_bench_baseline_runs_the_published_layers():
         assert not any(m.transposed for m in network.modules() if isinstance(m, UpBlock2d))
     ups = [m for m in network.modules() if isinstance(m, UpBlock2d)]
     assert len(ups) == 2 and all(up.transposed for up in ups)
-    flops = bench.network_flops(network, inputs)
+    flops = network_flops(network, inputs)
     with torch.no_grad():
         ours = network(*inputs)
         published_way(network)
@@ -431,7 +431,7 @@ def test_bench_baseline_runs_the_published_layers():
     assert all(type(block).__name__.startswith("Published") for block in blocks)
     assert all(m.implementation == "published" for m in network.modules() if isinstance(m, AdaAT))
     assert not torch.equal(ours, published) and (ours - published).abs().max() < 1e-5
-    assert bench.network_flops(network, inputs) == flops == pytest.approx(22.4e9, rel=2e-3)
+    assert network_flops(network, inputs) == flops == pytest.approx(22.4e9, rel=2e-3)
 
 
 def test_bench_training_rows_each_in_a_process_of_their_own(tmp_path):
@@ -454,7 +454,7 @@ def test_bench_training_rows_each_in_a_process_of_their_own(tmp_path):
 def test_bench_generator_rows_and_model_flop_utilisation(tmp_path):
     """bench.py --tasks generator: the whole network and the generator as dubbing runs it (reference branch once:
     fewer FLOPs a frame, 15.8 of lab1's 22.4 at mouth 64), each with its MFU against --peak_tflops."""
-    import bench
+    from benchmark.cli import peak_tflops
     rows, stdout, wall = run_bench(tmp_path, "--tasks", "generator", "--mouths", "64", "--precision", "fp32",
                                    "--iterations", "1", "--warmup", "0", "--peak_tflops", "bf16=1,fp32=0.5")
     assert [row["reference_once"] for row in rows] == [False, True]
@@ -465,8 +465,8 @@ def test_bench_generator_rows_and_model_flop_utilisation(tmp_path):
         assert row["mfu"] == pytest.approx(gflops * row["frames_per_s"] / 500, rel=0.01)
     assert sum(1 / row["frames_per_s"] for row in rows) < wall  # one timed call each
     assert "MFU" in stdout and "+ref1x" in stdout
-    assert bench.peak_tflops("989", torch.device("cpu")) == {"bf16": 989.0, "fp32": 989.0}
-    assert bench.peak_tflops(None, torch.device("cpu")) == {}
+    assert peak_tflops("989", torch.device("cpu")) == {"bf16": 989.0, "fp32": 989.0}
+    assert peak_tflops(None, torch.device("cpu")) == {}
 
 
 def test_bench_inference_repeats_interleave_with_the_published_loop_and_give_medians(tmp_path):

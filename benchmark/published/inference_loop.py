@@ -24,7 +24,6 @@ import torch
 from common.errors import UserError
 from common.geometry import AUDIO_WINDOW, NUM_REFERENCES, CropGeometry, compute_crop_radius, crop_box
 from data.openface_csv import read_openface_csv
-
 from dubbing.pipeline import INFERENCE_SCALE
 
 

@@ -1,0 +1,5 @@
+from common.errors import run_command
+
+from .cli import main
+
+run_command(main)
