@@ -4,9 +4,9 @@ Every flag of DINet's `config/config.py` keeps its name and default, so the lab'
 written; `--lamb_syncnet_perception` is a float (DINet declared it int with a float default).
 New: `--lab` and one flag per architectural choice, `--resume [PATH|auto]`, `--save_every_steps`,
 `--max_non_finite`, `--amp`, `--channels_last`, `--compile`, `--device`, `--vgg19_weights`,
-`--num_workers`, `--image_every`, `--iterations_per_epoch`; for the clip stage the loss recipe
-(`--loss_preset` and one weight per loss, `--lpips_weights`, `--trepa_weights`); and the SyncNet
-script's own parser.
+`--num_workers`, `--image_every`, `--iterations_per_epoch`, validation on held-out videos (`--val_*`);
+for the clip stage the loss recipe (`--loss_preset` and one weight per loss, `--lpips_weights`,
+`--trepa_weights`); and the SyncNet script's own parser.
 
 Numeric flags carry their valid range (`config/ranges.py`): a value outside it stops argparse before any work.
 
@@ -30,6 +30,12 @@ LOSS_PRESETS = {
     "latentsync": dict(lamb_perception=0.0, lamb_syncnet_perception=0.05, lamb_l1=1.0, lamb_lpips=0.1,
                        lamb_trepa=10.0),
 }
+
+
+# validation scores, each with whether higher is better (engine/validation.py computes them)
+VALIDATION_METRICS = {"lmd_mouth": False, "mouth_open_corr": True, "l1": False, "psnr": True, "ssim": True,
+                      "lpips": False, "sync": True}
+BEST_NAME = "netG_best.pth"
 
 
 class TrainingParser(argparse.ArgumentParser):
@@ -135,7 +141,23 @@ def training_parser(description, result_path):
     group = add_running_flags(parser)
     group.add_argument("--vgg19_weights", default="imagenet",
                        help="VGG19 for the perception loss: imagenet (torchvision download/cache), random, or a .pth path")
+    add_validation_flags(parser)
     return parser
+
+
+def add_validation_flags(parser):
+    group = parser.add_argument_group("validation on held-out videos (off unless --val_data or --val_fraction)")
+    group.add_argument("--val_data", default=None, help="training JSON of held-out videos (prepared as --train_data)")
+    group.add_argument("--val_fraction", type=number(above=0, maximum=1), default=None,
+                       help="hold out this fraction of --train_data's videos instead (whole videos, drawn by --seed)")
+    group.add_argument("--val_every", type=integer(1), default=1, help="validate every N epochs (and after the last)")
+    group.add_argument("--val_metric", default="lmd_mouth", choices=list(VALIDATION_METRICS),
+                       help=f"the score that picks {BEST_NAME} (lmd_mouth, l1, lpips: lower is better)")
+    group.add_argument("--val_clips", type=integer(1), default=8, help="9-frame clips generated per held-out video")
+    group.add_argument("--val_lpips_weights", default="pretrained",
+                       help="LPIPS VGG16 trunk: pretrained (torchvision download/cache), random, or a VGG16 .pth path")
+    group.add_argument("--val_syncnet_path", default="",
+                       help="SyncNet (.pth from train_syncnet.py) for the sync score; the clip stage uses its own")
 
 
 def clip_training_parser(description, result_path):

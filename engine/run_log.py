@@ -63,11 +63,12 @@ class RunLog:
         self.metrics.write(json.dumps({"step": step, "epoch": epoch, **values}) + "\n")
         self.metrics.flush()
 
-    def images(self, step, grid, tag="masked_source|references|generated|real"):
+    def images(self, step, grid, tag="masked_source|references|generated|real", name=None):
+        """To TensorBoard under `tag` and to samples/ as `name` (default step_N.png)."""
         if not self.enabled:
             return
         self.board.add_image(tag, grid, step)
-        save_png(grid, os.path.join(self.result_path, "samples", f"step_{step:07d}.png"))
+        save_png(grid, os.path.join(self.result_path, "samples", name or f"step_{step:07d}.png"))
 
     def close(self):
         if self.enabled:

@@ -35,6 +35,7 @@ def default_syncnet_path(mouth_region_size):
 class SyncNetStage(Stage):
     checkpoint_networks = ("net",)
     checkpoint_prefix = "syncnet_model_epoch"
+    validates = False  # its own held-out accuracy, every epoch
     lr_label = "lr"
     lr_network = "net"
     image_tag = "5 mouth crops of a window"

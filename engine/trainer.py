@@ -15,6 +15,7 @@ import os
 import random
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from itertools import islice
 
@@ -25,20 +26,23 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from common.errors import UserError, Stopped
+from common.errors import Stopped, UserError
 from common.files import check_writable, remove_stale_temporaries
 from common.geometry import CropGeometry
+from config.config import BEST_NAME
 from config.labs import GENERATOR_FLAGS, generator_config
 from data.dataset import FrameDataset
 from data.training_json import check_audio_channel, load_training_json
 from models import DINet, Discriminator, Vgg19
-from models.checkpoint import (atomic_save, check_generator_config, checkpoint_name, generator_config_of,
-                               load_checkpoint, load_network, newest_valid_checkpoint, prune_step_checkpoints)
+from models.checkpoint import (atomic_save, check_generator_config, check_syncnet_fits, checkpoint_name,
+                               generator_config_of, load_checkpoint, load_network, load_syncnet,
+                               newest_valid_checkpoint, prune_step_checkpoints)
 
 from . import distributed
-from .run_log import RunLog, format_log_line, image_grid
-from .precision import Precision
 from .losses import GANLoss, PerceptualLoss
+from .precision import Precision
+from .run_log import RunLog, format_log_line, image_grid
+from .validation import Validator, format_scores, held_out_sets, timed_run
 
 GRID_SAMPLES = 4
 
@@ -51,6 +55,7 @@ class Stage:
     lr_label = "lr_g"                        # the log line's learning rate, read from optimizers[lr_network]
     lr_network = "net_g"
     image_tag = "masked_source|references|generated|real"
+    validates = True                         # takes --val_data / --val_fraction (a generator stage)
 
     def setup_runtime(self, opt, runtime):
         """Precision and device of this stage's networks; call first in __init__."""
@@ -382,17 +387,20 @@ class Checkpointer:
     """Writes the run's checkpoints (rank 0 only): DINet's every --checkpoint epochs, and with
     --save_every_steps K one every K iterations, of which the newest --keep_step_checkpoints stay."""
 
-    def __init__(self, opt, stage, schedulers, training_set, runtime, log):
+    def __init__(self, opt, stage, schedulers, training_set, runtime, log, validator=None):
         self.opt, self.stage, self.schedulers, self.log = opt, stage, schedulers, log
         self.audio_feature = training_set.audio_feature
         self.enabled = runtime.is_main
+        self.validator = validator
 
-    def save(self, epoch, iteration, global_step, whole_epoch):
-        """After `iteration` iterations of `epoch` (a whole epoch: the next one starts at its first)."""
+    def save(self, epoch, iteration, global_step, whole_epoch, name=None):
+        """After `iteration` iterations of `epoch` (a whole epoch: the next one starts at its first); `name`: a
+        file name other than the epoch's."""
         if not self.enabled:
             return None
         stage, prefix = self.stage, self.stage.checkpoint_prefix
-        path = os.path.join(self.opt.result_path, checkpoint_name(prefix, epoch, None if whole_epoch else iteration))
+        path = os.path.join(self.opt.result_path,
+                            name or checkpoint_name(prefix, epoch, None if whole_epoch else iteration))
         atomic_save({
             "epoch": epoch + 1 if whole_epoch else epoch,
             "iteration": 0 if whole_epoch else iteration,
@@ -405,8 +413,9 @@ class Checkpointer:
             "mouth_region_size": self.opt.mouth_region_size,
             "audio_feature": self.audio_feature,
             **stage.checkpoint_metadata(),
+            **(self.validator.state() if self.validator else {}),
         }, path)
-        if not whole_epoch:
+        if not whole_epoch and not name:
             prune_step_checkpoints(self.opt.result_path, prefix, self.opt.keep_step_checkpoints, path)
         self.log.line(f"checkpoint saved: {path}")
         return path
@@ -429,6 +438,35 @@ def restore(stage, schedulers, resume, path):
     return resume["epoch"], resume.get("iteration", 0), resume.get("global_step", 0)
 
 
+def make_validator(opt, stage, training_set, held_out, split, runtime, resume):
+    """The main process's Validator when the run holds videos out, else None."""
+    if held_out is None or not runtime.is_main:
+        return None
+    syncnet = getattr(stage, "syncnet", None)
+    if syncnet is None and opt.val_syncnet_path:
+        syncnet, config = load_syncnet(opt.val_syncnet_path, "--val_syncnet_path")
+        check_syncnet_fits(config, opt.val_syncnet_path, opt.mouth_region_size, training_set.audio_feature,
+                           training_set.audio_channel, "--val_syncnet_path")
+        syncnet = syncnet.to(runtime.device).eval()
+    if opt.val_metric == "sync" and syncnet is None:
+        raise UserError("--val_metric sync needs a SyncNet: pass --val_syncnet_path PATH (the clip stage uses its own), "
+                        "or pick another --val_metric")
+    validator = Validator(opt, held_out, split, runtime, syncnet)
+    validator.restore(resume)
+    return validator
+
+
+def validate(validator, stage, checkpointer, log, epoch, iterations, global_step, epoch_seconds):
+    """Score the generator on the held-out clips: one log line, scalars, an image grid, and the best checkpoint."""
+    scores, grid, seconds = timed_run(validator, stage)
+    improved = validator.improved(scores, epoch)
+    log.line(format_scores(epoch, scores, validator.best, seconds, epoch_seconds))
+    log.scalars(global_step, epoch, {f"val/{name}": value for name, value in scores.items()})
+    log.images(global_step, grid, "validation: masked|generated|real", name=f"validation_epoch_{epoch:04d}.png")
+    if improved:
+        checkpointer.save(epoch, iterations, global_step, whole_epoch=True, name=BEST_NAME)
+
+
 def train(opt, stage_class=FrameStage):
     """Train `stage_class` as `opt` says; returns the stage (its networks hold the final weights)."""
     runtime = distributed.setup(opt.device)
@@ -442,7 +480,11 @@ def train(opt, stage_class=FrameStage):
 
     training_set = load_training_json(opt.train_data)
     resume_path, resume = find_resume(opt, stage_class, runtime)
+    held_out = split = None
+    if stage_class.validates:
+        training_set, held_out, split = held_out_sets(opt, training_set, resume)
     stage = stage_class.create(opt, training_set, runtime, resume)
+    validator = make_validator(opt, stage, training_set, held_out, split, runtime, resume)
 
     dataset = stage.dataset(training_set)
     if len(dataset) < opt.batch_size * runtime.world_size:
@@ -467,12 +509,18 @@ def train(opt, stage_class=FrameStage):
              f"{training_set.audio_feature} audio ({training_set.audio_channel}-d), {iterations} iterations per epoch")
     if resume is not None:
         log.line(f"resumed from {resume_path}: epoch {start_epoch}, iteration {start_iteration}, step {global_step}")
-    checkpointer = Checkpointer(opt, stage, schedulers, training_set, runtime, log)
+    if validator:
+        validator.write_split(opt.result_path)
+        log.line(f"validation every {opt.val_every} epoch(s) on {len(validator.videos)} held-out video(s) "
+                 f"({sum(len(video['real']) for video in validator.videos)} frames): {', '.join(split['videos'][:5])}"
+                 f"{' ...' if len(split['videos']) > 5 else ''}; best by {opt.val_metric} kept as {BEST_NAME}")
+    checkpointer = Checkpointer(opt, stage, schedulers, training_set, runtime, log, validator)
     last_epoch = opt.non_decay + opt.decay
     skipped = consecutive = 0
     with StopRequest(announce=runtime.is_main) as stop, workers_shut_down(loader):
         for epoch in range(start_epoch, last_epoch + 1):
             first = start_iteration if epoch == start_epoch else 0
+            epoch_started = time.perf_counter()
             order.set_epoch(epoch, skip_batches=first)
             for network in stage.networks().values():
                 network.train()
@@ -521,6 +569,9 @@ def train(opt, stage_class=FrameStage):
                 scheduler.step()
             if runtime.is_main:
                 stage.end_epoch(epoch, log, global_step)
+            if validator and (epoch % opt.val_every == 0 or epoch == last_epoch):
+                validate(validator, stage, checkpointer, log, epoch, iterations, global_step,
+                         time.perf_counter() - epoch_started)
             if epoch % opt.checkpoint == 0:
                 checkpointer.save(epoch, iterations, global_step, whole_epoch=True)
     if skipped:
