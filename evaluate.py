@@ -1,88 +1,239 @@
-"""Score dubbed videos: LSE-D / LSE-C with a SyncNet, and against their sources PSNR, SSIM, LPIPS and FID.
+"""Score lip-sync videos: one evaluation protocol for a checkpoint, or dubbed videos as they are.
+
+    python evaluate.py --protocol self_reconstruction --videos held_out_a.mp4 held_out_b.mp4 \
+        --checkpoint netG_model_epoch_N.pth [--syncnet_path S.pth] [--lse_syncnet_path syncnet_v2.model] \
+        [--identity_weights backbone.pth] [--inception_weights inception.pth] [--out_dir D]
+
+dubs each held-out video with its own audio (dub(), as inference.py does) and scores it against its own real
+frames, beside two baselines made from the same video: `real (re-encoded)` (the video through the dubbing encoder
+alone: the detector's and the encoder's noise floor) and `reference copy` (its mouth region taken from one frame:
+a face that does not speak). Per video and as means: PSNR, SSIM, LPIPS of the mouth and of the face crop, FID of
+the face crops (with --inception_weights), LSE-D/C with a SyncNet of this repository (--syncnet_path, columns
+"repo") and with syncnet_python's (--lse_syncnet_path, columns "syncnet_v2"), lmd_mouth, mouth_open_corr,
+identity_cos (with --identity_weights) and the dubbing's frames/s and memory (evaluation/protocol.py).
+Writes D/self_reconstruction.csv and .md, and the three videos of each under D/videos.
 
     python evaluate.py --videos out/a_facial_dubbing_add_audio.mp4 out/b_facial_dubbing_add_audio.mp4 \
-        --syncnet_path ./asserts/syncnet_256mouth.pth [--sources a.mp4 b.mp4] [--csv results.csv]
+        --syncnet_path S.pth [--lse_syncnet_path syncnet_v2.model] [--sources a.mp4 b.mp4] [--csv results.csv]
 
-LSE-D (lower is better) and LSE-C (higher is better) are computed as SyncNet evaluations compute them
-(evaluation/sync.py) on each video's own audio track; with --sources the sources are scored the same way,
-so the dubbed output's sync can be read against the original's. With --sources, the videos are taken as
-self-reconstructions (each source dubbed with its own audio) and compared frame by frame: PSNR, SSIM,
-LPIPS (VGG; --lpips_weights pretrained, random or a VGG16 path; frames resized to at most 512 pixels a
-side) and, with --inception_weights PATH (torchvision Inception v3), FID over all frames.
+scores videos as they are: LSE-D/C on each video's own audio track; with --sources (the source of each, in
+order: the videos taken as self-reconstructions), the sources' LSE beside them, PSNR, SSIM, LPIPS over whole
+frames (resized to at most 512 pixels a side for LPIPS), FID with --inception_weights, lmd_mouth and
+mouth_open_corr. Writes the table as CSV and as markdown beside it. Videos without a face are listed and skipped.
 """
 import argparse
 import csv
+import math
 import os
+
+# Before torch loads OpenMP, as inference.py: its threads sleep while the decoder and encoder need the cores
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
-from common.devices import choose_device
-from common.errors import run_command
+from common.devices import choose_device, resolve_amp
+from common.errors import UserError, run_command
 from common.files import check_writable, write_atomically
-from data.landmark_detector import detect_landmarks
+from common.geometry import CropGeometry
+from evaluation.baselines import reencode, reference_copy
+from evaluation.lip_shape import lip_shape_scores
+from evaluation.protocol import (
+    SCORE_GEOMETRY,
+    LandmarkedVideo,
+    NoFace,
+    RealVideo,
+    Scorers,
+    score_against_real,
+    sync_columns,
+    timed_dub,
+)
 from evaluation.reconstruction import InceptionFeatures, frechet_distance, psnr, ssim
-from evaluation.sync import mouth_crops, sync_score, video_audio_features
-from media.decoder import DecodedVideo
+from evaluation.sync import check_length
 from media.ffmpeg import probe
 from models.checkpoint import load_syncnet
 
 LPIPS_SIDE = 512
 CHUNK = 16
+PROTOCOL = "self_reconstruction"
+DUBBED, REAL, REFERENCE = "dubbed", "real (re-encoded)", "reference copy"
 
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--videos", nargs="+", required=True, help="generated videos (with their audio)")
-    parser.add_argument("--sources", nargs="+", default=None, help="the source of each video, in the same order")
-    parser.add_argument("--syncnet_path", default="./asserts/syncnet_256mouth.pth", help="SyncNet for LSE-D/C")
-    parser.add_argument("--lpips_weights", default="pretrained", help="pretrained, random or a VGG16 .pth")
-    parser.add_argument("--inception_weights", default=None, help="torchvision Inception v3 .pth, for FID")
-    parser.add_argument("--csv", default="./asserts/evaluation.csv", help="where the table is also written")
-    parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
+    add = parser.add_argument
+    add("--protocol", choices=[PROTOCOL], default=None,
+        help="dub --videos (held-out sources) with --checkpoint and score them against themselves")
+    add("--videos", nargs="+", required=True, help="videos with their audio: held-out sources with --protocol, "
+                                                   "else dubbed videos")
+    add("--sources", nargs="+", default=None, help="without --protocol: the source of each video, in the same order")
+    add("--checkpoint", default=None, help="with --protocol: the generator checkpoint (clip or frame stage)")
+    add("--mouth_region_size", type=int, default=None, help="for checkpoints that do not record it (DINet's: 256)")
+    add("--syncnet_path", default=None, help="a SyncNet of this repository (train_syncnet.py), for LSE-D/C repo")
+    add("--lse_syncnet_path", default=None, help="syncnet_python's syncnet_v2.model, for LSE-D/C syncnet_v2 "
+                                                 "(comparable with papers)")
+    add("--identity_weights", default=None, help="arcface_torch's iresnet backbone.pth, for identity_cos")
+    add("--lpips_weights", default="pretrained", help="pretrained, random or a VGG16 .pth")
+    add("--inception_weights", default=None, help="torchvision Inception v3 .pth, for FID")
+    add("--csv", default="./asserts/evaluation.csv", help="without --protocol: where the table is written (and as "
+                                                          "markdown beside it, .md)")
+    add("--out_dir", default="./asserts/evaluation", help="with --protocol: the folder of the tables and videos")
+    add("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
+    add("--amp", choices=["auto", "off", "bf16"], default="auto", help="with --protocol: the dubbing's precision, "
+                                                                       "as inference.py's --amp")
     return parser
 
 
 def check_inputs(opt):
     """Every input, flag and the output, before any work: one line naming the file or flag and the fix."""
-    if opt.sources and len(opt.sources) != len(opt.videos):
-        raise SystemExit(f"--sources gives {len(opt.sources)} videos for {len(opt.videos)} --videos; give one per video")
+    syncnets = bool(opt.syncnet_path or opt.lse_syncnet_path)
+    if opt.protocol:
+        if not opt.checkpoint:
+            raise UserError(f"--protocol {PROTOCOL} needs --checkpoint PATH, the generator to dub --videos with "
+                            f"(a netG_model_epoch_N.pth)")
+        if opt.sources:
+            raise UserError(f"--sources: --protocol {PROTOCOL} scores each of --videos against itself; drop --sources")
+        names = [os.path.splitext(os.path.basename(path))[0] for path in opt.videos]
+        twice = next((name for name in names if names.count(name) > 1), None)
+        if twice:
+            raise UserError(f"--videos: two videos named {twice}, and the videos written to --out_dir are named "
+                            f"after them; rename one")
+    else:
+        if opt.checkpoint:
+            raise UserError(f"--checkpoint: only --protocol {PROTOCOL} dubs videos; add that, or drop --checkpoint "
+                            f"to score --videos as they are")
+        if opt.identity_weights:
+            raise UserError(f"--identity_weights: identity is scored by --protocol {PROTOCOL} (a face before and "
+                            f"after dubbing); add that, or drop --identity_weights")
+        if not syncnets and not opt.sources:
+            raise UserError("nothing to score: pass --syncnet_path and/or --lse_syncnet_path (lip sync), or "
+                            "--sources (against the real videos)")
+        if opt.sources and len(opt.sources) != len(opt.videos):
+            raise UserError(f"--sources gives {len(opt.sources)} videos for {len(opt.videos)} --videos; give one per "
+                            f"video")
     for flag, paths in (("--videos", opt.videos), ("--sources", opt.sources or [])):
         for path in paths:
             if not os.path.isfile(path):
-                raise SystemExit(f"{path}: no such video; check the paths given to {flag}")
+                raise UserError(f"{path}: no such video; check the paths given to {flag}")
             info = probe(path)  # one line naming the file when ffmpeg cannot read it
             if not info["has_video"]:
-                raise SystemExit(f"{path}: no video stream; pass videos to {flag}")
-            if not info["has_audio"]:
-                raise SystemExit(f"{path}: no audio stream, and LSE scores a video against its own speech; pass "
-                                 f"videos with their audio to {flag} (inference.py writes the driving audio in)")
+                raise UserError(f"{path}: no video stream; pass videos to {flag}")
+            if (opt.protocol or syncnets) and not info["has_audio"]:
+                why = "the protocol dubs each video with its own speech" if opt.protocol else \
+                    "LSE scores a video against its own speech"
+                raise UserError(f"{path}: no audio stream, and {why}; pass videos with their audio to {flag} "
+                                f"(inference.py writes the driving audio in)")
+            if syncnets and info["duration"]:
+                try:
+                    check_length(int(info["duration"] * 25))
+                except ValueError as error:
+                    raise UserError(f"{path}: {error}; pass longer videos to {flag}") from None
     if opt.inception_weights and not os.path.isfile(opt.inception_weights):
-        raise SystemExit(f"--inception_weights {opt.inception_weights}: no such file; pass torchvision's Inception v3 "
-                         f"state dict (.pth), or leave the flag out to skip FID")
+        raise UserError(f"--inception_weights {opt.inception_weights}: no such file; pass torchvision's Inception v3 "
+                        f"state dict (.pth), or leave the flag out to skip FID")
+    if opt.mouth_region_size is not None:
+        CropGeometry.checked(opt.mouth_region_size)
     choose_device(opt.device)
-    check_writable(os.path.dirname(os.path.abspath(opt.csv)), "--csv", shown=opt.csv)
+    if opt.protocol:
+        check_writable(opt.out_dir, "--out_dir")
+    else:
+        check_writable(os.path.dirname(os.path.abspath(opt.csv)), "--csv", shown=opt.csv)
 
 
-def lip_sync(path, syncnet, config, device):
-    """(SyncScore, decoded frames) of one video."""
-    video = DecodedVideo(path)
-    landmarks, found = detect_landmarks(video.frames)
-    if not found.any():
-        video.close()
-        raise SystemExit(f"{path}: no face found in any frame; LSE reads the speaker's lips, so pass videos with "
-                         f"one visible, frontal face")
-    mouths = mouth_crops(video.frames, landmarks, config.mouth_region_size or 256)
-    features = video_audio_features(path, config.audio_feature)
+def load_repository_syncnet(path):
+    """(network, config) of a SyncNet of this repository whose audio features can be computed here."""
+    flag = "--syncnet_path"
     try:
-        score = sync_score(syncnet.to(device), mouths, features)
-    except ValueError as error:
-        video.close()
-        raise SystemExit(f"{path}: {error}; pass longer videos") from None
-    return score, video
+        network, config = load_syncnet(path, flag)
+    except UserError:
+        from models.weights_file import read_state_dict
+        try:
+            syncnet_python = any(key.startswith("netcnnlip.") for key in read_state_dict(path, flag, ""))
+        except UserError:
+            syncnet_python = False
+        if syncnet_python:
+            raise UserError(f"{flag} {path}: syncnet_python's SyncNet, not one of this repository; pass it to "
+                            f"--lse_syncnet_path") from None
+        raise
+    if config.audio_feature in ("deepspeech", "unknown"):
+        raise UserError(f"{flag} {path}: it reads {config.audio_feature} audio features, which cannot be computed "
+                        f"here; pass a SyncNet trained by train_syncnet.py on mel or mfcc data")
+    return network, config
 
+
+def load_scorers(opt, device):
+    """Every network the scores asked for need, loaded before any work (a wrong file is named at once)."""
+    scorers = Scorers(device)
+    if opt.syncnet_path:
+        network, config = load_repository_syncnet(opt.syncnet_path)
+        scorers.syncnet = (network.to(device), config)
+    if opt.lse_syncnet_path:
+        from models.lse_syncnet import load_lse_syncnet
+        scorers.lse_syncnet = load_lse_syncnet(opt.lse_syncnet_path).to(device)
+    if opt.protocol and opt.identity_weights:
+        from models.face_recognition import load_face_recognition
+        scorers.identity = load_face_recognition(opt.identity_weights).to(device)
+    if opt.protocol or opt.sources:
+        from models.lpips_loss import LPIPS
+        scorers.lpips = LPIPS(opt.lpips_weights, spatial=bool(opt.protocol)).to(device)
+        if opt.inception_weights:
+            scorers.inception = InceptionFeatures(opt.inception_weights).to(device)
+    return scorers
+
+
+def load_dubbing_generator(opt, device):
+    from dubbing.pipeline import load_generator
+    generator = load_generator(opt.checkpoint, device, opt.mouth_region_size, flag="--checkpoint")
+    if generator.audio_feature in (None, "deepspeech"):
+        raise UserError(f"--checkpoint {opt.checkpoint}: it takes DeepSpeech features, which cannot be computed here "
+                        f"(they need TensorFlow), and the protocol dubs each video with its own audio; pass a "
+                        f"checkpoint trained on mel or mfcc features")
+    return generator
+
+
+# ------------------------------------------------------------------ the protocol
+
+def self_reconstruction(opt, scorers, generator, amp):
+    """The rows of the protocol (per video: dubbed and the two baselines; then their means) and the skipped
+    videos with why."""
+    device = scorers.device
+    folder = os.path.join(opt.out_dir, "videos")
+    rows, skipped, features = [], [], {kind: ([], []) for kind in (DUBBED, REAL, REFERENCE)}
+    for path in tqdm(opt.videos, desc="videos", unit="video"):
+        try:
+            real = RealVideo(path, scorers)
+        except NoFace as why:
+            skipped.append((path, str(why)))
+            tqdm.write(f"skipped {path}: {why}")
+            continue
+        name = os.path.splitext(os.path.basename(path))[0]
+        made = {kind: os.path.join(folder, f"{name}_{suffix}.mp4")
+                for kind, suffix in ((DUBBED, "dubbed"), (REAL, "real_reencoded"), (REFERENCE, "reference_copy"))}
+        cost = timed_dub(path, generator, made[DUBBED], device, amp)
+        reencode(path, made[REAL], device)
+        reference_copy(path, made[REFERENCE], real.landmarks, generator.mouth_size, device)
+        for kind, made_path in made.items():
+            columns, fake_features = score_against_real(made_path, real, scorers)
+            rows.append({"video": os.path.basename(path), "kind": kind, **columns,
+                         **(cost if kind == DUBBED else dict.fromkeys(cost))})
+            if fake_features is not None:
+                features[kind][0].append(fake_features)
+                features[kind][1].append(real.inception[:len(fake_features)])
+    if not rows:
+        raise all_skipped(skipped)
+    means = []
+    for kind, (fake, real) in features.items():
+        mean = mean_row([row for row in rows if row["kind"] == kind], skipped)
+        if fake:
+            mean["FID face"] = frechet_distance(np.concatenate(fake), np.concatenate(real))
+        means.append(mean)
+    return rows + means, skipped
+
+
+# ------------------------------------------------------------------ videos as they are
 
 def as_batch(frames, device, side=None):
     """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1], optionally resized so the longer side is `side`."""
@@ -93,81 +244,155 @@ def as_batch(frames, device, side=None):
     return batch
 
 
-def reconstruction(video, source, lpips, inception, device):
+def reconstruction(video, source, scorers):
+    """PSNR, SSIM, LPIPS over whole frames of two DecodedVideos, and their Inception features (or empty lists)."""
     count = min(len(video), len(source))
     sums = {"PSNR": 0.0, "SSIM": 0.0, "LPIPS": 0.0}
     fake_features, real_features = [], []
-    for start in range(0, count, CHUNK):
-        fake, real = (as_batch(v.frames[start:start + CHUNK], device) for v in (video, source))
-        sums["PSNR"] += float(psnr(fake, real).sum())
-        sums["SSIM"] += float(ssim(fake, real).sum())
-        small_fake, small_real = (as_batch(v.frames[start:start + CHUNK], device, LPIPS_SIDE) for v in (video, source))
-        sums["LPIPS"] += float(lpips(small_fake, small_real).sum())
-        if inception is not None:
-            fake_features.append(inception(fake).cpu().numpy())
-            real_features.append(inception(real).cpu().numpy())
+    with torch.no_grad():
+        for start in range(0, count, CHUNK):
+            fake, real = (as_batch(v.frames[start:start + CHUNK], scorers.device) for v in (video, source))
+            sums["PSNR"] += float(psnr(fake, real).sum())
+            sums["SSIM"] += float(ssim(fake, real).sum())
+            small_fake, small_real = (as_batch(v.frames[start:start + CHUNK], scorers.device, LPIPS_SIDE)
+                                      for v in (video, source))
+            sums["LPIPS"] += float(scorers.lpips(small_fake, small_real).sum())
+            if scorers.inception is not None:
+                fake_features.append(scorers.inception(fake).cpu().numpy())
+                real_features.append(scorers.inception(real).cpu().numpy())
     return {name: total / count for name, total in sums.items()}, fake_features, real_features
+
+
+def score_as_they_are(opt, scorers):
+    """Rows of the videos as given (and against --sources), the mean row, and the skipped videos with why."""
+    rows, skipped, fake_features, real_features = [], [], [], []
+    for index, video_path in enumerate(tqdm(opt.videos, desc="videos", unit="video")):
+        opened, path = [], video_path  # `path`: the one being opened, named if it has no face
+        try:
+            video = LandmarkedVideo.open(path)
+            opened.append(video)
+            row = {"video": os.path.basename(path), "frames": len(video), **sync_columns(video, scorers)}
+            if opt.sources:
+                path = opt.sources[index]
+                source = LandmarkedVideo.open(path)
+                opened.append(source)
+                row.update(sync_columns(source, scorers, prefix="source "))
+                metrics, fakes, reals = reconstruction(video.video, source.video, scorers)
+                row.update(metrics)
+                fake_features += fakes
+                real_features += reals
+                count = min(len(video), len(source))
+                row.update(lip_shape_scores(video.landmarks[:count], source.landmarks[:count],
+                                            video.found[:count] & source.found[:count]))
+            rows.append(row)
+        except NoFace as why:
+            skipped.append((path, str(why)))
+            tqdm.write(f"skipped {path}: {why}")
+        finally:
+            for opened_video in opened:
+                opened_video.close()
+    if not rows:
+        raise all_skipped(skipped)
+    if len(rows) > 1 or skipped:
+        rows.append(mean_row(rows, skipped))
+    if fake_features:
+        rows[-1]["FID"] = frechet_distance(np.concatenate(fake_features), np.concatenate(real_features))
+    return rows, skipped
+
+
+# ------------------------------------------------------------------ tables
+
+def all_skipped(skipped):
+    path, why = skipped[0]
+    more = f" (and so did {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+    return UserError(f"{path}: {why}{more}; the scores read the speaker's lips, so pass videos with one visible, "
+                     f"frontal face")
+
+
+def mean_row(rows, skipped):
+    """The mean of each number over `rows` (NaN cells left out), frames summed; the skipped videos counted."""
+    label = f"mean of {len(rows)}" + (f" ({len(skipped)} skipped)" if skipped else "")
+    mean = {"video": label, **({"kind": rows[0]["kind"]} if "kind" in rows[0] else {}),
+            "frames": sum(row["frames"] for row in rows)}
+    for key in rows[0]:
+        values = [row.get(key) for row in rows]
+        if key not in mean and all(isinstance(value, (int, float)) for value in values):
+            finite = [value for value in values if not math.isnan(value)]
+            mean[key] = float(np.mean(finite)) if finite else float("nan")
+    return mean
+
+
+def columns_of(rows):
+    return list(dict.fromkeys(key for row in rows for key in row))
 
 
 def write_csv(rows, path):
     """The table as CSV at `path`, complete or not at all (an earlier table there stays until this one is written)."""
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-
     def write(f):
-        writer = csv.DictWriter(f, columns)
+        writer = csv.DictWriter(f, columns_of(rows))
         writer.writeheader()
         writer.writerows(rows)
     write_atomically(path, write, mode="w")
 
 
-def print_table(rows):
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    def cell(value):
-        return f"{value:.4f}" if isinstance(value, float) else str(value)
-    widths = {c: max(len(c), *(len(cell(row.get(c, ""))) for row in rows)) for c in columns}
-    print("  ".join(c.ljust(widths[c]) for c in columns))
-    for row in rows:
-        print("  ".join(cell(row.get(c, "")).ljust(widths[c]) for c in columns))
+def cell(value):
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+    return str(value)
+
+
+def markdown(rows, title, notes):
+    """A markdown document: the title, the notes (one line each), the table with its columns padded."""
+    columns = columns_of(rows)
+    cells = [[cell(row.get(column)) for column in columns] for row in rows]
+    widths = [max(len(column), *(len(line[i]) for line in cells)) for i, column in enumerate(columns)]
+
+    def line(values):
+        return "| " + " | ".join(value.ljust(width) for value, width in zip(values, widths)) + " |"
+    table = [line(columns), line(["-" * width for width in widths]), *(line(values) for values in cells)]
+    return "\n".join([f"# {title}", "", *notes, "", *table, ""])
+
+
+def write_tables(rows, csv_path, title, notes):
+    """CSV at `csv_path`, markdown beside it (.md); the markdown printed."""
+    document = markdown(rows, title, notes)
+    markdown_path = os.path.splitext(csv_path)[0] + ".md"
+    write_csv(rows, csv_path)
+    write_atomically(markdown_path, lambda f: f.write(document), mode="w")
+    print(document)
+    print(f"wrote {csv_path} and {markdown_path}")
 
 
 def main():
     opt = build_parser().parse_args()
     check_inputs(opt)
     device = choose_device(opt.device)
-    syncnet, config = load_syncnet(opt.syncnet_path, "--syncnet_path")
-    if config.audio_feature in ("deepspeech", "unknown"):
-        raise SystemExit(f"--syncnet_path {opt.syncnet_path}: it reads {config.audio_feature} audio features, which "
-                         f"cannot be computed here; pass a SyncNet trained by train_syncnet.py on mel or mfcc data")
-    lpips = inception = None
-    if opt.sources:
-        from models.lpips_loss import LPIPS
-        lpips = LPIPS(opt.lpips_weights).to(device)
-        inception = InceptionFeatures(opt.inception_weights).to(device) if opt.inception_weights else None
-    rows, fake_features, real_features = [], [], []
-    for index, path in enumerate(opt.videos):
-        score, video = lip_sync(path, syncnet, config, device)
-        row = {"video": os.path.basename(path), "frames": len(video), "LSE-D": score.lse_d, "LSE-C": score.lse_c,
-               "offset": score.offset}
-        if opt.sources:
-            source_score, source = lip_sync(opt.sources[index], syncnet, config, device)
-            row.update({"source LSE-D": source_score.lse_d, "source LSE-C": source_score.lse_c})
-            metrics, fakes, reals = reconstruction(video, source, lpips, inception, device)
-            row.update(metrics)
-            fake_features += fakes
-            real_features += reals
-            source.close()
-        video.close()
-        rows.append(row)
-    if len(rows) > 1:
-        mean = {"video": "mean", "frames": sum(r["frames"] for r in rows)}
-        mean.update({key: float(np.mean([r[key] for r in rows])) for key in rows[0] if isinstance(rows[0][key], float)})
-        rows.append(mean)
-    print_table(rows)
-    if fake_features:
-        print(f"FID over {sum(len(f) for f in fake_features)} frames: "
-              f"{frechet_distance(np.concatenate(fake_features), np.concatenate(real_features)):.2f}")
-    write_csv(rows, opt.csv)
-    print(f"wrote {opt.csv}")
+    scorers = load_scorers(opt, device)
+    notes = [f"- LSE repo: {opt.syncnet_path}" * bool(opt.syncnet_path),
+             f"- LSE syncnet_v2: {opt.lse_syncnet_path}" * bool(opt.lse_syncnet_path),
+             f"- identity_cos: {opt.identity_weights}" * bool(opt.protocol and opt.identity_weights),
+             f"- LPIPS: {opt.lpips_weights}" * bool(scorers.lpips is not None),
+             f"- FID: {opt.inception_weights}" * bool(scorers.inception is not None)]
+    if opt.protocol:
+        generator = load_dubbing_generator(opt, device)
+        if device.type == "cpu":
+            from inference import tune_cpu_allocator
+            tune_cpu_allocator()
+        amp = resolve_amp(opt.amp, device)
+        rows, skipped = self_reconstruction(opt, scorers, generator, amp)
+        geometry = SCORE_GEOMETRY
+        notes = [f"- checkpoint: {opt.checkpoint} (mouth {generator.mouth_size}, {generator.audio_feature} "
+                 f"features), dubbed on {device} with amp {amp}",
+                 f"- scored in DINet's face crop of each real frame, resized to {geometry.width}x{geometry.height} "
+                 f"(mouth {geometry.mouth_size}x{geometry.mouth_size})", *notes]
+        csv_path, title = os.path.join(opt.out_dir, f"{PROTOCOL}.csv"), "Self-reconstruction"
+    else:
+        rows, skipped = score_as_they_are(opt, scorers)
+        csv_path, title = opt.csv, "Evaluation"
+    notes += [f"- skipped {path}: {why}" for path, why in skipped]
+    write_tables(rows, csv_path, title, [note for note in notes if note])
 
 
 if __name__ == "__main__":

@@ -58,13 +58,13 @@ class DubbingModel:
     audio_feature: str
 
 
-def load_generator(path, device, mouth_size=None):
+def load_generator(path, device, mouth_size=None, flag="--pretrained_clip_DINet_path"):
     """The generator of a checkpoint, rebuilt from the checkpoint alone (architecture, mouth size, feature).
 
     DINet's published checkpoints carry no mouth size or feature name: then `mouth_size` must be given (no
     weight depends on the image size, so the weights cannot tell it) and a 29-wide audio input means DeepSpeech.
+    Errors name `flag`, the flag that gave `path`.
     """
-    flag = "--pretrained_clip_DINet_path"
     checkpoint = load_checkpoint(path, flag, needs="net_g", expected="a netG_model_epoch_N.pth from "
                                                                      "train_DINet_clip.py or train_DINet_frame.py")
     config = generator_config_of(checkpoint)

@@ -7,9 +7,11 @@ face size: the distance between the outer eye corners, 36 and 45).
 
     lmd_mouth        mean distance of the 20 mouth points (48-67), in units of the face size, over frames
                      (0: the real mouth; lower is better)
-    mouth_open_corr  Pearson correlation over time of the generated and the real mouth opening (the inner-lip gap
-                     in units of the face size): 1 when the mouth opens and closes with the real one; 0 when either
-                     does not move
+    mouth_open_corr  Lin's concordance correlation over time of the generated and the real mouth opening (the
+                     inner-lip gap in units of the face size): 1 when the mouth opens and closes with the real one,
+                     as far and when it does; about 0 when either barely moves. Unlike Pearson's correlation it
+                     weighs how far the mouth moves: a still mouth keeps a little motion in time with the real one
+                     (the detector reads the real jaw around a pasted mouth), which Pearson's would count as sync
 
 The same detector must measure both sides; its own noise is what a re-encoded copy of the real video scores.
 """
@@ -50,15 +52,16 @@ def lmd_mouth(generated, real):
     return float(distance.mean())
 
 
-def correlation(a, b):
-    """Pearson correlation of two series; 0 when either is constant (nothing moves together)."""
-    a, b = np.asarray(a, np.float64) - np.mean(a), np.asarray(b, np.float64) - np.mean(b)
-    scale = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / scale) if scale > 1e-12 else 0.0
+def concordance(a, b):
+    """Lin's concordance correlation of two series, 2 cov(a, b) / (var a + var b + (mean a - mean b)^2): 1 only
+    where a equals b; 0 when either is constant (nothing moves together)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    scale = a.var() + b.var() + (a.mean() - b.mean()) ** 2
+    return float(2 * np.mean((a - a.mean()) * (b - b.mean())) / scale) if scale > 1e-12 else 0.0
 
 
 def mouth_open_corr(generated, real, offset=0):
-    """Correlation over time of the mouth openings of generated and real landmarks (T, 68, 2); `offset` > 0
+    """Concordance over time of the mouth openings of generated and real landmarks (T, 68, 2); `offset` > 0
     compares generated frame t + offset with real frame t."""
     if len(generated) != len(real):
         raise ValueError(f"mouth_open_corr needs the same number of frames on both sides, got {len(generated)} "
@@ -68,7 +71,7 @@ def mouth_open_corr(generated, real, offset=0):
         opening_generated, opening_real = opening_generated[offset:], opening_real[:-offset]
     elif offset < 0:
         opening_generated, opening_real = opening_generated[:offset], opening_real[-offset:]
-    return correlation(opening_generated, opening_real)
+    return concordance(opening_generated, opening_real)
 
 
 def best_offset_corr(generated, real, max_offset=1):
@@ -76,3 +79,14 @@ def best_offset_corr(generated, real, max_offset=1):
     scores = {offset: mouth_open_corr(generated, real, offset) for offset in range(-max_offset, max_offset + 1)}
     best = max(scores, key=lambda offset: (scores[offset], -abs(offset)))
     return best, scores[best]
+
+
+def lip_shape_scores(generated, real, found):
+    """{"lmd_mouth", "mouth_open_corr"} of generated against real landmarks (T, 68, 2) over the frames where
+    `found` (T,) says both faces were detected (the detector's guesses elsewhere are not measurements); NaN when
+    there are none."""
+    found = np.asarray(found, bool)
+    if not found.any():
+        return {"lmd_mouth": float("nan"), "mouth_open_corr": float("nan")}
+    generated, real = np.asarray(generated)[found], np.asarray(real)[found]
+    return {"lmd_mouth": lmd_mouth(generated, real), "mouth_open_corr": mouth_open_corr(generated, real)}

@@ -9,6 +9,7 @@ import warnings
 from torch import nn
 
 from common.errors import UserError
+
 from .pretrained import pretrained_state
 
 # lpips' vgg16 keeps torchvision's layer indices inside five slices: features.{i} -> net.slice{k}.{i}
@@ -31,14 +32,14 @@ def _trunk_state(vgg16_state):
 class LPIPS(nn.Module):
     """Frozen LPIPS-VGG distance per image pair: inputs (N, 3, H, W) in [0, 1] -> (N,)."""
 
-    def __init__(self, weights="pretrained"):
+    def __init__(self, weights="pretrained", spatial=False):
         super().__init__()
         import lpips  # imports torchvision (2-3 s): only where LPIPS is used
         from torchvision import models
         with warnings.catch_warnings():  # lpips builds its trunk with torchvision's deprecated `pretrained=`
             warnings.simplefilter("ignore")
             # pnet_rand: lpips builds a random trunk instead of downloading; its linear layers still load
-            self.metric = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False)
+            self.metric = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False, spatial=spatial)
         if weights != "random":
             trunk = _trunk_state(pretrained_state(weights, models.VGG16_Weights.IMAGENET1K_V1, "--lpips_weights",
                                                           "torchvision VGG16 (ImageNet)"))
@@ -54,4 +55,7 @@ class LPIPS(nn.Module):
         return super().train(False)  # frozen metric: never in training mode (it has dropout)
 
     def forward(self, fake, real):
-        return self.metric(fake, real, normalize=True).flatten()  # normalize: [0, 1] -> lpips' [-1, 1]
+        """(N,) distances; with `spatial`, (N, H, W) maps of the distance at each pixel, whose means are about the
+        (N,) distances."""
+        distance = self.metric(fake, real, normalize=True)  # normalize: [0, 1] -> lpips' [-1, 1]
+        return distance[:, 0] if self.metric.spatial else distance.flatten()

@@ -8,10 +8,9 @@ ours come from the same network when its weights are given.
 
 The weights are not shipped (they are syncnet_python's to distribute): pass the file by path.
 """
-import torch
 from torch import nn
 
-from common.errors import UserError
+from .weights_file import load_state_dict_into, read_state_dict
 
 LIP_FRAMES = 5            # video frames per window, at 25 fps
 MFCC_PER_FRAME = 4        # 100 MFCC steps per second / 25 frames per second
@@ -58,22 +57,6 @@ class LseSyncNet(nn.Module):
 
 
 def load_lse_syncnet(path, flag="--lse_syncnet_path"):
-    """syncnet_python's `syncnet_v2.model` (a state dict), read as weights only, in eval mode."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"{flag} {path}: no such file; pass syncnet_python's syncnet_v2.model") from None
-    except Exception as error:
-        raise UserError(f"{flag} {path}: not a plain PyTorch state dict ({type(error).__name__}); pass "
-                        f"syncnet_python's syncnet_v2.model") from None
-    network = LseSyncNet()
-    if not isinstance(state, dict):
-        raise UserError(f"{flag} {path}: holds a {type(state).__name__}, not a state dict; pass syncnet_python's "
-                        f"syncnet_v2.model")
-    try:
-        network.load_state_dict(state)
-    except RuntimeError as error:
-        first = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
-        raise UserError(f"{flag} {path}: not syncnet_python's SyncNet ({first}); pass its syncnet_v2.model") from None
-    network.requires_grad_(False)
-    return network.eval()
+    """syncnet_python's `syncnet_v2.model` (a state dict), read as weights only, frozen, in eval mode."""
+    fix = "pass syncnet_python's syncnet_v2.model (a SyncNet of this repository goes to --syncnet_path)"
+    return load_state_dict_into(LseSyncNet(), read_state_dict(path, flag, fix), path, flag, fix)

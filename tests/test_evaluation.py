@@ -78,7 +78,8 @@ def run_evaluate(*args):
 
 def test_evaluate_scores_each_video_by_its_own_audio_and_writes_the_table(demo, tmp_path):
     """The source's frames with a silent track: every audio window is the same, so no offset can stand out
-    (LSE-C 0), while the source itself, scored by its own speech, has one that does; the frames are the same."""
+    (LSE-C 0), while the source itself, scored by its own speech, has one that does; the frames, and so the mouths,
+    are the same."""
     folder, syncnet = demo
     source = str(folder / "split_video_25fps" / "demo_000.mp4")
     silent = str(tmp_path / "silent.mp4")
@@ -92,7 +93,8 @@ def test_evaluate_scores_each_video_by_its_own_audio_and_writes_the_table(demo, 
         row = next(csv.DictReader(f))
     assert int(row["frames"]) == 25
     assert float(row["PSNR"]) > 90 and float(row["SSIM"]) > 0.999 and float(row["LPIPS"]) < 1e-3
-    assert abs(float(row["LSE-C"])) < 1e-6 < float(row["source LSE-C"])
+    assert abs(float(row["LSE-C repo"])) < 1e-6 < float(row["source LSE-C repo"])
+    assert float(row["lmd_mouth"]) < 1e-6 and float(row["mouth_open_corr"]) > 1 - 1e-6  # the same mouth
 
 
 @pytest.mark.parametrize("args,message", [
