@@ -9,7 +9,7 @@ with the clip's own audio. Scores of the generated faces against the real ones:
     l1, psnr, ssim   on the mouth region (the part the generator makes)
     lpips            on the whole face crop (VGG; --val_lpips_weights)
     lmd_mouth        mouth landmark distance (evaluation/lip_shape.py), landmarks by the face-mesh detector
-    mouth_open_corr  correlation over time of generated and real mouth openings, per video, then averaged
+    mouth_open_corr  concordance over time of generated and real mouth openings, per video, then averaged
     sync             the SyncNet's score of the generated 5-frame clips (1 in sync, 0 off) (the clip stage's SyncNet, or
                      --val_syncnet_path), beside sync_real, the same for the real clips
 
@@ -31,7 +31,7 @@ from config.config import VALIDATION_METRICS as METRICS
 from data.clip_dataset import CLIP_FRAMES
 from data.dataset import FrameCache, to_tensor
 from data.training_json import TrainingSet, load_training_json
-from evaluation.lip_shape import lmd_mouth, mouth_open_corr
+from evaluation.lip_shape import lip_shape_scores
 from evaluation.reconstruction import psnr, ssim
 
 from . import distributed
@@ -197,16 +197,18 @@ class Validator:
         with torch.no_grad():
             scores["lpips"] = float(torch.cat([self.lpips(fake_all[i:i + 32].to(device), real_all[i:i + 32].to(device))
                                                for i in range(0, len(fake_all), 32)]).mean())
-        distances, correlations, measured = [], [], 0
+        per_video, measured = [], 0
         for fake, (real_points, real_found) in zip(fakes, self.real_landmarks):
             points, found = self.landmarks(fake.clamp(0, 1))
             both = found & real_found
-            if both.sum() >= 2:
-                distances.append(lmd_mouth(points[both], real_points[both]) * both.sum())
-                correlations.append(mouth_open_corr(points[both], real_points[both]))
+            if both.sum() >= 2:  # a correlation needs two frames
+                per_video.append((lip_shape_scores(points, real_points, both), int(both.sum())))
                 measured += int(both.sum())
-        scores["lmd_mouth"] = float(sum(distances) / measured) if measured else math.nan
-        scores["mouth_open_corr"] = float(np.mean(correlations)) if correlations else math.nan
+        # lmd_mouth over all measured frames; mouth_open_corr per video (it is a correlation over time), then averaged
+        scores["lmd_mouth"] = (sum(video["lmd_mouth"] * frames for video, frames in per_video) / measured
+                               if measured else math.nan)
+        scores["mouth_open_corr"] = (float(np.mean([video["mouth_open_corr"] for video, _ in per_video]))
+                                     if per_video else math.nan)
         scores["faces_missed"] = len(fake_all) - measured
         if self.syncnet is not None:
             scores["sync"] = self.sync_scores(fakes)
