@@ -138,3 +138,18 @@ def test_the_clip_stage_validates_with_its_syncnet(clip_assets, tmp_path):
         scored = [json.loads(line) for line in f if '"val/sync"' in line]
     assert len(scored) == 1 and math.isfinite(scored[0]["val/sync"]) and math.isfinite(scored[0]["val/sync_real"])
     assert (tmp_path / "netG_best.pth").is_file()  # nothing measurable yet: the first epoch is kept until it is
+
+
+def test_a_syncnet_for_other_data_and_sync_without_a_syncnet_are_refused_before_training(data, clip_assets, tmp_path):
+    from config.config import training_parser
+    from engine.trainer import train as train_stage
+    syncnet_path = clip_assets[3]  # 29-d DeepSpeech, mouth 64; the demo data is 80-d mel
+    base = ["--train_data", data[0], "--val_data", data[1], "--mouth_region_size", "64", "--vgg19_weights", "random",
+            "--val_lpips_weights", "random", "--device", "cpu", "--result_path", str(tmp_path)]
+    opt = training_parser("test", str(tmp_path)).parse_args([*base, "--val_syncnet_path", syncnet_path])
+    with pytest.raises(UserError, match=f"--val_syncnet_path {syncnet_path}: this SyncNet reads 29-d"):
+        train_stage(opt)
+    opt = training_parser("test", str(tmp_path)).parse_args([*base, "--val_metric", "sync"])
+    with pytest.raises(UserError, match="--val_metric sync needs a SyncNet"):
+        train_stage(opt)
+    assert not list(tmp_path.glob("*.pth"))
