@@ -22,7 +22,7 @@ LAYERS = {
     "media": {"common", "media"},
     "data": {"common", "models", "media", "data"},
     "config": {"common", "models", "data", "config"},
-    "engine": {"common", "models", "media", "data", "config", "engine"},
+    "engine": {"common", "models", "media", "data", "config", "evaluation", "engine"},  # validation's metrics
     "dubbing": {"common", "models", "media", "data", "dubbing"},
     "evaluation": {"common", "models", "media", "data", "dubbing", "evaluation"},
 }
