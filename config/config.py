@@ -17,7 +17,7 @@ import argparse
 
 from common.devices import AMP_CHOICES
 from models.dinet import CHOICES
-from models.syncnet import ARCHITECTURES, FACE_STRIDE
+from models.syncnet import ARCHITECTURES, DEFAULT_INPUT_SIZE, FACE_STRIDE
 
 from .labs import LAB_PRESETS
 from .ranges import SEED, integer, number
@@ -30,6 +30,7 @@ LOSS_PRESETS = {
     "latentsync": dict(lamb_perception=0.0, lamb_syncnet_perception=0.05, lamb_l1=1.0, lamb_lpips=0.1,
                        lamb_trepa=10.0),
 }
+SYNCNET_LR = 0.0003  # train_syncnet.py's: as fast as 0.001 on the demo set, and steadier at a constant rate
 
 
 # validation scores, each with whether higher is better (engine/validation.py computes them)
@@ -182,29 +183,33 @@ def clip_training_parser(description, result_path):
 
 
 def syncnet_parser(description, result_path):
-    """train_syncnet.py: the generator scripts' data, schedule and running flags, and the SyncNet's own."""
+    """train_syncnet.py: the generator scripts' data, schedule and running flags, and the SyncNet's own. The defaults
+    are the recipe measured to learn lip sync from a few videos on a CPU (README, SyncNet): the embedding SyncNet,
+    mouths read at 64 x 64, Adam at 0.0003, in-sync windows whose off-sync examples are the batch's other pairings."""
     parser = TrainingParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_data_and_schedule_flags(parser, result_path, epochs=20)
     add = parser.add_argument
     add("--mouth_region_size", type=int, default=256, help="mouth size m of the generator this SyncNet will serve")
     add("--augment_num", type=integer(1), default=1, help="times each 5-frame window is sampled per epoch")
-    add("--batch_size", type=integer(1), default=32, help="windows per batch (each also meets the others' audio)")
-    add("--lr", type=number(0), default=0.0001, help="initial learning rate (Adam; 0 freezes the network)")
+    add("--batch_size", type=integer(1), default=16, help="windows per batch (each also meets the others' audio)")
+    add("--lr", type=number(0), default=SYNCNET_LR, help="initial learning rate (Adam; 0 freezes the network)")
     add("--syncnet_path", default="",
         help="where the trained SyncNet goes (default ./asserts/syncnet_{m}mouth.pth, where the clip stage looks)")
     group = parser.add_argument_group("SyncNet")
-    group.add_argument("--syncnet_arch", default="dinet", choices=ARCHITECTURES,
-                       help="dinet: DINet's score map (published layout); embedding: cosine of embeddings + BCE")
+    group.add_argument("--syncnet_arch", default="embedding", choices=ARCHITECTURES,
+                       help="embedding: cosine of embeddings + BCE (Wav2Lip, LatentSync); dinet: DINet's score map "
+                            "(published layout)")
     group.add_argument("--syncnet_input_size", type=integer(FACE_STRIDE), default=None,
-                       help="resize the m x m mouths to this before the face encoder (a multiple of 32; default m)")
+                       help=f"resize the m x m mouths to this before the face encoder (a multiple of 32; default "
+                            f"{DEFAULT_INPUT_SIZE}, or 32 for mouths under {DEFAULT_INPUT_SIZE})")
     group.add_argument("--syncnet_centre_window", type=on_off, default=True, metavar="{on,off}",
                        help="subtract each window's mean mouth crop and audio vector first (who speaks is not "
                             "evidence of sync; off reads raw inputs, as DINet's published SyncNet does)")
     group.add_argument("--held_out_fraction", type=number(0, 1), default=0.1,
                        help="share of videos kept out of training to measure accuracy on (at least one video)")
-    group.add_argument("--in_sync_fraction", type=number(0, 1), default=0.5,
+    group.add_argument("--in_sync_fraction", type=number(0, 1), default=1.0,
                        help="share of training windows drawn in sync; pairing each window's mouths with the other "
-                            "windows' audio in a batch adds off-sync examples on top")
+                            "windows' audio in a batch adds B - 1 off-sync examples per window on top")
     group.add_argument("--negative_min_shift", type=integer(1), default=5,
                        help="off-sync windows from the same video have their audio at least this many frames away")
     add_running_flags(parser, image_every=500)

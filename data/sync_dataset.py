@@ -42,6 +42,10 @@ class VideoTimeline:
     audio: dict = field(default_factory=dict)         # position -> audio vector
     image_centres: list = field(default_factory=list)  # positions whose frames c-2..c+2 lie in one clip
 
+    def windows(self):
+        """The centres of this video's 5-frame windows that have their 9 audio vectors."""
+        return [centre for centre in self.image_centres if self.has_audio_window(centre)]
+
     def has_audio_window(self, centre):
         return all(centre + offset in self.audio for offset in range(-(AUDIO_FRAMES // 2), AUDIO_FRAMES // 2 + 1))
 
@@ -110,7 +114,7 @@ class SyncDataset(Dataset):
         self.timelines = timelines
         self.min_shift = min_shift
         self.audio_centres = [[c for c in sorted(t.audio) if t.has_audio_window(c)] for t in timelines]
-        windows = [(v, c) for v, t in enumerate(timelines) for c in t.image_centres if t.has_audio_window(c)]
+        windows = [(v, c) for v, t in enumerate(timelines) for c in t.windows()]
         names = ", ".join(t.name for t in timelines)
         if not windows:
             raise UserError(f"videos {names}: no 5-frame window with its 9 audio vectors; check the training JSON")

@@ -9,6 +9,7 @@ go to --syncnet_path in DINet's SyncNet layout, `{"state_dict": {"net": ...}}`, 
 (architecture, mouth size, input size, audio feature) the clip stage checks against its data, and the run
 ends with the line `held-out accuracy: A`.
 """
+import math
 import os
 
 import torch
@@ -16,15 +17,29 @@ from torch.optim import Adam
 from torch.utils.data import DataLoader
 
 from common.errors import UserError
+from config.config import SYNCNET_LR
 from data.sync_dataset import SyncDataset, pair_labels, split_videos, video_timelines
 from data.training_json import check_audio_channel
 from models.checkpoint import atomic_save, syncnet_config_of
-from models.syncnet import SyncNetConfig, build_syncnet
+from models.syncnet import SyncNetConfig, build_syncnet, default_input_size
 
 from . import distributed
 from .trainer import GRID_SAMPLES, Stage, check_data_compatible
 
 THRESHOLD = 0.5  # a score above it says "in sync", for both architectures
+# fewer did not learn lip sync from the demo data (held-out accuracy under 0.7 after 30 epochs; README, SyncNet)
+MIN_TRAINING_VIDEOS, MIN_TRAINING_WINDOWS = 2, 100
+CHANCE_EPOCHS, CHANCE_STEPS = 3, 100  # at chance this many epochs in a row and steps: the log says so
+
+
+def check_enough_data(path, training_timelines, held_out_videos):
+    """Refuse, before any work, a training split too small to learn lip sync from."""
+    windows = sum(len(timeline.windows()) for timeline in training_timelines)
+    if len(training_timelines) < MIN_TRAINING_VIDEOS or windows < MIN_TRAINING_WINDOWS:
+        raise UserError(f"{path}: too small to train a SyncNet on: {len(training_timelines)} training video(s) with "
+                         f"{windows} windows (5 frames and their audio) once {held_out_videos} held out; it needs at "
+                         f"least {MIN_TRAINING_VIDEOS} videos and {MIN_TRAINING_WINDOWS} windows (fewer did not learn "
+                         f"lip sync from the demo data); prepare more or longer videos (python data_processing.py)")
 
 
 def default_syncnet_path(mouth_region_size):
@@ -41,19 +56,22 @@ class SyncNetStage(Stage):
     image_tag = "5 mouth crops of a window"
 
     def __init__(self, opt, config, runtime, training_set):
+        training_names, held_out_names = split_videos(training_set, opt.held_out_fraction, opt.seed)
+        self.training_timelines = video_timelines(training_set, training_names)
+        check_enough_data(training_set.path, self.training_timelines, len(held_out_names))
         self.setup_runtime(opt, runtime)
         self.opt = opt
         self.config = config
         self.device = runtime.device
         self.net = self.build(build_syncnet(config))
         self.optimizers = {"net": Adam(self.net.parameters(), lr=opt.lr)}
-        training_names, held_out_names = split_videos(training_set, opt.held_out_fraction, opt.seed)
-        self.training_timelines = video_timelines(training_set, training_names)
         self.held_out = SyncDataset(video_timelines(training_set, held_out_names), config.mouth_region_size,
                                     min_shift=opt.negative_min_shift, frame_cache_mb=opt.frame_cache_mb,
                                     fixed_seed=opt.seed, input_size=config.input_size)
         self.held_out_names = held_out_names
         self.last_result = None  # (accuracy, loss) on the held-out set after the latest epoch
+        self.epoch_steps, self.epoch_loss_sum = 0, 0.0  # the current epoch's training steps and their summed loss
+        self.at_chance = []  # steps of each epoch of the latest stretch at chance
 
     @classmethod
     def create(cls, opt, training_set, runtime, resume):
@@ -66,7 +84,7 @@ class SyncNetStage(Stage):
                 config = SyncNetConfig(arch=opt.syncnet_arch, audio_channel=audio_channel,
                                        audio_feature=training_set.audio_feature,
                                        mouth_region_size=opt.mouth_region_size,
-                                       input_size=opt.syncnet_input_size or opt.mouth_region_size,
+                                       input_size=opt.syncnet_input_size or default_input_size(opt.mouth_region_size),
                                        centre_window=opt.syncnet_centre_window)
             except ValueError as error:
                 raise UserError(str(error)) from None
@@ -94,6 +112,8 @@ class SyncNetStage(Stage):
             target, weight = pair_labels(batch, self.opt.negative_min_shift)
             loss = network.loss_of(pairs.flatten(0, 1), target.flatten(), weight.flatten())
         self.optimize("net", loss, "Loss_sync")
+        if not self.non_finite:
+            self.epoch_steps, self.epoch_loss_sum = self.epoch_steps + 1, self.epoch_loss_sum + loss.item()
         own = torch.arange(len(in_sync), device=in_sync.device)
         accuracy = ((network.score_of(pairs[own, own].detach()) > THRESHOLD).float() == in_sync).float().mean()
         rows = [list(mouths[i].split(3)) for i in range(min(GRID_SAMPLES, mouths.shape[0]))]
@@ -121,6 +141,39 @@ class SyncNetStage(Stage):
         log.line(f"===> Epoch[{epoch}] held-out ({len(self.held_out)} windows, {len(self.held_out_names)} videos): "
                  f"accuracy {accuracy:.4f} loss {loss:.4f}")
         log.scalars(global_step, epoch, {"held_out_accuracy": accuracy, "held_out_loss": loss})
+        self.check_chance(accuracy, loss, log)
+
+    def check_chance(self, accuracy, loss, log):
+        """Say in the log, once per stretch, when the held-out accuracy has been at chance for CHANCE_EPOCHS epochs
+        and CHANCE_STEPS steps in a row, with what to try."""
+        steps, training_loss = self.epoch_steps, self.epoch_loss_sum / max(1, self.epoch_steps)
+        self.epoch_steps, self.epoch_loss_sum = 0, 0.0
+        chance_loss = distributed.unwrap(self.net).chance_loss
+        margin = max(0.05, 1 / math.sqrt(len(self.held_out)))  # two standard errors of coin flips, at least 0.05
+        if abs(accuracy - 0.5) > margin or loss < 0.9 * chance_loss:
+            self.at_chance = []
+            return
+        self.at_chance.append(steps)
+
+        def long(stretch):
+            return len(stretch) >= CHANCE_EPOCHS and sum(stretch) >= CHANCE_STEPS
+
+        if long(self.at_chance) and not long(self.at_chance[:-1]):
+            log.line(f"warning: held-out accuracy has been at chance (0.5 +- {margin:.2f}) for {len(self.at_chance)} "
+                     f"epochs ({sum(self.at_chance)} steps), held-out loss {loss:.4f} and training loss "
+                     f"{training_loss:.4f} against {chance_loss:.4f} for chance: "
+                     + self.chance_hint())
+
+    def chance_hint(self):
+        """What to try when the held-out accuracy stays at chance."""
+        opt = self.opt
+        if opt.lr == 0:
+            return f"--lr 0 freezes the network; pass --lr {SYNCNET_LR:g}"
+        return (f"check the learning rate (--lr {opt.lr:g}; {SYNCNET_LR:g} learns the demo set), the off-sync examples "
+                f"(--batch_size {opt.batch_size}: each window meets the others' audio; --in_sync_fraction "
+                f"{opt.in_sync_fraction:g}; --negative_min_shift {opt.negative_min_shift}) and the data "
+                f"({len(self.training_timelines)} training videos; a training loss well under chance means too few "
+                f"faces and voices; each clip's audio features must belong to its frames)")
 
     def finish(self, log):
         if self.last_result is None:  # resumed after the last epoch: nothing trained, measure what we have

@@ -25,6 +25,7 @@ a few videos learns those identities and stays at chance on a new face (on the 3
 neither architecture left 50% held-out accuracy in 2000 steps); with it, it learns the motion. Published
 weights were trained without it, so a checkpoint that does not record it reads raw inputs.
 """
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
@@ -36,6 +37,13 @@ from common.geometry import MOUTH_FRAMES
 
 ARCHITECTURES = ("dinet", "embedding")
 FACE_STRIDE = 32    # the face encoder halves the resolution five times
+DEFAULT_INPUT_SIZE = 64  # train_syncnet.py reads larger mouths at this size: lip motion shows, a CPU keeps up
+
+
+def default_input_size(mouth_region_size):
+    """train_syncnet.py's input size for m x m mouths: DEFAULT_INPUT_SIZE, or the largest multiple of 32 below a
+    smaller m (at least 32)."""
+    return min(DEFAULT_INPUT_SIZE, max(FACE_STRIDE, mouth_region_size // FACE_STRIDE * FACE_STRIDE))
 
 
 @dataclass(frozen=True)
@@ -160,6 +168,7 @@ def resize_mouths(mouths, size):
 
 class _SyncNetBase(nn.Module):
     normalised = False  # BatchNorm in the encoders' blocks
+    chance_loss = None  # the loss of a constant score of 0.5 on balanced in-sync / off-sync examples
 
     def __init__(self, in_channel_image=15, in_channel_audio=29, out_dim=128, input_size=None, centre_window=False):
         super().__init__()
@@ -215,6 +224,8 @@ class _SyncNetBase(nn.Module):
 class SyncNet(_SyncNetBase):
     """DINet's SyncNet: a score map, 1 where the mouths follow the audio."""
 
+    chance_loss = 0.25  # (0.5 - 0)^2 and (0.5 - 1)^2
+
     def __init__(self, in_channel_image=15, in_channel_audio=29, out_dim=128, input_size=None, centre_window=False):
         super().__init__(in_channel_image, in_channel_audio, out_dim, input_size, centre_window)
         self.merge_encoder = nn.Sequential(
@@ -246,6 +257,7 @@ class EmbeddingSyncNet(_SyncNetBase):
     encoders are DINet's with BatchNorm in every block but the last, as Wav2Lip's conv blocks have."""
 
     normalised = True
+    chance_loss = math.log(2)  # BCE of 0.5
 
     def compare(self, face_code, audio_code):
         """(N, D, h, w) and (N, D) -> (N,): cosine of the mean face code and the audio code, in [0, 1]."""

@@ -23,10 +23,14 @@ SHARED_MISSING = "needs ../shared/"  # the start of the reason of every skip for
 def pytest_configure(config):
     config.addinivalue_line("markers", "needs_shared(*paths): the test reads these paths under ../shared "
                                        "(skipped, and listed at the end of the run, where one is missing)")
+    config.addinivalue_line("markers", "slow: takes minutes; skipped unless -m names it (pytest -m slow)")
 
 
 def pytest_collection_modifyitems(config, items):
+    run_slow = "slow" in (config.getoption("markexpr") or "")
     for item in items:
+        if item.get_closest_marker("slow") and not run_slow:
+            item.add_marker(pytest.mark.skip(reason="slow: run it with -m slow"))
         for marker in item.iter_markers("needs_shared"):
             missing = [path for path in marker.args if not os.path.exists(os.path.join(SHARED, path))]
             if missing:

@@ -126,7 +126,8 @@ CASES = [
     ("syncnet", "--train_data {one_video_json}", "{one_video_json}: SyncNet training holds out whole videos",
      "prepare at least 2 videos"),
     ("syncnet", "--audio_channel 80", "--audio_channel 80 disagrees with {tiny_json}", "drop --audio_channel"),
-    ("syncnet", "--batch_size 1000", "--batch_size 1000 is larger than", "lower --batch_size"),
+    ("syncnet", "--train_data {syncnet_json} --batch_size 1000", "--batch_size 1000 is larger than",
+     "lower --batch_size"),
     ("syncnet", "--result_path {a_file}/run", "--result_path {a_file}/run: cannot write there",
      "pass a folder you can write to"),
     ("syncnet", "--resume {lab2_64}", "--resume {lab2_64}: not a SyncNet checkpoint", "syncnet_model_epoch_N.pth"),
@@ -268,6 +269,7 @@ def assets(tmp_path_factory, tiny_json, clip_assets, checkpoint):  # noqa: F811
         json.dump(data, f)
     a.few_clips_json = write_dinet_json(str(folder / "few_clips"), videos=2, clips=3)
     a.one_video_json = write_dinet_json(str(folder / "one_video"), videos=1, clips=6)
+    a.syncnet_json = write_dinet_json(str(folder / "syncnet"), videos=3, clips=12)  # enough to train a SyncNet on
     a.bad_frame_json = write_dinet_json(str(folder / "bad_frame"), videos=2, clips=6)
     for path in glob.glob(str(folder / "bad_frame" / "crop" / "**" / "*.jpg"), recursive=True):
         with open(path, "wb") as f:

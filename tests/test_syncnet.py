@@ -148,7 +148,7 @@ def test_not_a_syncnet_file_is_a_one_line_error(tmp_path):
 @pytest.fixture(scope="module")
 def syncnet_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("syncnet_run")
-    json_path = write_dinet_json(str(folder), videos=3, width=29)
+    json_path = write_dinet_json(str(folder), videos=3, clips=12, width=29)  # 2 training videos, 112 windows
     opt = syncnet_parser("test", str(folder / "run")).parse_args(
         ["--train_data", json_path, "--result_path", str(folder / "run"), "--syncnet_path", str(folder / "s.pth"),
          "--syncnet_arch", "embedding", *FAST])
