@@ -23,7 +23,7 @@ from person import footage as footage_checks
 from person.footage import FACE_SAMPLES, FPS, HELD_OUT_SHARE, MIN_PART_FRAMES, MIN_VIDEO_SECONDS, SEGMENT_FRAMES, split_footage
 from person.recipe import Layout, Plan, build_steps, foreign_speech, report
 from person.schedule import (BATCH, EPOCHS, MOUTHS, PASSES, Footage, fit_to_budget, measure_costs, media_seconds,
-                             plan_schedule, training_seconds)
+                             plan_schedule, training_seconds, validation_frames)
 from person.steps import Recipe, duration
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -140,7 +140,8 @@ def make_plan(opt, settings, device):
             held_out[(index + 1) % len(held_out)].stop - held_out[(index + 1) % len(held_out)].start
             for index in range(len(held_out)))
     footage = Footage(frames=training_frames + held_out_frames, training_frames=training_frames,
-                      held_out_frames=held_out_frames, held_out_videos=len(held_out),
+                      held_out_frames=held_out_frames,
+                      validation_frames=sum(validation_frames(part.stop - part.start) for part in held_out),
                       megapixels=max(info["width"] * info["height"] for info in infos.values()) / 1e6,
                       foreign_frames=foreign)
     stages = plan_schedule(training_frames, opt.mouth_region_size, device.type, init=bool(opt.init),

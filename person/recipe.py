@@ -197,7 +197,7 @@ def build_steps(plan, layout, python, device_flags, weights, workers, write_repo
     command = [python, "train_syncnet.py", *data, f"--mouth_region_size={syncnet.mouth}", *SYNCNET,
                *schedule_flags(syncnet, footage.training_frames / 2), f"--result_path={layout.run(syncnet)}",
                f"--syncnet_path={syncnet_path}"]
-    steps.append(Step("syncnet", f"SyncNet for mouth {syncnet.mouth} (training parts only)", [syncnet_path],
+    steps.append(Step(syncnet.name, f"SyncNet for mouth {syncnet.mouth} (training parts only)", [syncnet_path],
                       training_seconds(syncnet, costs, footage), command=command + device_flags,
                       after=remove_step_checkpoints(layout.run(syncnet))))
     command = [python, "train_DINet_clip.py", *validated, f"--mouth_region_size={clip.mouth}",
@@ -278,9 +278,10 @@ def report(plan, layout, command_line, times, weights):
     lines = [
         f"# Personal model: {layout.root}", "",
         f"Command: `{command_line}`", "",
-        f"The model: `{layout.best(plan.stages[-1])}` (the clip stage's best epoch by held-out lmd_mouth; "
-        f"`python inference.py --pretrained_clip_DINet_path` it). Every figure below comes from the held-out parts: "
-        f"the last 10% of each video, never trained on (nor the SyncNet that scores lip sync).", "",
+        f"The model: `{layout.best(plan.stages[-1])}`, the clip stage's best epoch by held-out lmd_mouth (dub with it: "
+        f"`python inference.py --pretrained_clip_DINet_path MODEL --source_video_path ... --driving_audio_path ...`). "
+        f"Every figure below comes from the held-out parts, the end of each video, never trained on (neither by "
+        f"the model nor by the SyncNet that scores lip sync).", "",
         "## Held-out parts dubbed with their own audio (evaluate.py --protocol self_reconstruction)", "",
         results.table_of(layout.path("evaluation", "self_reconstruction.md")), "",
         "## Held-out parts dubbed with foreign speech (lip sync by this run's SyncNet)", "",

@@ -28,12 +28,12 @@ FLOP_RATIO = {("frame", 64): 1.0, ("frame", 128): 4.2, ("frame", 256): 17.1,
 SYNCNET_RATIO = 0.11   # a SyncNet window (embedding, 64x64 mouths) against a frame-64 sample: the demo's 0.059 s and 0.55 s
 FORWARD_RATIO = 0.15   # the generator's forward pass on one frame against a training sample (16 of 108 GFLOPs at 64)
 MEASURE_BATCH = 4      # the CPU measurement's batch: big enough to be typical, small enough to take seconds
-# seconds per frame and megapixel, measured on a 2-core CPU: cutting (decode, encode), data preparation (frames,
-# landmarks, crops), dubbing (decode, landmarks, blend, encode), the self-reconstruction protocol (a dubbing, two
-# baselines, landmarks of four videos, LPIPS) and lip-sync scoring
-PER_FRAME_MEGAPIXEL = {"cut": 0.017, "prepare": 0.02, "dub": 0.03, "evaluate": 0.12, "score": 0.03}
-STARTUP_SECONDS = 10   # a command starting: Python, torch, the networks
-VALIDATION_FRAMES = 40  # generated per held-out video per validation (8 clips of 5)
+# (seconds per frame, seconds per frame and megapixel), measured on a 2-core CPU: cutting (decode, encode), data
+# preparation (frames, landmarks, crops), dubbing (decode, landmarks, blend, encode), the self-reconstruction protocol
+# (a dubbing, two baselines, landmarks of four videos, PSNR/SSIM/LPIPS of three) and lip-sync scoring
+PER_FRAME = {"cut": (0, 0.017), "prepare": (0, 0.02), "dub": (0.05, 0.03), "evaluate": (1.5, 0.12),
+             "score": (0.05, 0.03)}
+STARTUP_SECONDS = 10  # a command starting: Python, torch, the networks
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,16 @@ class Footage:
     frames: int           # all the footage, at 25 fps
     training_frames: int
     held_out_frames: int
-    held_out_videos: int
-    megapixels: float     # of the largest video's frames
+    validation_frames: int  # generated per validation, over the held-out parts (validation_frames)
+    megapixels: float       # of the largest video's frames
     foreign_frames: int   # of the foreign speech the held-out parts are dubbed with, in all
+
+
+def validation_frames(held_out_frames):
+    """Frames a validation generates from a held-out part of `held_out_frames` frames: 5 of each 9-frame clip that
+    is not one of the NUM_REFERENCES clips giving the references, of at most --val_clips (8) clips."""
+    from common.geometry import CLIP_LENGTH, NUM_REFERENCES
+    return 5 * min(8, max(1, held_out_frames // CLIP_LENGTH - NUM_REFERENCES))
 
 
 def plan_schedule(training_frames, mouth, device_type, init=False, scale=1.0):
@@ -94,15 +101,16 @@ def training_seconds(stage, costs, footage):
     """A training command: start-up, its samples, and for the generator stages a validation after every epoch."""
     seconds = STARTUP_SECONDS + stage.samples * costs[stage.kind, stage.mouth]
     if stage.kind != "syncnet":
-        per_validation = VALIDATION_FRAMES * (FORWARD_RATIO * costs["frame", stage.mouth] + PER_FRAME_MEGAPIXEL["dub"])
-        seconds += stage.epochs * footage.held_out_videos * per_validation
+        per_frame = FORWARD_RATIO * costs["frame", stage.mouth] + sum(PER_FRAME["dub"])  # the crops' landmarks too
+        seconds += stage.epochs * footage.validation_frames * per_frame
     return seconds
 
 
 def media_seconds(kind, frames, footage, costs=None, mouth=None):
     """A command that goes over `frames` frames of footage: start-up and its per-frame rate (plus the generator's
     forward pass per frame for dubbing and the protocol)."""
-    seconds = STARTUP_SECONDS + frames * footage.megapixels * PER_FRAME_MEGAPIXEL[kind]
+    per_frame, per_megapixel = PER_FRAME[kind]
+    seconds = STARTUP_SECONDS + frames * (per_frame + footage.megapixels * per_megapixel)
     if kind in ("dub", "evaluate"):
         seconds += frames * FORWARD_RATIO * costs["frame", mouth]
     return seconds

@@ -49,7 +49,8 @@ def progress_line(index, steps, elapsed, measured):
     total = sum(step.seconds for step in steps)
     done = sum(step.seconds for step in steps[:index])
     taken, estimated = measured
-    left = (total - done) * (taken / estimated if estimated else 1.0)
+    # corrected once the steps that ran are a tenth of the whole: before, a few short steps would sway it
+    left = (total - done) * (taken / estimated if estimated >= 0.1 * total else 1.0)
     filled = round(BAR * done / total) if total else BAR
     return (f"[{'#' * filled}{'.' * (BAR - filled)}] step {index + 1}/{len(steps)}: {steps[index].label} · "
             f"{duration(elapsed)} so far · about {duration(left)} left")
