@@ -173,11 +173,11 @@ def load_or_make_plan(opt, layout, device):
         if plan.settings == settings:
             print(f"continuing the run in {layout.root} (its plan: {path})")
             return plan
-        flag, (theirs, ours) = next((key, (plan.settings[key], value)) for key, value in settings.items()
-                                    if plan.settings.get(key) != value)
-        raise UserError(f"--result_path {opt.result_path}: holds a run with other settings (--{flag}: {theirs} there, "
-                        f"{ours} now, or a video changed since); repeat that run's command to continue it, or pass "
-                        f"another --result_path")
+        flag = next(key for key, value in settings.items() if plan.settings.get(key) != value)
+        differs = ("other videos, or the same changed since" if flag == "videos" else
+                   f"{plan.settings.get(flag)} there, {settings[flag]} now")
+        raise UserError(f"--result_path {opt.result_path}: holds a run with other settings (--{flag}: {differs}); "
+                        f"repeat that run's command to continue it, or pass another --result_path")
     plan = make_plan(opt, settings, device)
     write_atomically(path, lambda f: json.dump(plan.to_json(), f, indent=1), mode="w")
     return plan

@@ -101,7 +101,10 @@ class Recipe:
                 if step.after:
                     step.after()
             else:
-                step.action()
+                try:
+                    step.action()
+                except KeyboardInterrupt:  # its output is written under another name first: nothing is left half-done
+                    self.failed(step, -signal.SIGINT)
             seconds = time.time() - step_started
             taken, estimated = taken + seconds, estimated + step.seconds
             self.times[step.name] = seconds

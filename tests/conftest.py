@@ -23,6 +23,8 @@ SHARED_MISSING = "needs ../shared/"  # the start of the reason of every skip for
 def pytest_configure(config):
     config.addinivalue_line("markers", "needs_shared(*paths): the test reads these paths under ../shared "
                                        "(skipped, and listed at the end of the run, where one is missing)")
+    config.addinivalue_line("markers", "slow: takes minutes on a 2-core CPU (a real training run); "
+                                       "-m 'not slow' leaves it out")
 
 
 def pytest_collection_modifyitems(config, items):
