@@ -13,6 +13,7 @@ import os
 import shlex
 import sys
 import textwrap
+from dataclasses import replace
 
 from common.devices import choose_device
 from common.errors import UserError, run_command
@@ -20,9 +21,10 @@ from common.files import check_writable, write_atomically
 from config.ranges import integer, number
 from media.ffmpeg import probe
 from person import footage as footage_checks
-from person.footage import FACE_SAMPLES, FPS, HELD_OUT_SHARE, MIN_PART_FRAMES, MIN_VIDEO_SECONDS, SEGMENT_FRAMES, split_footage
+from person.footage import (FACE_SAMPLES, FPS, HELD_OUT_SHARE, MIN_PART_FRAMES, MIN_VIDEO_SECONDS, SEGMENT_FRAMES,
+                            split_footage)
 from person.recipe import Layout, Plan, build_steps, foreign_speech, report
-from person.schedule import (BATCH, EPOCHS, MOUTHS, PASSES, Footage, fit_to_budget, measure_costs, media_seconds,
+from person.schedule import (BATCH, EPOCH_ITERATIONS, EPOCHS, MOUTHS, PASSES, Footage, fit_to_budget, measure_costs,
                              plan_schedule, training_seconds, validation_frames)
 from person.steps import Recipe, duration
 
@@ -44,8 +46,9 @@ PARAGRAPHS = [
     f"{PASSES['frame', 128]} at 128, {PASSES['frame', 256]} at 256 (with --init: one frame stage at the final size, "
     f"{PASSES['init']}), {PASSES['syncnet']} SyncNet windows and {PASSES['clip']} clip samples of 5 frames; and to the "
     f"device: batches of {sizes(BATCH['cuda'])} on a GPU, {sizes(BATCH['cpu'])} on a CPU. Each stage runs {EPOCHS} "
-    f"epochs (fewer when it has fewer iterations), validated after each, the learning rate fixed for the first half "
-    f"and decaying to 0 over the second (DINet's schedule). --schedule_scale multiplies every stage's iterations.",
+    f"epochs (fewer, of {EPOCH_ITERATIONS} iterations or more, when it is short), validated after each, the learning "
+    f"rate fixed for the first half and decaying to 0 over the second (DINet's schedule). --schedule_scale "
+    f"multiplies every stage's iterations.",
     "time: before starting it says how long it expects to take: seconds per training sample measured here (on a GPU "
     "one synthetic iteration of each stage; on a CPU of the frame stage at mouth 64, the others scaled by their "
     "FLOPs), the rest from per-frame rates of a 2-core CPU; it may be off by half. --max_minutes scales every "
@@ -63,7 +66,8 @@ PARAGRAPHS = [
 
 def build_parser():
     how = "\n".join(textwrap.fill(text, 116, subsequent_indent="  ") for text in PARAGRAPHS)
-    parser = argparse.ArgumentParser(description=__doc__, epilog=how, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, epilog=how,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--videos", nargs="+", required=True, help="the person's footage: talking-head videos with their speech")
     add("--result_path", default="./asserts/person", help="folder of the run (default ./asserts/person)")
@@ -88,7 +92,8 @@ def pretrained_weights():
     cached = {name: os.path.isfile(os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(enum.url)))
               for name, enum in (("vgg19", models.VGG19_Weights.IMAGENET1K_V1),
                                  ("lpips", models.VGG16_Weights.IMAGENET1K_V1))}
-    return {"vgg19": "imagenet" if cached["vgg19"] else "random", "lpips": "pretrained" if cached["lpips"] else "random"}
+    return {"vgg19": "imagenet" if cached["vgg19"] else "random",
+            "lpips": "pretrained" if cached["lpips"] else "random"}
 
 
 def file_identity(path):
@@ -107,8 +112,8 @@ def settings_of(opt, device):
 def check_init(path):
     """The architecture (lab) of --init, a generator checkpoint trained on mel features; one line if it is not."""
     from models.checkpoint import load_checkpoint
-    checkpoint = load_checkpoint(path, "--init", expected="a generator checkpoint (netG_best.pth or "
-                                                          "netG_model_epoch_N.pth) trained on mel features", needs="net_g")
+    expected = "a generator checkpoint (netG_best.pth or netG_model_epoch_N.pth) trained on mel features"
+    checkpoint = load_checkpoint(path, "--init", needs="net_g", expected=expected)
     feature = checkpoint.get("audio_feature")
     if feature != "mel":
         raise UserError(f"--init {path}: trained on {feature or 'DeepSpeech'} audio features, and this recipe "
@@ -124,12 +129,12 @@ def check_speech(path):
     return path
 
 
-def make_plan(opt, settings, device):
+def make_plan(opt, settings, device, layout):
     """Check every input, cut the footage into parts on paper, size the schedule, measure, fit the budget."""
     infos = footage_checks.check_footage(opt.videos)
     lab = check_init(opt.init) if opt.init else "lab1"
     speech = check_speech(os.path.abspath(opt.speech)) if opt.speech else None
-    parts = split_footage({os.path.abspath(path): info["frames"] for path, info in zip(opt.videos, infos.values())})
+    parts = split_footage({os.path.abspath(path): info["frames"] for path, info in infos.items()})
     held_out = [part for part in parts if part.held_out]
     training_frames = sum(part.stop - part.start for part in parts if not part.held_out)
     held_out_frames = sum(part.stop - part.start for part in held_out)
@@ -150,18 +155,13 @@ def make_plan(opt, settings, device):
     costs, how = measure_costs(device, stages, lab)
     plan = Plan(settings, parts, stages, costs, how, 1.0, footage, lab, opt.init and os.path.abspath(opt.init), speech)
     budget = opt.max_minutes and opt.max_minutes * 60
-    plan.stages, plan.factor = fit_to_budget(stages, budget, lambda stages: estimate(plan, stages))
+    plan.stages, plan.factor = fit_to_budget(stages, budget, lambda stages: estimate(plan, layout, stages))
     return plan
 
 
-def estimate(plan, stages=None):
-    """Seconds the whole run is expected to take with `stages` (default the plan's)."""
-    footage, costs, mouth = plan.footage, plan.costs, plan.settings["mouth_region_size"]
-    other = (media_seconds("cut", footage.frames, footage) + media_seconds("prepare", footage.frames, footage)
-             + media_seconds("evaluate", footage.held_out_frames, footage, costs, mouth)
-             + media_seconds("dub", footage.foreign_frames, footage, costs, mouth)
-             + media_seconds("score", footage.foreign_frames, footage))
-    return other + sum(training_seconds(stage, costs, footage) for stage in stages or plan.stages)
+def estimate(plan, layout, stages=None):
+    """Seconds the whole run is expected to take with `stages` (default the plan's): its steps' estimates."""
+    return sum(step.seconds for step in build_steps(replace(plan, stages=stages or plan.stages), layout))
 
 
 def load_or_make_plan(opt, layout, device):
@@ -178,12 +178,12 @@ def load_or_make_plan(opt, layout, device):
                    f"{plan.settings.get(flag)} there, {settings[flag]} now")
         raise UserError(f"--result_path {opt.result_path}: holds a run with other settings (--{flag}: {differs}); "
                         f"repeat that run's command to continue it, or pass another --result_path")
-    plan = make_plan(opt, settings, device)
+    plan = make_plan(opt, settings, device, layout)
     write_atomically(path, lambda f: json.dump(plan.to_json(), f, indent=1), mode="w")
     return plan
 
 
-def describe(plan, opt):
+def describe(plan, opt, layout):
     """What the run will do and how long it is expected to take, printed before it starts."""
     lines = ["footage:"] + [f"  {part.describe()}: {'held out' if part.held_out else 'trained on'}"
                             for part in plan.parts]
@@ -196,13 +196,13 @@ def describe(plan, opt):
         full = plan_schedule(plan.footage.training_frames, opt.mouth_region_size, plan.settings["device"].split(":")[0],
                              init=bool(plan.init), scale=opt.schedule_scale)
         lines.append(f"--max_minutes {opt.max_minutes:g}: the full schedule would take about "
-                     f"{duration(estimate(plan, full))} here; every stage's iterations scaled to "
+                     f"{duration(estimate(plan, layout, full))} here; every stage's iterations scaled to "
                      f"{100 * plan.factor:.1f}% of it" if plan.factor > 0 else
                      f"--max_minutes {opt.max_minutes:g}: even one iteration per stage takes about "
-                     f"{duration(estimate(plan))} here; running that, the smallest schedule")
-    lines.append(f"expected to take about {duration(estimate(plan))} in all on {plan.settings['device']} (training "
-                 f"speed measured here: {plan.costs_how}; the rest from per-frame rates of a 2-core CPU; it may be off "
-                 f"by half)")
+                     f"{duration(estimate(plan, layout))} here; running that, the smallest schedule")
+    lines.append(f"expected to take about {duration(estimate(plan, layout))} in all on {plan.settings['device']} "
+                 f"(training speed measured here: {plan.costs_how}; the rest from per-frame rates of a 2-core CPU; "
+                 f"it may be off by half)")
     print("\n".join(lines), flush=True)
 
 
@@ -212,7 +212,7 @@ def main(argv=None):
     check_writable(layout.root, "--result_path")
     device = choose_device(opt.device)
     plan = load_or_make_plan(opt, layout, device)
-    describe(plan, opt)
+    describe(plan, opt, layout)
     weights = pretrained_weights()
     device_flags = [f"--device={opt.device}"] if opt.device else []
     command_line = shlex.join(["python", "train_person.py", *(sys.argv[1:] if argv is None else argv)])

@@ -20,9 +20,9 @@ from media.ffmpeg import FFmpeg, probe
 
 FPS = 25
 HELD_OUT_SHARE = 0.1
-# a training video and a validated held-out one need NUM_REFERENCES + 1 clips of 9 frames; one more spares a clip
-# the detector loses
-MIN_PART_FRAMES = (NUM_REFERENCES + 2) * CLIP_LENGTH  # 63 frames, 2.5 s
+# a training video and a validated held-out one need NUM_REFERENCES + 1 clips of 9 frames (clip k ends before frame
+# 9k + 9, data/prepare.py); one more spares a clip the detector loses
+MIN_PART_FRAMES = (NUM_REFERENCES + 2) * CLIP_LENGTH + 1  # 64 frames, 2.6 s
 SEGMENT_FRAMES = 10 * FPS
 MIN_VIDEO_SECONDS = 8  # a held-out part and two training parts of MIN_PART_FRAMES each (one video alone)
 FACE_SAMPLES = 16      # frames looked at per video before any work (a seek each: about a second)

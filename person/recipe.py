@@ -139,10 +139,10 @@ def check_prepared(json_path, parts):
                             f"view throughout")
 
 
-def schedule_flags(stage, samples_per_epoch_of_one):
+def schedule_flags(stage, items_per_augment):
     """The flags of DINet's schedule for a stage: its epochs (half at a fixed learning rate, half decaying), its
     iterations per epoch, enough samples per epoch for them, a checkpoint at the end and every SAVE_EVERY."""
-    augment = max(1, math.ceil(stage.per_epoch * stage.batch / samples_per_epoch_of_one))
+    augment = max(1, math.ceil(stage.per_epoch * stage.batch / items_per_augment))
     fixed = math.ceil(stage.epochs / 2)
     return [f"--batch_size={stage.batch}", f"--augment_num={augment}", f"--non_decay={fixed}",
             f"--decay={stage.epochs - fixed}", f"--iterations_per_epoch={stage.per_epoch}",
@@ -158,9 +158,11 @@ def remove_step_checkpoints(folder):
     return remove
 
 
-def build_steps(plan, layout, python, device_flags, weights, workers, write_report):
-    """The steps of `plan` (see train_person.py: parts, stages, costs, footage, lab, speech); `weights`: the VGG19 and
-    LPIPS weights flags' values; `write_report`: the action of the last step."""
+def build_steps(plan, layout, python="python", device_flags=(), weights=None, workers=1, write_report=None):
+    """The steps of `plan`, each with its estimated seconds; `weights`: the VGG19 and LPIPS weights flags' values
+    (default random); `write_report`: the action of the last step."""
+    weights = weights or {"vgg19": "random", "lpips": "random"}
+    device_flags = list(device_flags)
     parts, stages, costs, footage = plan.parts, plan.stages, plan.costs, plan.footage
     training = [part for part in parts if not part.held_out]
     held_out = [part for part in parts if part.held_out]

@@ -13,7 +13,7 @@ from dubbing.pipeline import ping_pong
 from media.decoder import DecodedVideo, read_video_frames
 from media.encoder import VideoEncoder
 
-PANEL_HEIGHT = 640       # each half of the side-by-side video
+PANEL_HEIGHT = 960       # each half of the side-by-side video (a talking head filmed whole still shows its mouth)
 SHEET_FRAMES = 6         # mouth pairs per held-out video on the contact sheet
 MOUTH_SIDE = 128         # pixels of each mouth there
 MOUTH_BOX = 1.8          # the mouth's crop: this many mouth widths square, about the mouth's centre

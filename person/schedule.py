@@ -2,8 +2,9 @@
 
 Size: each stage draws PASSES samples per training frame of footage (a frame stage's sample is one frame, a clip
 stage's five, a SyncNet's a 5-frame window), at the device's batch size (BATCH: the lab's on a GPU; smaller on a CPU,
-where a sample costs about the same in any batch and smaller batches update more often), in EPOCHS epochs: validation
-after each, the learning rate fixed for the first half and then decaying to zero, as DINet schedules it.
+so that the model is updated more often in the hours it trains there), in EPOCHS epochs (fewer, of EPOCH_ITERATIONS
+or more, for a short stage): validation after each, the learning rate fixed for the first half and then decaying to
+zero, as DINet schedules it.
 
 Cost: seconds per training sample measured on this machine (measure_costs), the rest (cutting, data preparation,
 validation, dubbing, scoring) from per-frame rates measured on a 2-core CPU. A budget (--max_minutes) scales every
@@ -18,6 +19,7 @@ MOUTHS = (64, 128, 256)
 # general checkpoint (--init) one frame stage at the final size fine-tunes it
 PASSES = {("frame", 64): 50, ("frame", 128): 20, ("frame", 256): 10, "init": 10, "syncnet": 40, "clip": 3}
 EPOCHS = 10
+EPOCH_ITERATIONS = 20  # at least, so a short stage does not spend its time validating
 BATCH = {"cuda": {"frame": {64: 24, 128: 12, 256: 4}, "clip": {64: 12, 128: 6, 256: 3}, "syncnet": 64},
          "cpu": {"frame": {64: 8, 128: 4, 256: 2}, "clip": {64: 2, 128: 1, 256: 1}, "syncnet": 16}}
 
@@ -25,7 +27,8 @@ BATCH = {"cuda": {"frame": {64: 24, 128: 12, 256: 4}, "clip": {64: 12, 128: 6, 2
 # GFLOPs at 64, 128, 256; a clip sample 9764 at 256, 5.3 frame samples), for scaling one CPU measurement to the others
 FLOP_RATIO = {("frame", 64): 1.0, ("frame", 128): 4.2, ("frame", 256): 17.1,
               ("clip", 64): 5.3, ("clip", 128): 22.3, ("clip", 256): 90.4}
-SYNCNET_RATIO = 0.11   # a SyncNet window (embedding, 64x64 mouths) against a frame-64 sample: the demo's 0.059 s and 0.55 s
+# a SyncNet window (embedding, 64x64 mouths) against a frame-64 sample: the demo's 0.059 s and 0.55 s (2-core Zen 4)
+SYNCNET_RATIO = 0.11
 FORWARD_RATIO = 0.15   # the generator's forward pass on one frame against a training sample (16 of 108 GFLOPs at 64)
 MEASURE_BATCH = 4      # the CPU measurement's batch: big enough to be typical, small enough to take seconds
 # (seconds per frame, seconds per frame and megapixel), measured on a 2-core CPU: cutting (decode, encode), data
@@ -49,7 +52,7 @@ class Stage:
 
     @property
     def epochs(self):
-        return min(EPOCHS, self.iterations)
+        return max(1, min(EPOCHS, self.iterations // EPOCH_ITERATIONS))
 
     @property
     def per_epoch(self):
@@ -88,7 +91,8 @@ def plan_schedule(training_frames, mouth, device_type, init=False, scale=1.0):
     if init:
         frames = [stage("frame", mouth, PASSES["init"], batches["frame"][mouth])]
     else:
-        frames = [stage("frame", size, PASSES["frame", size], batches["frame"][size]) for size in MOUTHS if size <= mouth]
+        frames = [stage("frame", size, PASSES["frame", size], batches["frame"][size])
+                  for size in MOUTHS if size <= mouth]
     return frames + [stage("syncnet", mouth, PASSES["syncnet"], batches["syncnet"]),
                      stage("clip", mouth, PASSES["clip"], batches["clip"][mouth])]
 

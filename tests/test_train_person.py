@@ -100,7 +100,7 @@ def test_refusal_as_a_process_is_one_line_without_traceback(tmp_path):
 
 def test_the_last_tenth_of_each_video_is_held_out_and_the_rest_trained_on():
     parts = split_footage({"a.mp4": 1000, "b.mp4": 400})
-    for video, frames, held in (("a.mp4", 1000, 100), ("b.mp4", 400, 63)):  # b: 10% is shorter than 2.5 s
+    for video, frames, held in (("a.mp4", 1000, 100), ("b.mp4", 400, 64)):  # b: 10% is shorter than 2.6 s
         mine = [part for part in parts if part.video == video]
         assert [part.held_out for part in mine] == [False] * (len(mine) - 1) + [True]
         assert mine[0].start == 0 and mine[-1].stop == frames
