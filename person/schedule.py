@@ -14,6 +14,8 @@ import math
 import time
 from dataclasses import dataclass, replace
 
+from common.errors import UserError
+
 MOUTHS = (64, 128, 256)
 # samples per training frame: from scratch the coarse stage learns the face, each finer one refines it; from a
 # general checkpoint (--init) one frame stage at the final size fine-tunes it
@@ -136,14 +138,20 @@ def measure_costs(device, stages, lab="lab1"):
     """({(kind, mouth): seconds per training sample}, how they were had): on a GPU one synthetic iteration of each
     generator stage at its batch size, timed after a warm-up; on a CPU the frame stage at mouth 64 only, at
     MEASURE_BATCH, the others scaled by FLOP_RATIO. The SyncNet is SYNCNET_RATIO of a frame-64 sample."""
+    import torch
+
     from benchmark.measure import timed
     from benchmark.training import training_stage
     from common.devices import resolve_amp
     precision = {"off": "fp32"}.get(resolve_amp("auto", device, training=True), "bf16")  # what --amp auto trains in
 
     def per_sample(kind, mouth, batch, iterations):
-        stage, data = training_stage(f"train_{kind}", mouth, batch, device, precision, True, lab)
-        return timed(lambda: stage.step(data), device, iterations, warmup=1) / batch
+        try:
+            stage, data = training_stage(f"train_{kind}", mouth, batch, device, precision, True, lab)
+            return timed(lambda: stage.step(data), device, iterations, warmup=1) / batch
+        except torch.cuda.OutOfMemoryError:
+            raise UserError(f"--device {device}: the {kind} stage at mouth {mouth} does not fit in its memory at "
+                            f"batch {batch}; pass a smaller --mouth_region_size") from None
 
     started = time.perf_counter()
     if device.type == "cuda":
