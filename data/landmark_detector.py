@@ -14,6 +14,7 @@ than OpenFace's jaw line; DINet's geometry does not use them.
 a face from their neighbours, and smooths each point over time.
 """
 import contextlib
+import importlib
 import os
 import sys
 import warnings
@@ -90,16 +91,31 @@ def _quiet_native_stderr():
 
 def _face_mesh():
     """mediapipe's FaceMesh in video mode, imported only when landmarks are detected."""
+    return _mediapipe_solution("face_mesh", "FaceMesh")(
+        static_image_mode=False, max_num_faces=1, refine_landmarks=False, min_detection_confidence=0.5,
+        min_tracking_confidence=0.5)
+
+
+def _mediapipe_solution(module, name):
+    """A class of mediapipe's solutions, or one line saying how to install mediapipe."""
     try:
-        from mediapipe.python.solutions.face_mesh import FaceMesh
+        return getattr(importlib.import_module(f"mediapipe.python.solutions.{module}"), name)
     except ImportError:
         raise UserError("mediapipe is not installed, so landmarks cannot be detected: run "
                          "`pip install mediapipe==0.10.14`, or pass --openface_landmark_dir with OpenFace CSVs")
     except TypeError as error:  # what protobuf >= 5 raises inside mediapipe 0.10's generated code
         raise UserError(f"mediapipe cannot be imported ({error}); it needs protobuf<5: "
                          f"run `pip install -r requirements.txt`")
-    return FaceMesh(static_image_mode=False, max_num_faces=1, refine_landmarks=False,
-                    min_detection_confidence=0.5, min_tracking_confidence=0.5)
+
+
+def count_faces(frames):
+    """(T,) the number of faces mediapipe's short-range face detector finds in each (H, W, 3) uint8 RGB frame (the
+    face mesh follows one face only, so it cannot tell whether there are more)."""
+    with warnings.catch_warnings(), _quiet_native_stderr():
+        warnings.filterwarnings("ignore", message="SymbolDatabase.GetPrototype", category=UserWarning)
+        with _mediapipe_solution("face_detection", "FaceDetection")(model_selection=0) as detector:
+            return np.array([len(detector.process(np.ascontiguousarray(frame)).detections or [])
+                             for frame in frames], dtype=int)
 
 
 def detect_landmarks(frames, smooth=True):

@@ -1,5 +1,6 @@
 """The conversions of data preparation: a video's audio as wav, any video as a 25 fps mp4, a video's frames as
 JPEGs. Each output is written under a hidden name and renamed when complete (common/files.py)."""
+import contextlib
 import os
 
 from common.errors import UserError
@@ -18,13 +19,35 @@ def extract_audio(video_path, wav_path, sample_rate=16000):
             video_path, wav_path)
 
 
+VIDEO_CODEC = ["-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p"]
+AUDIO_CODEC = ["-c:a", "aac", "-b:a", "128k", "-movflags", "+faststart"]
+EVEN_SIZE = "pad=ceil(iw/2)*2:ceil(ih/2)*2"  # yuv420p needs even sizes
+
+
 def resample_video(video_path, output_path, fps=25):
     """Re-encode the first video and audio streams of any file ffmpeg reads as an H.264/AAC mp4 at `fps`."""
-    video_codec = ["-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p",
-                   "-vf", f"fps={fps},pad=ceil(iw/2)*2:ceil(ih/2)*2"]  # yuv420p needs even sizes
     with atomic_output(output_path) as partial:
-        run(["-i", video_path, "-map", "0:v:0", "-map", "0:a:0?", *video_codec, "-c:a", "aac", "-b:a", "128k",
-             "-movflags", "+faststart", partial], video_path, output_path)
+        run(["-i", video_path, "-map", "0:v:0", "-map", "0:a:0?", *VIDEO_CODEC, "-vf", f"fps={fps},{EVEN_SIZE}",
+             *AUDIO_CODEC, partial], video_path, output_path)
+
+
+def cut_video(video_path, spans, output_paths, fps=25):
+    """Write frames [start, stop) of the video resampled to `fps` (frame i as extract_frames numbers it), with the
+    audio of the same time, to each output (H.264/AAC mp4s at `fps`), for each (start, stop) of `spans`. One decode
+    feeds every output, so spans that meet share no frame and leave none out."""
+    count = len(spans)
+    video = [f"[0:v]fps={fps},{EVEN_SIZE},split={count}" + "".join(f"[v{i}]" for i in range(count))]
+    audio = [f"[0:a]asplit={count}" + "".join(f"[a{i}]" for i in range(count))]
+    outputs = []
+    for i, (start, stop) in enumerate(spans):
+        video.append(f"[v{i}]trim=start_frame={start}:end_frame={stop},setpts=PTS-STARTPTS[video{i}]")
+        audio.append(f"[a{i}]atrim=start={start / fps}:end={stop / fps},asetpts=PTS-STARTPTS[audio{i}]")
+        outputs.append(["-map", f"[video{i}]", "-map", f"[audio{i}]", *VIDEO_CODEC, *AUDIO_CODEC])
+    with contextlib.ExitStack() as stack:
+        partials = [stack.enter_context(atomic_output(path)) for path in output_paths]
+        run(["-i", video_path, "-filter_complex", ";".join(video + audio),
+             *(argument for output, partial in zip(outputs, partials) for argument in [*output, partial])],
+            video_path, output_paths[0])
 
 
 def extract_frames(video_path, frame_dir, fps=25):
