@@ -114,6 +114,9 @@ def add_running_flags(parser, image_every=200):
                        help="memory per loader process for decoded, resized face crops (0: re-read every time)")
     group.add_argument("--iterations_per_epoch", type=integer(0), default=0,
                        help="stop each epoch after N iterations (0: a full pass, DINet's epoch)")
+    group.add_argument("--max_minutes", type=number(above=0), default=None,
+                       help="stop, with a checkpoint, after the epoch past which another would not fit in M minutes "
+                            "of this process's time (the schedule is not shortened: the rate stays where it got to)")
     return group
 
 
@@ -154,6 +157,8 @@ def add_validation_flags(parser):
     group.add_argument("--val_every", type=integer(1), default=1, help="validate every N epochs (and after the last)")
     group.add_argument("--val_metric", default="lmd_mouth", choices=list(VALIDATION_METRICS),
                        help=f"the score that picks {BEST_NAME} (lmd_mouth, l1, lpips: lower is better)")
+    group.add_argument("--val_patience", type=integer(0), default=0,
+                       help="stop when K validations in a row did not improve --val_metric (0: train every epoch)")
     group.add_argument("--val_clips", type=integer(1), default=8, help="9-frame clips generated per held-out video")
     group.add_argument("--val_lpips_weights", default="pretrained",
                        help="LPIPS VGG16 trunk: pretrained (torchvision download/cache), random, or a VGG16 .pth path")

@@ -467,6 +467,17 @@ def validate(validator, stage, checkpointer, log, epoch, iterations, global_step
         checkpointer.save(epoch, iterations, global_step, whole_epoch=True, name=BEST_NAME)
 
 
+def stalled(opt, validator, epoch):
+    """Why to stop early for want of progress on the held-out videos (--val_patience), or None."""
+    if not (validator and getattr(opt, "val_patience", 0) and validator.best):
+        return None
+    since = (epoch - validator.best["epoch"]) // opt.val_every
+    if since < opt.val_patience:
+        return None
+    return (f"{opt.val_metric} has not improved for {since} validations (--val_patience {opt.val_patience}); the best "
+            f"is epoch {validator.best['epoch']}'s, {validator.best['value']:.4g}, in {BEST_NAME}")
+
+
 def train(opt, stage_class=FrameStage):
     """Train `stage_class` as `opt` says; returns the stage (its networks hold the final weights)."""
     runtime = distributed.setup(opt.device)
@@ -517,6 +528,8 @@ def train(opt, stage_class=FrameStage):
     checkpointer = Checkpointer(opt, stage, schedulers, training_set, runtime, log, validator)
     last_epoch = opt.non_decay + opt.decay
     skipped = consecutive = 0
+    run_started = time.perf_counter()
+    patience = getattr(opt, "val_patience", 0)  # the SyncNet has no validation flags
     with StopRequest(announce=runtime.is_main) as stop, workers_shut_down(loader):
         for epoch in range(start_epoch, last_epoch + 1):
             first = start_iteration if epoch == start_epoch else 0
@@ -569,11 +582,21 @@ def train(opt, stage_class=FrameStage):
                 scheduler.step()
             if runtime.is_main:
                 stage.end_epoch(epoch, log, global_step)
-            if validator and (epoch % opt.val_every == 0 or epoch == last_epoch):
-                validate(validator, stage, checkpointer, log, epoch, iterations, global_step,
-                         time.perf_counter() - epoch_started)
-            if epoch % opt.checkpoint == 0:
+            now = time.perf_counter()
+            # another epoch like this one (validation included) would end past the budget
+            out_of_time = opt.max_minutes is not None and distributed.any_rank(
+                (now - run_started) + (now - epoch_started) > opt.max_minutes * 60, runtime)
+            if validator and (epoch % opt.val_every == 0 or epoch == last_epoch or out_of_time):
+                validate(validator, stage, checkpointer, log, epoch, iterations, global_step, now - epoch_started)
+            why = (f"--max_minutes {opt.max_minutes:g} would be over before another epoch ended" if out_of_time
+                   else stalled(opt, validator, epoch))
+            stop_early = epoch < last_epoch and (distributed.any_rank(why, runtime) if patience else bool(why))
+            if epoch % opt.checkpoint == 0 or stop_early:
                 checkpointer.save(epoch, iterations, global_step, whole_epoch=True)
+            if stop_early:
+                log.line(f"stopped after epoch {epoch} of {last_epoch} ({(time.perf_counter() - run_started) / 60:.1f} "
+                         f"min): {why or 'on another process'}")
+                break
     if skipped:
         log.line(f"{skipped} step(s) had a non-finite loss or gradients and were skipped")
     if runtime.is_main:

@@ -1,10 +1,12 @@
 """Validation while training: held-out videos scored the dubbing way, the best checkpoint kept, training unchanged."""
 import json
 import math
+import re
 import subprocess
 import sys
 from argparse import Namespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -153,3 +155,40 @@ def test_a_syncnet_for_other_data_and_sync_without_a_syncnet_are_refused_before_
     with pytest.raises(UserError, match="--val_metric sync needs a SyncNet"):
         train_stage(opt)
     assert not list(tmp_path.glob("*.pth"))
+
+
+def test_patience_stops_a_run_once_its_held_out_score_stopped_improving(data, tmp_path):
+    """--val_patience 1: the run ends at the first validation that does not beat the best so far, with a checkpoint
+    of that epoch (to resume from) and the best epoch's netG_best.pth. The generator does not learn (--lr_g 0; only
+    BatchNorm's running statistics move), so its score soon stops improving."""
+    train_json, held_json = data
+    result, done = train(tmp_path, "patient", train_json, "--val_data", held_json, "--non_decay", "5", "--lr_g", "0",
+                         "--val_patience", "1", "--checkpoint", "9", "--val_metric", "l1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    scores = [float(value) for value in re.findall(r"validation at epoch \d+: .*? l1=([\d.]+)", done.stdout)]
+    stall = next((epoch for epoch in range(2, 6) if scores[epoch - 1] >= min(scores[:epoch - 1])), None)
+    if stall is None or stall == 5:  # improved at every validation, or stalled at the last epoch anyway
+        assert len(scores) == 5 and "stopped after" not in done.stdout
+        pytest.skip("the held-out score improved at every epoch: nothing to stop")
+    assert len(scores) == stall and f"stopped after epoch {stall} of 5" in done.stdout
+    assert "has not improved for 1 validations" in done.stdout
+    assert (result / f"netG_model_epoch_{stall}.pth").is_file()
+    assert not (result / f"netG_model_epoch_{stall + 1}.pth").exists()
+    best = int(np.argmin(scores[:stall])) + 1
+    assert load_checkpoint(str(result / "netG_best.pth"), "best")["validation_best"]["epoch"] == best
+
+
+def test_max_minutes_stops_after_the_epoch_past_which_another_would_not_fit(data, tmp_path):
+    train_json, held_json = data
+    flags = ("--val_data", held_json, "--val_every", "5", "--non_decay", "6", "--max_minutes", "0.001", "--checkpoint",
+             "5")
+    result, done = train(tmp_path, "timed", train_json, *flags)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "stopped after epoch 1 of 6" in done.stdout and "--max_minutes 0.001 would be over" in done.stdout
+    # validated although epoch 1 is not a --val_every epoch: the run ends there
+    assert [line[:22] for line in done.stdout.splitlines() if line.startswith("validation at")] == \
+        ["validation at epoch 1:"]
+    assert (result / "netG_model_epoch_1.pth").is_file() and (result / "netG_best.pth").is_file()
+    _, resumed = train(tmp_path, "timed", train_json, *flags, "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stdout and "stopped after epoch 2 of 6" in resumed.stdout
