@@ -40,6 +40,7 @@ from common.files import check_writable, write_atomically
 from common.geometry import CropGeometry
 from evaluation.baselines import reencode, reference_copy
 from evaluation.lip_shape import lip_shape_scores
+from evaluation.procedural import check_faces, procedural_truth, verdict
 from evaluation.protocol import (
     SCORE_GEOMETRY,
     LandmarkedVideo,
@@ -57,7 +58,7 @@ from models.checkpoint import load_syncnet
 
 LPIPS_SIDE = 512
 CHUNK = 16
-PROTOCOL = "self_reconstruction"
+PROTOCOL, PROCEDURAL = "self_reconstruction", "procedural"
 DUBBED, REAL, REFERENCE = "dubbed", "real (re-encoded)", "reference copy"
 
 
@@ -65,10 +66,16 @@ def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add = parser.add_argument
-    add("--protocol", choices=[PROTOCOL], default=None,
-        help="dub --videos (held-out sources) with --checkpoint and score them against themselves")
-    add("--videos", nargs="+", required=True, help="videos with their audio: held-out sources with --protocol, "
-                                                   "else dubbed videos")
+    add("--protocol", choices=[PROTOCOL, PROCEDURAL], default=None,
+        help=f"{PROTOCOL}: dub --videos (held-out sources) with --checkpoint and score them against themselves; "
+             f"{PROCEDURAL}: dub held-out demo --faces with each other's speech and score them against the true "
+             f"faces the demo set's generator draws")
+    add("--videos", nargs="+", default=None, help="videos with their audio: held-out sources with --protocol "
+                                                  f"{PROTOCOL}, else dubbed videos")
+    add("--demo_dir", default=None, help=f"with --protocol {PROCEDURAL}: a demo set (data_processing.py "
+                                         f"--make_demo_data --demo_dir DIR)")
+    add("--faces", nargs="+", default=None, help=f"with --protocol {PROCEDURAL}: 3 or more of its videos the "
+                                                 f"checkpoint never trained on (demo_008 demo_009 ...)")
     add("--sources", nargs="+", default=None, help="without --protocol: the source of each video, in the same order")
     add("--checkpoint", default=None, help="with --protocol: the generator checkpoint (clip or frame stage)")
     add("--mouth_region_size", type=int, default=None, help="for checkpoints that do not record it (DINet's: 256)")
@@ -90,6 +97,12 @@ def build_parser():
 def check_inputs(opt):
     """Every input, flag and the output, before any work: one line naming the file or flag and the fix."""
     syncnets = bool(opt.syncnet_path or opt.lse_syncnet_path)
+    if opt.protocol == PROCEDURAL:
+        return check_procedural(opt)
+    if not opt.videos:
+        raise UserError("--videos: pass the videos to score (or --protocol procedural with --demo_dir and --faces)")
+    if opt.demo_dir or opt.faces:
+        raise UserError(f"--demo_dir / --faces: only --protocol {PROCEDURAL} reads a demo set; add that, or drop them")
     if opt.protocol:
         if not opt.checkpoint:
             raise UserError(f"--protocol {PROTOCOL} needs --checkpoint PATH, the generator to dub --videos with "
@@ -141,6 +154,24 @@ def check_inputs(opt):
         check_writable(opt.out_dir, "--out_dir")
     else:
         check_writable(os.path.dirname(os.path.abspath(opt.csv)), "--csv", shown=opt.csv)
+
+
+def check_procedural(opt):
+    """--protocol procedural's inputs, before any work."""
+    unused = next((flag for flag in ("videos", "sources", "syncnet_path", "lse_syncnet_path", "identity_weights",
+                                     "inception_weights") if getattr(opt, flag)), None)
+    if unused:
+        raise UserError(f"--{unused}: --protocol {PROCEDURAL} dubs the demo set's --faces and scores lip shape only; "
+                        f"drop --{unused}")
+    for flag in ("checkpoint", "demo_dir", "faces"):
+        if not getattr(opt, flag):
+            raise UserError(f"--protocol {PROCEDURAL} needs --{flag} (--checkpoint netG_best.pth --demo_dir DIR "
+                            f"--faces demo_008 demo_009 demo_010)")
+    check_faces(opt.demo_dir, opt.faces)
+    if opt.mouth_region_size is not None:
+        CropGeometry.checked(opt.mouth_region_size)
+    choose_device(opt.device)
+    check_writable(opt.out_dir, "--out_dir")
 
 
 def load_repository_syncnet(path):
@@ -231,6 +262,22 @@ def self_reconstruction(opt, scorers, generator, amp):
             mean["FID face"] = frechet_distance(np.concatenate(fake), np.concatenate(real))
         means.append(mean)
     return rows + means, skipped
+
+
+def procedural(opt, generator, device, amp):
+    """--protocol procedural: the table, and the verdict as its last line."""
+    from dubbing.pipeline import dub
+
+    def dub_with(source, audio, output):
+        dub(source, audio, generator, output, device, amp=amp, progress=False)
+    rows = procedural_truth(opt.demo_dir, opt.faces, dub_with, opt.out_dir, device, generator.mouth_size)
+    _, line = verdict({row["kind"]: row for row in rows if row["face"].startswith("mean")})
+    notes = [f"- checkpoint: {opt.checkpoint} (mouth {generator.mouth_size}), dubbed on {device} with amp {amp}",
+             f"- demo set: {opt.demo_dir}; each face dubbed with the next face's speech (dubbed) and the one after's "
+             f"(mismatched speech), all scored against the face drawn speaking the next face's speech",
+             "- mouth_open_corr at the best offset within +-1 frame (offset > 0: the dubbed mouth late)"]
+    write_tables(rows, os.path.join(opt.out_dir, f"{PROCEDURAL}.csv"), "Dubbing against the true face", notes)
+    print(line)
 
 
 # ------------------------------------------------------------------ videos as they are
@@ -369,6 +416,14 @@ def main():
     opt = build_parser().parse_args()
     check_inputs(opt)
     device = choose_device(opt.device)
+    if opt.protocol:
+        generator = load_dubbing_generator(opt, device)
+        if device.type == "cpu":
+            from inference import tune_cpu_allocator
+            tune_cpu_allocator()
+        amp = resolve_amp(opt.amp, device)
+    if opt.protocol == PROCEDURAL:
+        return procedural(opt, generator, device, amp)
     scorers = load_scorers(opt, device)
     notes = [f"- LSE repo: {opt.syncnet_path}" * bool(opt.syncnet_path),
              f"- LSE syncnet_v2: {opt.lse_syncnet_path}" * bool(opt.lse_syncnet_path),
@@ -376,11 +431,6 @@ def main():
              f"- LPIPS: {opt.lpips_weights}" * bool(scorers.lpips is not None),
              f"- FID: {opt.inception_weights}" * bool(scorers.inception is not None)]
     if opt.protocol:
-        generator = load_dubbing_generator(opt, device)
-        if device.type == "cpu":
-            from inference import tune_cpu_allocator
-            tune_cpu_allocator()
-        amp = resolve_amp(opt.amp, device)
         rows, skipped = self_reconstruction(opt, scorers, generator, amp)
         geometry = SCORE_GEOMETRY
         notes = [f"- checkpoint: {opt.checkpoint} (mouth {generator.mouth_size}, {generator.audio_feature} "

@@ -11,6 +11,7 @@ then runs the real preparation steps (data/prepare.py) on them, so training read
 files it reads for real data. Everything is drawn from numpy generators seeded by (seed, video index):
 the same seed gives the same landmarks, audio and training JSON.
 """
+import json
 import os
 import tempfile
 import wave
@@ -21,6 +22,7 @@ import numpy as np
 from scipy.signal import lfilter
 
 from common.errors import UserError
+from common.files import write_atomically
 from media.encoder import write_video
 
 from . import prepare
@@ -30,6 +32,7 @@ SAMPLE_RATE = 16000
 FPS = 25
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640: one video frame of audio
 FRAME_SIZE = 256  # the face spans ~180 px, so DINet's crop (radius ~56) fits with the head motion
+DEMO_RECORD = "demo_faces.json"  # beside the training JSON: the seed and length that draw the set again
 MAX_OPENING = 18.0  # px between inner lips (points 62 and 66) at the loudest frame
 
 # Vowel formants F1-F3 (Hz, Peterson & Barney averages) and how much the lips spread (+) or round (-).
@@ -292,21 +295,63 @@ def render_talking_face(style, openings, spreads):
 
 # ---------------------------------------------------------------- the data set
 
+@dataclass
+class DemoVideo:
+    """One demo video as drawn: its look, its speech and the lip spread of its vowels per frame."""
+    style: FaceStyle
+    wav: np.ndarray
+    spreads: np.ndarray
+
+
+def demo_video(seed, index, seconds):
+    """Demo video `index` of the set made with `seed`: the same whatever the set's size."""
+    rng = np.random.default_rng([seed, index])
+    style = FaceStyle.draw(rng)
+    wav, spreads = synthesize_speech(rng, seconds)
+    return DemoVideo(style, wav, spreads)
+
+
+def write_talking_face(path, face, speech):
+    """Write `face` (a DemoVideo) speaking `speech`'s audio as an H.264 + AAC mp4 at `path`: with speech = face,
+    the demo video itself; with another video's speech, the true face that dubbing `face` with that speech should
+    give (its head moves as in its own video). Returns the landmarks (T, 68, 2) the face was drawn from."""
+    frames, landmarks = render_talking_face(face.style, mouth_openings(speech.wav), speech.spreads)
+    with tempfile.TemporaryDirectory() as scratch:
+        wav_path = os.path.join(scratch, "speech.wav")
+        _write_wav(wav_path, speech.wav)
+        write_video(path, frames, fps=FPS, audio_path=wav_path)
+    return landmarks
+
+
+def demo_name(index):
+    return f"demo_{index:03d}"
+
+
+def read_demo_record(demo_dir):
+    """{"seed", "seconds", "videos"} of the demo set under demo_dir, as make_demo_data recorded it."""
+    path = os.path.join(demo_dir, DEMO_RECORD)
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        return {"seed": int(record["seed"]), "seconds": float(record["seconds"]), "videos": list(record["videos"])}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UserError(f"{path}: not a demo set's record ({type(error).__name__}); make the demo set with python "
+                        f"data_processing.py --make_demo_data --demo_dir {demo_dir}") from None
+
+
 def make_demo_data(demo_dir, num_videos=3, seconds=4.0, seed=0, audio_feature="mel"):
     """Write `num_videos` demo videos and landmarks under demo_dir in DINet's layout, run data preparation
-    on them, and return the training JSON's path (demo_dir/training_json.json)."""
+    on them, and return the training JSON's path (demo_dir/training_json.json). demo_dir/demo_faces.json records
+    how to draw them again (read_demo_record)."""
     layout = prepare.Layout.under(demo_dir, audio_feature)
+    os.makedirs(layout.split_video_dir, exist_ok=True)
     for index in range(num_videos):
-        rng = np.random.default_rng([seed, index])  # per video, so video i is the same whatever num_videos is
-        style = FaceStyle.draw(rng)
-        wav, spreads = synthesize_speech(rng, seconds)
-        frames, landmarks = render_talking_face(style, mouth_openings(wav), spreads)
-        name = f"demo_{index:03d}"
-        with tempfile.TemporaryDirectory() as scratch:
-            wav_path = os.path.join(scratch, name + ".wav")
-            _write_wav(wav_path, wav)
-            write_video(os.path.join(layout.split_video_dir, name + ".mp4"), frames, fps=FPS, audio_path=wav_path)
+        video = demo_video(seed, index, seconds)
+        name = demo_name(index)
+        landmarks = write_talking_face(os.path.join(layout.split_video_dir, name + ".mp4"), video, video)
         write_openface_csv(os.path.join(layout.openface_landmark_dir, name + ".csv"), landmarks, fps=FPS)
+    record = {"seed": seed, "seconds": seconds, "videos": [demo_name(index) for index in range(num_videos)]}
+    write_atomically(os.path.join(demo_dir, DEMO_RECORD), lambda f: json.dump(record, f, indent=1), mode="w")
 
     settings = prepare.Settings(audio_feature=audio_feature, seed=seed)
     steps = [step for step in prepare.VIDEO_STEPS if step != "debug_draw"]

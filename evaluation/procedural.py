@@ -1,0 +1,126 @@
+"""Dubbing with a ground truth: the procedural demo faces.
+
+A demo face's mouth is drawn from its speech's loudness (data/procedural_faces.py), so for any speech the generator
+that drew the set also draws the true face: demo face A speaking demo video B's speech, its head moving as in its
+own video. Dubbing A with B's speech can then be scored against that truth, where real footage has none. For each
+held-out face A, with B and C the next two held-out videos (in a ring):
+
+    dubbed            A dubbed with B's speech, against A drawn speaking B's speech
+    reference copy    A's mouth region taken from one of its frames (a face that does not speak), against the same
+    mismatched        A dubbed with C's speech, against the same: what a model that ignores which speech it hears,
+                      or only moves the mouth, scores
+
+Scores, from the repository's landmark detector on every video alike: lmd_mouth and mouth_open_corr (evaluation/
+lip_shape.py), the correlation at the offset within +-1 frame where it is best (`offset`, > 0: the dubbed mouth
+late).
+"""
+import math
+import os
+
+from tqdm import tqdm
+
+from common.errors import UserError
+from data.prepare import Layout
+from data.procedural_faces import demo_video, read_demo_record, write_talking_face
+
+from .baselines import reference_copy
+from .lip_shape import best_offset_corr, lmd_mouth
+from .protocol import LandmarkedVideo, NoFace
+
+DUBBED, REFERENCE, MISMATCHED = "dubbed", "reference copy", "mismatched speech"
+MIN_FACES = 3  # a face, the speech it is dubbed with, and a third video's mismatched speech
+
+
+def check_faces(demo_dir, faces, flag="--faces"):
+    """The demo set's record, after checking that `faces` are at least MIN_FACES of its videos."""
+    record = read_demo_record(demo_dir)
+    unknown = [face for face in faces if face not in record["videos"]]
+    if unknown:
+        raise UserError(f"{flag}: {unknown[0]} is not a video of the demo set in {demo_dir} (it has "
+                        f"{', '.join(record['videos'])}); pass held-out videos of that set")
+    if len(set(faces)) < MIN_FACES:
+        raise UserError(f"{flag}: {len(set(faces))} distinct video(s); the protocol needs at least {MIN_FACES} (a "
+                        f"face, the speech it is dubbed with and a mismatched third); hold out more demo videos")
+    return record
+
+
+def scores(made, truth, found):
+    """lmd_mouth and the best-offset mouth_open_corr of a made video's landmarks against the truth's, over the
+    frames where both faces were found."""
+    count = min(len(made.landmarks), len(truth))
+    both = made.found[:count] & found[:count]
+    if not both.any():
+        return {"lmd_mouth": float("nan"), "mouth_open_corr": float("nan"), "offset": None}
+    generated, real = made.landmarks[:count][both], truth[:count][both]
+    offset, correlation = best_offset_corr(generated, real)
+    return {"lmd_mouth": lmd_mouth(generated, real), "mouth_open_corr": correlation, "offset": offset}
+
+
+def detect(path):
+    video = LandmarkedVideo.open(path, progress=False, need_face=False)
+    video.close()
+    return video
+
+
+def procedural_truth(demo_dir, faces, dub, out_dir, device, mouth_size):
+    """Rows (per face: dubbed, reference copy, mismatched) and the mean of each kind. `dub(source, audio, output)`
+    dubs a video file with an audio file; the videos made are kept under out_dir/videos."""
+    record = check_faces(demo_dir, faces)
+    faces = list(dict.fromkeys(faces))
+    layout = Layout.under(demo_dir)
+    folder = os.path.join(out_dir, "videos")
+    os.makedirs(folder, exist_ok=True)
+    rows = []
+    for index, face in enumerate(tqdm(faces, desc="faces", unit="face")):
+        speech, mismatched = faces[(index + 1) % len(faces)], faces[(index + 2) % len(faces)]
+        drawn = {name: demo_video(record["seed"], record["videos"].index(name), record["seconds"])
+                 for name in (face, speech)}
+        source = os.path.join(layout.split_video_dir, face + ".mp4")
+        made = {DUBBED: (speech, os.path.join(folder, f"{face}_speaking_{speech}.mp4")),
+                MISMATCHED: (mismatched, os.path.join(folder, f"{face}_speaking_{mismatched}.mp4")),
+                REFERENCE: (face, os.path.join(folder, f"{face}_reference_copy.mp4"))}
+        truth_path = os.path.join(folder, f"{face}_speaking_{speech}_truth.mp4")
+        write_talking_face(truth_path, drawn[face], drawn[speech])
+        truth = detect(truth_path)
+        if not truth.found.any():
+            raise UserError(f"{truth_path}: the landmark detector finds no face in the drawn truth; the demo set in "
+                            f"{demo_dir} cannot be scored")
+        for kind in (DUBBED, MISMATCHED):
+            audio, output = made[kind]
+            dub(source, os.path.join(layout.audio_dir, audio + ".wav"), output)
+        try:
+            source_video = LandmarkedVideo.open(source, progress=False)
+        except NoFace as why:
+            raise UserError(f"{source}: {why}; the demo set in {demo_dir} cannot be scored") from None
+        source_video.close()
+        reference_copy(source, made[REFERENCE][1], source_video.landmarks, mouth_size, device)
+        for kind in (DUBBED, REFERENCE, MISMATCHED):
+            audio, output = made[kind]
+            rows.append({"face": face, "kind": kind, "speech": audio, "truth speech": speech,
+                         "frames": len(truth.landmarks), **scores(detect(output), truth.landmarks, truth.found)})
+    means = []
+    for kind in (DUBBED, REFERENCE, MISMATCHED):
+        of_kind = [row for row in rows if row["kind"] == kind]
+        means.append({"face": f"mean of {len(of_kind)}", "kind": kind, "frames": sum(r["frames"] for r in of_kind),
+                      **{key: _mean([row[key] for row in of_kind]) for key in ("lmd_mouth", "mouth_open_corr")}})
+    return rows + means
+
+
+def _mean(values):
+    finite = [value for value in values if not math.isnan(value)]
+    return sum(finite) / len(finite) if finite else float("nan")
+
+
+def verdict(means, minimum=0.8):
+    """One line: does the dubbed mouth follow the speech (mouth_open_corr >= minimum and both baselines beaten in
+    both scores)? `means`: {kind: mean row}."""
+    dubbed = means[DUBBED]
+    beaten = all(dubbed["lmd_mouth"] < means[kind]["lmd_mouth"] and
+                 dubbed["mouth_open_corr"] > means[kind]["mouth_open_corr"] for kind in (REFERENCE, MISMATCHED))
+    follows = dubbed["mouth_open_corr"] >= minimum and beaten
+    return follows, (f"the dubbed mouths {'follow' if follows else 'do not yet follow'} the new speech: "
+                     f"mouth_open_corr {dubbed['mouth_open_corr']:.2f} against the true face ({minimum} or more is "
+                     f"the bar), lmd_mouth {dubbed['lmd_mouth']:.3f}; reference copy "
+                     f"{means[REFERENCE]['mouth_open_corr']:.2f} / {means[REFERENCE]['lmd_mouth']:.3f}, mismatched "
+                     f"speech {means[MISMATCHED]['mouth_open_corr']:.2f} / {means[MISMATCHED]['lmd_mouth']:.3f}"
+                     f"{'' if beaten else ' (a baseline is not beaten in both)'}")
