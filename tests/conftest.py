@@ -73,3 +73,19 @@ def write_dinet_json(folder, videos=2, clips=6, width=29, seed=0, relative_to_cw
 @pytest.fixture(scope="session")
 def tiny_json(tmp_path_factory):
     return write_dinet_json(str(tmp_path_factory.mktemp("tiny_data")))
+
+
+def refusal(script, argv, monkeypatch, capsys):
+    """Run a command in this process as `python script argv` from the repository's folder; the one-line message it
+    stops with (it must stop, without a traceback)."""
+    import runpy
+    import sys
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", [script, *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
+    assert "Traceback" not in capsys.readouterr().err
+    message = str(exit_info.value.code)
+    assert "\n" not in message, message
+    return message
+
