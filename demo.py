@@ -1,25 +1,25 @@
-"""The main job on built-in demo data, end to end on a CPU in a few minutes.
+"""The main job on built-in demo data: train a model that dubs, dub a face it never saw, and measure it.
 
-    python demo.py [--out ./asserts/demo] [--device cpu]
+    python demo.py [--minutes 12] [--out ./asserts/demo] [--device cpu]
 
-1. makes the procedural demo dataset (talking faces whose mouths follow a speech-like track), exactly as
-   `python data_processing.py --make_demo_data --demo_dir DIR --num_videos 10` does;
-2. runs the lab's three frame-stage commands briefly, 64 -> 128 -> 256, each stage starting from the
-   previous stage's `netG_model_epoch_2.pth` (--coarse2fine);
-3. trains a small SyncNet on the same data (train_syncnet.py's defaults: embedding architecture, the 256 x 256
-   mouths read at 64 x 64) and reports its accuracy on held-out videos;
-4. runs the lab's fourth command, the clip stage at mouth 256, for one iteration from the 256 frame stage
-   with that SyncNet.
-Each step is a separate process a user could type; every command is printed before it runs. VGG19 uses
-torchvision's ImageNet weights when they are in the torch hub cache and random weights otherwise (this
-machine may have no network).
-
-Measured on a 2-core AMD EPYC (Zen 4; the frame and clip stages in bf16 autocast, `--amp auto`): data 0.1 min,
-frame stages 1 min, SyncNet 4.7 min in fp32 (held-out accuracy 0.92; 0.88 in bf16, so the demo trains it in
-fp32), clip stage 1 min (one iteration: five frames through the generator at mouth 256); about 7 min in all.
+1. makes the procedural demo set (talking faces whose mouths are drawn from their speech's loudness), as
+   `python data_processing.py --make_demo_data --demo_dir DIR --num_videos 20` does;
+2. trains the frame stage at mouth 64 with whole videos held out (`--val_fraction`), until the held-out
+   lmd_mouth stops improving (`--val_patience`) or the minutes left for training are spent (`--max_minutes`),
+   keeping the best epoch as netG_best.pth;
+3. dubs a held-out face with another held-out video's speech (`inference.py`);
+4. scores every held-out face dubbed that way against the face the demo set's generator draws for that speech,
+   beside a face that does not speak and the same model driven by a third clip (`evaluate.py --protocol
+   procedural`), and writes true face | dubbed side by side;
+5. ends with one line saying how far the training got.
+Each step is a command a user could type, printed before it runs. VGG19 and LPIPS use torchvision's ImageNet
+weights when they are in the torch hub cache, random weights otherwise (this machine may have no network).
 """
 import argparse
+import csv
+import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -28,16 +28,18 @@ import time
 import torch
 
 from common.errors import run_command
-from config.ranges import SEED
+from config.ranges import SEED, number
 
-NUM_VIDEOS = 10  # the SyncNet learns lip motion, not faces, from 8 training videos; 2 are held out
-# (mouth size, --augment_num, --batch_size, --iterations_per_epoch): the lab's schedule, shrunk to two short epochs
-STAGES = ((64, 4, 4, 3), (128, 2, 2, 2), (256, 1, 1, 1))
-# train_syncnet.py's defaults (README, SyncNet) on a short schedule: 300 steps of 16 windows, the rate decaying over
-# the second half; 2 videos held out
-SYNCNET = ["--non_decay=6", "--decay=6", "--iterations_per_epoch=25", "--held_out_fraction=0.2", "--num_workers=1"]
-
-
+NUM_VIDEOS = 20        # 17 faces to learn from, 3 held out: a face, the speech it is dubbed with, a mismatched one
+HELD_OUT = 0.15
+# the frame stage at mouth 64 on a CPU: batches of 8 (the model updates more often in the minutes it has), epochs of
+# 17 iterations (each video drawn 8 times), a held-out score after each; L1 beside DINet's losses and twice its
+# learning rate, to learn the face in the minutes a demo has
+TRAINING = ["--mouth_region_size=64", "--batch_size=8", "--augment_num=8", "--non_decay=1000", "--decay=0",
+            "--lamb_l1=10", "--lr_g=0.0002", "--lr_dI=0.0002",
+            f"--val_fraction={HELD_OUT}", "--val_every=1", "--val_patience=4", "--checkpoint=1000",
+            "--keep_step_checkpoints=1", "--num_workers=1"]
+OTHER_MINUTES = 3.0    # data, dubbing and scoring on a 2-core CPU; the rest of --minutes trains
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -50,21 +52,37 @@ def run(command):
     print(f"({time.time() - started:.0f} s)", flush=True)
 
 
-def vgg19_weights():
-    cached = os.path.join(torch.hub.get_dir(), "checkpoints", "vgg19-dcbb9e9d.pth")
+def cached_weights(file_name, flag, fallback="random"):
+    """`pretrained` weights when torchvision's file is in the torch hub cache, else `fallback`, said once."""
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", file_name)
     if os.path.isfile(cached):
-        return "imagenet"
-    print(f"note: no VGG19 ImageNet weights at {cached}; the demo uses --vgg19_weights random "
-          f"(real runs should use imagenet)")
-    return "random"
+        return None
+    print(f"note: no ImageNet weights at {cached}; the demo passes {flag} {fallback} (real runs should not)")
+    return fallback
 
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="./asserts/demo", help="folder for the demo data and runs")
+    parser.add_argument("--minutes", type=number(above=OTHER_MINUTES), default=12.0,
+                        help=f"the whole demo's budget; all but about {OTHER_MINUTES:g} minutes train")
+    parser.add_argument("--out", default="./asserts/demo", help="folder for the demo data, the run and the results")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--seed", type=SEED, default=0, help="seed of the demo dataset")
+    parser.add_argument("--seed", type=SEED, default=0, help="seed of the demo set")
     return parser
+
+
+def training_summary(log_path):
+    """(epochs trained, why it stopped) from a training log."""
+    with open(log_path) as f:
+        text = f.read()
+    epochs = max((int(epoch) for epoch in re.findall(r"validation at epoch (\d+):", text)), default=0)
+    stopped = re.findall(r"stopped after epoch \d+ of \d+ \([\d.]+ min\): (.*)", text)
+    return epochs, stopped[-1] if stopped else "the schedule ended"
+
+
+def mean_rows(csv_path):
+    with open(csv_path) as f:
+        return {row["kind"]: row for row in csv.DictReader(f) if row["face"].startswith("mean")}
 
 
 def main():
@@ -72,35 +90,44 @@ def main():
     opt.out = os.path.abspath(opt.out)  # the commands run from the repository's folder
     started = time.time()
     data_dir = os.path.join(opt.out, "training_data")
-    runs = os.path.join(opt.out, "training_model_weight")
+    run_dir = os.path.join(opt.out, "training_model_weight", "frame_training_64")
     python = sys.executable
+    device = [f"--device={opt.device}"] if opt.device else []
     run([python, "data_processing.py", "--make_demo_data", "--demo_dir", data_dir, "--num_videos", str(NUM_VIDEOS),
          "--seed", str(opt.seed)])
-    data = [f"--train_data={os.path.join(data_dir, 'training_json.json')}"]
-    device = [f"--device={opt.device}"] if opt.device else []
-    generator = data + device + [f"--vgg19_weights={vgg19_weights()}", "--image_every=1"]
 
-    coarse = None
-    for mouth_size, augment_num, batch_size, iterations in STAGES:
-        result_path = os.path.join(runs, f"frame_training_{mouth_size}")
-        command = [python, "train_DINet_frame.py", f"--augment_num={augment_num}",
-                   f"--mouth_region_size={mouth_size}", f"--batch_size={batch_size}"]
-        if coarse:
-            command += ["--coarse2fine", f"--coarse_model_path={coarse}"]
-        run(command + [f"--result_path={result_path}", "--non_decay=1", "--decay=1",
-                       f"--iterations_per_epoch={iterations}"] + generator)
-        coarse = os.path.join(result_path, "netG_model_epoch_2.pth")
+    lpips = cached_weights("vgg16-397923af.pth", "--val_lpips_weights")
+    vgg = cached_weights("vgg19-dcbb9e9d.pth", "--vgg19_weights")
+    training_minutes = opt.minutes - OTHER_MINUTES - (time.time() - started) / 60
+    run([python, "train_DINet_frame.py", f"--train_data={os.path.join(data_dir, 'training_json.json')}", *TRAINING,
+         f"--max_minutes={training_minutes:.1f}", f"--result_path={run_dir}", "--resume=auto",
+         *([f"--val_lpips_weights={lpips}"] if lpips else []), *([f"--vgg19_weights={vgg}"] if vgg else []), *device])
 
-    syncnet = os.path.join(opt.out, "syncnet_256mouth.pth")
-    run([python, "train_syncnet.py", "--mouth_region_size=256", *SYNCNET,
-         f"--result_path={os.path.join(runs, 'syncnet_training_256')}", f"--syncnet_path={syncnet}"] + data + device)
+    with open(os.path.join(run_dir, "validation_split.json")) as f:
+        faces = json.load(f)["videos"]
+    checkpoint = os.path.join(run_dir, "netG_best.pth")
+    face, speech = faces[0], faces[1]
+    results = os.path.join(opt.out, "results")
+    run([python, "inference.py", f"--source_video_path={os.path.join(data_dir, 'split_video_25fps', face + '.mp4')}",
+         f"--driving_audio_path={os.path.join(data_dir, 'split_video_25fps_audio', speech + '.wav')}",
+         f"--pretrained_clip_DINet_path={checkpoint}", f"--res_video_dir={results}", *device])
+    run([python, "evaluate.py", "--protocol=procedural", f"--demo_dir={data_dir}", "--faces", *faces,
+         f"--checkpoint={checkpoint}", f"--out_dir={results}", *device])
 
-    run([python, "train_DINet_clip.py", "--augment_num=1", "--mouth_region_size=256", "--batch_size=1",
-         f"--pretrained_syncnet_path={syncnet}", f"--pretrained_frame_DINet_path={coarse}",
-         f"--result_path={os.path.join(runs, 'clip_training_256')}", "--non_decay=1", "--decay=0",
-         "--checkpoint=1", "--iterations_per_epoch=1"] + generator)
-    print(f"\ndemo done in {(time.time() - started) / 60:.1f} min: checkpoints, log.txt and image grids "
-          f"(samples/*.png) under {runs}, the SyncNet at {syncnet}; watch with `tensorboard --logdir {runs}`")
+    from evaluation.procedural import verdict
+    from person.results import side_by_side
+    videos = os.path.join(results, "videos")
+    comparison = os.path.join(results, f"{face}_speaking_{speech}_true_vs_dubbed.mp4")
+    side_by_side(os.path.join(videos, f"{face}_speaking_{speech}_truth.mp4"),
+                 os.path.join(videos, f"{face}_speaking_{speech}.mp4"), comparison, height=256)
+    means = {kind: {key: float(value) for key, value in row.items() if key in ("lmd_mouth", "mouth_open_corr")}
+             for kind, row in mean_rows(os.path.join(results, "procedural.csv")).items()}
+    follows, line = verdict(means)
+    epochs, why = training_summary(os.path.join(run_dir, "log.txt"))
+    print(f"\ndemo done in {(time.time() - started) / 60:.1f} min. Dubbed: {results} ({face} speaking {speech}'s "
+          f"speech; true face | dubbed in {os.path.basename(comparison)}); the model: {checkpoint}.")
+    print(f"{epochs} epochs at mouth 64 ({why}): {line}."
+          + ("" if follows else f" Give it longer: python demo.py --minutes {max(60, 2 * round(opt.minutes))}."))
 
 
 if __name__ == "__main__":

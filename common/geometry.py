@@ -7,6 +7,7 @@ centre column at point 33 (nose tip), top at point 29 (nose bridge) minus the ra
 """
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from common.errors import UserError
@@ -109,3 +110,12 @@ def crop_box(landmarks, radius):
     left = landmarks[33, 0] - radius - radius_1_4
     right = landmarks[33, 0] + radius + radius_1_4
     return top, bottom, left, right
+
+
+def paste_mask(geometry):
+    """(H, W) float32 weights of the generated crop: 1 over the mouth hole, fading to 0 well inside the crop
+    border (a Gaussian edge), so no box edge or colour step shows in the output."""
+    mask = np.zeros((geometry.height, geometry.width), np.float32)
+    mask[geometry.mouth_rows, geometry.mouth_cols] = 1
+    sigma = geometry.mouth_size / 32  # 3 sigma < the m/8 margin between the hole and the crop border
+    return cv2.GaussianBlur(mask, (0, 0), sigma)

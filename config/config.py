@@ -130,6 +130,8 @@ def training_parser(description, result_path):
     add("--mouth_region_size", type=int, default=64, help="mouth size m; the face crop is (3m/2+m/8) x (m+m/4)")
     add("--batch_size", type=integer(1), default=24, help="training batch size")
     add("--lamb_perception", type=number(0), default=None, help="weight of VGG19 perception loss (preset: dinet 10)")
+    add("--lamb_l1", type=number(0), default=None,
+        help="weight of the L1 reconstruction loss (preset: dinet 0, latentsync 1; the frame stage takes it too)")
     add("--lamb_syncnet_perception", type=number(0), default=None,
         help="weight of the SyncNet loss in the clip stage (preset: dinet 0.1, latentsync 0.05)")
     add("--lr_g", type=number(0), default=0.0001, help="initial learning rate of the generator (Adam; 0 freezes it)")
@@ -172,8 +174,6 @@ def clip_training_parser(description, result_path):
     group = parser.add_argument_group("clip-stage losses (a preset, then per-weight overrides; 0 turns a loss off)")
     group.add_argument("--loss_preset", default="dinet", choices=list(LOSS_PRESETS),
                        help="dinet: perception x10, sync x0.1; latentsync: L1 x1, sync x0.05, LPIPS x0.1, TREPA x10")
-    group.add_argument("--lamb_l1", type=number(0), default=None, help="weight of the L1 reconstruction loss "
-                       "(preset: latentsync 1)")
     group.add_argument("--lamb_lpips", type=number(0), default=None,
                        help="weight of LPIPS (VGG) on the lower half of the face (preset: latentsync 0.1)")
     group.add_argument("--lamb_trepa", type=number(0), default=None,

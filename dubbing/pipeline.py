@@ -33,7 +33,15 @@ import torch
 from tqdm import tqdm
 
 from common.errors import UserError
-from common.geometry import AUDIO_WINDOW, NUM_REFERENCES, CropGeometry, compute_crop_radius, crop_box, mask_mouth
+from common.geometry import (
+    AUDIO_WINDOW,
+    NUM_REFERENCES,
+    CropGeometry,
+    compute_crop_radius,
+    crop_box,
+    mask_mouth,
+    paste_mask,
+)
 from data.audio_features import FEATURE_WIDTHS, compute_audio_feature
 from data.openface_csv import read_openface_csv
 from media.convert import extract_audio
@@ -111,15 +119,6 @@ def ping_pong(num_source, num_output):
     """DINet's alignment of video to audio: the source forwards then backwards, repeated, cut to length."""
     cycle = np.concatenate([np.arange(num_source), np.arange(num_source)[::-1]])
     return np.resize(cycle, num_output)
-
-
-def paste_mask(geometry):
-    """(H, W) float32 weights of the generated crop: 1 over the mouth hole, fading to 0 well inside the crop
-    border (a Gaussian edge), so no box edge or colour step shows in the output."""
-    mask = np.zeros((geometry.height, geometry.width), np.float32)
-    mask[geometry.mouth_rows, geometry.mouth_cols] = 1
-    sigma = geometry.mouth_size / 32  # 3 sigma < the m/8 margin between the hole and the crop border
-    return cv2.GaussianBlur(mask, (0, 0), sigma)
 
 
 def first_pasted_row(mask):

@@ -21,6 +21,7 @@ from itertools import islice
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.optim import Adam
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Sampler
@@ -118,7 +119,8 @@ class Stage:
 
 
 class FrameStage(Stage):
-    """DINet's frame stage: generator and frame discriminator; VGG19 perception x lamb_perception + LSGAN."""
+    """DINet's frame stage: generator and frame discriminator; VGG19 perception x lamb_perception + LSGAN (+ L1 x
+    lamb_l1, 0 in DINet's recipe)."""
 
     checkpoint_networks = ("net_g", "net_dI")
 
@@ -200,6 +202,8 @@ class FrameStage(Stage):
             generator_losses = {"Loss_GI": self.adversarial("net_dI", fake)}
             if self.perception is not None:
                 generator_losses["Loss_perception"] = self.perception(fake, real) * self.opt.lamb_perception
+            if self.opt.lamb_l1:
+                generator_losses["Loss_l1"] = F.l1_loss(fake, real) * self.opt.lamb_l1
         self.update_generator(generator_losses)
 
         losses = {"Loss_DI": loss_dI, **generator_losses}

@@ -8,7 +8,8 @@ with the clip's own audio. Scores of the generated faces against the real ones:
 
     l1, psnr, ssim   on the mouth region (the part the generator makes)
     lpips            on the whole face crop (VGG; --val_lpips_weights)
-    lmd_mouth        mouth landmark distance (evaluation/lip_shape.py), landmarks by the face-mesh detector
+    lmd_mouth        mouth landmark distance (evaluation/lip_shape.py), landmarks by the face-mesh detector on the
+                     generated face pasted into the real crop as dubbing pastes it (its mouth, with a soft edge)
     mouth_open_corr  concordance over time of generated and real mouth openings, per video, then averaged
     sync             the SyncNet's score of the generated 5-frame clips (1 in sync, 0 off) (the clip stage's SyncNet, or
                      --val_syncnet_path), beside sync_real, the same for the real clips
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from common.errors import UserError
-from common.geometry import AUDIO_WINDOW, CLIP_LENGTH, NUM_REFERENCES, CropGeometry, mask_mouth
+from common.geometry import AUDIO_WINDOW, CLIP_LENGTH, NUM_REFERENCES, CropGeometry, mask_mouth, paste_mask
 from config.config import VALIDATION_METRICS as METRICS
 from data.clip_dataset import CLIP_FRAMES
 from data.dataset import FrameCache, to_tensor
@@ -113,6 +114,7 @@ class Validator:
         self.syncnet = syncnet
         self.videos = [self.load_video(name, clips, FrameCache(0)) for name, clips in sorted(held_out.videos.items())]
         self.real_landmarks = [self.landmarks(video["real"]) for video in self.videos]
+        self.paste = torch.from_numpy(paste_mask(self.geometry))  # what dubbing keeps of a generated crop
         from models.lpips_loss import LPIPS
         self.lpips = LPIPS(opt.val_lpips_weights).to(runtime.device)
         if self.syncnet is not None:
@@ -198,8 +200,8 @@ class Validator:
             scores["lpips"] = float(torch.cat([self.lpips(fake_all[i:i + 32].to(device), real_all[i:i + 32].to(device))
                                                for i in range(0, len(fake_all), 32)]).mean())
         per_video, measured = [], 0
-        for fake, (real_points, real_found) in zip(fakes, self.real_landmarks):
-            points, found = self.landmarks(fake.clamp(0, 1))
+        for fake, video, (real_points, real_found) in zip(fakes, self.videos, self.real_landmarks):
+            points, found = self.landmarks(fake.clamp(0, 1) * self.paste + video["real"] * (1 - self.paste))
             both = found & real_found
             if both.sum() >= 2:  # a correlation needs two frames
                 per_video.append((lip_shape_scores(points, real_points, both), int(both.sum())))

@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 
 from common.errors import UserError
-from common.geometry import CropGeometry, crop_box
+from common.geometry import CropGeometry, crop_box, paste_mask
 from dubbing.blend import FaceBlender
-from dubbing.pipeline import crop_radii, encoder_threads, paste_mask
+from dubbing.pipeline import crop_radii, encoder_threads
 from media.decoder import DecodedVideo
 from media.encoder import VideoEncoder
 

@@ -6,9 +6,9 @@ import torch.nn.functional as F
 from test_models import forward_and_gradients
 from torch import nn
 
-from common.geometry import CropGeometry
+from common.geometry import CropGeometry, paste_mask
 from config.labs import LAB_PRESETS
-from dubbing.pipeline import first_pasted_row, paste_mask
+from dubbing.pipeline import first_pasted_row
 from engine.compare import lab_config
 from models import DINet
 from models.blocks import SameBlock

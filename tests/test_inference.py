@@ -11,11 +11,11 @@ import torch
 
 from benchmark.dubbing import face_boxes, video_psnr
 from common.errors import UserError
-from common.geometry import CropGeometry
+from common.geometry import CropGeometry, paste_mask
 from conftest import ROOT
 from data.openface_csv import read_openface_csv
 from data.procedural_faces import make_demo_data
-from dubbing.pipeline import dub, first_pasted_row, load_generator, paste_mask, ping_pong
+from dubbing.pipeline import dub, first_pasted_row, load_generator, ping_pong
 from media.decoder import read_video_frames
 from media.ffmpeg import probe
 from models import DINet

@@ -117,7 +117,8 @@ def test_lip_shape_scores_tell_the_real_mouth_from_a_copied_one(data):
     validator = Validator(options(), held, {}, Runtime(torch.device("cpu")))
     real = [video["real"] for video in validator.videos]
     scores = validator.score(real)
-    assert scores["lmd_mouth"] == pytest.approx(0, abs=1e-9) and scores["mouth_open_corr"] == pytest.approx(1)
+    # 0 and 1 up to the rounding of the blend that pastes the mouth into the real crop
+    assert scores["lmd_mouth"] == pytest.approx(0, abs=1e-3) and scores["mouth_open_corr"] == pytest.approx(1, abs=1e-3)
     assert scores["faces_missed"] == 0 and scores["psnr"] > 60
     geometry = validator.geometry
     frozen = [frames.clone() for frames in real]
