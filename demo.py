@@ -37,7 +37,7 @@ HELD_OUT = 0.15
 # learning rate, to learn the face in the minutes a demo has
 TRAINING = ["--mouth_region_size=64", "--batch_size=8", "--augment_num=8", "--non_decay=1000", "--decay=0",
             "--lamb_l1=10", "--lr_g=0.0002", "--lr_dI=0.0002",
-            f"--val_fraction={HELD_OUT}", "--val_every=1", "--val_patience=4", "--checkpoint=1000",
+            f"--val_fraction={HELD_OUT}", "--val_every=1", "--val_patience=10", "--checkpoint=1000",
             "--keep_step_checkpoints=1", "--num_workers=1"]
 OTHER_MINUTES = 3.0    # data, dubbing and scoring on a 2-core CPU; the rest of --minutes trains
 ROOT = os.path.dirname(os.path.abspath(__file__))
