@@ -126,8 +126,13 @@ def main():
     epochs, why = training_summary(os.path.join(run_dir, "log.txt"))
     print(f"\ndemo done in {(time.time() - started) / 60:.1f} min. Dubbed: {results} ({face} speaking {speech}'s "
           f"speech; true face | dubbed in {os.path.basename(comparison)}); the model: {checkpoint}.")
-    print(f"{epochs} epochs at mouth 64 ({why}): {line}."
-          + ("" if follows else f" Give it longer: python demo.py --minutes {max(60, 2 * round(opt.minutes))}."))
+    if follows:
+        hint = ""
+    elif "--max_minutes" in why:
+        hint = f" Give it longer: python demo.py --minutes {max(60, 2 * round(opt.minutes))}."
+    else:
+        hint = " The held-out score stopped improving before the minutes ran out: more minutes alone will not help."
+    print(f"{epochs} epochs at mouth 64 ({why}): {line}.{hint}")
 
 
 if __name__ == "__main__":
