@@ -53,7 +53,8 @@ def run(command):
 
 
 def cached_weights(file_name, flag, fallback="random"):
-    """`pretrained` weights when torchvision's file is in the torch hub cache, else `fallback`, said once."""
+    """None (the command's default, ImageNet weights) when torchvision's file is in the torch hub cache, else
+    `fallback`, said once."""
     cached = os.path.join(torch.hub.get_dir(), "checkpoints", file_name)
     if os.path.isfile(cached):
         return None

@@ -98,12 +98,12 @@ def check_inputs(opt):
     """Every input, flag and the output, before any work: one line naming the file or flag and the fix."""
     syncnets = bool(opt.syncnet_path or opt.lse_syncnet_path)
     if opt.protocol == PROCEDURAL:
-        return check_procedural(opt)
-    if not opt.videos:
+        check_procedural(opt)
+    elif not opt.videos:
         raise UserError("--videos: pass the videos to score (or --protocol procedural with --demo_dir and --faces)")
-    if opt.demo_dir or opt.faces:
+    elif opt.demo_dir or opt.faces:
         raise UserError(f"--demo_dir / --faces: only --protocol {PROCEDURAL} reads a demo set; add that, or drop them")
-    if opt.protocol:
+    elif opt.protocol:
         if not opt.checkpoint:
             raise UserError(f"--protocol {PROTOCOL} needs --checkpoint PATH, the generator to dub --videos with "
                             f"(a netG_model_epoch_N.pth)")
@@ -127,7 +127,7 @@ def check_inputs(opt):
         if opt.sources and len(opt.sources) != len(opt.videos):
             raise UserError(f"--sources gives {len(opt.sources)} videos for {len(opt.videos)} --videos; give one per "
                             f"video")
-    for flag, paths in (("--videos", opt.videos), ("--sources", opt.sources or [])):
+    for flag, paths in (("--videos", opt.videos or []), ("--sources", opt.sources or [])):
         for path in paths:
             if not os.path.isfile(path):
                 raise UserError(f"{path}: no such video; check the paths given to {flag}")
@@ -157,7 +157,7 @@ def check_inputs(opt):
 
 
 def check_procedural(opt):
-    """--protocol procedural's inputs, before any work."""
+    """--protocol procedural's own flags (check_inputs checks the rest: mouth size, device, --out_dir)."""
     unused = next((flag for flag in ("videos", "sources", "syncnet_path", "lse_syncnet_path", "identity_weights",
                                      "inception_weights") if getattr(opt, flag)), None)
     if unused:
@@ -168,10 +168,6 @@ def check_procedural(opt):
             raise UserError(f"--protocol {PROCEDURAL} needs --{flag} (--checkpoint netG_best.pth --demo_dir DIR "
                             f"--faces demo_008 demo_009 demo_010)")
     check_faces(opt.demo_dir, opt.faces)
-    if opt.mouth_region_size is not None:
-        CropGeometry.checked(opt.mouth_region_size)
-    choose_device(opt.device)
-    check_writable(opt.out_dir, "--out_dir")
 
 
 def load_repository_syncnet(path):

@@ -112,12 +112,13 @@ class SyncNetStage(Stage):
             target, weight = pair_labels(batch, self.opt.negative_min_shift)
             loss = network.loss_of(pairs.flatten(0, 1), target.flatten(), weight.flatten())
         self.optimize("net", loss, "Loss_sync")
+        loss_value = loss.item()
         if not self.non_finite:
-            self.epoch_steps, self.epoch_loss_sum = self.epoch_steps + 1, self.epoch_loss_sum + loss.item()
+            self.epoch_steps, self.epoch_loss_sum = self.epoch_steps + 1, self.epoch_loss_sum + loss_value
         own = torch.arange(len(in_sync), device=in_sync.device)
         accuracy = ((network.score_of(pairs[own, own].detach()) > THRESHOLD).float() == in_sync).float().mean()
         rows = [list(mouths[i].split(3)) for i in range(min(GRID_SAMPLES, mouths.shape[0]))]
-        return {"Loss_sync": loss.item(), "Acc": accuracy.item()}, rows
+        return {"Loss_sync": loss_value, "Acc": accuracy.item()}, rows
 
     @torch.no_grad()
     def evaluate(self):

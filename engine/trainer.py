@@ -473,7 +473,7 @@ def validate(validator, stage, checkpointer, log, epoch, iterations, global_step
 
 def stalled(opt, validator, epoch):
     """Why to stop early for want of progress on the held-out videos (--val_patience), or None."""
-    if not (validator and getattr(opt, "val_patience", 0) and validator.best):
+    if not (validator and opt.val_patience and validator.best):
         return None
     since = (epoch - validator.best["epoch"]) // opt.val_every
     if since < opt.val_patience:
@@ -533,7 +533,6 @@ def train(opt, stage_class=FrameStage):
     last_epoch = opt.non_decay + opt.decay
     skipped = consecutive = 0
     run_started = time.perf_counter()
-    patience = getattr(opt, "val_patience", 0)  # the SyncNet has no validation flags
     with StopRequest(announce=runtime.is_main) as stop, workers_shut_down(loader):
         for epoch in range(start_epoch, last_epoch + 1):
             first = start_iteration if epoch == start_epoch else 0
@@ -594,7 +593,8 @@ def train(opt, stage_class=FrameStage):
                 validate(validator, stage, checkpointer, log, epoch, iterations, global_step, now - epoch_started)
             why = (f"--max_minutes {opt.max_minutes:g} would be over before another epoch ended" if out_of_time
                    else stalled(opt, validator, epoch))
-            stop_early = epoch < last_epoch and (distributed.any_rank(why, runtime) if patience else bool(why))
+            # `why` from patience is the main process's (it alone validates): every process stops with it
+            stop_early = epoch < last_epoch and distributed.any_rank(why, runtime)
             if epoch % opt.checkpoint == 0 or stop_early:
                 checkpointer.save(epoch, iterations, global_step, whole_epoch=True)
             if stop_early:
