@@ -132,12 +132,25 @@ def run(arguments, path, output):
         ffmpeg.finish()
 
 
+SIZE = r", (\d+)x(\d+)\b"  # in ffmpeg's line of a video stream: "..., yuv420p(progressive), 256x256 [SAR 1:1 ...], ..."
+
+
+def _decoded_video_line(path):
+    """ffmpeg's line of the video stream that decoding `path`'s first picture gives ("" if none)."""
+    with FFmpeg(["-i", path, "-frames:v", "1", "-f", "null", "-"], path, loglevel="info") as ffmpeg:
+        ffmpeg.wait()
+        lines = ffmpeg.messages()
+    output = next((i for i, line in enumerate(lines) if line.startswith("Output #0")), len(lines))
+    return next((line for line in lines[output:] if "Video:" in line), "")
+
+
 def probe(video_path, kind="video"):
     """What a media file holds: {"width", "height", "fps", "duration", "has_video", "has_audio", "rotation",
     "colour", "pixel_format"}; colour is (matrix, primaries, transfer) as ffmpeg names them, None where the file
     does not say; pixel_format is ffmpeg's name of the video's ("yuv420p", "gbrp", "rgb24", ...), None without video.
 
-    Parsed from `ffmpeg -i` (imageio-ffmpeg ships no ffprobe); width/height/fps are None without video.
+    Parsed from `ffmpeg -i` (imageio-ffmpeg ships no ffprobe), and for a photograph from its first picture decoded;
+    width/height/fps are None without video.
     `kind` names what the file should be in the message for one ffmpeg cannot read ("video", "audio file").
     """
     if not os.path.isfile(video_path):
@@ -145,13 +158,21 @@ def probe(video_path, kind="video"):
     with FFmpeg(["-i", video_path], video_path, loglevel="info") as ffmpeg:
         ffmpeg.wait()  # it prints the streams and exits 1 for want of an output file
         info = "\n".join(ffmpeg.messages())
-    if "Stream #" not in info:
-        last_line = info.strip().splitlines()[-1] if info.strip() else "no streams"
-        last_line = last_line.replace(f"{video_path}: ", "")  # ffmpeg repeats the path
-        raise UserError(f"{video_path}: not a readable {kind} ({last_line}); re-encode it with ffmpeg")
     video_line = next((line for line in info.splitlines() if "Video:" in line), "")
+    size = re.search(SIZE, video_line)
+    lines = info.strip().splitlines() or ["no streams"]
+    complaint = None
+    if "Stream #" not in info:
+        complaint = lines[-1].replace(f"{video_path}: ", "")  # ffmpeg repeats the path
+    elif video_line and not size and "Audio:" not in info:  # a picture it cannot decode: a text file named .jpg
+        complaint = next((re.sub(r"^\[[^]]*\] ", "", line) for line in lines if line.startswith("[")), lines[-1])
+    if complaint:
+        raise UserError(f"{video_path}: not a readable {kind} ({complaint}); re-encode it with ffmpeg")
+    # a photograph's EXIF orientation is applied by the decoder, so only a decoded picture tells its size
+    photograph = size and re.search(r"^Input #0, (image2|\w+_pipe),", info, re.MULTILINE)
+    if photograph:
+        size = re.search(SIZE, _decoded_video_line(video_path)) or size
     pixel_format = re.search(r"Video: [^,]*, (\w+)", video_line)
-    size = re.search(r", (\d+)x(\d+)\b", video_line)  # "..., yuv420p(progressive), 256x256 [SAR 1:1 ...], ..."
     fps = re.search(r"([\d.]+) fps", video_line)
     duration = re.search(r"Duration: (\d+):(\d+):([\d.]+)", info)
     # Phone videos store portrait as landscape plus a rotation that ffmpeg applies when decoding.
@@ -162,15 +183,15 @@ def probe(video_path, kind="video"):
     colour = re.search(r"\((?:tv, |pc, )?((?:bt|smpte|fcc|ycgco|gbr|unknown)[\w-]*)(?:/([\w-]+)/([\w-]+))?[,)]", video_line)
     colour = (colour.group(1), colour.group(2) or colour.group(1), colour.group(3) or colour.group(1)) if colour else ()
     colour = tuple(None if name in (None, "unknown", "reserved") else name for name in colour) or (None, None, None)
-    if rotation in (90, 270):
+    if rotation in (90, 270) and not photograph:
         width, height = height, width
     return {
-        "width": width,  # as decoded, i.e. after the rotation
+        "width": width,  # as decoded: after a video's rotation or a photograph's EXIF orientation
         "height": height,
         "fps": float(fps.group(1)) if fps else None,
         "duration": (int(duration.group(1)) * 3600 + int(duration.group(2)) * 60 + float(duration.group(3))
                      if duration else None),
-        "has_video": bool(video_line),
+        "has_video": size is not None,  # a video stream ffmpeg cannot tell the size of is one it cannot decode
         "has_audio": "Audio:" in info,
         "rotation": rotation,
         "colour": colour,
