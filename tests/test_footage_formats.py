@@ -114,7 +114,7 @@ def test_a_text_file_named_jpg_is_one_line_naming_it_and_nothing_is_written(
     photo = tmp_path / "face.jpg"
     photo.write_text("not a photograph\n")
     message = refusal("inference.py", ["--source_video_path", str(photo), "--driving_audio_path",
-                                       os.path.join(footage.SHARED, footage.SPEECH_A), "--pretrained_clip_DINet_path",
+                                       footage.shared(footage.SPEECH_A), "--pretrained_clip_DINet_path",
                                        checkpoint, "--res_video_dir", str(tmp_path / "out"), "--device", "cpu"],
                       monkeypatch, capsys)
     assert message.startswith(f"--source_video_path {photo}: not a readable video"), message
