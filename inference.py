@@ -27,7 +27,8 @@ from common.errors import UserError, run_command
 from common.files import check_writable
 from common.geometry import CropGeometry
 from config.ranges import SEED, integer
-from dubbing.pipeline import dub, load_generator
+from dubbing.faces import FaceChoice, parse_face
+from dubbing.pipeline import LENGTHS, dub, load_generator
 from media.decoder import even_size
 from media.ffmpeg import probe
 
@@ -52,12 +53,32 @@ def build_parser():
         help="bf16 autocast for the generator; auto: bf16 where the hardware has it natively (its output is about "
              "35 dB PSNR from fp32's inside the face boxes), fp32 elsewhere")
     add("--seed", type=SEED, default=0, help="seed for the choice of the 5 reference frames")
+    add("--face", type=face_option, default=FaceChoice(), metavar="{largest,N,x,y}",
+        help="whom to dub where several faces show: the largest (on screen over the shot), the N-th from the left "
+             "(in the shot's first frame with a face, from 1), or the face containing pixel x,y; chosen again in "
+             "every shot, everyone else left untouched")
+    add("--length", choices=LENGTHS, default="pingpong",
+        help="when audio and video differ in length: the output has the audio's length, the video played forwards "
+             "and backwards (pingpong, DINet's), from the start again (loop) or holding its last frame (pad); or "
+             "cut: as long as the shorter, the audio cut to the video")
+    add("--close_on_silence", action="store_true",
+        help="where the speech is silent for 160 ms or more, show the closed mouth of a reference frame instead of "
+             "the generated one (fading over 4 frames)")
+    add("--strict", action="store_true",
+        help="stop, writing nothing, if some frames have no usable face (by default they pass through untouched)")
     # DINet's flags that no longer do anything, accepted so old command lines keep working
     add("--source_channel", type=int, choices=[3], default=3, help=argparse.SUPPRESS)
     add("--ref_channel", type=int, choices=[15], default=15, help=argparse.SUPPRESS)
     add("--audio_channel", type=integer(1), default=None, help=argparse.SUPPRESS)
     add("--deepspeech_model_path", default="", help=argparse.SUPPRESS)
     return parser
+
+
+def face_option(text):
+    try:
+        return parse_face(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def check_inputs(opt):
@@ -134,7 +155,8 @@ def main():
         result = dub(opt.source_video_path, opt.driving_audio_path, generator, output_path, device,
                      landmark_csv=opt.source_openface_landmark_path or None, audio_feature_path=opt.audio_feature_path,
                      batch_size=opt.batch_size, face_video_path=face_path, seed=opt.seed,
-                     amp=resolve_amp(opt.amp, device))
+                     amp=resolve_amp(opt.amp, device), face=opt.face, length=opt.length, strict=opt.strict,
+                     close_on_silence=opt.close_on_silence)
     except KeyboardInterrupt as stop:  # the scratch and the partial output are removed by now
         number = stop.args[0] if stop.args else signal.SIGINT
         print(f"stopped by {signal.Signals(number).name}: {output_path} not written", file=sys.stderr)
@@ -142,8 +164,9 @@ def main():
     seconds = time.time() - started
     print(f"wrote {result.output_path}: {result.frames} frames at 25 fps, mouth {generator.mouth_size}, "
           f"{result.frames / seconds:.2f} frames/s end to end")
-    if result.passed_through:
-        print(f"note: {result.passed_through} frames kept unchanged, where the face crop left the picture")
+    print(f"dubbed: {'; '.join(result.faces)} (--face {opt.face}, {result.shots} shot(s))")
+    print(f"{result.frames - result.passed_through} frames dubbed, {result.passed_through} passed through untouched"
+          + (f": {result.passed_through_ranges}" if result.passed_through else ""))
     if face_path:
         print(f"wrote {face_path}")
 

@@ -96,6 +96,29 @@ def _face_mesh():
         min_tracking_confidence=0.5)
 
 
+@contextlib.contextmanager
+def face_mesh():
+    """A started face mesh in video mode (one face, tracked from frame to frame), for `mesh_landmarks`."""
+    with warnings.catch_warnings():
+        # protobuf 4 warns that mediapipe 0.10 uses a deprecated call: not ours to fix, nor the user's
+        warnings.filterwarnings("ignore", message="SymbolDatabase.GetPrototype", category=UserWarning)
+        with _quiet_native_stderr():
+            mesh = _face_mesh()
+            mesh.process(np.zeros((64, 64, 3), np.uint8))  # mediapipe logs its start-up on the first frame
+        with mesh:
+            yield mesh
+
+
+def mesh_landmarks(mesh, image):
+    """(68, 2) float32 pixel landmarks of the face the mesh finds in an (H, W, 3) uint8 RGB image, or None."""
+    result = mesh.process(np.ascontiguousarray(image))
+    if not result.multi_face_landmarks:
+        return None
+    height, width = image.shape[:2]
+    points = np.array([(point.x, point.y) for point in result.multi_face_landmarks[0].landmark], dtype=np.float32)
+    return ibug68_from_mesh(points * np.array([width, height], dtype=np.float32))
+
+
 def _mediapipe_solution(module, name):
     """A class of mediapipe's solutions, or one line saying how to install mediapipe."""
     try:
@@ -108,14 +131,32 @@ def _mediapipe_solution(module, name):
                          f"run `pip install -r requirements.txt`")
 
 
-def count_faces(frames):
-    """(T,) the number of faces mediapipe's short-range face detector finds in each (H, W, 3) uint8 RGB frame (the
-    face mesh follows one face only, so it cannot tell whether there are more)."""
+@contextlib.contextmanager
+def face_detector():
+    """`boxes(image)` -> (k, 4) float32 (left, top, right, bottom) pixel boxes of the faces mediapipe's face detectors
+    find in an (H, W, 3) uint8 RGB image: the short-range model (faces within about 2 m), and where it finds none the
+    full-range one (smaller faces). Boxes span brows to chin; the face mesh follows one face only, so this is how
+    several are told apart."""
+    solution = _mediapipe_solution("face_detection", "FaceDetection")
     with warnings.catch_warnings(), _quiet_native_stderr():
         warnings.filterwarnings("ignore", message="SymbolDatabase.GetPrototype", category=UserWarning)
-        with _mediapipe_solution("face_detection", "FaceDetection")(model_selection=0) as detector:
-            return np.array([len(detector.process(np.ascontiguousarray(frame)).detections or [])
-                             for frame in frames], dtype=int)
+        # at mediapipe's default 0.5 the short-range model took a lap for a face (0.51-0.55; faces measured 0.63-0.95)
+        with solution(model_selection=0, min_detection_confidence=0.6) as near, \
+                solution(model_selection=1, min_detection_confidence=0.6) as far:
+            def boxes(image):
+                image = np.ascontiguousarray(image)
+                detections = near.process(image).detections or far.process(image).detections or []
+                height, width = image.shape[:2]
+                found = [(box.xmin, box.ymin, box.xmin + box.width, box.ymin + box.height)
+                         for box in (d.location_data.relative_bounding_box for d in detections)]
+                return np.array(found, np.float32).reshape(-1, 4) * np.array([width, height, width, height], np.float32)
+            yield boxes
+
+
+def count_faces(frames):
+    """(T,) the number of faces found in each (H, W, 3) uint8 RGB frame (`face_detector`)."""
+    with face_detector() as boxes:
+        return np.array([len(boxes(frame)) for frame in frames], dtype=int)
 
 
 def detect_landmarks(frames, smooth=True):
@@ -127,23 +168,11 @@ def detect_landmarks(frames, smooth=True):
     time (Savitzky-Golay, shorter window for the mouth).
     """
     detected, found = [], []
-    with warnings.catch_warnings():
-        # protobuf 4 warns that mediapipe 0.10 uses a deprecated call: not ours to fix, nor the user's
-        warnings.filterwarnings("ignore", message="SymbolDatabase.GetPrototype", category=UserWarning)
-        with _quiet_native_stderr():
-            face_mesh = _face_mesh()
-            face_mesh.process(np.zeros((64, 64, 3), np.uint8))  # mediapipe logs its start-up on the first frame
-        with face_mesh:
-            for frame in frames:
-                height, width = frame.shape[:2]
-                result = face_mesh.process(np.ascontiguousarray(frame))
-                if result.multi_face_landmarks:
-                    mesh = result.multi_face_landmarks[0].landmark
-                    normalised = np.array([(point.x, point.y) for point in mesh], dtype=np.float32)  # (468, 2)
-                    detected.append(ibug68_from_mesh(normalised * np.array([width, height], dtype=np.float32)))
-                else:
-                    detected.append(np.zeros((NUM_POINTS, 2), dtype=np.float32))
-                found.append(result.multi_face_landmarks is not None)
+    with face_mesh() as mesh:
+        for frame in frames:
+            points = mesh_landmarks(mesh, frame)
+            found.append(points is not None)
+            detected.append(points if points is not None else np.zeros((NUM_POINTS, 2), dtype=np.float32))
     landmarks = np.stack(detected) if detected else np.zeros((0, NUM_POINTS, 2), dtype=np.float32)
     found = np.array(found, dtype=bool)
     landmarks = fill_missing(landmarks, found)

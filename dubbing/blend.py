@@ -35,12 +35,15 @@ class FaceBlender:
             self.layouts[key] = (slice(y0, y1), slice(x0, x1), weight, _block_means(weight))
         return self.layouts[key]
 
-    def paste(self, rows, face, box):
+    def paste(self, rows, face, box, strength=1.0):
         """Blend `face` ((h, w, 3) float RGB, the crop's size) into `rows` = (Y rows top:bottom, U rows, V rows
-        top/2:bottom/2, copies that the caller owns) over columns left:right of the box (top, bottom, left, right)."""
+        top/2:bottom/2, copies that the caller owns) over columns left:right of the box (top, bottom, left, right),
+        the mask's weights times `strength` (below 1 while the dubbed mouth fades in or out)."""
         top, bottom, left, right = box
         size = (right - left, bottom - top)
         support_rows, support_cols, weight, block_weight = self._layout(size, top, left)
+        if strength < 1:
+            weight, block_weight = weight * strength, block_weight * strength
         resized = cv2.resize(face, size)[support_rows, support_cols]
         yuv = cv2.transform(np.ascontiguousarray(resized, dtype=np.float32), self.colour.from_rgb)  # (h, w, 3)
         y, u, v = rows

@@ -42,7 +42,7 @@ from common.geometry import (
     mask_mouth,
     paste_mask,
 )
-from data.audio_features import FEATURE_WIDTHS, compute_audio_feature
+from data.audio_features import FEATURE_WIDTHS, compute_audio_feature, load_wav
 from data.openface_csv import read_openface_csv
 from media.convert import extract_audio
 from media.decoder import DecodedVideo, scratch_folder
@@ -53,6 +53,7 @@ from models.checkpoint import generator_config_of, load_checkpoint, load_network
 from models.fast import optimize_for_inference
 
 from .blend import FaceBlender
+from .faces import FaceChoice, FaceTrack, describe_ranges, fade_weights, find_face, runs
 
 INFERENCE_SCALE = 1.05  # DINet's fixed crop scale at inference (training draws it from [1.05, 1.15))
 
@@ -92,7 +93,9 @@ def load_generator(path, device, mouth_size=None, flag="--pretrained_clip_DINet_
 
 
 def load_audio_features(driving_audio_path, feature, feature_path, work_dir):
-    """(T, C) features of the driving audio, computed here, or read from `feature_path` (.npy/.txt)."""
+    """(T, C) features of the driving audio, computed here, or read from `feature_path` (.npy/.txt). Writes the
+    audio as work_dir/driving.wav (16 kHz mono) either way."""
+    extract_audio(driving_audio_path, os.path.join(work_dir, "driving.wav"))
     if feature_path:
         if not os.path.isfile(feature_path):
             raise UserError(f"--audio_feature_path {feature_path}: no such file")
@@ -110,15 +113,45 @@ def load_audio_features(driving_audio_path, feature, feature_path, work_dir):
     if feature == "deepspeech" or feature is None:
         raise UserError("this checkpoint takes DeepSpeech features, which need TensorFlow: compute them for the "
                          "driving audio elsewhere and pass --audio_feature_path FILE.npy (frames x 29, 25 per second)")
-    wav_path = os.path.join(work_dir, "driving.wav")
-    extract_audio(driving_audio_path, wav_path)
-    return compute_audio_feature(wav_path, feature)
+    return compute_audio_feature(os.path.join(work_dir, "driving.wav"), feature)
+
+
+SILENCE_LEVEL = 0.05  # a frame whose RMS is under this fraction of the loud frames' (95th percentile) is silent
+SILENCE_FRAMES = 4    # silent frames in a row (160 ms) that hold the mouth closed under --close_on_silence
+
+
+def silent_frames(wav, num_frames, fps=25):
+    """(num_frames,) bool: frames in runs of SILENCE_FRAMES or more whose audio (16 kHz mono) is silent."""
+    samples = 16000 // fps
+    frames = np.resize(np.pad(wav, (0, max(0, num_frames * samples - len(wav)))), (num_frames, samples))
+    rms = np.sqrt(np.mean(frames ** 2, axis=1))
+    quiet = rms < SILENCE_LEVEL * max(np.percentile(rms, 95), 1e-4)
+    silent = np.zeros(num_frames, bool)
+    for start, stop in runs(quiet, np.zeros(num_frames, int)):
+        silent[start:stop] = stop - start >= SILENCE_FRAMES
+    return silent
+
+
+LENGTHS = ("pingpong", "loop", "cut", "pad")
 
 
 def ping_pong(num_source, num_output):
     """DINet's alignment of video to audio: the source forwards then backwards, repeated, cut to length."""
     cycle = np.concatenate([np.arange(num_source), np.arange(num_source)[::-1]])
     return np.resize(cycle, num_output)
+
+
+def output_index(length, num_source, num_audio):
+    """Source frame of each output frame under --length: the audio's length of frames, the source played forwards
+    and backwards (pingpong), from the start again (loop), or holding its last frame (pad); or (cut) as many
+    frames as both have, the audio cut to them."""
+    if length == "pingpong":
+        return ping_pong(num_source, num_audio)
+    if length == "loop":
+        return np.arange(num_audio) % num_source
+    if length == "pad":
+        return np.minimum(np.arange(num_audio), num_source - 1)
+    return np.arange(min(num_source, num_audio))
 
 
 def first_pasted_row(mask):
@@ -128,16 +161,45 @@ def first_pasted_row(mask):
     return max(0, int(np.argmax(mask.max(axis=1) > 0)) - 2)
 
 
-def crop_radii(landmarks, video_size):
-    """Per output frame, DINet's crop radius over its 5-frame landmark window (None where no crop fits)."""
-    padded = np.pad(landmarks, ((2, 2), (0, 0), (0, 0)), mode="edge")
+def crop_radii(landmarks, video_size, segment=None):
+    """Per output frame, DINet's crop radius over its 5-frame landmark window, the window kept within the frame's
+    `segment` (a run of usable frames of one shot, the window's ends held; default: one segment); None where no
+    crop fits or the segment is -1 (no usable face)."""
+    segment = np.zeros(len(landmarks), int) if segment is None else segment
     radii = []
     for t in range(len(landmarks)):
-        radius = compute_crop_radius(video_size, padded[t:t + AUDIO_WINDOW], random_scale=INFERENCE_SCALE)
+        if segment[t] < 0:
+            radii.append(None)
+            continue
+        window = [u if 0 <= u < len(landmarks) and segment[u] == segment[t] else t
+                  for u in range(t - AUDIO_WINDOW // 2, t + AUDIO_WINDOW // 2 + 1)]
+        radius = compute_crop_radius(video_size, landmarks[window], random_scale=INFERENCE_SCALE)
         if radius is None:  # the face size jumps within the window: fall back to this frame alone
             radius = compute_crop_radius(video_size, landmarks[t:t + 1], random_scale=INFERENCE_SCALE)
         radii.append(radius)
     return radii
+
+
+def segments(track):
+    """(T,) per source frame the number of its run of usable frames within one shot, -1 where none."""
+    segment = np.full(len(track.reason), -1)
+    for number, (start, stop) in enumerate(runs(track.usable, track.shot)):
+        segment[start:stop] = number
+    return segment
+
+
+def choose_references(landmarks, candidates, rng):
+    """NUM_REFERENCES of the output frames `candidates` (landmarks (len, 68, 2) theirs): drawn from the third with
+    the most closed and frontal mouths, the most closed first (DINet draws from all frames; an open or turned
+    reference shows through)."""
+    face_height = np.maximum(landmarks[:, 8, 1] - landmarks[:, 27, 1], 1e-6)
+    opening = np.linalg.norm(landmarks[:, 66] - landmarks[:, 62], axis=1) / face_height
+    eyes = np.maximum(np.abs(landmarks[:, 45, 0] - landmarks[:, 36, 0]), 1e-6)
+    yaw = np.abs(landmarks[:, 30, 0] - (landmarks[:, 36, 0] + landmarks[:, 45, 0]) / 2) / eyes
+    best = np.asarray(candidates)[np.argsort(opening + 0.2 * yaw, kind="stable")]
+    pool = min(len(best), max(NUM_REFERENCES, len(best) // 3))
+    drawn = rng.choice(pool, size=NUM_REFERENCES, replace=pool < NUM_REFERENCES)
+    return best[np.sort(drawn)]  # the most closed first
 
 
 def face_crop(frame, landmarks, radius, geometry, colour=None):
@@ -160,7 +222,10 @@ class DubResult:
     frames: int
     passed_through: int
     face_video_path: str = None
-    batch_size: int = None  # frames per generator call, as run
+    batch_size: int = None       # frames per generator call, as run
+    passed_through_ranges: str = ""  # describe_ranges of the output frames passed through
+    faces: tuple = ()            # whom it dubbed, per shot
+    shots: int = 1
 
 
 # On CPU a generator call's activations should stay around this many face-crop pixels per call: past it, a
@@ -193,8 +258,9 @@ class Timings(defaultdict):
 
 
 def dub(source_video_path, driving_audio_path, generator, output_path, device, landmark_csv=None,
-        audio_feature_path=None, batch_size=16, face_video_path=None, seed=0, amp=None, landmark_detector=None,
-        channels_last=True, preset=DEFAULT_PRESET, timings=None, progress=True):
+        audio_feature_path=None, batch_size=16, face_video_path=None, seed=0, amp=None, face=FaceChoice(),
+        length="pingpong", strict=False, close_on_silence=False, channels_last=True, preset=DEFAULT_PRESET,
+        timings=None, progress=True):
     started = time.perf_counter()
     times = Timings()
     geometry = CropGeometry(generator.mouth_size)
@@ -209,32 +275,51 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
                                                work_dir)
             if len(features) < AUDIO_WINDOW:
                 raise UserError(f"{driving_audio_path}: {len(features) * 40} ms of audio; dubbing needs at least "
-                                 f"{AUDIO_WINDOW * 40} ms ({AUDIO_WINDOW} video frames); pass a longer --driving_audio_path")
-            with times("landmarks"):
-                landmarks = _landmarks(video, landmark_csv, source_video_path, landmark_detector)
-            index = ping_pong(len(landmarks), len(features))
-            radii = crop_radii(landmarks[index], video.size)
-            usable = [t for t, radius in enumerate(radii) if radius is not None]
-            if not usable:
-                raise UserError(f"{source_video_path}: the face crop leaves the frame in every frame; "
-                                 f"use a video with the whole lower face inside the picture")
-            rng = np.random.default_rng(seed)
-            reference_ids = rng.choice(usable, size=NUM_REFERENCES, replace=len(usable) < NUM_REFERENCES)
-            source = _SourceFrames(video, landmark_csv, len(landmarks))
+                                 f"{AUDIO_WINDOW * 40} ms ({AUDIO_WINDOW} video frames); pass a longer "
+                                 f"--driving_audio_path")
+            track = _face_track(video, landmark_csv, source_video_path, face, times)
+            index = output_index(length, len(track.reason), len(features))
+            radii = crop_radii(track.landmarks[index], video.size, segments(track)[index])
+            reason = track.reason[index]
+            reason[[t for t, radius in enumerate(radii) if radius is None and reason[t] == "face"]] = "crop"
+            dubbed = reason == "face"
+            passed = np.flatnonzero(~dubbed)
+            passed_ranges = describe_ranges(passed, reason[passed])
+            if not dubbed.any():
+                raise UserError(f"{source_video_path}: no frame has a usable face ({passed_ranges}); use a video with "
+                                 f"one visible, frontal face, the whole lower face inside the picture")
+            if strict and len(passed):
+                raise UserError(f"--strict: {len(passed)} of {len(index)} frames have no usable face "
+                                 f"({passed_ranges}); drop --strict to pass them through")
+            shot = track.shot[index]
+            weight = fade_weights(dubbed, shot)
+            landmarks = track.landmarks
+            source = _SourceFrames(video, landmark_csv, len(track.reason))
             crop = lambda t: face_crop(source[index[t]], landmarks[index[t]], radii[t], geometry, video.colour)
-            with times("references"):  # drawn from the whole video: mostly waiting for the decoder to reach them
-                references = np.concatenate([crop(t)[0] for t in reference_ids], axis=2)
-                reference_batch = to_batch([references]).to(device)  # (1, 15, H, W)
-            with times("generator"):
-                reference_state = network.encode_reference(reference_batch)
+            rng = np.random.default_rng(seed)
+            reference_states, closed_mouths = {}, {}
+            for number in np.unique(shot[dubbed]):  # each shot's references from its own frames
+                candidates = np.flatnonzero(dubbed & (shot == number))
+                with times("references"):  # mostly waiting for the decoder to reach them
+                    chosen = choose_references(landmarks[index[candidates]], candidates, rng)
+                    crops = [crop(t)[0] for t in chosen]
+                    reference_batch = to_batch([np.concatenate(crops, axis=2)]).to(device)  # (1, 15, H, W)
+                    closed_mouths[number] = to_batch([crops[0]]).to(device)  # the most closed of them
+                with times("generator"):
+                    reference_states[number] = network.encode_reference(reference_batch)
+            # under --close_on_silence, how much of the reference's closed mouth replaces the generated one
+            hold = fade_weights(silent_frames(load_wav(os.path.join(work_dir, "driving.wav")), len(index)),
+                                np.zeros(len(index), int)) if close_on_silence else np.zeros(len(index))
             padded_features = np.pad(features, ((2, 2), (0, 0)), mode="edge")
             height, width = video.stored
+            audio_seconds = len(index) / 25 if len(index) < len(features) else None  # --length cut
             encoders = [VideoEncoder(output_path, width, height, audio_path=driving_audio_path, preset=preset,
-                                     colour=video.colour, threads=encoder_threads(device))]
+                                     colour=video.colour, threads=encoder_threads(device), audio_seconds=audio_seconds)]
             try:
                 if face_video_path:
                     encoders.append(VideoEncoder(face_video_path, geometry.width, geometry.height,
-                                                 audio_path=driving_audio_path, preset=preset))
+                                                 audio_path=driving_audio_path, preset=preset,
+                                                 audio_seconds=audio_seconds))
             except BaseException:
                 encoders[0].abort()
                 raise
@@ -242,18 +327,26 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
             writer = _Writer(source, index, FaceBlender(mask, video.colour), times, *encoders)
             first_row = 0 if face_video_path else first_pasted_row(mask)  # the face video shows whole crops
 
-            def generated(frames):  # in a generator stream: crops and generator call for one batch
-                batch = [t for t in frames if radii[t] is not None]
+            def generated(frames):  # in a generator stream: crops and generator calls for one batch
+                batch = [t for t in frames if dubbed[t]]
                 if not batch:
-                    return frames, batch, (), None
+                    return frames, batch, (), None, ()
                 with times("crops"):
                     crops, boxes = zip(*(crop(t) for t in batch))
                     masked = mask_mouth(to_batch(crops), geometry).to(device)
                     audio = torch.from_numpy(np.stack([padded_features[t:t + AUDIO_WINDOW].T for t in batch]))
+                    audio = audio.float().to(device)
                 with times("generator"):
-                    # on a GPU: queued
-                    faces = network.generate(masked, audio.float().to(device), reference_state, first_row)
-                    return frames, batch, boxes, faces
+                    faces, start = [], 0
+                    for number in dict.fromkeys(shot[batch]):  # one call per shot the batch spans, in order
+                        stop = start + int(np.sum(shot[batch] == number))
+                        # on a GPU: queued
+                        out = network.generate(masked[start:stop], audio[start:stop], reference_states[number],
+                                               first_row)
+                        held = torch.from_numpy(hold[batch[start:stop]]).to(out).view(-1, 1, 1, 1)
+                        faces.append(out if not held.any() else out + held * (closed_mouths[number].to(out) - out))
+                        start = stop
+                    return frames, batch, boxes, torch.cat(faces), weight[batch]
 
             streams = generator_streams(device)
             pool = ThreadPoolExecutor(streams, "dub-generator", initializer=torch.set_num_threads,
@@ -280,7 +373,8 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
     times["total"] = time.perf_counter() - started
     if timings is not None:
         timings.update(times)
-    return DubResult(output_path, len(features), len(radii) - len(usable), face_video_path, batch_size)
+    return DubResult(output_path, len(index), len(passed), face_video_path, batch_size, passed_ranges,
+                     tuple(track.chosen), int(track.shot.max()) + 1)
 
 
 def encoder_threads(device):
@@ -298,14 +392,14 @@ def generator_streams(device):
     return 2 if device.type == "cpu" and torch.get_num_threads() >= 2 else 1
 
 
-def _faces(frames, batch, boxes, out, times):
-    """The writer's item for a batch: (frames, {t: (face (H, W, 3) float, box)}), the faces copied to the host
-    (on a GPU, waiting for the generator to finish them)."""
+def _faces(frames, batch, boxes, out, weights, times):
+    """The writer's item for a batch: (frames, {t: (face (H, W, 3) float, box, weight)}), the faces copied to the
+    host (on a GPU, waiting for the generator to finish them)."""
     if not batch:
         return frames, {}
     with times("generator"):
         faces = (out.clamp(0, 1) * 255).permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
-    return frames, {t: (face, box) for t, face, box in zip(batch, faces, boxes)}
+    return frames, {t: item for t, *item in zip(batch, faces, boxes, weights)}
 
 
 class _SourceFrames:
@@ -329,16 +423,15 @@ class _SourceFrames:
                              f"frames at 25 fps; run the landmark step on the same 25 fps video, or drop the flag")
 
 
-def _landmarks(video, landmark_csv, source_video_path, landmark_detector):
+def _face_track(video, landmark_csv, source_video_path, face, times):
     if landmark_csv:
-        return read_openface_csv(landmark_csv)  # its row count is checked against the frames as they decode
-    if landmark_detector is None:
-        from data.landmark_detector import detect_landmarks as landmark_detector
-    landmarks, found = landmark_detector(video.rgb_frames())  # frames as they decode
-    if not found.any():
+        with times("landmarks"):
+            return FaceTrack.whole(read_openface_csv(landmark_csv))  # rows checked against the frames as they decode
+    track = find_face(video, face, times)
+    if not (track.reason != "none").any():
         raise UserError(f"{source_video_path}: no face found in any frame; use a video with one visible, "
                          f"frontal face")
-    return landmarks
+    return track
 
 
 class _Writer(threading.Thread):
@@ -406,11 +499,11 @@ class _Writer(threading.Thread):
                 bands, face = planes, blank_face
                 if t in generated:
                     started = time.perf_counter()
-                    face, (top, bottom, left, right) = generated[t]
+                    face, (top, bottom, left, right), weight = generated[t]
                     chroma = slice(top // 2, (bottom + 1) // 2)
                     # only the rows of the face box are copied and changed
                     rows = (np.array(planes[0][top:bottom]), np.array(planes[1][chroma]), np.array(planes[2][chroma]))
-                    self.blender.paste(rows, face, (top, bottom, left, right))
+                    self.blender.paste(rows, face, (top, bottom, left, right), weight)
                     bands = [band for plane, changed, span in zip(planes, rows, (slice(top, bottom), chroma, chroma))
                              for band in (plane[:span.start], changed, plane[span.stop:])]
                     face = face.astype(np.uint8)

@@ -21,12 +21,13 @@ import tempfile
 import threading
 import time
 
+import cv2
 import numpy as np
 
 from common.errors import UserError
 
 from .ffmpeg import FFmpeg, probe
-from .yuv import frame_bytes, planes, rgb_frame, source_colour
+from .yuv import frame_bytes, planes, rgb_frame, rgb_region, source_colour
 
 
 SHARED_MEMORY = "/dev/shm"
@@ -234,6 +235,20 @@ class DecodedVideo:
             return self.frame(index)
         height, width = self.shape[:2]
         return rgb_frame(self.frame(index), self.colour)[:height, :width]
+
+    def region(self, index, top, bottom, left, right):
+        """(bottom - top, right - left, 3) uint8 RGB of a box of frame `index`, the box inside the picture."""
+        frame = self.frame(index)
+        return rgb_region(frame, self.colour, top, bottom, left, right) if self.yuv else frame[top:bottom, left:right]
+
+    def thumbnail(self, index, scale):
+        """Frame `index` in RGB, `scale` times its size (below 1), resized before the conversion from 4:2:0."""
+        height, width = self.shape[:2]
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        if not self.yuv:
+            return cv2.resize(self.frame(index), size, interpolation=cv2.INTER_AREA)
+        y, u, v = (cv2.resize(plane, size, interpolation=cv2.INTER_AREA) for plane in self.frame(index))
+        return cv2.transform(cv2.merge([y, u, v]), self.colour.to_rgb)
 
     def rgb_frames(self):
         """Every frame in turn as RGB, converted one at a time as the decoder delivers it (so a landmark detector

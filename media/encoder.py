@@ -23,11 +23,12 @@ class VideoEncoder:
 
     frames are (H, W, 3) uint8 RGB, or with `colour` (a media.yuv.Colour) 4:2:0 YUV as media/decoder.py
     decodes them, encoded as they are and labelled with the source's colour tags; `x264_params` ("key=value:...")
-    are x264's own options ("" for none; FAST_MOTION_SEARCH by default with the default preset); `seconds` is the
-    time spent waiting on ffmpeg (writes block when its input pipe is full, and the final wait for it to finish)."""
+    are x264's own options ("" for none; FAST_MOTION_SEARCH by default with the default preset); `audio_seconds`
+    cuts the audio to that length; `seconds` is the time spent waiting on ffmpeg (writes block when its input pipe is
+    full, and the final wait for it to finish)."""
 
     def __init__(self, path, width, height, fps=25, audio_path=None, preset=DEFAULT_PRESET, crf=18, threads=None,
-                 colour=None, x264_params=None):
+                 colour=None, x264_params=None, audio_seconds=None):
         self.path = path
         self.shape = (height, width, 3)
         self.frame_bytes = height * width * 3 if colour is None else frame_bytes(height, width)
@@ -45,7 +46,7 @@ class VideoEncoder:
         inputs = ["-f", "rawvideo", "-pix_fmt", pixels, "-s", f"{width}x{height}", "-r", str(fps), *tags, "-i", "-"]
         streams = ["-map", "0:v"]
         if audio_path is not None:
-            inputs += ["-i", audio_path]
+            inputs += [*(["-t", f"{audio_seconds:.3f}"] if audio_seconds else []), "-i", audio_path]
             streams += ["-map", "1:a", "-c:a", "aac", "-b:a", "128k"]
         # yuv420p needs even sizes: pad odd ones by a pixel on the right/bottom, which moves no landmark
         pad = ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"] if width % 2 or height % 2 else []

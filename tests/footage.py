@@ -95,3 +95,13 @@ def speech(path, rate=16000, channels=1, seconds=2.4):
     ffmpeg(path, ["-t", str(seconds), "-i", shared(SPEECH_A)], audio="0:a",
            codecs=["-ar", str(rate), "-ac", str(channels), *codec])
     return seconds
+
+
+def speech_with_silence(path, silence=(1.6, 2.8), seconds=4.0):
+    """driving_speech_a.wav for `seconds`, with digital silence from silence[0] to silence[1] s in place of the
+    speech there (16 kHz mono wav); the range of frames that are silent."""
+    start, stop = silence
+    ffmpeg(path, ["-t", str(seconds), "-i", shared(SPEECH_A)], audio="0:a",
+           codecs=["-af", f"volume=enable='between(t,{start},{stop})':volume=0", "-ar", "16000", "-ac", "1",
+                   "-c:a", "pcm_s16le"])
+    return range(round(start * FPS), round(stop * FPS))
