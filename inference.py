@@ -37,7 +37,8 @@ def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add = parser.add_argument
-    add("--source_video_path", default="./asserts/examples/test4.mp4", help="video to dub (any fps and codec)")
+    add("--source_video_path", default="./asserts/examples/test4.mp4",
+        help="video or photograph (jpg, png, webp) to dub; any fps and codec")
     add("--source_openface_landmark_path", default="", help="OpenFace CSV of the source at 25 fps (default: detect)")
     add("--driving_audio_path", default="./asserts/examples/driving_audio_1.wav", help="speech to dub with")
     add("--pretrained_clip_DINet_path", default="./asserts/clip_training_DINet_256mouth.pth",
