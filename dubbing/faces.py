@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 from scipy.ndimage import median_filter
+from tqdm import tqdm
 
 from common.errors import UserError
 from data.landmark_detector import NUM_POINTS, face_detector, face_mesh, mesh_landmarks, smooth_landmarks
@@ -256,15 +257,16 @@ def _fill_gaps(landmarks, reason, shot):
             reason[start:stop] = "face"
 
 
-def find_face(video, choice=FaceChoice(), timings=None):
+def find_face(video, choice=FaceChoice(), timings=None, progress=False):
     """The FaceTrack of the face `choice` picks in a DecodedVideo, frames read as they decode. `timings(stage)`
-    (dubbing's Timings) times `shots`, `tracking` and `landmarks`; two passes over the frames: small copies for
-    cuts and face boxes, then the mesh on the chosen face's box."""
+    (dubbing's Timings) times `shots`, `tracking` and `landmarks`; two passes over the frames (with `progress`, each
+    with a progress bar): small copies for cuts and face boxes, then the mesh on the chosen face's box."""
     timed = timings or (lambda stage: contextlib.nullcontext())
     width, height = video.size
     scale = min(1.0, THUMBNAIL_SIDE / max(width, height))
     boxes, shot, previous = [], [], None
-    with face_detector() as detect:
+    bar = tqdm(total=video.expected_frames, desc="finding faces", unit="frame", disable=not progress, leave=False)
+    with face_detector() as detect, bar:
         frame = 0
         while True:
             video.wait_for(frame)
@@ -278,6 +280,7 @@ def find_face(video, choice=FaceChoice(), timings=None):
             with timed("landmarks"):
                 boxes.append(detect(thumbnail))
             frame += 1
+            bar.update()
     shot = np.array(shot, int)
     count = len(shot)
     landmarks = np.zeros((count, NUM_POINTS, 2), np.float32)
@@ -288,10 +291,13 @@ def find_face(video, choice=FaceChoice(), timings=None):
         return FaceTrack(landmarks, np.full(count, "none", dtype=object), shot)
     with timed("tracking"):
         chosen = choose_tracks(tracks, choice, scale)
-    with timed("landmarks"):
+    bar = tqdm(total=sum(track.last + 1 - track.first for track in chosen.values()), desc="landmarks", unit="frame",
+               disable=not progress, leave=False)
+    with timed("landmarks"), bar:
         for number, track in chosen.items():
             with face_mesh() as mesh:  # a new mesh per shot: its tracking must not carry across a cut
                 for frame in range(track.first, track.last + 1):
+                    bar.update()
                     box = track.box(frame)
                     if box is None:
                         continue

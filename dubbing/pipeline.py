@@ -277,7 +277,7 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
                 raise UserError(f"{driving_audio_path}: {len(features) * 40} ms of audio; dubbing needs at least "
                                  f"{AUDIO_WINDOW * 40} ms ({AUDIO_WINDOW} video frames); pass a longer "
                                  f"--driving_audio_path")
-            track = _face_track(video, landmark_csv, source_video_path, face, times)
+            track = _face_track(video, landmark_csv, source_video_path, face, times, progress)
             index = output_index(length, len(track.reason), len(features))
             radii = crop_radii(track.landmarks[index], video.size, segments(track)[index])
             reason = track.reason[index]
@@ -423,11 +423,11 @@ class _SourceFrames:
                              f"frames at 25 fps; run the landmark step on the same 25 fps video, or drop the flag")
 
 
-def _face_track(video, landmark_csv, source_video_path, face, times):
+def _face_track(video, landmark_csv, source_video_path, face, times, progress):
     if landmark_csv:
         with times("landmarks"):
             return FaceTrack.whole(read_openface_csv(landmark_csv))  # rows checked against the frames as they decode
-    track = find_face(video, face, times)
+    track = find_face(video, face, times, progress)
     if not (track.reason != "none").any():
         raise UserError(f"{source_video_path}: no face found in any frame; use a video with one visible, "
                          f"frontal face")

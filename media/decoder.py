@@ -130,7 +130,8 @@ class DecodedVideo:
         self.decode_seconds = 0.0                                    # time the decoder thread spent, for profiles
         # the frame count is a guess from the duration; the file is sparse, so an over-guess costs nothing,
         # and it grows if short
-        self._capacity = int(math.ceil((info["duration"] or 10) * fps)) + fps
+        self.expected_frames = int(math.ceil(info["duration"] * fps)) if info["duration"] else None  # for progress bars
+        self._capacity = (self.expected_frames or 10 * fps) + fps
         self._folder = scratch_folder("frames", self._capacity * self._frame_bytes, video_path)
         self._raw_path = os.path.join(self._folder.name, "frames.raw")
         self._frames = np.memmap(self._raw_path, dtype=np.uint8, mode="w+", shape=(self._capacity, *self._frame_shape))
