@@ -128,10 +128,11 @@ class DecodedVideo:
         self._frame_bytes = frame_bytes(*self.stored) if self.yuv else int(np.prod(self.shape))
         self._frame_shape = (self._frame_bytes,) if self.yuv else self.shape
         self.decode_seconds = 0.0                                    # time the decoder thread spent, for profiles
-        # the frame count is a guess from the duration; the file is sparse, so an over-guess costs nothing,
-        # and it grows if short
-        self.expected_frames = int(math.ceil(info["duration"] * fps)) if info["duration"] else None  # for progress bars
-        self._capacity = (self.expected_frames or 10 * fps) + fps
+        # the frame count (for progress bars) is a guess from the duration; the frames' file is sized for it and a
+        # second more (sparse, so an over-guess costs nothing; it grows if short); a photograph is one frame
+        self.expected_frames = int(math.ceil(info["duration"] * fps)) if info["duration"] else None
+        self.expected_frames = 1 if info["still"] else self.expected_frames
+        self._capacity = 1 if info["still"] else (self.expected_frames or 10 * fps) + fps
         self._folder = scratch_folder("frames", self._capacity * self._frame_bytes, video_path)
         self._raw_path = os.path.join(self._folder.name, "frames.raw")
         self._frames = np.memmap(self._raw_path, dtype=np.uint8, mode="w+", shape=(self._capacity, *self._frame_shape))

@@ -145,7 +145,7 @@ def _decoded_video_line(path):
 
 
 def probe(video_path, kind="video"):
-    """What a media file holds: {"width", "height", "fps", "duration", "has_video", "has_audio", "rotation",
+    """What a media file holds: {"width", "height", "fps", "duration", "still", "has_video", "has_audio", "rotation",
     "colour", "pixel_format"}; colour is (matrix, primaries, transfer) as ffmpeg names them, None where the file
     does not say; pixel_format is ffmpeg's name of the video's ("yuv420p", "gbrp", "rgb24", ...), None without video.
 
@@ -191,6 +191,7 @@ def probe(video_path, kind="video"):
         "fps": float(fps.group(1)) if fps else None,
         "duration": (int(duration.group(1)) * 3600 + int(duration.group(2)) * 60 + float(duration.group(3))
                      if duration else None),
+        "still": bool(photograph),  # one picture (jpg, png, webp, ...)
         "has_video": size is not None,  # a video stream ffmpeg cannot tell the size of is one it cannot decode
         "has_audio": "Audio:" in info,
         "rotation": rotation,
