@@ -40,7 +40,7 @@ from common.files import check_writable, write_atomically
 from common.geometry import CropGeometry
 from evaluation.baselines import reencode, reference_copy
 from evaluation.lip_shape import lip_shape_scores
-from evaluation.procedural import check_faces, procedural_truth, verdict
+from evaluation.procedural import check_faces, finite_mean, procedural_truth, verdict
 from evaluation.protocol import (
     SCORE_GEOMETRY,
     LandmarkedVideo,
@@ -360,8 +360,7 @@ def mean_row(rows, skipped):
     for key in rows[0]:
         values = [row.get(key) for row in rows]
         if key not in mean and all(isinstance(value, (int, float)) for value in values):
-            finite = [value for value in values if not math.isnan(value)]
-            mean[key] = float(np.mean(finite)) if finite else float("nan")
+            mean[key] = finite_mean(values)
     return mean
 
 

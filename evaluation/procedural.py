@@ -102,11 +102,12 @@ def procedural_truth(demo_dir, faces, dub, out_dir, device, mouth_size):
     for kind in (DUBBED, REFERENCE, MISMATCHED):
         of_kind = [row for row in rows if row["kind"] == kind]
         means.append({"face": f"mean of {len(of_kind)}", "kind": kind, "frames": sum(r["frames"] for r in of_kind),
-                      **{key: _mean([row[key] for row in of_kind]) for key in ("lmd_mouth", "mouth_open_corr")}})
+                      **{key: finite_mean([row[key] for row in of_kind]) for key in ("lmd_mouth", "mouth_open_corr")}})
     return rows + means
 
 
-def _mean(values):
+def finite_mean(values):
+    """The mean of the numbers that are not NaN (a score a video could not have), NaN if none is."""
     finite = [value for value in values if not math.isnan(value)]
     return sum(finite) / len(finite) if finite else float("nan")
 
