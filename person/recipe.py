@@ -6,8 +6,9 @@ repository's commands with every flag the recipe relies on spelled out, and the 
     frame stages               train_DINet_frame.py 64 -> 128 -> 256 (--coarse2fine from the previous netG_best.pth,
                                or from --init), validated on the held-out parts (--val_data)
     SyncNet                    train_syncnet.py on the training parts only
-    clip stage                 train_DINet_clip.py from the last frame stage's netG_best.pth; its netG_best.pth is
-                               the personal model
+    clip stage                 train_DINet_clip.py from the last frame stage's netG_best.pth
+    the model                  model.pth: the clip stage's netG_best.pth, or the last frame stage's where that scored
+                               better held out (model.json says which)
     evaluate                   evaluate.py --protocol self_reconstruction on the held-out parts (their own audio)
     foreign speech             inference.py on each held-out part with another's speech, evaluate.py scores its sync
     look                       side_by_side_<video>.mp4, contact_sheet.png, report.md
@@ -15,13 +16,16 @@ repository's commands with every flag the recipe relies on spelled out, and the 
 Every training command takes --resume auto, so a step interrupted halfway continues where it stopped.
 """
 import glob
+import json
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from typing import Optional
 
 from common.errors import UserError
+from common.files import atomic_output, write_atomically
 from common.geometry import NUM_REFERENCES
 from data.training_json import load_training_json
 
@@ -83,6 +87,9 @@ class Layout:
 
     def best(self, stage):
         return os.path.join(self.run(stage), "netG_best.pth")
+
+    def model(self):
+        return self.path("model.pth")
 
     def last(self, stage):
         return os.path.join(self.run(stage), f"netG_model_epoch_{stage.epochs}.pth")
@@ -207,7 +214,9 @@ def build_steps(plan, layout, python="python", device_flags=(), weights=None, wo
                f"--pretrained_syncnet_path={syncnet_path}", f"--result_path={layout.run(clip)}"]
     steps.append(training_step(clip, f"clip stage, mouth {clip.mouth}", command + device_flags, layout, costs,
                                footage))
-    model = layout.best(clip)
+    model = layout.model()
+    steps.append(Step("choose", "the model: the clip stage's best, unless the frame stage's scored better held out",
+                      [model], 1, action=lambda: choose_model(layout.best(frame_stages[-1]), layout.best(clip), model)))
 
     evaluation = layout.path("evaluation")
     steps.append(Step("evaluate", "evaluate.py on the held-out parts, dubbed with their own audio",
@@ -249,6 +258,24 @@ def build_steps(plan, layout, python="python", device_flags=(), weights=None, wo
     return steps
 
 
+def choose_model(frame_best, clip_best, path):
+    """Copy to `path` the clip stage's best checkpoint, or the last frame stage's where it scored a better held-out
+    validation (a short clip stage, its SyncNet barely trained, can leave the generator worse than it found it);
+    the choice and both scores go to path's .json beside it."""
+    from models.checkpoint import load_checkpoint
+    scores = {name: load_checkpoint(best, "--result_path", needs="net_g").get("validation_best")
+              for name, best in (("frame", frame_best), ("clip", clip_best))}
+    frame, clip = scores["frame"], scores["clip"]
+    chosen = "clip"
+    if frame and clip and frame["metric"] == clip["metric"] and frame["value"] < clip["value"]:
+        chosen = "frame"  # lmd_mouth, the metric validation keeps the best by: lower is better
+    write_atomically(path.removesuffix(".pth") + ".json",
+                     lambda file: json.dump({"chosen": chosen, "checkpoint": {"frame": frame_best, "clip": clip_best}[
+                         chosen], "validation_best": scores}, file, indent=1), mode="w")
+    with atomic_output(path) as partial:
+        shutil.copyfile(frame_best if chosen == "frame" else clip_best, partial)
+
+
 def training_step(stage, label, command, layout, costs, footage):
     return Step(stage.name, label, [layout.last(stage)], training_seconds(stage, costs, footage), command=command,
                 after=remove_step_checkpoints(layout.run(stage)))
@@ -259,11 +286,23 @@ def write_procedural_speech(path, seconds, seed=0):
     import numpy as np
     from scipy.io import wavfile
 
-    from common.files import atomic_output
     from data.procedural_faces import SAMPLE_RATE, synthesize_speech
     wav, _ = synthesize_speech(np.random.default_rng(seed), seconds)
     with atomic_output(path) as partial:
         wavfile.write(partial, SAMPLE_RATE, (wav * 32767).astype(np.int16))
+
+
+def model_origin(layout):
+    """How the model was chosen, from model.json."""
+    with open(layout.model().removesuffix(".pth") + ".json") as file:
+        choice = json.load(file)
+    scores = choice["validation_best"]
+    said = {name: f"{score['metric']} {score['value']:.4f} at epoch {score['epoch']}" if score else "not validated"
+            for name, score in scores.items()}
+    if choice["chosen"] == "frame":
+        return (f"the frame stage's best epoch (held out: {said['frame']}), since the clip stage left it worse "
+                f"({said['clip']})")
+    return f"the clip stage's best epoch (held out: {said['clip']}; the frame stage's: {said['frame']})"
 
 
 def report(plan, layout, command_line, times, weights):
@@ -280,7 +319,7 @@ def report(plan, layout, command_line, times, weights):
     lines = [
         f"# Personal model: {layout.root}", "",
         f"Command: `{command_line}`", "",
-        f"The model: `{layout.best(plan.stages[-1])}`, the clip stage's best epoch by held-out lmd_mouth (dub with it: "
+        f"The model: `{layout.model()}`, {model_origin(layout)} (dub with it: "
         f"`python inference.py --pretrained_clip_DINet_path MODEL --source_video_path ... --driving_audio_path ...`). "
         f"Every figure below comes from the held-out parts, the end of each video, never trained on (neither by "
         f"the model nor by the SyncNet that scores lip sync).", "",

@@ -6,6 +6,7 @@ each video is never trained on; the schedule grows with the footage, follows the
 one real run on a few seconds of procedural footage at mouth 64 (slow) writes the report, the side-by-side video and
 the contact sheet, and a rerun skips what is finished.
 """
+import json
 import os
 import shlex
 import subprocess
@@ -15,6 +16,7 @@ import tempfile
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from common.errors import run_command
 from conftest import ROOT
@@ -202,11 +204,31 @@ def test_planned_commands_train_on_the_training_parts_and_validate_on_the_held_o
                                                                                  "netG_best.pth")
     held_out_videos = [part_path(layout.path("footage"), part) for part in parts if part.held_out]
     assert all(path in commands["evaluate"] for path in held_out_videos)
-    assert commands["evaluate"]["--checkpoint"] == os.path.join(layout.path("training", "clip_128"), "netG_best.pth")
+    assert commands["evaluate"]["--checkpoint"] == layout.model()  # the chosen of the frame and clip stages' best
     # each held-out part is dubbed with the other video's speech, never its own
     dubbed = {command["--source_video_path"]: command["--driving_audio_path"] for name, command in commands.items()
               if name.startswith("dub_")}
     assert dubbed == dict(zip(held_out_videos, held_out_videos[::-1]))
+
+
+@pytest.mark.parametrize("frame_score, clip_score, chosen", [(0.05, 0.08, "frame"), (0.05, 0.04, "clip")])
+def test_the_model_is_the_clip_stages_best_unless_the_frame_stage_scored_better(tmp_path, frame_score, clip_score,
+                                                                                  chosen):
+    from models import DINet
+    from models.checkpoint import atomic_save
+    from person.recipe import choose_model
+    paths = {}
+    for name, score in (("frame", frame_score), ("clip", clip_score)):
+        paths[name] = str(tmp_path / f"{name}.pth")
+        torch.manual_seed(len(name))
+        atomic_save({"state_dict": {"net_g": DINet(3, 15, 80).state_dict()},
+                     "validation_best": {"metric": "lmd_mouth", "value": score, "epoch": 3}}, paths[name])
+    model = str(tmp_path / "model.pth")
+    choose_model(paths["frame"], paths["clip"], model)
+    with open(model, "rb") as copied, open(paths[chosen], "rb") as original:
+        assert copied.read() == original.read()
+    with open(tmp_path / "model.json") as file:
+        assert json.load(file)["chosen"] == chosen
 
 
 def test_from_init_one_frame_stage_fine_tunes_it(tmp_path):
