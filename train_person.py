@@ -227,7 +227,7 @@ def main(argv=None):
     recipe = Recipe(steps, layout.path("steps.json"), ROOT)
     seconds = recipe.run()
     speech = foreign_speech(plan.parts, layout, plan.speech)
-    print(f"\ndone in {duration(seconds)}: {layout.report()}, the model {layout.best(plan.stages[-1])}, "
+    print(f"\ndone in {duration(seconds)}: {layout.report()}, the model {layout.model()}, "
           f"{len(speech)} side-by-side video(s) and {layout.path('contact_sheet.png')}")
 
 
