@@ -10,6 +10,7 @@ A frame is usable when the chosen face is found there, is large enough, frontal 
 say it is; gaps of a frame or two inside a shot are filled from both sides. Landmarks are smoothed within runs of
 usable frames, never across a cut or a gap. No identity is known across a cut: the choice is made again in each shot.
 """
+import bisect
 import contextlib
 import re
 from dataclasses import dataclass, field
@@ -110,16 +111,22 @@ def overlap(a, b):
 
 @dataclass
 class Track:
+    """A face's boxes in one shot, frame by frame; frames are added in increasing order."""
     shot: int
     boxes: dict = field(default_factory=dict)  # frame -> box
+    frames: list = field(default_factory=list)  # the keys of boxes, in order
+
+    def add(self, frame, box):
+        self.boxes[frame] = box
+        self.frames.append(frame)
 
     @property
     def first(self):
-        return min(self.boxes)
+        return self.frames[0]
 
     @property
     def last(self):
-        return max(self.boxes)
+        return self.frames[-1]
 
     def area(self):
         """Area times time: the face that fills most of its shot."""
@@ -129,9 +136,11 @@ class Track:
         """The box at `frame`, interpolated between detections across a gap of up to TRACK_GAP frames."""
         if frame in self.boxes:
             return self.boxes[frame]
-        before = max((f for f in self.boxes if f < frame), default=None)
-        after = min((f for f in self.boxes if f > frame), default=None)
-        if before is None or after is None or after - before > TRACK_GAP + 1:
+        after = bisect.bisect(self.frames, frame)
+        if after == 0 or after == len(self.frames):
+            return None
+        before, after = self.frames[after - 1], self.frames[after]
+        if after - before > TRACK_GAP + 1:
             return None
         weight = (frame - before) / (after - before)
         return tuple(a + (b - a) * weight for a, b in zip(self.boxes[before], self.boxes[after]))
@@ -152,10 +161,11 @@ def track_faces(boxes_per_frame, shot_per_frame):
                       if i not in continued]
             best = max(scores, default=(0.0, None))
             if best[0] > TRACK_OVERLAP:
-                open_tracks[best[1]].boxes[frame] = box
+                open_tracks[best[1]].add(frame, box)
                 continued.add(best[1])
             else:
-                track = Track(shot, {frame: box})
+                track = Track(shot)
+                track.add(frame, box)
                 tracks.append(track)
                 open_tracks.append(track)
     return tracks
@@ -177,9 +187,10 @@ def same_faces(tracks, shot):
                  and alike(other.boxes[other.last])]
         if ended:
             nearest = min(ended, key=lambda o: np.hypot(*np.subtract(o.boxes[o.last][:2], start[:2])))
-            nearest.boxes.update(track.boxes)
+            for frame in track.frames:  # after all of nearest's: it ended before this one began
+                nearest.add(frame, track.boxes[frame])
         else:
-            joined.append(Track(track.shot, dict(track.boxes)))
+            joined.append(track)
     return joined
 
 
