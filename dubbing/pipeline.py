@@ -22,7 +22,7 @@ import os
 import queue
 import threading
 import time
-from collections import defaultdict, deque
+from collections import OrderedDict, defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -55,6 +55,7 @@ from models.fast import optimize_for_inference
 from .blend import FaceBlender
 from .faces import FaceChoice, FaceTrack, describe_ranges, fade_weights, find_face, runs
 
+REFERENCE_SHOTS = 4     # shots whose reference state dubbing keeps at once (ping-pong comes back to the last ones)
 INFERENCE_SCALE = 1.05  # DINet's fixed crop scale at inference (training draws it from [1.05, 1.15))
 
 
@@ -297,16 +298,25 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
             source = _SourceFrames(video, landmark_csv, len(track.reason))
             crop = lambda t: face_crop(source[index[t]], landmarks[index[t]], radii[t], geometry, video.colour)
             rng = np.random.default_rng(seed)
-            reference_states, closed_mouths = {}, {}
-            for number in np.unique(shot[dubbed]):  # each shot's references from its own frames
-                candidates = np.flatnonzero(dubbed & (shot == number))
-                with times("references"):  # mostly waiting for the decoder to reach them
-                    chosen = choose_references(landmarks[index[candidates]], candidates, rng)
-                    crops = [crop(t)[0] for t in chosen]
-                    reference_batch = to_batch([np.concatenate(crops, axis=2)]).to(device)  # (1, 15, H, W)
-                    closed_mouths[number] = to_batch([crops[0]]).to(device)  # the most closed of them
-                with times("generator"):
-                    reference_states[number] = network.encode_reference(reference_batch)
+            chosen = {number: choose_references(landmarks[index[candidates]], candidates, rng)
+                      for number in np.unique(shot[dubbed])  # each shot's references from its own frames
+                      for candidates in [np.flatnonzero(dubbed & (shot == number))]}
+            lock, kept = threading.Lock(), OrderedDict()
+
+            def references(number):
+                """(the shot's reference state, its most closed reference crop), made when a batch first needs them;
+                the last REFERENCE_SHOTS kept (a long video's shots, each tens of MB at mouth 256, would not fit)."""
+                with lock:
+                    if number not in kept:
+                        with times("references"):  # mostly waiting for the decoder to reach them
+                            crops = [crop(t)[0] for t in chosen[number]]
+                            batch = to_batch([np.concatenate(crops, axis=2)]).to(device)  # (1, 15, H, W)
+                        with times("generator"):
+                            kept[number] = network.encode_reference(batch), to_batch([crops[0]]).to(device)
+                        while len(kept) > REFERENCE_SHOTS:
+                            kept.popitem(last=False)
+                    kept.move_to_end(number)
+                    return kept[number]
             # under --close_on_silence, how much of the reference's closed mouth replaces the generated one
             hold = fade_weights(silent_frames(load_wav(os.path.join(work_dir, "driving.wav")), len(index)),
                                 np.zeros(len(index), int)) if close_on_silence else np.zeros(len(index))
@@ -341,10 +351,10 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
                     for number in dict.fromkeys(shot[batch]):  # one call per shot the batch spans, in order
                         stop = start + int(np.sum(shot[batch] == number))
                         # on a GPU: queued
-                        out = network.generate(masked[start:stop], audio[start:stop], reference_states[number],
-                                               first_row)
+                        state, closed_mouth = references(number)
+                        out = network.generate(masked[start:stop], audio[start:stop], state, first_row)
                         held = torch.from_numpy(hold[batch[start:stop]]).to(out).view(-1, 1, 1, 1)
-                        faces.append(out if not held.any() else out + held * (closed_mouths[number].to(out) - out))
+                        faces.append(out if not held.any() else out + held * (closed_mouth.to(out) - out))
                         start = stop
                     return frames, batch, boxes, torch.cat(faces), weight[batch]
 
