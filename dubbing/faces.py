@@ -229,15 +229,20 @@ def choose_tracks(tracks, choice, scale):
 
 # ---------------------------------------------------------------------------------------------- landmarks
 
+def turn(landmarks):
+    """(T, 68, 2) -> (T,) how far each face is turned: the nose tip (30) off the outer eye corners' midpoint, over
+    their distance (0 frontal)."""
+    eyes = np.maximum(np.abs(landmarks[:, 45, 0] - landmarks[:, 36, 0]), 1e-6)
+    return np.abs(landmarks[:, 30, 0] - (landmarks[:, 36, 0] + landmarks[:, 45, 0]) / 2) / eyes
+
+
 def _checked(landmarks, found, shot):
     """REASONS' key per frame for mesh landmarks: too small, in profile, or unlike its neighbours."""
     reason = np.where(found, "face", "none").astype(object)
     radius = np.maximum(landmarks[:, :, 1].max(axis=1) - landmarks[:, 29, 1],
                         landmarks[:, 54, 0] - landmarks[:, 48, 0]) / 2
-    eyes = np.abs(landmarks[:, 45, 0] - landmarks[:, 36, 0])
-    yaw = np.abs(landmarks[:, 30, 0] - (landmarks[:, 36, 0] + landmarks[:, 45, 0]) / 2) / np.maximum(eyes, 1e-6)
     reason[found & (radius < MIN_CROP_RADIUS)] = "small"
-    reason[(reason == "face") & (yaw > MAX_YAW)] = "profile"
+    reason[(reason == "face") & (turn(landmarks) > MAX_YAW)] = "profile"
     for start, stop in runs(reason == "face", shot):  # against the median of its neighbours within the run
         centre = landmarks[start:stop, 33]
         typical = median_filter(centre, size=(7, 1), mode="nearest")
@@ -298,10 +303,9 @@ def find_face(video, choice=FaceChoice(), timings=None, progress=False):
     found = np.zeros(count, bool)
     with timed("tracking"):
         tracks = same_faces(track_faces(boxes, shot), shot)
-    if not tracks:
+        chosen = choose_tracks(tracks, choice, scale) if tracks else {}
+    if not chosen:
         return FaceTrack(landmarks, np.full(count, "none", dtype=object), shot)
-    with timed("tracking"):
-        chosen = choose_tracks(tracks, choice, scale)
     bar = tqdm(total=sum(track.last + 1 - track.first for track in chosen.values()), desc="landmarks", unit="frame",
                disable=not progress, leave=False)
     with timed("landmarks"), bar:

@@ -42,7 +42,7 @@ from common.geometry import (
     mask_mouth,
     paste_mask,
 )
-from data.audio_features import FEATURE_WIDTHS, compute_audio_feature, load_wav
+from data.audio_features import FEATURE_WIDTHS, SAMPLE_RATE, compute_audio_feature, load_wav
 from data.openface_csv import read_openface_csv
 from media.convert import extract_audio
 from media.decoder import DecodedVideo, scratch_folder
@@ -53,7 +53,7 @@ from models.checkpoint import generator_config_of, load_checkpoint, load_network
 from models.fast import optimize_for_inference
 
 from .blend import FaceBlender
-from .faces import FaceChoice, FaceTrack, describe_ranges, fade_weights, find_face, runs
+from .faces import FaceChoice, FaceTrack, describe_ranges, fade_weights, find_face, runs, turn
 
 REFERENCE_SHOTS = 4     # shots whose reference state dubbing keeps at once (ping-pong comes back to the last ones)
 INFERENCE_SCALE = 1.05  # DINet's fixed crop scale at inference (training draws it from [1.05, 1.15))
@@ -94,9 +94,8 @@ def load_generator(path, device, mouth_size=None, flag="--pretrained_clip_DINet_
 
 
 def load_audio_features(driving_audio_path, feature, feature_path, work_dir):
-    """(T, C) features of the driving audio, computed here, or read from `feature_path` (.npy/.txt). Writes the
-    audio as work_dir/driving.wav (16 kHz mono) either way."""
-    extract_audio(driving_audio_path, os.path.join(work_dir, "driving.wav"))
+    """(T, C) features of the driving audio, computed here (from driving_wav(work_dir)), or read from `feature_path`
+    (.npy/.txt)."""
     if feature_path:
         if not os.path.isfile(feature_path):
             raise UserError(f"--audio_feature_path {feature_path}: no such file")
@@ -114,7 +113,15 @@ def load_audio_features(driving_audio_path, feature, feature_path, work_dir):
     if feature == "deepspeech" or feature is None:
         raise UserError("this checkpoint takes DeepSpeech features, which need TensorFlow: compute them for the "
                          "driving audio elsewhere and pass --audio_feature_path FILE.npy (frames x 29, 25 per second)")
-    return compute_audio_feature(os.path.join(work_dir, "driving.wav"), feature)
+    return compute_audio_feature(driving_wav(driving_audio_path, work_dir), feature)
+
+
+def driving_wav(driving_audio_path, work_dir):
+    """The driving audio as 16 kHz mono wav in work_dir, extracted on first use."""
+    path = os.path.join(work_dir, "driving.wav")
+    if not os.path.isfile(path):
+        extract_audio(driving_audio_path, path)
+    return path
 
 
 SILENCE_LEVEL = 0.05  # a frame whose RMS is under this fraction of the loud frames' (95th percentile) is silent
@@ -123,7 +130,7 @@ SILENCE_FRAMES = 4    # silent frames in a row (160 ms) that hold the mouth clos
 
 def silent_frames(wav, num_frames, fps=25):
     """(num_frames,) bool: frames in runs of SILENCE_FRAMES or more whose audio (16 kHz mono) is silent."""
-    samples = 16000 // fps
+    samples = SAMPLE_RATE // fps
     frames = np.resize(np.pad(wav, (0, max(0, num_frames * samples - len(wav)))), (num_frames, samples))
     rms = np.sqrt(np.mean(frames ** 2, axis=1))
     quiet = rms < SILENCE_LEVEL * max(np.percentile(rms, 95), 1e-4)
@@ -195,9 +202,7 @@ def choose_references(landmarks, candidates, rng):
     reference shows through)."""
     face_height = np.maximum(landmarks[:, 8, 1] - landmarks[:, 27, 1], 1e-6)
     opening = np.linalg.norm(landmarks[:, 66] - landmarks[:, 62], axis=1) / face_height
-    eyes = np.maximum(np.abs(landmarks[:, 45, 0] - landmarks[:, 36, 0]), 1e-6)
-    yaw = np.abs(landmarks[:, 30, 0] - (landmarks[:, 36, 0] + landmarks[:, 45, 0]) / 2) / eyes
-    best = np.asarray(candidates)[np.argsort(opening + 0.2 * yaw, kind="stable")]
+    best = np.asarray(candidates)[np.argsort(opening + 0.2 * turn(landmarks), kind="stable")]
     pool = min(len(best), max(NUM_REFERENCES, len(best) // 3))
     drawn = rng.choice(pool, size=NUM_REFERENCES, replace=pool < NUM_REFERENCES)
     return best[np.sort(drawn)]  # the most closed first
@@ -318,7 +323,7 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
                     kept.move_to_end(number)
                     return kept[number]
             # under --close_on_silence, how much of the reference's closed mouth replaces the generated one
-            hold = fade_weights(silent_frames(load_wav(os.path.join(work_dir, "driving.wav")), len(index)),
+            hold = fade_weights(silent_frames(load_wav(driving_wav(driving_audio_path, work_dir)), len(index)),
                                 np.zeros(len(index), int)) if close_on_silence else np.zeros(len(index))
             padded_features = np.pad(features, ((2, 2), (0, 0)), mode="edge")
             height, width = video.stored

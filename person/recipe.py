@@ -27,6 +27,7 @@ from typing import Optional
 from common.errors import UserError
 from common.files import atomic_output, write_atomically
 from common.geometry import NUM_REFERENCES
+from config.config import VALIDATION_METRICS
 from data.training_json import load_training_json
 
 from . import results
@@ -267,13 +268,15 @@ def choose_model(frame_best, clip_best, path):
               for name, best in (("frame", frame_best), ("clip", clip_best))}
     frame, clip = scores["frame"], scores["clip"]
     chosen = "clip"
-    if frame and clip and frame["metric"] == clip["metric"] and frame["value"] < clip["value"]:
-        chosen = "frame"  # lmd_mouth, the metric validation keeps the best by: lower is better
-    write_atomically(path.removesuffix(".pth") + ".json",
-                     lambda file: json.dump({"chosen": chosen, "checkpoint": {"frame": frame_best, "clip": clip_best}[
-                         chosen], "validation_best": scores}, file, indent=1), mode="w")
+    if frame and clip and frame["metric"] == clip["metric"]:
+        higher_is_better = VALIDATION_METRICS[frame["metric"]]
+        if (frame["value"] > clip["value"]) if higher_is_better else (frame["value"] < clip["value"]):
+            chosen = "frame"
+    source = frame_best if chosen == "frame" else clip_best
+    write_atomically(path.removesuffix(".pth") + ".json", lambda file: json.dump(
+        {"chosen": chosen, "checkpoint": source, "validation_best": scores}, file, indent=1), mode="w")
     with atomic_output(path) as partial:
-        shutil.copyfile(frame_best if chosen == "frame" else clip_best, partial)
+        shutil.copyfile(source, partial)
 
 
 def training_step(stage, label, command, layout, costs, footage):
