@@ -136,6 +136,9 @@ def training_parser(description, result_path):
         help="weight of the SyncNet loss in the clip stage (preset: dinet 0.1, latentsync 0.05)")
     add("--lr_g", type=number(0), default=0.0001, help="initial learning rate of the generator (Adam; 0 freezes it)")
     add("--lr_dI", type=number(0), default=0.0001, help="initial learning rate of the discriminators (Adam; 0 freezes them)")
+    add("--ema", type=number(0, maximum=0.99999), default=0.0,
+        help="keep a moving average of the generator's weights, this much of it kept per iteration (e.g. 0.995); "
+             "validation scores it and checkpoints give it to dubbing and the next stage (0: off, as DINet)")
     add("--coarse2fine", action="store_true", help="initialise the generator from --coarse_model_path")
     add("--coarse_model_path", default="", type=str, help="checkpoint (.pth) of the coarser stage")
     add("--pretrained_syncnet_path", default="", type=str, help="checkpoint (.pth) of a trained SyncNet")

@@ -11,6 +11,7 @@ schedule, the log line, TensorBoard, image grids and atomic checkpoints. Stages:
 What a stage provides beyond `step`: `create` (build it for this data and run, including initial weights),
 `dataset`, and the hooks of the `Stage` base class below.
 """
+import copy
 import os
 import random
 import signal
@@ -102,6 +103,12 @@ class Stage:
 
     def networks(self):
         return {name: getattr(self, name) for name in self.checkpoint_networks}
+
+    def generator(self):
+        """The generator validation scores and checkpoints hand to dubbing: the weights' moving average under --ema,
+        else the trained network itself."""
+        average = getattr(self, "average", None)
+        return average.network if average else distributed.unwrap(self.net_g)
 
     def describe(self):
         """What is trained, for the run's first log line."""
@@ -387,6 +394,32 @@ def snapshot_buffers(stage):
             if buffer.is_floating_point()]
 
 
+class WeightAverage:
+    """An exponential moving average of a network's weights (--ema): steadier than any one step's weights under the
+    GAN's noise. BatchNorm statistics are averaged alike (by themselves they follow the last ~10 batches, and the
+    held-out frames' colours swing with them). While few steps are averaged the decay is lower ((1 + n) / (10 + n)),
+    so the average does not hold on to the random initialisation."""
+
+    def __init__(self, network, decay):
+        self.decay = decay
+        self.network = copy.deepcopy(network).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, network, steps):
+        """Average in `network`'s weights after its `steps`-th update."""
+        decay = min(self.decay, (1 + steps) / (10 + steps))
+        averaged = [(mine, theirs) for mine, theirs in zip(self.network.parameters(), network.parameters())]
+        for mine, theirs in zip(self.network.buffers(), network.buffers()):
+            if mine.is_floating_point():
+                averaged.append((mine, theirs))
+            else:
+                mine.copy_(theirs)  # BatchNorm's batch count
+        torch._foreach_lerp_([mine for mine, _ in averaged], [theirs for _, theirs in averaged], 1 - decay)
+
+
+TRAINING_SUFFIX = "_training"  # under --ema a checkpoint's net_g is the average; the trained weights sit beside it
+
+
 class Checkpointer:
     """Writes the run's checkpoints (rank 0 only): DINet's every --checkpoint epochs, and with
     --save_every_steps K one every K iterations, of which the newest --keep_step_checkpoints stay."""
@@ -408,7 +441,7 @@ class Checkpointer:
         atomic_save({
             "epoch": epoch + 1 if whole_epoch else epoch,
             "iteration": 0 if whole_epoch else iteration,
-            "state_dict": {name: distributed.unwrap(net).state_dict() for name, net in stage.networks().items()},
+            "state_dict": weights(stage),
             "optimizer": {name: optimizer.state_dict() for name, optimizer in stage.optimizers.items()},
             "scheduler": {name: scheduler.state_dict() for name, scheduler in self.schedulers.items()},
             "scaler": {name: scaler.state_dict() for name, scaler in getattr(stage, "scalers", {}).items()},
@@ -425,10 +458,23 @@ class Checkpointer:
         return path
 
 
+def weights(stage):
+    """A checkpoint's state_dict: every trained network's weights, with the generator's average in place of its
+    own under --ema (what dubbing, evaluation and the next stage load), its own kept for resuming."""
+    state = {name: distributed.unwrap(net).state_dict() for name, net in stage.networks().items()}
+    if getattr(stage, "average", None):
+        state["net_g" + TRAINING_SUFFIX], state["net_g"] = state["net_g"], stage.average.network.state_dict()
+    return state
+
+
 def restore(stage, schedulers, resume, path):
     """Load a checkpoint's networks, optimizers, schedulers, scalers and RNG; returns (epoch, iteration, step)."""
+    saved = resume["state_dict"]
     for name, network in stage.networks().items():
-        load_network(distributed.unwrap(network), resume, name, path, "--resume")
+        trained = name + TRAINING_SUFFIX
+        load_network(distributed.unwrap(network), resume, trained if trained in saved else name, path, "--resume")
+    if getattr(stage, "average", None):  # the checkpoint's average, or its weights where it kept none
+        load_network(stage.average.network, resume, "net_g", path, "--resume")
     for name, optimizer in stage.optimizers.items():
         optimizer.load_state_dict(resume["optimizer"][name])
     for name, scheduler in schedulers.items():
@@ -499,6 +545,8 @@ def train(opt, stage_class=FrameStage):
     if stage_class.validates:
         training_set, held_out, split = held_out_sets(opt, training_set, resume)
     stage = stage_class.create(opt, training_set, runtime, resume)
+    if getattr(opt, "ema", 0):
+        stage.average = WeightAverage(stage.generator(), opt.ema)
     validator = make_validator(opt, stage, training_set, held_out, split, runtime, resume)
 
     dataset = stage.dataset(training_set)
@@ -571,6 +619,8 @@ def train(opt, stage_class=FrameStage):
                     if rows and global_step % opt.image_every == 0:
                         log.images(global_step, image_grid(rows), stage.image_tag)
                 global_step += 1
+                if getattr(stage, "average", None):
+                    stage.average.update(distributed.unwrap(stage.net_g), global_step)
                 stopping = distributed.any_rank(stop.signal is not None, runtime)
                 if stopping or (opt.save_every_steps and global_step % opt.save_every_steps == 0):
                     path = checkpointer.save(epoch, iteration + 1, global_step, whole_epoch=False)

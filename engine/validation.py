@@ -35,7 +35,6 @@ from data.training_json import TrainingSet, load_training_json
 from evaluation.lip_shape import lip_shape_scores
 from evaluation.reconstruction import psnr, ssim
 
-from . import distributed
 from .run_log import image_grid
 
 SPLIT_NAME = "validation_split.json"
@@ -176,8 +175,7 @@ class Validator:
     def run(self, stage):
         """The scores of stage's generator on the held-out clips, and an image grid (masked | generated | real)."""
         from .trainer import rng_state, set_rng_state
-        network = distributed.unwrap(stage.net_g)
-        network = getattr(network, "_orig_mod", network)  # under --compile, the module itself
+        network = stage.generator()
         saved, was_training = rng_state(), network.training
         network.eval()
         try:

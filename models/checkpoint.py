@@ -2,7 +2,9 @@
 
 `netG_model_epoch_{N}.pth` = {"epoch": N + 1, "state_dict": {"net_g", "net_dI"[, "net_dV"]},
 "optimizer": {...}} as DINet writes it, plus what a resume and a later stage need: "scheduler",
-"rng", "global_step", "generator_config", "mouth_region_size", "audio_feature", "lab".
+"rng", "global_step", "generator_config", "mouth_region_size", "audio_feature", "lab". Trained with --ema,
+state_dict's "net_g" is the weights' moving average (what dubbing and the next stage load) and
+"net_g_training" the trained weights a resume continues from.
 Keys with or without DataParallel's `module.` prefix load.
 
 SyncNets: {"state_dict": {"net": ...}} as DINet's `syncnet_256mouth.pth`, plus "syncnet_config" (architecture,
