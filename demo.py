@@ -33,12 +33,13 @@ from config.ranges import SEED, number
 NUM_VIDEOS = 20        # 17 faces to learn from, 3 held out: a face, the speech it is dubbed with, a mismatched one
 HELD_OUT = 0.15
 # the frame stage at mouth 64 on a CPU: batches of 8 (the model updates more often in the minutes it has), epochs of
-# 17 iterations (each video drawn 8 times), a held-out score after each; L1 beside DINet's losses and twice its
-# learning rate, to learn the face in the minutes a demo has
+# 17 iterations (each video drawn 8 times), a held-out score after every second; L1 beside DINet's losses and twice
+# its learning rate, to learn the face in the minutes a demo has; the weights' moving average, scored and kept by
+# mouth_open_corr (lmd_mouth also rewards a mouth that barely moves)
 TRAINING = ["--mouth_region_size=64", "--batch_size=8", "--augment_num=8", "--non_decay=1000", "--decay=0",
-            "--lamb_l1=10", "--lr_g=0.0002", "--lr_dI=0.0002",
-            f"--val_fraction={HELD_OUT}", "--val_every=1", "--val_patience=10", "--checkpoint=1000",
-            "--keep_step_checkpoints=1", "--num_workers=1"]
+            "--lamb_l1=10", "--lr_g=0.0002", "--lr_dI=0.0002", "--ema=0.995",
+            f"--val_fraction={HELD_OUT}", "--val_every=2", "--val_metric=mouth_open_corr", "--val_patience=10",
+            "--checkpoint=1000", "--keep_step_checkpoints=1", "--num_workers=1"]
 OTHER_MINUTES = 3.0    # data, dubbing and scoring on a 2-core CPU; the rest of --minutes trains
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
