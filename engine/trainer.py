@@ -58,6 +58,7 @@ class Stage:
     lr_network = "net_g"
     image_tag = "masked_source|references|generated|real"
     validates = True                         # takes --val_data / --val_fraction (a generator stage)
+    average = None                           # the generator's WeightAverage under --ema
 
     def setup_runtime(self, opt, runtime):
         """Precision and device of this stage's networks; call first in __init__."""
@@ -107,8 +108,7 @@ class Stage:
     def generator(self):
         """The generator validation scores and checkpoints hand to dubbing: the weights' moving average under --ema,
         else the trained network itself."""
-        average = getattr(self, "average", None)
-        return average.network if average else distributed.unwrap(self.net_g)
+        return self.average.network if self.average else distributed.unwrap(self.net_g)
 
     def describe(self):
         """What is trained, for the run's first log line."""
@@ -408,7 +408,7 @@ class WeightAverage:
     def update(self, network, steps):
         """Average in `network`'s weights after its `steps`-th update."""
         decay = min(self.decay, (1 + steps) / (10 + steps))
-        averaged = [(mine, theirs) for mine, theirs in zip(self.network.parameters(), network.parameters())]
+        averaged = list(zip(self.network.parameters(), network.parameters()))
         for mine, theirs in zip(self.network.buffers(), network.buffers()):
             if mine.is_floating_point():
                 averaged.append((mine, theirs))
@@ -462,7 +462,7 @@ def weights(stage):
     """A checkpoint's state_dict: every trained network's weights, with the generator's average in place of its
     own under --ema (what dubbing, evaluation and the next stage load), its own kept for resuming."""
     state = {name: distributed.unwrap(net).state_dict() for name, net in stage.networks().items()}
-    if getattr(stage, "average", None):
+    if stage.average:
         state["net_g" + TRAINING_SUFFIX], state["net_g"] = state["net_g"], stage.average.network.state_dict()
     return state
 
@@ -473,7 +473,7 @@ def restore(stage, schedulers, resume, path):
     for name, network in stage.networks().items():
         trained = name + TRAINING_SUFFIX
         load_network(distributed.unwrap(network), resume, trained if trained in saved else name, path, "--resume")
-    if getattr(stage, "average", None):  # the checkpoint's average, or its weights where it kept none
+    if stage.average:  # the checkpoint's average, or its weights where it kept none
         load_network(stage.average.network, resume, "net_g", path, "--resume")
     for name, optimizer in stage.optimizers.items():
         optimizer.load_state_dict(resume["optimizer"][name])
@@ -619,7 +619,7 @@ def train(opt, stage_class=FrameStage):
                     if rows and global_step % opt.image_every == 0:
                         log.images(global_step, image_grid(rows), stage.image_tag)
                 global_step += 1
-                if getattr(stage, "average", None):
+                if stage.average:
                     stage.average.update(distributed.unwrap(stage.net_g), global_step)
                 stopping = distributed.any_rank(stop.signal is not None, runtime)
                 if stopping or (opt.save_every_steps and global_step % opt.save_every_steps == 0):

@@ -32,7 +32,7 @@ def test_checkpoints_hand_on_the_average_and_a_resume_continues_both_exactly(tin
 
     final = whole / "netG_model_epoch_2.pth"
     average, trained = weights(final, "net_g"), weights(final, "net_g_training")
-    assert not same(average, trained)  # 8 steps at 0.9 leave the average behind the weights
+    assert not same(average, trained)  # 4 steps at 0.9 leave the average behind the weights
     assert same(average, weights(part / "netG_model_epoch_2.pth", "net_g"))
     assert same(trained, weights(part / "netG_model_epoch_2.pth", "net_g_training"))
     dubbing = load_generator(str(final), "cpu").network.state_dict()
