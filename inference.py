@@ -8,7 +8,8 @@ one frame per 40 ms of audio). The generator, its mouth size, lab and audio feat
 checkpoint. Landmarks are detected unless --source_openface_landmark_path gives an OpenFace CSV.
 The published clip_training_DINet_256mouth.pth records no mouth size: pass --mouth_region_size 256; it takes
 DeepSpeech features: pass them with --audio_feature_path FILE.npy (frames x 29), since computing them needs
-TensorFlow.
+TensorFlow. With --onnx GENERATOR.onnx (export.py's) onnxruntime runs the generator instead of PyTorch, through the
+same pipeline; the checkpoint is then not read.
 """
 import argparse
 import os
@@ -43,6 +44,8 @@ def build_parser():
     add("--driving_audio_path", default="./asserts/examples/driving_audio_1.wav", help="speech to dub with")
     add("--pretrained_clip_DINet_path", default="./asserts/clip_training_DINet_256mouth.pth",
         help="generator checkpoint (clip or frame stage)")
+    add("--onnx", default="", help="run this ONNX export of the generator (python export.py) in onnxruntime, in "
+                                   "float32, instead of the checkpoint in PyTorch")
     add("--res_video_dir", default="./asserts/inference_result", help="folder of the results")
     add("--mouth_region_size", type=int, default=None,
         help="needed for checkpoints that do not record it (DINet's: 256 for clip_training_DINet_256mouth.pth)")
@@ -88,7 +91,7 @@ def check_inputs(opt):
                        ("--source_openface_landmark_path", opt.source_openface_landmark_path),
                        ("--audio_feature_path", opt.audio_feature_path)):
         if path and not os.path.isfile(path):
-            raise SystemExit(f"{flag} {path}: no such file; check the path")
+            raise UserError(f"{flag} {path}: no such file; check the path")
     for flag, path, kind, stream, fix in (
             ("--source_video_path", opt.source_video_path, "video", "has_video", "pass a video of the face to dub"),
             ("--driving_audio_path", opt.driving_audio_path, "audio file", "has_audio",
@@ -98,18 +101,20 @@ def check_inputs(opt):
         except UserError as error:
             raise UserError(f"{flag} {error}") from None
         if not info[stream]:
-            raise SystemExit(f"{flag} {path}: no {stream[len('has_'):]} stream; {fix}")
+            raise UserError(f"{flag} {path}: no {stream[len('has_'):]} stream; {fix}")
     if opt.mouth_region_size is not None:
         try:
             CropGeometry(opt.mouth_region_size)
         except ValueError:
-            raise SystemExit(f"--mouth_region_size {opt.mouth_region_size}: DINet's crop geometry needs a multiple of "
-                             f"8, 16 or more; use 64, 128 or 256, or drop the flag (checkpoints record it)") from None
+            raise UserError(f"--mouth_region_size {opt.mouth_region_size}: DINet's crop geometry needs a multiple of "
+                            f"8, 16 or more; use 64, 128 or 256, or drop the flag (checkpoints record it)") from None
     if opt.device is not None:
         try:
             torch.device(opt.device)
         except RuntimeError:
-            raise SystemExit(f"--device {opt.device}: not a device; pass cuda, cuda:N or cpu") from None
+            raise UserError(f"--device {opt.device}: not a device; pass cuda, cuda:N or cpu") from None
+    if opt.onnx and opt.amp == "bf16":
+        raise UserError("--amp bf16: an ONNX export runs in float32 as exported; drop --amp, or dub without --onnx")
     check_writable(opt.res_video_dir, "--res_video_dir")
 
 
@@ -132,13 +137,24 @@ def _stop(signum, frame):
     raise KeyboardInterrupt(signum)
 
 
-def main():
-    opt = build_parser().parse_args()
-    check_inputs(opt)
-    # a scheduler's SIGTERM and a closed terminal's SIGHUP stop as Ctrl-C does, through the cleanup of scratch
-    # folders and partial outputs
-    for number in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(number, _stop)
+def load_dubbing_model(opt, device):
+    """The generator the options name: the --onnx export in onnxruntime, or the checkpoint in PyTorch."""
+    if opt.onnx:
+        from dubbing.onnx_generator import load_onnx_generator
+        return load_onnx_generator(opt.onnx, device)
+    return load_generator(opt.pretrained_clip_DINet_path, device, opt.mouth_region_size)
+
+
+def output_paths(opt):
+    """(the dubbed video, the face video or None) that the options write."""
+    name = os.path.splitext(os.path.basename(opt.source_video_path))[0]
+    return (os.path.join(opt.res_video_dir, f"{name}_facial_dubbing_add_audio.mp4"),
+            os.path.join(opt.res_video_dir, f"{name}_synthetic_face.mp4") if opt.face_video else None)
+
+
+def run(opt, generator=None, progress=True):
+    """Dub as the checked options `opt` say, with `generator` (a DubbingModel; default: load_dubbing_model's),
+    printing what it did; the DubResult. The command and the web app (app.py) both dub through this."""
     info = probe(opt.source_video_path)
     size, output_size = (info["width"], info["height"]), even_size(info["width"], info["height"])
     if output_size != size:
@@ -147,29 +163,38 @@ def main():
     device = choose_device(opt.device)
     if device.type == "cpu":
         tune_cpu_allocator()
-    generator = load_generator(opt.pretrained_clip_DINet_path, device, opt.mouth_region_size)
-    name = os.path.splitext(os.path.basename(opt.source_video_path))[0]
-    output_path = os.path.join(opt.res_video_dir, f"{name}_facial_dubbing_add_audio.mp4")
-    face_path = os.path.join(opt.res_video_dir, f"{name}_synthetic_face.mp4") if opt.face_video else None
+    generator = generator or load_dubbing_model(opt, device)
+    output_path, face_path = output_paths(opt)
     started = time.time()
-    try:
-        result = dub(opt.source_video_path, opt.driving_audio_path, generator, output_path, device,
-                     landmark_csv=opt.source_openface_landmark_path or None, audio_feature_path=opt.audio_feature_path,
-                     batch_size=opt.batch_size, face_video_path=face_path, seed=opt.seed,
-                     amp=resolve_amp(opt.amp, device), face=opt.face, length=opt.length, strict=opt.strict,
-                     close_on_silence=opt.close_on_silence)
-    except KeyboardInterrupt as stop:  # the scratch and the partial output are removed by now
-        number = stop.args[0] if stop.args else signal.SIGINT
-        print(f"stopped by {signal.Signals(number).name}: {output_path} not written", file=sys.stderr)
-        sys.exit(128 + number)
+    result = dub(opt.source_video_path, opt.driving_audio_path, generator, output_path, device,
+                 landmark_csv=opt.source_openface_landmark_path or None, audio_feature_path=opt.audio_feature_path,
+                 batch_size=opt.batch_size, face_video_path=face_path, seed=opt.seed,
+                 amp=None if opt.onnx else resolve_amp(opt.amp, device), face=opt.face, length=opt.length,
+                 strict=opt.strict, close_on_silence=opt.close_on_silence, progress=progress)
     seconds = time.time() - started
     print(f"wrote {result.output_path}: {result.frames} frames at 25 fps, mouth {generator.mouth_size}, "
-          f"{result.frames / seconds:.2f} frames/s end to end")
+          f"{result.frames / seconds:.2f} frames/s end to end" + (" (onnxruntime)" if opt.onnx else ""))
     print(f"dubbed: {'; '.join(result.faces)} (--face {opt.face}, {result.shots} shot(s))")
     print(f"{result.frames - result.passed_through} frames dubbed, {result.passed_through} passed through untouched"
           + (f": {result.passed_through_ranges}" if result.passed_through else ""))
     if face_path:
         print(f"wrote {face_path}")
+    return result
+
+
+def main():
+    opt = build_parser().parse_args()
+    check_inputs(opt)
+    # a scheduler's SIGTERM and a closed terminal's SIGHUP stop as Ctrl-C does, through the cleanup of scratch
+    # folders and partial outputs
+    for number in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, _stop)
+    try:
+        run(opt)
+    except KeyboardInterrupt as stop:  # the scratch and the partial output are removed by now
+        number = stop.args[0] if stop.args else signal.SIGINT
+        print(f"stopped by {signal.Signals(number).name}: {output_paths(opt)[0]} not written", file=sys.stderr)
+        sys.exit(128 + number)
 
 
 if __name__ == "__main__":

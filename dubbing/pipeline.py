@@ -7,7 +7,8 @@
 
 Threads overlap the work: ffmpeg decodes into a memory map in the background (media/decoder.py), generator
 streams crop and run the generator batch by batch (optimize_for_inference's copy, references encoded once;
-channels_last, bf16 autocast with --amp bf16; on a CPU two batches at once, each on half the threads,
+channels_last, bf16 autocast with --amp bf16; or an ONNX export in onnxruntime, dubbing/onnx_generator.py, when the
+DubbingModel holds one; on a CPU two batches at once, each on half the threads,
 `generator_streams`; on a GPU one, cropping the next batch while the GPU computes this one), and a writer thread
 blends each frame, in order, and streams it to the encoder (media/encoder.py, x264 `veryfast`). Frames stay
 4:2:0 YUV from decoder to encoder (media/yuv.py): only face boxes are converted to RGB and back. `timings` (a
@@ -54,6 +55,7 @@ from models.fast import optimize_for_inference
 
 from .blend import FaceBlender
 from .faces import FaceChoice, FaceTrack, describe_ranges, fade_weights, find_face, runs, turn
+from .onnx_generator import OnnxGenerator
 
 REFERENCE_SHOTS = 4     # shots whose reference state dubbing keeps at once (ping-pong comes back to the last ones)
 INFERENCE_SCALE = 1.05  # DINet's fixed crop scale at inference (training draws it from [1.05, 1.15))
@@ -275,7 +277,8 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
         video = DecodedVideo(source_video_path, background=True, pixel_format="yuv420p")  # decodes in the background
         try:
             with times("generator"):  # meanwhile: on CPU its compiled kernels load in the background
-                network = optimize_for_inference(generator.network, device, amp, channels_last)
+                network = (generator.network if isinstance(generator.network, OnnxGenerator)  # runs as exported
+                           else optimize_for_inference(generator.network, device, amp, channels_last))
             with times("features"):
                 features = load_audio_features(driving_audio_path, generator.audio_feature, audio_feature_path,
                                                work_dir)

@@ -1,0 +1,114 @@
+"""export.py and inference.py --onnx: every lab's generator exported to ONNX gives PyTorch's faces to 1e-4 (float32)
+at any batch size, and onnxruntime dubs through the same pipeline as PyTorch. Untrained generators at mouth 64, their
+BatchNorm statistics taken from one random batch so that every layer carries a full-scale signal."""
+import os
+import runpy
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from common.geometry import CropGeometry
+from conftest import ROOT, refusal
+from config.labs import LAB_PRESETS, generator_config
+from dubbing.pipeline import dub, load_generator
+from footage import SOURCES, short_clip, speech
+from media.decoder import read_video_frames
+from media.ffmpeg import probe
+from models import DINet
+from models.checkpoint import atomic_save
+from models.syncnet import SyncNetConfig, build_syncnet
+
+onnxruntime = pytest.importorskip("onnxruntime", reason="pip install -r requirements-app.txt")
+from dubbing.onnx_generator import INPUTS, export_onnx, sample_inputs  # noqa: E402
+
+MOUTH = 64
+
+
+def lab_configs():
+    """Each distinct generator of the labs, on the audio features its preset trains on (mel where it names none):
+    lab5 and lab7 are one network on mel features."""
+    configs = {}
+    for lab, preset in LAB_PRESETS.items():
+        config = generator_config(lab, 80, audio_feature=preset.get("audio_feature", "mel"))
+        configs.setdefault(config, []).append(lab)
+    return [pytest.param(config, id="+".join(labs)) for config, labs in configs.items()]
+
+
+def trained_like(config, seed=0):
+    """An untrained generator whose BatchNorms hold the statistics of one batch of random inputs (with fresh ones each
+    layer shrinks the signal and every face is a flat grey: a comparison that could not tell much)."""
+    torch.manual_seed(seed)
+    network = DINet.from_config(config)
+    for module in network.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = None
+    reference, masked, audio = sample_inputs(CropGeometry(MOUTH), config.audio_channel, batch=4, seed=seed + 1)
+    with torch.no_grad():
+        network.train()(masked, reference.expand(4, -1, -1, -1), audio)
+    return network.eval()
+
+
+def save_checkpoint(network, path):
+    """As training saves a generator."""
+    atomic_save({"epoch": 3, "state_dict": {"net_g": network.state_dict()}, "generator_config": network.config.to_dict(),
+                 "mouth_region_size": MOUTH, "audio_feature": "mel"}, str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("config", lab_configs())
+def test_every_lab_exports_to_onnx_with_pytorchs_faces_at_any_batch_size(config, tmp_path):
+    network = trained_like(config)
+    generator = load_generator(save_checkpoint(network, tmp_path / "netG_best.pth"), torch.device("cpu"))
+    path = tmp_path / "generator.onnx"
+    export_onnx(generator, str(path), source="netG_best.pth")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.get_modelmeta().custom_metadata_map["dinet.mouth_region_size"] == str(MOUTH)
+    for batch in (1, 5):  # neither the batch traced nor the one export_onnx checks
+        reference, masked, audio = sample_inputs(CropGeometry(MOUTH), config.audio_channel, batch, seed=10 + batch)
+        faces = session.run(None, dict(zip(INPUTS, (reference.numpy(), masked.numpy(), audio.numpy()))))[0]
+        with torch.no_grad():
+            expected = network(masked, reference, audio).numpy()
+        assert faces.shape == expected.shape == (batch, 3, CropGeometry(MOUTH).height, CropGeometry(MOUTH).width)
+        assert expected.std() > 0.02  # faces with content, not a flat grey
+        assert np.abs(faces - expected).max() <= 1e-4
+
+
+@pytest.mark.needs_shared(*SOURCES)
+def test_inference_dubs_with_the_onnx_export_alone_as_pytorch_does(tmp_path, monkeypatch, capsys):
+    """export.py (run in this process, as typed) then inference.py --onnx with no checkpoint given: the video PyTorch
+    dubs in float32."""
+    checkpoint = save_checkpoint(trained_like(generator_config("lab1", 80)), tmp_path / "netG_best.pth")
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", ["export.py", "--checkpoint", checkpoint, "--out", str(tmp_path / "g.onnx")])
+    runpy.run_path(os.path.join(ROOT, "export.py"), run_name="__main__")
+    assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'g.onnx'}: mouth 64, mel features")
+    clip, audio = str(tmp_path / "clip.mp4"), str(tmp_path / "speech.wav")
+    short_clip(clip, seconds=1)
+    seconds = speech(audio, seconds=1.6)
+    os.rename(checkpoint, tmp_path / "kept.pth")  # the export alone dubs
+    run = subprocess.run([sys.executable, "inference.py", "--onnx", str(tmp_path / "g.onnx"), "--source_video_path",
+                          clip, "--driving_audio_path", audio, "--res_video_dir", str(tmp_path / "onnx"),
+                          "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "(onnxruntime)" in run.stdout
+    output = tmp_path / "onnx" / "clip_facial_dubbing_add_audio.mp4"
+    assert abs(probe(str(output))["duration"] - seconds) < 0.1
+    os.rename(tmp_path / "kept.pth", checkpoint)
+    dub(clip, audio, load_generator(checkpoint, torch.device("cpu")), str(tmp_path / "torch.mp4"), torch.device("cpu"),
+        amp="off", progress=False)
+    onnx_frames, torch_frames, source = (np.stack(list(read_video_frames(path))).astype(np.float32)
+                                         for path in (str(output), str(tmp_path / "torch.mp4"), clip))
+    assert onnx_frames.shape == torch_frames.shape == (40, *source.shape[1:])
+    assert np.abs(onnx_frames - torch_frames).mean() < 0.05    # the same video, up to a rounding here and there
+    assert np.abs(onnx_frames[:25] - source).max() > 50        # and the generator's mouths in it
+
+
+def test_a_checkpoint_that_is_no_generator_is_refused_and_nothing_is_written(tmp_path, monkeypatch, capsys):
+    syncnet = str(tmp_path / "syncnet.pth")
+    atomic_save({"state_dict": {"net": build_syncnet(SyncNetConfig()).state_dict()}}, syncnet)
+    message = refusal("export.py", ["--checkpoint", syncnet, "--out", str(tmp_path / "g.onnx")], monkeypatch, capsys)
+    assert message.startswith(f"--checkpoint {syncnet}: not a generator checkpoint")
+    assert sorted(os.listdir(tmp_path)) == ["syncnet.pth"]
