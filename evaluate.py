@@ -407,8 +407,10 @@ def write_tables(rows, csv_path, title, notes):
     print(f"wrote {csv_path} and {markdown_path}")
 
 
-def main():
-    opt = build_parser().parse_args()
+def main(argv=None):
+    """The command, for `argv` (default: the command line); the path of the CSV it wrote (the web app's Score tab
+    calls it too)."""
+    opt = build_parser().parse_args(argv)
     check_inputs(opt)
     device = choose_device(opt.device)
     if opt.protocol:
@@ -418,7 +420,8 @@ def main():
             tune_cpu_allocator()
         amp = resolve_amp(opt.amp, device)
     if opt.protocol == PROCEDURAL:
-        return procedural(opt, generator, device, amp)
+        procedural(opt, generator, device, amp)
+        return os.path.join(opt.out_dir, f"{PROCEDURAL}.csv")
     scorers = load_scorers(opt, device)
     notes = [f"- LSE repo: {opt.syncnet_path}" * bool(opt.syncnet_path),
              f"- LSE syncnet_v2: {opt.lse_syncnet_path}" * bool(opt.lse_syncnet_path),
@@ -438,6 +441,7 @@ def main():
         csv_path, title = opt.csv, "Evaluation"
     notes += [f"- skipped {path}: {why}" for path, why in skipped]
     write_tables(rows, csv_path, title, [note for note in notes if note])
+    return csv_path
 
 
 if __name__ == "__main__":

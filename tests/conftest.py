@@ -24,6 +24,10 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "needs_shared(*paths): the test reads these paths under ../shared "
                                        "(skipped, and listed at the end of the run, where one is missing)")
     config.addinivalue_line("markers", "slow: takes minutes; skipped unless -m names it (pytest -m slow)")
+    # -n N: the tests of one xdist_group run in one worker (tests/test_app.py's share one app process), the rest as
+    # xdist's "load" spreads them
+    if getattr(config.option, "dist", None) == "load":
+        config.option.dist = "loadgroup"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,0 +1,301 @@
+"""Dub in a browser, or over HTTP: a Gradio app over the dubbing inference.py runs.
+
+    python app.py [--checkpoint PATH] [--checkpoint_dir ./asserts] [--host 127.0.0.1] [--port 7860] \
+        [--max_upload_mb 500] [--auth USER:PASS] [--device cpu]
+
+Tab "Dub": a face video (or photo) and speech (any file ffmpeg reads), a generator checkpoint (every *.pth under
+--checkpoint_dir that holds a generator, and --checkpoint), the options that matter (precision, whom to dub, the
+length policy, a closed mouth on silence; the mouth size comes from the checkpoint); the dubbed video plays in the
+page and downloads. Tab "Score": videos scored as evaluate.py scores them. Both are Gradio API endpoints (/dub,
+/score), each one job at a time, the rest queued. Errors are the commands' one-line messages. The app listens on
+127.0.0.1; any other --host needs --auth. Results are kept until the app stops. Needs gradio (pip install -r
+requirements-app.txt).
+"""
+import argparse
+import functools
+import ipaddress
+import os
+import pickletools
+import shutil
+import signal
+import tempfile
+import zipfile
+from contextlib import contextmanager
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry: the app may run without a network
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")         # as inference.py: the decoder and encoder need the cores
+
+from common.errors import UserError, run_command  # noqa: E402
+from config.ranges import integer  # noqa: E402
+
+NO_CHECKPOINT = ("no generator checkpoint under {folder}; make one with `python demo.py` (it writes "
+                 "./asserts/demo/training_model_weight/frame_training_64/netG_best.pth) or by training "
+                 "(`python train_person.py --videos ...` writes model.pth), then press Refresh, or start the app "
+                 "with --checkpoint PATH")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add = parser.add_argument
+    add("--checkpoint", default=None, help="a generator checkpoint to offer first (beside those in --checkpoint_dir)")
+    add("--checkpoint_dir", default="./asserts", help="where to look for generator checkpoints (*.pth, recursively)")
+    add("--host", default="127.0.0.1", help="the address to listen on; anything but a loopback address (e.g. 0.0.0.0, "
+                                            "every interface) needs --auth")
+    add("--port", type=integer(1, 65535), default=7860, help="the port to listen on")
+    add("--auth", default=None, metavar="USER:PASS", help="the login the page and the API ask for")
+    add("--max_upload_mb", type=integer(1), default=500, help="uploads larger than this are refused")
+    add("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
+    return parser
+
+
+def check_options(opt):
+    """The flags, before anything starts: one line naming the flag and the fix."""
+    credentials = None
+    if opt.auth is not None:
+        user, _, password = opt.auth.partition(":")
+        if not user or not password:
+            raise UserError(f"--auth {opt.auth}: pass USER:PASS, both not empty")
+        credentials = (user, password)
+    if not is_loopback(opt.host) and credentials is None:
+        raise UserError(f"--host {opt.host}: listening beyond this machine needs --auth USER:PASS (anyone who reaches "
+                        f"the port could dub with your models and read the results); add --auth, or drop --host to "
+                        f"stay on 127.0.0.1")
+    if opt.checkpoint and not os.path.isfile(opt.checkpoint):
+        raise UserError(f"--checkpoint {opt.checkpoint}: no such file; check the path")
+    return credentials
+
+
+def is_loopback(host):
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
+
+
+def holds(path, key):
+    """Whether the torch.save file `path` has a `key` entry (e.g. a generator's "net_g"), read from its pickle's
+    opcodes without unpickling it; False for anything else."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickled = next(name for name in archive.namelist() if name.endswith("/data.pkl"))
+            return any(argument == key for _, argument, _ in pickletools.genops(archive.read(pickled)))
+    except (OSError, zipfile.BadZipFile, StopIteration, ValueError):
+        return False
+
+
+def checkpoints_in(folder, key="net_g", pattern=".pth"):
+    """The files under `folder` (recursively) named *`pattern` that hold `key`, the newest first."""
+    found = [os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
+             if name.endswith(pattern) and not name.startswith(".") and (key is None or holds(os.path.join(root, name),
+                                                                                               key))]
+    return sorted(found, key=os.path.getmtime, reverse=True)
+
+
+class Jobs:
+    """What the page's two buttons run: inference.py's and evaluate.py's code with the form as their flags, each job
+    in its own folder under `folder`, UserErrors turned into the page's error line."""
+
+    def __init__(self, opt, folder):
+        self.opt, self.folder = opt, folder
+
+    def label(self, path):
+        """`path` as the page shows it: within --checkpoint_dir, relative to it."""
+        inside = os.path.relpath(path, self.opt.checkpoint_dir)
+        return path if inside.startswith("..") else inside
+
+    def generator_choices(self):
+        paths = checkpoints_in(self.opt.checkpoint_dir)
+        if self.opt.checkpoint:
+            paths = [self.opt.checkpoint] + [path for path in paths if not os.path.samefile(path, self.opt.checkpoint)]
+        return [(self.label(path), path) for path in paths]
+
+    def syncnet_choices(self):
+        return [("none", "")] + [(self.label(path), path) for path in checkpoints_in(self.opt.checkpoint_dir, "net")]
+
+    def lse_choices(self):
+        return [("none", "")] + [(self.label(path), path)
+                                 for path in checkpoints_in(self.opt.checkpoint_dir, None, ".model")]
+
+    @staticmethod
+    @functools.lru_cache(maxsize=1)
+    def _generator(path, changed, device):
+        from dubbing.pipeline import load_generator
+        return load_generator(path, device)
+
+    def generator(self, path):
+        """The DubbingModel of `path`, kept while the file is unchanged (the next job with it loads nothing)."""
+        from common.devices import choose_device
+        return self._generator(path, os.stat(path).st_mtime_ns, choose_device(self.opt.device))
+
+    def describe(self, path):
+        if not path:
+            return NO_CHECKPOINT.format(folder=self.opt.checkpoint_dir)
+        try:
+            generator = self.generator(path)
+        except UserError as error:
+            return str(error)
+        return f"mouth {generator.mouth_size} (read from the checkpoint), {generator.audio_feature} audio features"
+
+    @contextmanager
+    def job(self, *uploads):
+        """A fresh folder for one job; a UserError (or a bad flag) becomes the page's one-line error, the upload's
+        temporary path shown as its file name, and the folder is removed."""
+        import gradio as gr
+        folder = tempfile.mkdtemp(dir=self.folder)
+        try:
+            yield folder
+        except (UserError, argparse.ArgumentError) as error:
+            shutil.rmtree(folder, ignore_errors=True)
+            message = str(error)
+            for path in (path for group in uploads for path in ([group] if isinstance(group, str) else group or ())):
+                message = message.replace(path, os.path.basename(path))
+            raise gr.Error(message, print_exception=False) from None
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    def dub(self, source, speech, checkpoint, amp, face, length, close_on_silence, progress=None):
+        """(the dubbed video, what was dubbed), with inference.py's flags from the form."""
+        import inference
+        with self.job(source, speech) as folder:
+            for upload, what in ((source, "--source_video_path: upload the face, a video or a photo"),
+                                 (speech, "--driving_audio_path: upload the speech")):
+                if not upload:
+                    raise UserError(what)
+            if not checkpoint:
+                raise UserError(NO_CHECKPOINT.format(folder=self.opt.checkpoint_dir))
+            argv = ["--source_video_path", source, "--driving_audio_path", speech, "--res_video_dir", folder,
+                    "--pretrained_clip_DINet_path", checkpoint, "--amp", amp, "--face", face or "largest",
+                    "--length", length, *(["--close_on_silence"] if close_on_silence else []),
+                    *(["--device", self.opt.device] if self.opt.device else [])]
+            parser = inference.build_parser()
+            parser.exit_on_error = False  # a bad value is an ArgumentError here, not an exit
+            opt = parser.parse_args(argv)
+            inference.check_inputs(opt)
+            if progress is not None:
+                progress(0, desc="loading the generator")
+            generator = self.generator(checkpoint)
+            result = inference.run(opt, generator)
+            passed = (f", {result.passed_through} passed through untouched ({result.passed_through_ranges})"
+                      if result.passed_through else "")
+            return result.output_path, (f"{result.frames} frames at 25 fps, mouth {generator.mouth_size}: "
+                                        f"{result.frames - result.passed_through} dubbed{passed}; "
+                                        f"{'; '.join(result.faces)}")
+
+    def score(self, videos, sources, syncnet, lse_syncnet, lpips_weights):
+        """(the table in markdown, its CSV), with evaluate.py's flags from the form (videos scored as they are)."""
+        import evaluate
+        with self.job(videos, sources) as folder:
+            if not videos:
+                raise UserError("--videos: upload the videos to score")
+            argv = ["--videos", *videos, *(["--sources", *sources] if sources else []),
+                    *(["--syncnet_path", syncnet] if syncnet else []),
+                    *(["--lse_syncnet_path", lse_syncnet] if lse_syncnet else []),
+                    "--lpips_weights", lpips_weights, "--csv", os.path.join(folder, "evaluation.csv"),
+                    *(["--device", self.opt.device] if self.opt.device else [])]
+            csv_path = evaluate.main(argv)
+            with open(os.path.splitext(csv_path)[0] + ".md") as file:
+                return file.read(), csv_path
+
+
+def build_page(jobs, opt):
+    import gradio as gr
+
+    from dubbing.pipeline import LENGTHS
+
+    generators = jobs.generator_choices()
+    first = generators[0][1] if generators else None
+    with gr.Blocks(title="DINet dubbing") as page:
+        gr.Markdown("# DINet dubbing")
+        with gr.Tab("Dub"):
+            with gr.Row():
+                with gr.Column():
+                    source = gr.File(label="Face: a video or a photo", file_types=["video", "image"], type="filepath",
+                                     elem_id="source")
+                    speech = gr.File(label="Speech: an audio file, or a video's soundtrack",
+                                     file_types=["audio", "video"], type="filepath", elem_id="speech")
+                    with gr.Row():
+                        checkpoint = gr.Dropdown(generators, value=first, label="Generator checkpoint", scale=4,
+                                                 elem_id="checkpoint")
+                        refresh = gr.Button("Refresh", scale=1)
+                    about = gr.Markdown(jobs.describe(first), elem_id="about")
+                    amp = gr.Radio(["auto", "off", "bf16"], value="auto", label="Precision (--amp)",
+                                   info="auto: bf16 where the hardware computes it natively, else fp32")
+                    face = gr.Textbox("largest", label="Whom to dub (--face)",
+                                      info="largest, N (the N-th face from the left) or x,y (the face at that pixel)")
+                    length = gr.Dropdown(list(LENGTHS), value="pingpong", label="When video and speech differ in "
+                                         "length (--length)", info="pingpong, loop, pad: the speech's length; "
+                                         "cut: the shorter of the two")
+                    silence = gr.Checkbox(False, label="Closed mouth where the speech is silent (--close_on_silence)")
+                    button = gr.Button("Dub", variant="primary", elem_id="dub")
+                with gr.Column():
+                    video = gr.Video(label="Dubbed video", interactive=False, height=560, elem_id="result")
+                    done = gr.Markdown(elem_id="done")
+        with gr.Tab("Score"):
+            with gr.Row():
+                with gr.Column():
+                    videos = gr.File(label="Videos to score, with their sound", file_count="multiple",
+                                     file_types=["video"], type="filepath")
+                    sources = gr.File(label="Their sources, in the same order (optional: PSNR, SSIM, LPIPS, lip "
+                                            "shape)", file_count="multiple", file_types=["video"], type="filepath")
+                    syncnet = gr.Dropdown(jobs.syncnet_choices(), value="", label="SyncNet trained here (LSE repo)")
+                    lse_syncnet = gr.Dropdown(jobs.lse_choices(), value="",
+                                              label="syncnet_python's syncnet_v2.model (LSE syncnet_v2)")
+                    lpips_weights = gr.Radio(["pretrained", "random"], value="pretrained", label="LPIPS trunk",
+                                             info="pretrained: torchvision's ImageNet VGG16, downloaded once")
+                    score_button = gr.Button("Score", variant="primary")
+                with gr.Column():
+                    table = gr.Markdown()
+                    table_file = gr.File(label="The table (CSV)")
+
+        def dub(source, speech, checkpoint, amp, face, length, silence, progress=gr.Progress(track_tqdm=True)):
+            return jobs.dub(source, speech, checkpoint, amp, face, length, silence, progress)
+
+        def rescan():
+            choices = jobs.generator_choices()
+            value = choices[0][1] if choices else None
+            return (gr.update(choices=choices, value=value), jobs.describe(value),
+                    gr.update(choices=jobs.syncnet_choices()), gr.update(choices=jobs.lse_choices()))
+
+        button.click(dub, [source, speech, checkpoint, amp, face, length, silence], [video, done], api_name="dub",
+                     concurrency_limit=1)
+        score_button.click(jobs.score, [videos, sources, syncnet, lse_syncnet, lpips_weights], [table, table_file],
+                           api_name="score", concurrency_limit=1)
+        checkpoint.change(jobs.describe, checkpoint, about, api_visibility="private")
+        refresh.click(rescan, None, [checkpoint, about, syncnet, lse_syncnet], api_visibility="private")
+    return page
+
+
+def _stop(signum, frame):
+    raise KeyboardInterrupt(signum)
+
+
+def main():
+    opt = build_parser().parse_args()
+    credentials = check_options(opt)
+    from common.devices import choose_device
+    choose_device(opt.device)  # a bad --device is said now, not at the first job
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise UserError("app.py needs gradio, which is not installed; pip install -r requirements-app.txt") from None
+    # SIGTERM stops the server as Ctrl-C does, and the results folder is removed
+    signal.signal(signal.SIGTERM, _stop)
+    folder = tempfile.mkdtemp(prefix="dinet-app-")
+    try:
+        page = build_page(Jobs(opt, folder), opt)
+        page.queue(default_concurrency_limit=1)
+        try:
+            page.launch(server_name=opt.host, server_port=opt.port, auth=credentials, share=False,
+                        max_file_size=opt.max_upload_mb * 1024 * 1024, allowed_paths=[folder], show_error=True,
+                        prevent_thread_lock=False)
+        except OSError as error:  # the port is taken, or the address is not this machine's
+            raise UserError(f"--port {opt.port}: cannot listen on {opt.host}:{opt.port} ({str(error).splitlines()[0]});"
+                            f" pass another --port or --host") from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    run_command(main)

@@ -1,0 +1,206 @@
+"""app.py, the web app and HTTP API: a real `python app.py` process on a free local port, with test_inference.py's
+untrained mel generator at mouth 64 found in its checkpoint folder; a person's browser (headless Chromium through
+selenium) and a program (gradio_client) dub 1 s of talking_head_a.mp4 with 1.6 s of speech through it.
+
+The browser is Debian's chromium and chromium-driver, found on PATH; where they are missing they are installed with
+apt-get when this process may (root, apt-get present), else the browser test is skipped saying what to install."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import requests
+
+from conftest import ROOT, refusal
+from footage import SOURCES, short_clip, speech
+from media.ffmpeg import probe
+from test_inference import checkpoint  # noqa: F401  (fixture: an untrained mel generator at mouth 64)
+
+gradio_client = pytest.importorskip("gradio_client", reason="pip install -r requirements-app.txt")
+pytestmark = [pytest.mark.needs_shared(*SOURCES), pytest.mark.xdist_group("app")]  # one app process per run
+MAX_UPLOAD_MB = 1
+RUNNING = {"PROCESSING", "PROGRESS", "ITERATING"}
+
+
+def free_port():
+    with socket.socket() as probe_socket:
+        probe_socket.bind(("127.0.0.1", 0))
+        return probe_socket.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """(a 1 s face clip, 1.6 s of speech, its length, a text file named .mp4)."""
+    folder = tmp_path_factory.mktemp("app_inputs")
+    clip, audio, text = folder / "clip.mp4", folder / "speech.wav", folder / "notes.mp4"
+    short_clip(clip, seconds=1)
+    seconds = speech(audio, seconds=1.6)
+    text.write_text("meeting notes, not a video\n")
+    return str(clip), str(audio), seconds, str(text)
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, checkpoint):  # noqa: F811
+    """The running app: (its URL, the checkpoint it offers); stopped with SIGTERM afterwards."""
+    folder = tmp_path_factory.mktemp("app")
+    port = free_port()
+    log = open(folder / "app.log", "w+")
+    process = subprocess.Popen([sys.executable, "app.py", "--checkpoint_dir", os.path.dirname(checkpoint),
+                                "--port", str(port), "--max_upload_mb", str(MAX_UPLOAD_MB), "--device", "cpu"],
+                               cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                               env={**os.environ, "GRADIO_TEMP_DIR": str(folder / "gradio")})
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 300
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=5)
+            break
+        except OSError:
+            log.seek(0)
+            assert process.poll() is None and time.time() < deadline, f"app.py did not start:\n{log.read()[-3000:]}"
+            time.sleep(0.5)
+    yield url, checkpoint
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    log.close()
+
+
+def chromium_binaries():
+    """(chromium, chromedriver) from PATH, installing Debian's packages where they are missing and this process may."""
+    found = shutil.which("chromium"), shutil.which("chromedriver")
+    if None in found and os.geteuid() == 0 and shutil.which("apt-get"):
+        print("installing Debian's chromium and chromium-driver (apt-get) for the browser test", file=sys.stderr)
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL,
+                 "env": {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}}
+        subprocess.run(["apt-get", "update", "-qq"], **quiet)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"], **quiet)
+        found = shutil.which("chromium"), shutil.which("chromedriver")
+    if None in found:
+        pytest.skip("the browser test needs Chromium: apt-get install chromium chromium-driver (Debian's packages)")
+    return found
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    chromium, chromedriver = chromium_binaries()
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                     "--window-size=1280,1000", "--autoplay-policy=no-user-gesture-required"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    yield driver
+    driver.quit()
+
+
+def upload_and_dub(driver, face, speech_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    WebDriverWait(driver, 120).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#speech input[type=file]"))
+    for element, path in (("#source", face), ("#speech", speech_path)):
+        driver.find_element(By.CSS_SELECTOR, f"{element} input[type=file]").send_keys(path)
+        # the upload is shown (and done) before the button is pressed
+        WebDriverWait(driver, 60).until(lambda d: os.path.basename(path) in d.find_element(
+            By.CSS_SELECTOR, element).text.replace("\n", ""))  # the page breaks the name before its extension
+    driver.find_element(By.CSS_SELECTOR, "#dub").click()
+
+
+def test_a_person_dubs_in_the_browser_and_a_bad_upload_shows_the_one_line_error(app, inputs, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    url, _ = app
+    clip, audio, seconds, text = inputs
+    browser.get(url)
+    WebDriverWait(browser, 120).until(lambda d: "mouth 64 (read from the checkpoint)" in
+                                      d.find_element(By.CSS_SELECTOR, "#about").text)
+    upload_and_dub(browser, text, audio)
+    errors = WebDriverWait(browser, 300, 0.2).until(lambda d: [e.text for e in d.find_elements(
+        By.CSS_SELECTOR, ".toast-body.error [data-testid=toast-text]") if e.text])
+    assert len(errors) == 1 and "\n" not in errors[0]
+    assert errors[0].startswith("--source_video_path notes.mp4: not a readable video ("), errors
+
+    browser.refresh()
+    upload_and_dub(browser, clip, audio)
+    video = WebDriverWait(browser, 600, 0.5).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#result video"))[0]
+    state = WebDriverWait(browser, 60).until(lambda d: d.execute_script(
+        "const v = arguments[0]; v.muted = true; if (v.paused) v.play(); "
+        "return v.readyState >= 2 && v.currentTime > 0 && [v.duration, v.videoWidth, v.videoHeight];", video))
+    duration, width, height = state
+    assert abs(duration - seconds) < 0.1 and (width, height) == (360, 640)
+    assert "40 frames at 25 fps, mouth 64: 40 dubbed" in browser.find_element(By.CSS_SELECTOR, "#done").text
+    browser.execute_script("arguments[0].pause(); arguments[0].currentTime = 0.5; window.scrollTo(0, 0);", video)
+    time.sleep(1)
+    browser.save_screenshot(str(tmp_path / "app_dubbed.png"))
+    assert os.path.getsize(tmp_path / "app_dubbed.png") > 10_000
+
+
+def test_the_dub_endpoint_runs_one_job_at_a_time_and_returns_the_video(app, inputs, tmp_path):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+    url, checkpoint_path = app
+    clip, audio, seconds, text = inputs
+    client = Client(url, verbose=False)
+    options = (checkpoint_path, "off", "largest", "pingpong", False)
+    dubbing = client.submit(handle_file(clip), handle_file(audio), *options, api_name="/dub")
+    deadline = time.time() + 300
+    while dubbing.status().code.name not in RUNNING:
+        assert time.time() < deadline and not dubbing.done()
+        time.sleep(0.05)
+    refused = client.submit(handle_file(text), handle_file(audio), *options, api_name="/dub")  # refused at once, but
+    finished = []
+    while len(finished) < 2:
+        finished += [name for name, job in (("dub", dubbing), ("refused", refused))  # as the server said it, before
+                     if job.status().code.name == "FINISHED" and name not in finished]  # the result is downloaded
+        time.sleep(0.05)
+    assert finished == ["dub", "refused"]  # the refusal, a second's work, came after the dub: never both at once
+    video, summary = dubbing.result()
+    info = probe(video)
+    assert info["has_audio"] and abs(info["duration"] - seconds) < 0.1
+    assert summary.startswith("40 frames at 25 fps, mouth 64: 40 dubbed")
+    with pytest.raises(AppError) as error:
+        refused.result()
+    assert str(error.value).startswith("--source_video_path notes.mp4: not a readable video (")
+    big = tmp_path / "long.wav"
+    big.write_bytes(b"\0" * (MAX_UPLOAD_MB * 1024 * 1024 + 1))
+    with pytest.raises(ValueError, match="exceeds the maximum file size of 1048576 bytes"):  # said by the client
+        client.predict(handle_file(clip), handle_file(str(big)), *options, api_name="/dub")
+    with open(big, "rb") as file:  # and by the server, to any other client
+        upload = requests.post(f"{url}gradio_api/upload", files={"files": file}, timeout=60)
+    assert (upload.status_code, upload.text) == (413, "File size exceeded maximum allowed size of 1048576 bytes.")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--host", "0.0.0.0"], "--host 0.0.0.0: listening beyond this machine needs --auth USER:PASS"),
+    (["--host", "0.0.0.0", "--auth", "admin"], "--auth admin: pass USER:PASS"),
+])
+def test_listening_beyond_this_machine_needs_a_login(argv, message, monkeypatch, capsys):
+    assert refusal("app.py", argv, monkeypatch, capsys).startswith(message)
+
+
+def test_a_folder_without_generators_shows_how_to_make_one(tmp_path, checkpoint):  # noqa: F811
+    """The SyncNet and the file that would run code are never offered (nor unpickled); the page says what to run."""
+    import app as web_app
+    from models.checkpoint import atomic_save
+    from models.syncnet import SyncNetConfig, build_syncnet
+    atomic_save({"state_dict": {"net": build_syncnet(SyncNetConfig()).state_dict()}}, str(tmp_path / "syncnet.pth"))
+    (tmp_path / "netG_evil.pth").write_bytes(b"net_g" * 100)
+    opt = web_app.build_parser().parse_args(["--checkpoint_dir", str(tmp_path)])
+    jobs = web_app.Jobs(opt, str(tmp_path))
+    assert jobs.generator_choices() == []
+    about = next(block for block in web_app.build_page(jobs, opt).blocks.values()
+                 if getattr(block, "elem_id", None) == "about")
+    assert about.value.startswith(f"no generator checkpoint under {tmp_path}; make one with `python demo.py`")
+    (tmp_path / "run").mkdir()
+    shutil.copy(checkpoint, tmp_path / "run" / "netG_best.pth")  # found in a folder below
+    assert [path for _, path in jobs.generator_choices()] == [str(tmp_path / "run" / "netG_best.pth")]
