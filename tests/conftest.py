@@ -25,9 +25,11 @@ def pytest_configure(config):
                                        "(skipped, and listed at the end of the run, where one is missing)")
     config.addinivalue_line("markers", "slow: takes minutes; skipped unless -m names it (pytest -m slow)")
     # -n N: the tests of one xdist_group run in one worker (tests/test_app.py's share one app process), the rest as
-    # xdist's "load" spreads them
+    # xdist's "load" spreads them: the controller schedules by group, the workers put the group in each test's id
     if getattr(config.option, "dist", None) == "load":
         config.option.dist = "loadgroup"
+    if hasattr(config, "workerinput"):
+        config.option.loadgroup = True
 
 
 def pytest_collection_modifyitems(config, items):
