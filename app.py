@@ -8,8 +8,8 @@ Tab "Dub": a face video (or photo) and speech (any file ffmpeg reads), a generat
 length policy, a closed mouth on silence; the mouth size comes from the checkpoint); the dubbed video plays in the
 page and downloads. Tab "Score": videos scored as evaluate.py scores them. Both are Gradio API endpoints (/dub,
 /score), each one job at a time, the rest queued. Errors are the commands' one-line messages. The app listens on
-127.0.0.1; any other --host needs --auth. Results are kept until the app stops. Needs gradio (pip install -r
-requirements-app.txt).
+127.0.0.1; any other --host needs --auth. Uploads and results are deleted a day after, and when the app stops.
+Needs gradio (pip install -r requirements-app.txt).
 """
 import argparse
 import functools
@@ -206,7 +206,8 @@ def build_page(jobs, opt):
 
     generators = jobs.generator_choices()
     first = generators[0][1] if generators else None
-    with gr.Blocks(title="DINet dubbing") as page:
+    # uploads and results (Gradio's copies) deleted a day after, and all of them when the app stops
+    with gr.Blocks(title="DINet dubbing", delete_cache=(3600, 86400)) as page:
         gr.Markdown("# DINet dubbing")
         with gr.Tab("Dub"):
             with gr.Row():

@@ -1,7 +1,6 @@
 """Export a generator checkpoint for onnxruntime.
 
-    python export.py --checkpoint ./asserts/demo/training_model_weight/frame_training_64/netG_best.pth \
-        --format onnx --out generator.onnx
+    python export.py --checkpoint netG_best.pth --format onnx --out generator.onnx
     python inference.py --onnx generator.onnx --source_video_path talking.mp4 --driving_audio_path speech.wav
 
 writes the generator as dubbing runs it, in float32, as one ONNX graph with the reference branch inside (not split
@@ -21,9 +20,12 @@ from common.files import check_writable
 from common.geometry import CropGeometry
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """The defaults, and this file's notes as written: what the graph takes and returns."""
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add = parser.add_argument
     add("--checkpoint", required=True, help="generator checkpoint (netG_*.pth of a training stage, or "
                                             "train_person.py's model.pth)")

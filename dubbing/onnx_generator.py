@@ -165,7 +165,7 @@ def load_onnx_generator(path, device, flag="--onnx"):
                         metadata.get(METADATA + "audio_feature") or None)
 
 
-def _require(module, flag="export"):
+def _require(module, flag="export.py"):
     try:
         return __import__(module)
     except ImportError:
