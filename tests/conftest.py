@@ -24,6 +24,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "needs_shared(*paths): the test reads these paths under ../shared "
                                        "(skipped, and listed at the end of the run, where one is missing)")
     config.addinivalue_line("markers", "slow: takes minutes; skipped unless -m names it (pytest -m slow)")
+    config.addinivalue_line("markers", "xdist_group(name): run in one worker under -n N (known without xdist too)")
     # -n N: the tests of one xdist_group run in one worker (tests/test_app.py's share one app process), the rest as
     # xdist's "load" spreads them: the controller schedules by group, the workers put the group in each test's id
     if getattr(config.option, "dist", None) == "load":
