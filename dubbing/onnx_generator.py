@@ -107,8 +107,8 @@ def export_onnx(generator, path, flag="--checkpoint", source=""):
         expected = generator.network.eval()(checked[1], checked[0], checked[2]).numpy()
     with atomic_output(path, what="ONNX model") as partial:
         program.save(partial, external_data=False)
-        session = onnxruntime.InferenceSession(partial, providers=["CPUExecutionProvider"])
-        faces = session.run([OUTPUT], dict(zip(INPUTS, (tensor.numpy() for tensor in checked))))[0]
+        runtime = onnxruntime.InferenceSession(partial, providers=["CPUExecutionProvider"])
+        faces = runtime.run([OUTPUT], dict(zip(INPUTS, (tensor.numpy() for tensor in checked))))[0]
         difference = float(np.abs(faces - expected).max())
         if not difference <= TOLERANCE:  # NaN included
             raise UserError(f"{what} cannot be exported to ONNX (onnxruntime's faces differ from PyTorch's by "
@@ -121,8 +121,8 @@ class OnnxGenerator:
     (here: the reference crops themselves, encoded inside each later call) and `generate` (whole faces, float32, on
     `device`; `first_row` is not needed: the rows above it are computed too, and pasting never reads them)."""
 
-    def __init__(self, session, device):
-        self.session, self.device = session, device
+    def __init__(self, runtime, device):
+        self.runtime, self.device = runtime, device
 
     def encode_reference(self, reference):
         return reference.float().cpu().contiguous().numpy()
@@ -130,7 +130,7 @@ class OnnxGenerator:
     def generate(self, masked_source, audio_feature, state, first_row=0):
         feeds = dict(zip(INPUTS, (state, *(t.float().cpu().contiguous().numpy() for t in (masked_source,
                                                                                             audio_feature)))))
-        return torch.from_numpy(self.session.run([OUTPUT], feeds)[0]).to(self.device)
+        return torch.from_numpy(self.runtime.run([OUTPUT], feeds)[0]).to(self.device)
 
 
 def load_onnx_generator(path, device, flag="--onnx"):
@@ -152,16 +152,16 @@ def load_onnx_generator(path, device, flag="--onnx"):
     options.intra_op_num_threads = max(1, torch.get_num_threads() // generator_streams(device))
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        session = onnxruntime.InferenceSession(path, options, providers=providers)
+        runtime = onnxruntime.InferenceSession(path, options, providers=providers)
     except Exception as error:
         raise UserError(f"{flag} {path}: onnxruntime cannot load it ({_first_line(error)}); pass a .onnx that "
                         f"export.py wrote") from None
-    metadata = session.get_modelmeta().custom_metadata_map
-    names = [node.name for node in session.get_inputs()]
+    metadata = runtime.get_modelmeta().custom_metadata_map
+    names = [node.name for node in runtime.get_inputs()]
     if names != list(INPUTS) or METADATA + "mouth_region_size" not in metadata:
         raise UserError(f"{flag} {path}: not a generator export.py wrote (inputs {', '.join(names)}, no mouth size "
                         f"in its metadata); export one with python export.py --checkpoint CHECKPOINT --out {path}")
-    return DubbingModel(OnnxGenerator(session, device), int(metadata[METADATA + "mouth_region_size"]),
+    return DubbingModel(OnnxGenerator(runtime, device), int(metadata[METADATA + "mouth_region_size"]),
                         metadata.get(METADATA + "audio_feature") or None)
 
 

@@ -64,11 +64,11 @@ def test_every_lab_exports_to_onnx_with_pytorchs_faces_at_any_batch_size(config,
     generator = load_generator(save_checkpoint(network, tmp_path / "netG_best.pth"), torch.device("cpu"))
     path = tmp_path / "generator.onnx"
     export_onnx(generator, str(path), source="netG_best.pth")
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert session.get_modelmeta().custom_metadata_map["dinet.mouth_region_size"] == str(MOUTH)
+    runtime = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert runtime.get_modelmeta().custom_metadata_map["dinet.mouth_region_size"] == str(MOUTH)
     for batch in (1, 5):  # neither the batch traced nor the one export_onnx checks
         reference, masked, audio = sample_inputs(CropGeometry(MOUTH), config.audio_channel, batch, seed=10 + batch)
-        faces = session.run(None, dict(zip(INPUTS, (reference.numpy(), masked.numpy(), audio.numpy()))))[0]
+        faces = runtime.run(None, dict(zip(INPUTS, (reference.numpy(), masked.numpy(), audio.numpy()))))[0]
         with torch.no_grad():
             expected = network(masked, reference, audio).numpy()
         assert faces.shape == expected.shape == (batch, 3, CropGeometry(MOUTH).height, CropGeometry(MOUTH).width)
