@@ -150,7 +150,7 @@ def test_the_dub_endpoint_runs_one_job_at_a_time_and_returns_the_video(app, inpu
     from gradio_client.exceptions import AppError
     url, checkpoint_path = app
     clip, audio, seconds, text = inputs
-    client = Client(url, verbose=False)
+    client = Client(url, verbose=False, download_files=str(tmp_path))  # the results land in the test's folder
     options = (checkpoint_path, "off", "largest", "pingpong", False)
     dubbing = client.submit(handle_file(clip), handle_file(audio), *options, api_name="/dub")
     deadline = time.time() + 300
@@ -188,8 +188,9 @@ def test_listening_beyond_this_machine_needs_a_login(argv, message, monkeypatch,
     assert refusal("app.py", argv, monkeypatch, capsys).startswith(message)
 
 
-def test_a_folder_without_generators_shows_how_to_make_one(tmp_path, checkpoint):  # noqa: F811
+def test_a_folder_without_generators_shows_how_to_make_one(tmp_path, checkpoint, monkeypatch):  # noqa: F811
     """The SyncNet and the file that would run code are never offered (nor unpickled); the page says what to run."""
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))  # where gradio keeps its files from its import on
     import app as web_app
     from models.checkpoint import atomic_save
     from models.syncnet import SyncNetConfig, build_syncnet
