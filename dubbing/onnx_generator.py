@@ -13,6 +13,7 @@ are imported only here, and only when called.
 import copy
 import json
 import os
+import re
 import warnings
 from dataclasses import fields
 
@@ -95,9 +96,10 @@ def export_onnx(generator, path, flag="--checkpoint", source=""):
                                         dynamic_shapes={"reference": None, "masked_source": {0: batch},
                                                         "audio": {0: batch}},
                                         opset_version=OPSET, dynamo=True, external_data=False, verbose=False)
-    except Exception as error:  # the exporter's own errors: the first line says which operation it cannot trace
-        raise UserError(f"{what} cannot be exported to ONNX ({type(error).__name__}: "
-                        f"{_first_line(error)}); dub with PyTorch (inference.py without --onnx)") from None
+    except Exception as error:  # the exporter's own errors: the innermost one names the operation it cannot translate
+        cause = _root_cause(error)
+        raise UserError(f"{what} cannot be exported to ONNX ({type(cause).__name__}: "
+                        f"{_first_line(cause)}); dub with PyTorch (inference.py without --onnx)") from None
     metadata = {"mouth_region_size": str(generator.mouth_size), "audio_feature": generator.audio_feature or "",
                 "generator_config": json.dumps(config.to_dict()), "lab": lab_of(config),
                 "reference_branch": "inside the graph: `reference` is encoded once per call"}
@@ -172,6 +174,14 @@ def _require(module, flag="export.py"):
         raise UserError(f"{flag}: needs {module}, which is not installed; {INSTALL}") from None
 
 
+def _root_cause(error):
+    """The innermost exception of a chain: the exporter wraps the one that names the operation in two of its own."""
+    while (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+    return error
+
+
 def _first_line(error):
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(error).splitlines()]
+    lines = [line for line in lines if line]
     return lines[0] if lines else type(error).__name__

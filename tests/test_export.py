@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from common.errors import UserError
 from common.geometry import CropGeometry
 from conftest import ROOT, refusal
 from config.labs import LAB_PRESETS, generator_config
@@ -112,3 +113,35 @@ def test_a_checkpoint_that_is_no_generator_is_refused_and_nothing_is_written(tmp
     message = refusal("export.py", ["--checkpoint", syncnet, "--out", str(tmp_path / "g.onnx")], monkeypatch, capsys)
     assert message.startswith(f"--checkpoint {syncnet}: not a generator checkpoint")
     assert sorted(os.listdir(tmp_path)) == ["syncnet.pth"]
+
+
+@torch.library.custom_op("dinet_tests::opaque", mutates_args=())
+def opaque(faces: torch.Tensor) -> torch.Tensor:
+    """An operation with no ONNX translation, as a user's own lab might add."""
+    return faces.clone()
+
+
+@opaque.register_fake
+def _(faces):
+    return torch.empty_like(faces)
+
+
+class Opaque(torch.nn.Module):
+    def forward(self, faces):
+        return opaque(faces)
+
+
+def test_a_generator_the_exporter_cannot_translate_is_refused_with_the_reason_and_nothing_is_written(tmp_path):
+    generator = load_generator(save_checkpoint(trained_like(generator_config("lab1", 80)), tmp_path / "netG.pth"),
+                               torch.device("cpu"))
+    last = [name for name, module in generator.network.named_modules() if isinstance(module, torch.nn.Conv2d)][-1]
+    parent, _, attribute = last.rpartition(".")
+    owner = generator.network.get_submodule(parent)
+    setattr(owner, attribute, torch.nn.Sequential(getattr(owner, attribute), Opaque()))
+    with pytest.raises(UserError) as refused:
+        export_onnx(generator, str(tmp_path / "g.onnx"), source="netG.pth")
+    message = str(refused.value)
+    assert message.startswith("--checkpoint netG.pth: ") and "cannot be exported to ONNX (" in message, message
+    assert "dinet_tests" in message or "opaque" in message, message  # the reason names the operation
+    assert "\n" not in message
+    assert sorted(os.listdir(tmp_path)) == ["netG.pth"]

@@ -6,12 +6,15 @@ import sys
 
 import pytest
 
+import app
 import benchmark.cli
 import compare_labs
 import data_processing
 import demo
 import evaluate
+import export
 import inference
+import train_person
 from config.config import clip_training_parser, syncnet_parser, training_parser
 from config.ranges import Bounded
 from conftest import ROOT
@@ -26,6 +29,9 @@ PARSERS = {  # each command's parser, as the command builds it
     "bench.py": benchmark.cli.build_parser(),
     "compare_labs.py": compare_labs.build_parser(),
     "demo.py": demo.build_parser(),
+    "app.py": app.build_parser(),
+    "export.py": export.build_parser(),
+    "train_person.py": train_person.build_parser(),
 }
 # validated by DINet's crop geometry (a multiple of 8, 16 or more) before any work: tests/test_bad_input.py
 CHECKED_ELSEWHERE = {"--mouth_region_size"}
