@@ -17,26 +17,30 @@ from config.ranges import integer, number
 
 from .dubbing import DubbingBench
 from .generator import bench_generator
+from .gpu_check import gpu_check
 from .loader import bench_loader
 from .measure import CLIP_STAGES, STAGES, selected
 from .processes import ROOT
 from .training import bench_baseline, bench_train_clip, bench_train_frame
 
-# the (mouth, batch) rows of each training task, each measured in a process of its own
-TRAINING_TASKS = {"baseline": STAGES[:1] + CLIP_STAGES, "train_frame": STAGES, "train_clip": CLIP_STAGES}
+# the stages (frame or clip) and their (mouth, batch) rows of each training task, each row measured in a process of
+# its own
+TRAINING_TASKS = {"baseline": (("train_frame", STAGES), ("train_clip", CLIP_STAGES)),
+                  "train_frame": (("train_frame", STAGES),), "train_clip": (("train_clip", CLIP_STAGES),)}
 # inference is DubbingBench.rows, made per run
 TASKS = {"generator": bench_generator, "train_frame": bench_train_frame, "train_clip": bench_train_clip,
          "baseline": bench_baseline, "inference": None, "loader": bench_loader}
 
 
-def training_row_in_process(task, precision, mouth):
-    """The rows of one training task, precision and mouth size, measured by this script in a process of its
+def training_row_in_process(opt, task, stage, precision, mouth):
+    """The row of one training task, stage (train_frame, train_clip), precision and mouth size, measured by this script in a process of its
     own: a row that runs out of memory (the kernel kills it) or fails costs that row alone, reported as such."""
     with tempfile.TemporaryDirectory(prefix="bench-row-") as folder:
         path = os.path.join(folder, "rows.json")
         # argparse keeps the last of a repeated flag: the row's own settings override the command line's
         command = [sys.executable, "-m", "benchmark", *sys.argv[1:], "--tasks", task, "--precision", precision,
-                   "--mouths", str(mouth), "--json", path, "--in_process"]
+                   "--mouths", str(mouth), "--train_iterations", str(opt.train_iterations), "--train_warmup",
+                   str(opt.train_warmup), "--compile", opt.compile, "--stage", stage, "--json", path, "--in_process"]
         done = subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if done.returncode == 0:
             with open(path) as f:
@@ -45,8 +49,7 @@ def training_row_in_process(task, precision, mouth):
         error = "killed by the system, most likely out of memory"
     else:
         error = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-    row_task = task if task != "baseline" else "train_frame" if mouth == STAGES[0][0] else "train_clip"
-    return [dict(task=row_task, mouth=mouth, precision=precision, baseline=task == "baseline", error=error)]
+    return [dict(task=stage, mouth=mouth, precision=precision, baseline=task == "baseline", error=error)]
 
 
 # dense tensor-core peaks (TFLOP/s) of the datacenter GPUs met so far, from NVIDIA's datasheets (SXM parts); fp32
@@ -99,7 +102,8 @@ def print_table(rows, peaks):
         rate = row.get("samples_per_s", row.get("frames_per_s"))
         how = row["precision"] + "".join(tag for tag, on in (
             ("+NHWC", row.get("channels_last")), ("+3dAdaAT", row.get("adaat") == "published"),
-            ("+ref1x", row.get("reference_once")), ("+cmp", row.get("compiled"))) if on)
+            ("+ref1x", row.get("reference_once")), ("+cmp", row.get("compiled") in (True, "default")),
+            ("+graph", row.get("compiled") == "reduce-overhead")) if on)
         cell = lambda key, width, spec: format(row[key], f">{width}{spec}") if row.get(key) else " " * width
         line = (f"{row['task']:<12}{row['mouth']:>6}{row['batch']:>6}{how:>21}{rate:>11.2f}{cell('seconds_per_iter', 9, '.3f')}"
                 f"{cell('gflops_per_sample', 14, '.1f')}{cell('achieved_gflops_per_s', 10, '.0f')}"
@@ -138,8 +142,10 @@ def build_parser():
     parser.add_argument("--warmup", type=integer(0), default=2)
     parser.add_argument("--train_iterations", type=integer(1), default=2, help="timed training iterations")
     parser.add_argument("--train_warmup", type=integer(0), default=1, help="untimed training iterations first")
-    parser.add_argument("--compile", default="off", choices=("on", "off"),
-                        help="generator: torch.compile it (the warm-up calls compile; give --warmup >= 2)")
+    parser.add_argument("--compile", default="off", choices=("on", "off", "reduce-overhead"),
+                        help="on: torch.compile the generator (generator and training rows; the warm-up calls compile: "
+                             "give --warmup >= 2); reduce-overhead: the training rows' step as one CUDA graph, as "
+                             "training's --compile reduce-overhead (give --train_warmup >= 4)")
     parser.add_argument("--generator_batch", type=integer(1), default=64, help="batch for generator throughput on GPU")
     parser.add_argument("--inference_batch", type=integer(1), default=16)
     parser.add_argument("--video", type=video_size, default="1080x1920",
@@ -162,17 +168,35 @@ def build_parser():
     parser.add_argument("--peak_tflops", default=None, help="device peak TFLOP/s for model-FLOP utilisation (MFU): "
                         "one number, or per precision as bf16=989,fp32=494.5 (known for H100, H200, A100)")
     parser.add_argument("--json", default=None, help="also write the rows here")
+    parser.add_argument("--gpu_check", default=None, metavar="OUT",
+                        help="measure every speed target in one run (about 5 minutes on one GPU; its own choice of "
+                             "rows and settings, with --quick a tiny one) and write OUT/gpu_check.json and .md")
+    parser.add_argument("--real_run_seconds", type=number(1), default=40.0,
+                        help="--gpu_check: seconds the real training run is timed for, after its first 10 steps")
     parser.add_argument("--in_process", action="store_true", help=argparse.SUPPRESS)  # a training row's own process
+    parser.add_argument("--stage", default=None, help=argparse.SUPPRESS)  # its stage, of the baseline's two
     return parser
 
 
 def main():
     opt = build_parser().parse_args()
     with closing(DubbingBench(opt)) as dubbing:
-        run(opt, dict(TASKS, inference=dubbing.rows))
+        tasks = dict(TASKS, inference=dubbing.rows)
+        if opt.gpu_check and not opt.in_process:
+            rows = gpu_check(opt, run, tasks, dubbing)["rows"]
+        else:
+            rows, _ = run(opt, tasks)
+    if not opt.in_process:
+        check_failures(rows)
 
 
-def run(opt, tasks):
+def device_name(device):
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def run(opt, tasks, rows=None):
+    """Measure and print the rows of opt.tasks, added to `rows` (those measured before, each training row's speed-up
+    found among them); returns (rows, device)."""
     device = torch.device(opt.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if opt.precision == "auto":
         opt.precision = "fp32,bf16" if resolve_amp("auto", device) == "bf16" else "fp32"
@@ -187,29 +211,37 @@ def run(opt, tasks):
                              f"{', '.join(str(value) for value in known)}")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
+    print(f"device: {device_name(device)}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
     peaks = peak_tflops(opt.peak_tflops, device)
     if peaks:
         print("MFU against peaks of " + ", ".join(f"{name} {value:g}" for name, value in peaks.items()) + " TFLOP/s")
-    rows = []
+    rows = [] if rows is None else rows
     for task in opt.tasks.split(","):
         precisions = {"baseline": ("fp32",), "loader": ("-",)}.get(task, opt.precision.split(","))
         for precision in precisions:
             if task in TRAINING_TASKS and not opt.in_process:
-                new_rows = [row for mouth, _ in selected(TRAINING_TASKS[task], opt.mouths)
-                            for row in training_row_in_process(task, precision, mouth)]
+                new_rows = [row for stage, stages in TRAINING_TASKS[task] for mouth, _ in selected(stages, opt.mouths)
+                            for row in training_row_in_process(opt, task, stage, precision, mouth)]
             else:
                 new_rows = tasks[task](opt, device, precision, opt.lab)
             for row in new_rows:
+                published = next((old for old in rows if old.get("baseline") and "error" not in old and all(
+                    old.get(key) == row.get(key) for key in ("task", "mouth", "batch"))), None)
+                if published and not row.get("baseline") and "samples_per_s" in row:
+                    row["speedup_vs_published"] = row["samples_per_s"] / published["samples_per_s"]
                 if row.get("achieved_gflops_per_s") and row["precision"] in peaks:
                     row["mfu"] = row["achieved_gflops_per_s"] / (peaks[row["precision"]] * 1e3)
             print_table(new_rows, peaks)
             rows += new_rows
             if opt.json:  # after every task: a run cut short keeps the rows it measured
                 write_atomically(opt.json, lambda f: json.dump(rows, f, indent=1), mode="w")
+    return rows, device
+
+
+def check_failures(rows):
     failed = [row for row in rows if "error" in row]
-    if failed and not opt.in_process:
+    if failed:
         raise UserError(f"{len(failed)} row(s) failed: " + "; ".join(
             f"{row['task']} {row['mouth']} {row['precision']}: {row['error']}" for row in failed))
 

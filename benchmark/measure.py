@@ -6,6 +6,7 @@ from copy import deepcopy
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from common.devices import synchronize
 from common.geometry import AUDIO_WINDOW, NUM_REFERENCES, CropGeometry
 from models.fast.split import split_first_alignment_layer
 from models.formulations import plain_formulations
@@ -17,11 +18,6 @@ CLIP_STAGES = ((256, 3),)
 def selected(stages, mouths):
     """The (mouth, batch) pairs of `stages` at the given mouth sizes."""
     return [(mouth, batch) for mouth, batch in stages if mouth in mouths]
-
-
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def timed(function, device, iterations, warmup):

@@ -6,6 +6,8 @@ import torch
 
 from config.config import clip_training_parser, training_parser
 from engine.compare import lab_config
+from engine.distributed import Runtime
+from engine.graphs import StepRunner
 from models.adaat import DEFAULT_WARP
 
 from .measure import CLIP_STAGES, STAGES, count_flops, generator_inputs, peak_memory_gb, selected, timed
@@ -16,16 +18,17 @@ from .published import published_iteration, published_way
 BASELINE = dict(precision="fp32", channels_last=False, adaat="published")
 
 
-def stage_options(task, mouth_size, precision, channels_last, lab):
+def stage_options(task, mouth_size, precision, channels_last, lab, compile="off"):
     """The options the training command would hold for this row: its own parser's defaults (so a row measures what
     training runs), random VGG19 weights (nothing downloaded)."""
     parser = training_parser if task == "train_frame" else clip_training_parser
     return parser("bench", "-").parse_args(
         ["--mouth_region_size", str(mouth_size), "--amp", "off" if precision == "fp32" else precision,
-         "--channels_last", "on" if channels_last else "off", "--vgg19_weights", "random", "--lab", lab])
+         "--channels_last", "on" if channels_last else "off", "--vgg19_weights", "random", "--lab", lab,
+         "--compile", compile])
 
 
-def training_stage(task, mouth_size, batch, device, precision, channels_last, lab):
+def training_stage(task, mouth_size, batch, device, precision, channels_last, lab, compile="off"):
     """A frame or clip stage as the training scripts build it (random VGG19/SyncNet weights, nothing downloaded)
     and one synthetic batch shaped as its dataset's."""
     from engine.clip_stage import FRAMES, ClipStage
@@ -33,7 +36,7 @@ def training_stage(task, mouth_size, batch, device, precision, channels_last, la
     from engine.trainer import FrameStage
     from models.syncnet import SyncNetConfig, build_syncnet
     config = lab_config(lab)
-    opt = stage_options(task, mouth_size, precision, channels_last, lab)
+    opt = stage_options(task, mouth_size, precision, channels_last, lab, compile)
     runtime = Runtime(device)
     masked, reference, audio = generator_inputs(mouth_size, batch * (FRAMES if task == "train_clip" else 1),
                                                 config.audio_channel, device)
@@ -60,18 +63,25 @@ def training_flops(task, mouth_size, device, lab):
 
 def bench_train(opt, device, precision, lab, task, stages, baseline=False):
     rows = []
+    # --compile on: the generator through torch.compile (training's --compile default)
+    mode = "off" if baseline else {"on": "default"}.get(opt.compile, opt.compile)
     setting = BASELINE if baseline else dict(precision=precision, channels_last=opt.channels_last == "on",
-                                             adaat=DEFAULT_WARP)
+                                             adaat=DEFAULT_WARP, compiled=mode)
     for mouth_size, batch in selected(stages, opt.mouths):
         batch = opt.train_batch or (min(batch, 2) if opt.quick else batch)
-        stage, data = training_stage(task, mouth_size, batch, device, setting["precision"], setting["channels_last"], lab)
+        stage, data = training_stage(task, mouth_size, batch, device, setting["precision"], setting["channels_last"],
+                                     lab, mode)
         if baseline:
             published_way(stage.net_g)
-        iteration = (lambda: published_iteration(stage, data, task)) if baseline else (lambda: stage.step(data))
+            iteration = lambda: published_iteration(stage, data, task)
+        else:  # as train() runs it: train_step, as a CUDA graph under --compile reduce-overhead
+            run_step, counters = StepRunner(stage, Runtime(device), mode), torch.zeros(2, device=device)
+            iteration = lambda: run_step(data, counters)
         seconds = timed(iteration, device, opt.train_iterations, opt.train_warmup)
         memory = peak_memory_gb(device)  # before the FLOP count's fp32 pass adds its own
         flops = training_flops(task, mouth_size, device, lab)
-        rows.append(dict(task=task, lab=lab, mouth=mouth_size, batch=batch, **setting, baseline=baseline,
+        graph = {} if baseline else {"cuda_graph": run_step.graph is not None}
+        rows.append(dict(task=task, lab=lab, mouth=mouth_size, batch=batch, **setting, **graph, baseline=baseline,
                          samples_per_s=batch / seconds, iters_per_s=1 / seconds, seconds_per_iter=seconds,
                          gflops_per_sample=flops / 1e9, achieved_gflops_per_s=flops * batch / seconds / 1e9,
                          peak_memory_gb=memory))
@@ -91,5 +101,6 @@ def bench_train_clip(opt, device, precision, lab):
 def bench_baseline(opt, device, precision, lab):
     """The training rows as the published code computes them: fp32, NCHW, 3-D grid_sample AdaAT, and its
     iteration (published_iteration). Their GFLOPs are this repository's iteration's, as in every row."""
-    return (bench_train(opt, device, "fp32", lab, "train_frame", STAGES[:1], baseline=True)
-            + bench_train(opt, device, "fp32", lab, "train_clip", CLIP_STAGES, baseline=True))
+    return [row for task, stages in (("train_frame", STAGES), ("train_clip", CLIP_STAGES))
+            if getattr(opt, "stage", None) in (None, task)
+            for row in bench_train(opt, device, "fp32", lab, task, stages, baseline=True)]

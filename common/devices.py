@@ -50,3 +50,9 @@ def choose_device(device_arg=None, index=None):
         device = torch.device("cuda", index if index is not None else (device.index or 0))
         torch.cuda.set_device(device)
     return device
+
+
+def synchronize(device):
+    """Wait for the work queued on `device` (a GPU's; a CPU's is done when queued)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

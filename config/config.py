@@ -22,6 +22,8 @@ from models.syncnet import ARCHITECTURES, DEFAULT_INPUT_SIZE, FACE_STRIDE
 from .labs import LAB_PRESETS
 from .ranges import SEED, integer, number
 
+COMPILE_MODES = ("off", "default", "reduce-overhead")  # --compile: engine/precision.py, engine/graphs.py
+
 # Each preset sets every weight; 0 turns a loss off and its network is never built.
 LOSS_PRESETS = {
     # DINet: VGG19 perception x10 and the SyncNet score x0.1 (plus both discriminators, x1)
@@ -106,7 +108,10 @@ def add_running_flags(parser, image_every=200):
                             "gradient scaler")
     group.add_argument("--channels_last", type=on_off, default=True, metavar="{on,off}",
                        help="NHWC memory format for the networks and image batches (measured faster)")
-    group.add_argument("--compile", action="store_true", help="torch.compile the generator (slow to start on a CPU)")
+    group.add_argument("--compile", nargs="?", const="default", default="off", choices=COMPILE_MODES,
+                       help="default (or the bare flag): torch.compile the generator (minutes of compiling on a CPU); "
+                            "reduce-overhead: the whole step recorded once as a CUDA graph and replayed (a GPU, one "
+                            "process; elsewhere, or where the capture fails, the run goes on without it and says why)")
     group.add_argument("--num_workers", type=integer(0), default=2, help="data-loader worker processes")
     group.add_argument("--image_every", type=integer(1), default=image_every,
                        help="write an image grid every N iterations")

@@ -178,9 +178,9 @@ def pair_labels(batch, min_shift):
     in_sync = same_video & (shift == 0)
     shifted = same_video & (shift >= min_shift)
     other_video = ~same_video
+    # computed on the device (nothing read back): where one off-sync group is empty, the other takes its share
+    off_sync_share = torch.where(shifted.any() & other_video.any(), 0.25, 0.5)
     weight = torch.zeros(shift.shape, device=shift.device)
-    groups = [(in_sync, 0.5), (shifted, 0.25), (other_video, 0.25)] if shifted.any() and other_video.any() else \
-             [(in_sync, 0.5), (shifted | other_video, 0.5)]
-    for members, share in groups:
-        weight[members] = share / members.sum().clamp(min=1)
+    for members, share in ((in_sync, 0.5), (shifted, off_sync_share), (other_video, off_sync_share)):
+        weight = torch.where(members, share / members.sum().clamp(min=1), weight)
     return in_sync.float(), weight

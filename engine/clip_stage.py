@@ -14,7 +14,6 @@ DINet-made file), so `--lab` need not be repeated; given, it must match.
 """
 import torch
 import torch.nn.functional as F
-from torch.optim import Adam
 
 from common.errors import UserError
 from common.geometry import CropGeometry
@@ -27,7 +26,7 @@ from models.video_encoder import VideoEncoder
 
 from . import distributed
 from .losses import LowerFaceLPIPS, TREPALoss
-from .trainer import FrameStage, check_data_compatible, choose_generator_config, lab_name
+from .trainer import FrameStage, adam, check_data_compatible, choose_generator_config, lab_name
 
 FRAMES = len(CLIP_FRAMES)
 
@@ -40,7 +39,7 @@ class ClipStage(FrameStage):
         self.geometry = CropGeometry(opt.mouth_region_size)
         self.net_dV = self.build(Discriminator(opt.source_channel * FRAMES, opt.D_block_expansion,
                                                opt.D_num_blocks, opt.D_max_features))
-        self.optimizers["net_dV"] = Adam(self.net_dV.parameters(), lr=opt.lr_dI)  # DINet: lr_dI for both
+        self.optimizers["net_dV"] = adam(self.net_dV.parameters(), opt.lr_dI)  # DINet: lr_dI for both
         if opt.lamb_syncnet_perception and syncnet is None:
             raise ValueError("--lamb_syncnet_perception > 0 needs a SyncNet")
         device = runtime.device
@@ -114,4 +113,4 @@ class ClipStage(FrameStage):
         # the first sample's 5 frames, one row each: masked source | 5 references | generated | real
         masked, reference = batch["source_masked"][0], batch["reference"][0]
         rows = [[masked[t], *reference[t].split(3), fake_clip[0, t], real_clip[0, t]] for t in range(FRAMES)]
-        return {name: value.item() for name, value in losses.items()}, rows
+        return {name: value.detach() for name, value in losses.items()}, rows

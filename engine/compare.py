@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from common.devices import synchronize
 from common.errors import UserError
 from common.files import atomic_output
 from common.geometry import AUDIO_WINDOW, CropGeometry
@@ -119,12 +120,14 @@ class LabRun:
 
 
 def timed_stage(stage_class, step_seconds):
-    """`stage_class` whose every step appends its wall time to `step_seconds` (the .item() calls inside
-    a step wait for the device, so the time is the step's, data loading excluded)."""
+    """`stage_class` whose every step appends its wall time to `step_seconds` (waiting for the device at both ends,
+    so the time is the step's, data loading excluded)."""
     class Timed(stage_class):
         def step(self, batch):
+            synchronize(self.runtime.device)
             started = time.perf_counter()
             result = super().step(batch)
+            synchronize(self.runtime.device)
             step_seconds.append(time.perf_counter() - started)
             return result
     Timed.__name__ = Timed.__qualname__ = stage_class.__name__

@@ -95,13 +95,13 @@ def unwrap(module):
 
 
 def average(values, runtime):
-    """{name: float} averaged over the processes: the logged losses are the global batch's, as one process
-    with the whole batch (or DINet's DataParallel) would log them."""
-    if not runtime.distributed or not values:
+    """A tensor averaged over the processes, on the device (no wait under NCCL): the logged losses are the global
+    batch's, as one process with the whole batch (or DINet's DataParallel) would log them."""
+    if not runtime.distributed:
         return values
-    stacked = torch.tensor(list(values.values()), dtype=torch.float64, device=runtime.device)
-    torch_dist.all_reduce(stacked)
-    return dict(zip(values, (stacked / runtime.world_size).tolist()))
+    values = values.clone()
+    torch_dist.all_reduce(values)
+    return values / runtime.world_size
 
 
 def any_rank(flag, runtime):

@@ -13,7 +13,6 @@ import math
 import os
 
 import torch
-from torch.optim import Adam
 from torch.utils.data import DataLoader
 
 from common.errors import UserError
@@ -24,7 +23,7 @@ from models.checkpoint import atomic_save, syncnet_config_of
 from models.syncnet import SyncNetConfig, build_syncnet, default_input_size
 
 from . import distributed
-from .trainer import GRID_SAMPLES, Stage, check_data_compatible
+from .trainer import GRID_SAMPLES, Stage, adam, check_data_compatible
 
 THRESHOLD = 0.5  # a score above it says "in sync", for both architectures
 # fewer did not learn lip sync from the demo data (held-out accuracy under 0.7 after 30 epochs; README, SyncNet)
@@ -64,13 +63,15 @@ class SyncNetStage(Stage):
         self.config = config
         self.device = runtime.device
         self.net = self.build(build_syncnet(config))
-        self.optimizers = {"net": Adam(self.net.parameters(), lr=opt.lr)}
+        self.optimizers = {"net": adam(self.net.parameters(), opt.lr)}
         self.held_out = SyncDataset(video_timelines(training_set, held_out_names), config.mouth_region_size,
                                     min_shift=opt.negative_min_shift, frame_cache_mb=opt.frame_cache_mb,
                                     fixed_seed=opt.seed, input_size=config.input_size)
         self.held_out_names = held_out_names
         self.last_result = None  # (accuracy, loss) on the held-out set after the latest epoch
-        self.epoch_steps, self.epoch_loss_sum = 0, 0.0  # the current epoch's training steps and their summed loss
+        # the current epoch's training steps and their summed loss, on the device, updated in place (a CUDA graph
+        # replays the updates)
+        self.epoch_sums = torch.zeros(2, device=runtime.device)
         self.at_chance = []  # steps of each epoch of the latest stretch at chance
 
     @classmethod
@@ -112,13 +113,13 @@ class SyncNetStage(Stage):
             target, weight = pair_labels(batch, self.opt.negative_min_shift)
             loss = network.loss_of(pairs.flatten(0, 1), target.flatten(), weight.flatten())
         self.optimize("net", loss, "Loss_sync")
-        loss_value = loss.item()
-        if not self.non_finite:
-            self.epoch_steps, self.epoch_loss_sum = self.epoch_steps + 1, self.epoch_loss_sum + loss_value
+        _, loss_bad, gradients_bad = self.non_finite[-1]
+        kept = (loss_bad + gradients_bad) == 0
+        self.epoch_sums.add_(torch.stack([kept.float(), torch.where(kept, loss.detach().float(), 0.0)]))
         own = torch.arange(len(in_sync), device=in_sync.device)
         accuracy = ((network.score_of(pairs[own, own].detach()) > THRESHOLD).float() == in_sync).float().mean()
         rows = [list(mouths[i].split(3)) for i in range(min(GRID_SAMPLES, mouths.shape[0]))]
-        return {"Loss_sync": loss_value, "Acc": accuracy.item()}, rows
+        return {"Loss_sync": loss.detach(), "Acc": accuracy}, rows
 
     @torch.no_grad()
     def evaluate(self):
@@ -147,8 +148,10 @@ class SyncNetStage(Stage):
     def check_chance(self, accuracy, loss, log):
         """Say in the log, once per stretch, when the held-out accuracy has been at chance for CHANCE_EPOCHS epochs
         and CHANCE_STEPS steps in a row, with what to try."""
-        steps, training_loss = self.epoch_steps, self.epoch_loss_sum / max(1, self.epoch_steps)
-        self.epoch_steps, self.epoch_loss_sum = 0, 0.0
+        steps, loss_sum = self.epoch_sums.tolist()
+        steps = int(steps)
+        training_loss = loss_sum / max(1, steps)
+        self.epoch_sums.zero_()
         chance_loss = distributed.unwrap(self.net).chance_loss
         margin = max(0.05, 1 / math.sqrt(len(self.held_out)))  # two standard errors of coin flips, at least 0.05
         if abs(accuracy - 0.5) > margin or loss < 0.9 * chance_loss:

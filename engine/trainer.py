@@ -74,27 +74,32 @@ class Stage:
         return self.precision.autocast()
 
     def optimize(self, name, loss, label=None):
-        """Backward `loss` and step optimizer `name`. A loss that is not finite on any process skips both, and so
-        do gradients that are not finite under a finite loss (a NaN sampling grid, say, makes grid_sample return
-        zeros but NaN gradients); either is recorded in self.non_finite (the engine counts such steps and stops
-        after too many in a row). Under fp16 the gradient scaler's own overflow skips are left to it."""
+        """Backward `loss` and step optimizer `name`, all queued on the device: nothing is read back. A loss that is
+        not finite on any process skips the update, and so do gradients that are not finite under a finite loss (a
+        NaN sampling grid, say, makes grid_sample return zeros but NaN gradients): the optimizer's fused step is
+        told so on the device (its found_inf, as the gradient scaler tells it), leaving weights and its state as
+        they were. Both flags go to self.non_finite (the engine counts such steps and stops after too many in a
+        row). Under fp16 the gradient scaler's own overflow skips are left to it."""
         optimizer = self.optimizers[name]
         optimizer.zero_grad(set_to_none=True)
-        label = label or name
-        if distributed.any_rank(not torch.isfinite(loss.detach()).item(), self.runtime):
-            self.non_finite.append(label)
-            return
+        loss_bad = (~torch.isfinite(loss.detach())).float()
+        # x 1 when finite (the same gradients), x NaN when not: the gradients turn NaN, so the check below (and,
+        # through DDP's averaging, every process's) skips the update
+        poisoned = loss * torch.where(loss_bad.bool(), float("nan"), 1.0)
         scaler = self.scaler(name)
-        scaler.scale(loss).backward()
-        if not scaler.is_enabled():
-            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-            finite = not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
-            if distributed.any_rank(not finite, self.runtime):
-                optimizer.zero_grad(set_to_none=True)
-                self.non_finite.append(f"{label} (gradients)")
-                return
-        scaler.step(optimizer)
-        scaler.update()
+        scaler.scale(poisoned).backward()
+        if scaler.is_enabled():
+            gradients_bad = torch.zeros_like(loss_bad)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            gradients_bad = non_finite_gradients(optimizer)
+            optimizer.found_inf = gradients_bad
+            try:
+                optimizer.step()
+            finally:
+                del optimizer.found_inf
+        self.non_finite.append((label or name, loss_bad, gradients_bad))
 
     def scaler(self, name):
         """The gradient scaler of optimizer `name`, made on first use (it scales only under fp16)."""
@@ -125,6 +130,21 @@ class Stage:
         """Called on the main process after the last epoch."""
 
 
+def adam(parameters, lr):
+    """The stages' optimizer: Adam's fused kernel (CUDA and CPU), which skips an update on the device when told to
+    and is much faster than the per-tensor loop on a CPU."""
+    return Adam(parameters, lr=lr, fused=True)
+
+
+def non_finite_gradients(optimizer):
+    """1.0 on the device when a gradient of `optimizer`'s parameters is not finite, else 0.0 (nothing read back)."""
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    found = torch.zeros((), device=grads[0].device) if grads else torch.zeros(())
+    if grads:  # GradScaler's check, with a scale of 1: the gradients keep their values
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found, torch.ones_like(found))
+    return found
+
+
 class FrameStage(Stage):
     """DINet's frame stage: generator and frame discriminator; VGG19 perception x lamb_perception + LSGAN (+ L1 x
     lamb_l1, 0 in DINet's recipe)."""
@@ -142,9 +162,9 @@ class FrameStage(Stage):
         # a weight of 0 builds no VGG19 (LatentSync's recipe replaces it with LPIPS)
         self.perception = PerceptualLoss(Vgg19(opt.vgg19_weights)).to(runtime.device) if opt.lamb_perception else None
         self.gan = GANLoss()
-        self.optimizers = {"net_g": Adam(self.net_g.parameters(), lr=opt.lr_g),
-                           "net_dI": Adam(self.net_dI.parameters(), lr=opt.lr_dI)}
-        if self.precision.compile:
+        self.optimizers = {"net_g": adam(self.net_g.parameters(), opt.lr_g),
+                           "net_dI": adam(self.net_dI.parameters(), opt.lr_dI)}
+        if self.precision.compile == "default":
             self.net_g = torch.compile(self.net_g)
 
     @classmethod
@@ -216,7 +236,7 @@ class FrameStage(Stage):
         losses = {"Loss_DI": loss_dI, **generator_losses}
         rows = [[batch["source_masked"][i], *reference[i].split(3), fake[i], real[i]]
                 for i in range(min(GRID_SAMPLES, real.shape[0]))]
-        return {name: value.item() for name, value in losses.items()}, rows
+        return {name: value.detach() for name, value in losses.items()}, rows
 
 
 def lab_name(opt, checkpoint):
@@ -388,10 +408,81 @@ def find_resume(opt, stage_class, runtime):
     return path, checkpoint
 
 
-def snapshot_buffers(stage):
-    """BatchNorm statistics before a step, to put back when the step turns out not finite."""
-    return [(buffer, buffer.clone()) for network in stage.networks().values() for buffer in network.buffers()
-            if buffer.is_floating_point()]
+def train_step(stage, batch, counters, runtime):
+    """One iteration, queued on the device with nothing read back: the stage's step and, when it was not finite on
+    any process, its networks' buffers (BatchNorm statistics) put back. `counters`: (steps skipped in all, in a row)
+    on the device. Returns (names, values, counters, rows): values = the losses `names` (averaged over the
+    processes), then per update of the step whether its loss and whether its gradients were not finite (> 0: on
+    some process), then the new counters."""
+    groups = {}  # the buffers by dtype, each group saved as one flat tensor (a few kernels, not one per buffer)
+    for network in stage.networks().values():
+        for buffer in network.buffers():
+            groups.setdefault(buffer.dtype, []).append(buffer)
+    saved = [torch.cat([buffer.flatten() for buffer in group]) for group in groups.values()]
+    stage.non_finite = []
+    losses, rows = stage.step(batch)
+    flags = [flag for _, loss_bad, gradients_bad in stage.non_finite for flag in (loss_bad, gradients_bad)]
+    values = distributed.average(torch.stack([value.float() for value in [*losses.values(), *flags]]), runtime)
+    skipped = (values[len(losses):].amax() > 0) if flags else torch.zeros((), dtype=torch.bool, device=values.device)
+    for group, before in zip(groups.values(), saved):
+        restored = torch.where(skipped, before, torch.cat([buffer.flatten() for buffer in group]))
+        torch._foreach_copy_(group, [part.view_as(buffer) for part, buffer in
+                                     zip(restored.split([buffer.numel() for buffer in group]), group)])
+    counters = torch.stack([counters[0] + skipped, torch.where(skipped, counters[1] + 1, 0)])
+    return list(losses), torch.cat([values, counters]), counters, rows
+
+
+class StepLog:
+    """Each step's log line, written a step late: a step's values are copied to the host without waiting (pinned
+    memory on a GPU) while the next step is queued, and read then, so the device never waits for the host. Too
+    many non-finite steps in a row stop the run when the last one's line is read."""
+
+    def __init__(self, opt, stage, log, iterations):
+        self.opt, self.stage, self.log, self.iterations = opt, stage, log, iterations
+        self.pending = None
+        self.skipped = 0  # steps skipped so far, as last read
+
+    def add(self, values, names, labels, rows, **where):
+        """Queue the copy of this step's values (train_step's); write the line of the step before."""
+        host = torch.empty(values.shape, dtype=values.dtype, pin_memory=values.is_cuda)
+        host.copy_(values, non_blocking=True)
+        event = None
+        if values.is_cuda:
+            event = torch.cuda.Event()
+            event.record()
+        self.flush()
+        self.pending = (host, event, names, labels, rows, where)
+
+    def flush(self):
+        """Write the pending step's line (before a checkpoint, at the end of an epoch, when stopping)."""
+        if self.pending is None:
+            return
+        host, event, names, labels, rows, where = self.pending
+        self.pending = None
+        if event is not None:
+            event.synchronize()
+        values = host.tolist()
+        losses = dict(zip(names, values))
+        flags = values[len(names):len(names) + 2 * len(labels)]
+        self.skipped, consecutive = int(values[-2]), int(values[-1])
+        epoch, iteration, step, lr = where["epoch"], where["iteration"], where["global_step"], where["lr"]
+        bad = [label if loss_bad else f"{label} (gradients)"
+               for label, loss_bad, gradients_bad in zip(labels, flags[0::2], flags[1::2]) if loss_bad or gradients_bad]
+        if not bad:
+            self.log.line(format_log_line(epoch, iteration, self.iterations, losses, lr, self.stage.lr_label))
+            self.log.scalars(step, epoch, {**losses, self.stage.lr_label: lr})
+            if rows:
+                self.log.images(step, image_grid(rows), self.stage.image_tag)
+            return
+        text = " ".join(f"{name}={value:.4g}" for name, value in losses.items())
+        self.log.line(f"non-finite at epoch {epoch} iteration {iteration} (step {step}): {text}; "
+                      f"{', '.join(bad)} not finite, update skipped ({self.skipped} skipped so far)")
+        if consecutive >= self.opt.max_non_finite:
+            self.log.close()
+            raise UserError(
+                f"stopping: {consecutive} non-finite steps in a row, the last at epoch {epoch} iteration {iteration} "
+                f"(step {step}, {text}; {', '.join(bad)} not finite); the checkpoints in {self.opt.result_path} are "
+                f"from before it: resume with a lower --lr_g/--lr_dI, or --amp off")
 
 
 class WeightAverage:
@@ -579,7 +670,10 @@ def train(opt, stage_class=FrameStage):
                  f"{' ...' if len(split['videos']) > 5 else ''}; best by {opt.val_metric} kept as {BEST_NAME}")
     checkpointer = Checkpointer(opt, stage, schedulers, training_set, runtime, log, validator)
     last_epoch = opt.non_decay + opt.decay
-    skipped = consecutive = 0
+    from .graphs import StepRunner  # it runs train_step, defined here
+    run_step = StepRunner(stage, runtime, stage.precision.compile, log.line)
+    step_log = StepLog(opt, stage, log, iterations)
+    counters = torch.zeros(2, device=runtime.device)  # steps skipped in all, and in a row
     run_started = time.perf_counter()
     with StopRequest(announce=runtime.is_main) as stop, workers_shut_down(loader):
         for epoch in range(start_epoch, last_epoch + 1):
@@ -594,35 +688,19 @@ def train(opt, stage_class=FrameStage):
             for iteration, batch in enumerate(progress, start=first):
                 batch = {key: stage.precision.batch(value.to(runtime.device, non_blocking=True))
                          for key, value in batch.items()}
-                buffers = snapshot_buffers(stage)
-                stage.non_finite = []
-                losses, rows = stage.step(batch)
-                losses = distributed.average(losses, runtime)
-                lr = stage.optimizers[stage.lr_network].param_groups[0]["lr"]
-                if stage.non_finite:
-                    for buffer, saved in buffers:
-                        buffer.copy_(saved)
-                    skipped, consecutive = skipped + 1, consecutive + 1
-                    values = " ".join(f"{name}={value:.4g}" for name, value in losses.items())
-                    log.line(f"non-finite at epoch {epoch} iteration {iteration} (step {global_step}): {values}; "
-                             f"{', '.join(stage.non_finite)} not finite, update skipped ({skipped} skipped so far)")
-                    if consecutive >= opt.max_non_finite:
-                        log.close()
-                        raise UserError(
-                            f"stopping: {consecutive} non-finite steps in a row, the last at epoch {epoch} iteration "
-                            f"{iteration} (step {global_step}, {values}; {', '.join(stage.non_finite)} not finite); the checkpoints in {opt.result_path} are "
-                            f"from before it: resume with a lower --lr_g/--lr_dI, or --amp off")
-                else:
-                    consecutive = 0
-                    log.line(format_log_line(epoch, iteration, iterations, losses, lr, stage.lr_label))
-                    log.scalars(global_step, epoch, {**losses, stage.lr_label: lr})
-                    if rows and global_step % opt.image_every == 0:
-                        log.images(global_step, image_grid(rows), stage.image_tag)
+                names, values, counters, rows = run_step(batch, counters)
+                # copied: a CUDA graph's outputs are overwritten by its next replay
+                kept = [[image.detach().clone() for image in row] for row in rows] \
+                    if rows and global_step % opt.image_every == 0 else None
+                step_log.add(values, names, [label for label, *_ in stage.non_finite], kept,
+                             epoch=epoch, iteration=iteration, global_step=global_step,
+                             lr=stage.optimizers[stage.lr_network].param_groups[0]["lr"])
                 global_step += 1
                 if stage.average:
                     stage.average.update(distributed.unwrap(stage.net_g), global_step)
                 stopping = distributed.any_rank(stop.signal is not None, runtime)
                 if stopping or (opt.save_every_steps and global_step % opt.save_every_steps == 0):
+                    step_log.flush()
                     path = checkpointer.save(epoch, iteration + 1, global_step, whole_epoch=False)
                 if stopping:
                     name = signal.Signals(stop.signal).name if stop.signal else "a signal on another process"
@@ -631,6 +709,7 @@ def train(opt, stage_class=FrameStage):
                     log.close()
                     distributed.cleanup()
                     raise Stopped(128 + (stop.signal or signal.SIGTERM))
+            step_log.flush()
             for scheduler in schedulers.values():
                 scheduler.step()
             if runtime.is_main:
@@ -651,8 +730,8 @@ def train(opt, stage_class=FrameStage):
                 log.line(f"stopped after epoch {epoch} of {last_epoch} ({(time.perf_counter() - run_started) / 60:.1f} "
                          f"min): {why or 'on another process'}")
                 break
-    if skipped:
-        log.line(f"{skipped} step(s) had a non-finite loss or gradients and were skipped")
+    if step_log.skipped:
+        log.line(f"{step_log.skipped} step(s) had a non-finite loss or gradients and were skipped")
     if runtime.is_main:
         stage.finish(log)
     log.close()

@@ -1,0 +1,214 @@
+"""`bench.py --gpu_check OUT`: every speed target measured in one run (about 5 minutes on one H100/H200), written to
+OUT/gpu_check.json (rows and targets) and OUT/gpu_check.md (the tables). With --quick the same rows, tiny, at mouth
+64 (a CPU test runs it so that it cannot rot).
+
+- training, fp32: the published iteration and ours (eager, and the step as one CUDA graph: --compile reduce-overhead)
+  at frame 64/bs24, 128/bs12, 256/bs4 and clip 256/bs3, samples/s, ours against the published, MFU on a known GPU;
+- a real training run: `data_processing.py --make_demo_data`, then `train_DINet_frame.py` (mouth 64, batch 24, 8
+  loader workers) for --real_run_seconds, its samples/s from its log as it grows, stopped by SIGTERM, against the
+  bench row's rate; and bench's loader row;
+- dubbing end to end at 1080x1920 per mouth size, against ffmpeg encoding the same video alone with the same x264
+  settings (and the GPU's decoder where this ffmpeg has one, the faster of the two).
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import imageio_ffmpeg
+import torch
+
+from common.errors import UserError
+from common.files import check_writable, write_atomically
+from media.encoder import DEFAULT_PRESET, FAST_MOTION_SEARCH
+
+from .measure import STAGES
+from .processes import ROOT
+
+TRAINING_SPEEDUP, REAL_RUN_SHARE, DUBBING_SHARE = 3.0, 0.9, 0.8  # the targets
+REAL_RUN = dict(mouth=64, batch=24, workers=8)
+QUICK_REAL_RUN = dict(mouth=64, batch=2, workers=1)
+
+
+def configure(opt):
+    """The bench options of the check: fp32 training rows with the published ones, the loader, dubbing without the
+    published loop (its target is the encoder's rate)."""
+    opt.tasks = "baseline,train_frame,train_clip,loader,inference"
+    opt.precision = "fp32"
+    opt.published_loop = "off"
+    if opt.quick:
+        opt.mouths = {64}
+        opt.train_iterations, opt.train_warmup = 1, 1
+        opt.video, opt.video_seconds = (256, 256), 0.4
+    else:
+        opt.train_iterations, opt.train_warmup = 20, 5
+
+
+def real_training_run(opt, folder, bench_rows):
+    """The frame stage trained as a user runs it, on the procedural demo data: samples/s while its log grows
+    (after its first steps), then SIGTERM; returns a row."""
+    setting = QUICK_REAL_RUN if opt.quick else REAL_RUN
+    data = os.path.join(folder, "demo_data")
+    subprocess.run([sys.executable, "data_processing.py", "--make_demo_data", "--demo_dir", data, "--num_videos",
+                    "2" if opt.quick else "4", "--seed", "0"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    result = os.path.join(folder, "real_run")
+    command = [sys.executable, "train_DINet_frame.py", "--train_data", os.path.join(data, "training_json.json"),
+               "--result_path", result, "--mouth_region_size", str(setting["mouth"]), "--batch_size",
+               str(setting["batch"]), "--num_workers", str(setting["workers"]), "--augment_num", "100000",
+               "--vgg19_weights", "random", "--amp", "off", "--image_every", "1000000"]
+    if opt.device:
+        command += ["--device", opt.device]
+    metrics = os.path.join(result, "metrics.jsonl")
+    warm_steps, window = (2, 5.0) if opt.quick else (10, opt.real_run_seconds)
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = last = None  # (time, steps logged)
+    try:
+        while process.poll() is None:
+            steps = count_lines(metrics)
+            now = time.perf_counter()
+            if first is None and steps >= warm_steps:
+                first = (now, steps)
+            if first is not None:
+                last = (now, steps)
+                if now - first[0] >= window and steps > first[1]:
+                    break
+            time.sleep(0.05)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)  # it stops after a checkpoint, as a user's Ctrl-C would
+        _, errors = process.communicate(timeout=300)
+    if first is None or last[1] <= first[1]:
+        raise UserError(f"the real training run logged too few steps: {(errors or '').strip()[-2000:]}")
+    rate = (last[1] - first[1]) * setting["batch"] / (last[0] - first[0])
+    row = dict(task="real_run", mouth=setting["mouth"], batch=setting["batch"], precision="fp32",
+               num_workers=setting["workers"], samples_per_s=rate, steps=last[1] - first[1],
+               seconds=last[0] - first[0])
+    bench = find(bench_rows, task="train_frame", mouth=setting["mouth"], baseline=False, compiled="off")
+    if bench:
+        row["share_of_bench"] = rate / bench["samples_per_s"]
+    return row
+
+
+def count_lines(path):
+    try:
+        with open(path) as f:
+            return sum(1 for _ in f)
+    except FileNotFoundError:
+        return 0
+
+
+def ffmpeg_hwaccels():
+    done = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-hwaccels"], capture_output=True, text=True)
+    return set(done.stdout.split()[1:]) if done.returncode == 0 else set()
+
+
+def encode_alone(video, folder, device):
+    """ffmpeg decoding `video` and encoding it with dubbing's x264 settings and nothing else, frames/s: with the
+    software decoder, and with CUDA's where this ffmpeg has it and the device is a GPU; the faster one."""
+    from dubbing.pipeline import encoder_threads
+    from media.ffmpeg import probe
+    threads = encoder_threads(device)
+    info = probe(video)
+    frames = round(info["duration"] * info["fps"])
+    decoders = [("software", [])] + ([("cuda", ["-hwaccel", "cuda"])] if device.type == "cuda" and
+                                     "cuda" in ffmpeg_hwaccels() else [])
+    rows = []
+    for name, decoder in decoders:
+        output = os.path.join(folder, f"encode_alone_{name}.mp4")
+        command = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error", *decoder, "-i", video,
+                   "-map", "0:v", "-c:v", "libx264", "-preset", DEFAULT_PRESET, "-pix_fmt", "yuv420p", "-crf", "18",
+                   "-x264-params", FAST_MOTION_SEARCH, *(["-threads", str(threads)] if threads else []), output]
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        if done.returncode == 0:
+            rows.append(dict(task="encode_alone", decoder=name, frames=frames, seconds=seconds,
+                             frames_per_s=frames / seconds))
+    if not rows:
+        raise UserError(f"ffmpeg could not encode {video} alone: {done.stderr.strip()[-500:]}")
+    return max(rows, key=lambda row: row["frames_per_s"])
+
+
+def find(rows, **fields):
+    """The fastest row with these fields (None: none measured)."""
+    found = [row for row in rows if "error" not in row and all(row.get(k) == v for k, v in fields.items())]
+    return max(found, key=lambda row: row.get("samples_per_s", row.get("frames_per_s", 0)), default=None)
+
+
+def targets(rows, opt):
+    """One line per target: what it asks, what was measured, and whether it is met (None: not measured)."""
+    lines = []
+    for task, stages in (("train_frame", STAGES), ("train_clip", ((256, 3),))):
+        for mouth, batch in stages:
+            ours = find(rows, task=task, mouth=mouth, baseline=False)
+            published = find(rows, task=task, mouth=mouth, baseline=True)
+            name = f"{'frame' if task == 'train_frame' else 'clip'} {mouth}/bs{batch}: ours >= {TRAINING_SPEEDUP:g}x " \
+                   f"the published iteration's samples/s"
+            ratio = ours["samples_per_s"] / published["samples_per_s"] if ours and published else None
+            measured = (f"{ratio:.2f}x ({ours['samples_per_s']:.1f} against {published['samples_per_s']:.1f} samples/s"
+                        f"{', MFU %.1f%%' % (100 * ours['mfu']) if 'mfu' in ours else ''})") if ratio else "not measured"
+            lines.append(dict(target=name, measured=measured, value=ratio,
+                              met=None if ratio is None else ratio >= TRAINING_SPEEDUP))
+    real = find(rows, task="real_run")
+    share = real.get("share_of_bench") if real else None
+    lines.append(dict(target=f"a real frame-stage run >= {REAL_RUN_SHARE:.0%} of bench's synthetic rate",
+                      measured=f"{share:.0%} ({real['samples_per_s']:.1f} samples/s, {real['num_workers']} workers)"
+                      if share else "not measured", value=share, met=None if share is None else share >= REAL_RUN_SHARE))
+    encode = find(rows, task="encode_alone")
+    for row in rows:
+        if row.get("task") == "inference" and "error" not in row and encode:
+            share = row["frames_per_s"] / encode["frames_per_s"]
+            lines.append(dict(target=f"dubbing at mouth {row['mouth']}, {opt.video[0]}x{opt.video[1]}: >= "
+                                     f"{DUBBING_SHARE:.0%} of ffmpeg encoding the video alone",
+                              measured=f"{share:.0%} ({row['frames_per_s']:.1f} against {encode['frames_per_s']:.1f} "
+                                       f"frames/s, {encode['decoder']} decoding)", value=share, met=share >= DUBBING_SHARE))
+    return lines
+
+
+def markdown(rows, lines, device_name):
+    text = [f"# Speed targets on {device_name}", "", "| target | measured | met |", "|---|---|---|"]
+    text += [f"| {line['target']} | {line['measured']} | "
+             f"{'-' if line['met'] is None else 'yes' if line['met'] else '**no**'} |" for line in lines]
+    text += ["", "| row | mouth | batch | samples or frames / s | s / iter | GFLOP/s | MFU | GB |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        name = row["task"] + (" (published)" if row.get("baseline") else "") + (
+            " (CUDA graph)" if row.get("cuda_graph") else "") + (f" ({row['decoder']})" if "decoder" in row else "")
+        if "error" in row:
+            text.append(f"| {name} | {row.get('mouth', '')} | | failed: {row['error']} | | | | |")
+            continue
+        rate = row.get("samples_per_s", row.get("frames_per_s"))
+        cell = lambda key, spec: format(row[key], spec) if row.get(key) is not None else ""
+        text.append(f"| {name} | {row.get('mouth', '')} | {row.get('batch', '')} | {rate:.1f} | "
+                    f"{cell('seconds_per_iter', '.4f')} | {cell('achieved_gflops_per_s', '.0f')} | "
+                    f"{format(row['mfu'], '.1%') if 'mfu' in row else ''} | {cell('peak_memory_gb', '.1f')} |")
+    return "\n".join(text) + "\n"
+
+
+def gpu_check(opt, run, tasks, dubbing):
+    """Measure the rows (`run(opt, tasks)`: bench's own, `dubbing` its DubbingBench), the real run and the encoder
+    alone; write OUT/gpu_check.*."""
+    check_writable(opt.gpu_check, "--gpu_check")
+    configure(opt)
+    os.makedirs(opt.gpu_check, exist_ok=True)
+    started = time.perf_counter()
+    rows, device = run(opt, tasks)
+    opt.tasks, opt.compile = "train_frame,train_clip", "reduce-overhead"
+    run(opt, tasks, rows)
+    with tempfile.TemporaryDirectory(prefix="bench-check-") as folder:
+        rows.append(real_training_run(opt, folder, rows))
+        print(f"real training run: {rows[-1]['samples_per_s']:.1f} samples/s", flush=True)
+        rows.append(encode_alone(dubbing.inputs[0], folder, device))  # the video the dubbing rows dubbed
+        print(f"ffmpeg encoding alone: {rows[-1]['frames_per_s']:.1f} frames/s ({rows[-1]['decoder']} decoding)",
+              flush=True)
+    lines = targets(rows, opt)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    result = dict(device=name, seconds=time.perf_counter() - started, rows=rows, targets=lines)
+    write_atomically(os.path.join(opt.gpu_check, "gpu_check.json"), lambda f: json.dump(result, f, indent=1), mode="w")
+    table = markdown(rows, lines, result["device"])
+    write_atomically(os.path.join(opt.gpu_check, "gpu_check.md"), lambda f: f.write(table), mode="w")
+    print(table)
+    return result
