@@ -113,7 +113,8 @@ def print_table(rows, peaks):
         if row["task"] == "inference" and row.get("baseline"):
             line += f"  the published loop ({row['frames']} frames: JPEG frames, batch 1, XVID)"
         if "speedup_vs_published" in row:
-            line += f"  {row['speedup_vs_published']:.1f}x the published loop"
+            line += f"  {row['speedup_vs_published']:.2f}x the published " + (
+                "loop" if row["task"] == "inference" else "iteration")
         if len(row.get("runs_frames_per_s", ())) > 1:
             line += f"  (median of {len(row['runs_frames_per_s'])} runs: " + \
                     " ".join(f"{rate:.2f}" for rate in row["runs_frames_per_s"]) + ")"

@@ -123,3 +123,14 @@ def test_losses_of_a_seeded_batch_are_those_of_the_code_that_read_them_back_each
         assert list(ours) == list(before)
         for name in before:
             assert ours[name] == pytest.approx(before[name], rel=5e-3, abs=1e-6), (step, name)
+
+
+def test_cuda_graphs_on_a_cpu_say_why_in_one_line_and_the_run_trains_without_them(tiny_json, tmp_path):
+    from test_frame_training import metrics, run_frame
+    run_frame(tiny_json, tmp_path, "--compile", "reduce-overhead", "--decay", "0")
+    log = (tmp_path / "log.txt").read_text()
+    assert log.count("--compile reduce-overhead:") == 1
+    assert ("--compile reduce-overhead: CUDA graphs need a CUDA device and this run is on cpu; training without CUDA "
+            "graphs") in log
+    assert [row["step"] for row in metrics(tmp_path)] == [0, 1]  # every step trained and logged
+    assert (tmp_path / "netG_model_epoch_1.pth").exists()
