@@ -63,7 +63,9 @@ def real_training_run(opt, folder, bench_rows):
         command += ["--device", opt.device]
     metrics = os.path.join(result, "metrics.jsonl")
     warm_steps, window = (2, 5.0) if opt.quick else (10, opt.real_run_seconds)
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    errors = os.path.join(folder, "real_run.stderr")  # a file, not a pipe: its progress bar would fill one and stall it
+    with open(errors, "w") as stderr:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
     first = last = None  # (time, steps logged)
     try:
         while process.poll() is None:
@@ -79,9 +81,10 @@ def real_training_run(opt, folder, bench_rows):
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)  # it stops after a checkpoint, as a user's Ctrl-C would
-        _, errors = process.communicate(timeout=300)
+        process.wait(timeout=300)
     if first is None or last[1] <= first[1]:
-        raise UserError(f"the real training run logged too few steps: {(errors or '').strip()[-2000:]}")
+        with open(errors) as f:
+            raise UserError(f"the real training run logged too few steps: {f.read().strip()[-2000:]}")
     rate = (last[1] - first[1]) * setting["batch"] / (last[0] - first[0])
     row = dict(task="real_run", mouth=setting["mouth"], batch=setting["batch"], precision="fp32",
                num_workers=setting["workers"], samples_per_s=rate, steps=last[1] - first[1],
@@ -196,8 +199,9 @@ def gpu_check(opt, run, tasks, dubbing):
     os.makedirs(opt.gpu_check, exist_ok=True)
     started = time.perf_counter()
     rows, device = run(opt, tasks)
-    opt.tasks, opt.compile = "train_frame,train_clip", "reduce-overhead"
-    run(opt, tasks, rows)
+    if device.type == "cuda" or not opt.quick:  # elsewhere the step runs without CUDA graphs: the same rows again
+        opt.tasks, opt.compile = "train_frame,train_clip", "reduce-overhead"
+        run(opt, tasks, rows)
     with tempfile.TemporaryDirectory(prefix="bench-check-") as folder:
         rows.append(real_training_run(opt, folder, rows))
         print(f"real training run: {rows[-1]['samples_per_s']:.1f} samples/s", flush=True)

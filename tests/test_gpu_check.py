@@ -15,11 +15,9 @@ def test_gpu_check_measures_every_target_and_writes_its_tables(tmp_path):
     result = json.loads((out / "gpu_check.json").read_text())
     rows = {(row["task"], row.get("mouth"), row.get("baseline", False), row.get("compiled")): row
             for row in result["rows"]}
-    published = rows[("train_frame", 64, True, None)]
-    ours, graphed = rows[("train_frame", 64, False, "off")], rows[("train_frame", 64, False, "reduce-overhead")]
-    assert not graphed["cuda_graph"]  # a CPU has none: measured without
-    for row in ours, graphed:
-        assert row["speedup_vs_published"] == row["samples_per_s"] / published["samples_per_s"]
+    published, ours = rows[("train_frame", 64, True, None)], rows[("train_frame", 64, False, "off")]
+    assert ours["speedup_vs_published"] == ours["samples_per_s"] / published["samples_per_s"]
+    assert not ours["cuda_graph"]
     real = rows[("real_run", 64, False, None)]
     assert real["steps"] >= 1 and real["share_of_bench"] == real["samples_per_s"] / ours["samples_per_s"]
     assert rows[("loader", 64, False, None)]["samples_per_s"] > 0
@@ -30,7 +28,7 @@ def test_gpu_check_measures_every_target_and_writes_its_tables(tmp_path):
     assert set(targets) == {"frame 64/bs24", "frame 128/bs12", "frame 256/bs4", "clip 256/bs3",
                             "a real frame-stage run >= 90% of bench's synthetic rate", "dubbing at mouth 64, 256x256"}
     assert targets["frame 128/bs12"]["met"] is None and targets["frame 128/bs12"]["measured"] == "not measured"
-    assert targets["frame 64/bs24"]["value"] == max(ours["speedup_vs_published"], graphed["speedup_vs_published"])
+    assert targets["frame 64/bs24"]["value"] == ours["speedup_vs_published"]
     assert targets["dubbing at mouth 64, 256x256"]["value"] == dubbing["frames_per_s"] / encoder["frames_per_s"]
     table = (out / "gpu_check.md").read_text()
     assert "| target | measured | met |" in table and "real_run" in table
