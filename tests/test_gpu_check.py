@@ -10,7 +10,7 @@ from conftest import ROOT
 def test_gpu_check_measures_every_target_and_writes_its_tables(tmp_path):
     out = tmp_path / "check"
     done = subprocess.run([sys.executable, "bench.py", "--gpu_check", str(out), "--quick", "--device", "cpu"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+                          cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads((out / "gpu_check.json").read_text())
     rows = {(row["task"], row.get("mouth"), row.get("baseline", False), row.get("compiled")): row
