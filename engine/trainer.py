@@ -94,11 +94,7 @@ class Stage:
             scaler.update()
         else:
             gradients_bad = non_finite_gradients(optimizer)
-            optimizer.found_inf = gradients_bad
-            try:
-                optimizer.step()
-            finally:
-                del optimizer.found_inf
+            step_unless(optimizer, gradients_bad)
         self.non_finite.append((label or name, loss_bad, gradients_bad))
 
     def scaler(self, name):
@@ -131,9 +127,24 @@ class Stage:
 
 
 def adam(parameters, lr):
-    """The stages' optimizer: Adam's fused kernel (CUDA and CPU), which skips an update on the device when told to
-    and is much faster than the per-tensor loop on a CPU."""
-    return Adam(parameters, lr=lr, fused=True)
+    """The stages' optimizer: on a GPU Adam's fused kernel, which skips an update on the device when told to; on a
+    CPU its loop (the CPU's fused kernel is 75x slower on channels_last weights: 5.6 s against 0.07 s)."""
+    parameters = list(parameters)
+    return Adam(parameters, lr=lr, fused=bool(parameters) and parameters[0].is_cuda)
+
+
+def step_unless(optimizer, skip):
+    """optimizer.step() unless `skip` (a 0-d 0/1 tensor): the fused kernel is told so on the device (its found_inf,
+    as the gradient scaler tells it); a CPU's loop kernel takes no flag, and reading it there waits for nothing
+    (putting its changes back with torch.where instead cost 3 s a step)."""
+    if optimizer.defaults.get("fused"):
+        optimizer.found_inf = skip
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf
+    elif not skip.item():
+        optimizer.step()
 
 
 def non_finite_gradients(optimizer):
