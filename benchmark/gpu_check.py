@@ -151,14 +151,14 @@ def targets(rows, opt):
             name = f"{'frame' if task == 'train_frame' else 'clip'} {mouth}/bs{batch}: ours >= {TRAINING_SPEEDUP:g}x " \
                    f"the published iteration's samples/s"
             ratio = ours["samples_per_s"] / published["samples_per_s"] if ours and published else None
-            measured = (f"{ratio:.2f}x ({ours['samples_per_s']:.1f} against {published['samples_per_s']:.1f} samples/s"
+            measured = (f"{ratio:.2f}x ({ours['samples_per_s']:.3g} against {published['samples_per_s']:.3g} samples/s"
                         f"{', MFU %.1f%%' % (100 * ours['mfu']) if 'mfu' in ours else ''})") if ratio else "not measured"
             lines.append(dict(target=name, measured=measured, value=ratio,
                               met=None if ratio is None else ratio >= TRAINING_SPEEDUP))
     real = find(rows, task="real_run")
     share = real.get("share_of_bench") if real else None
     lines.append(dict(target=f"a real frame-stage run >= {REAL_RUN_SHARE:.0%} of bench's synthetic rate",
-                      measured=f"{share:.0%} ({real['samples_per_s']:.1f} samples/s, {real['num_workers']} workers)"
+                      measured=f"{share:.0%} ({real['samples_per_s']:.3g} samples/s, {real['num_workers']} workers)"
                       if share else "not measured", value=share, met=None if share is None else share >= REAL_RUN_SHARE))
     encode = find(rows, task="encode_alone")
     for row in rows:
@@ -166,7 +166,7 @@ def targets(rows, opt):
             share = row["frames_per_s"] / encode["frames_per_s"]
             lines.append(dict(target=f"dubbing at mouth {row['mouth']}, {opt.video[0]}x{opt.video[1]}: >= "
                                      f"{DUBBING_SHARE:.0%} of ffmpeg encoding the video alone",
-                              measured=f"{share:.0%} ({row['frames_per_s']:.1f} against {encode['frames_per_s']:.1f} "
+                              measured=f"{share:.0%} ({row['frames_per_s']:.3g} against {encode['frames_per_s']:.3g} "
                                        f"frames/s, {encode['decoder']} decoding)", value=share, met=share >= DUBBING_SHARE))
     return lines
 
@@ -185,7 +185,7 @@ def markdown(rows, lines, device_name):
             continue
         rate = row.get("samples_per_s", row.get("frames_per_s"))
         cell = lambda key, spec: format(row[key], spec) if row.get(key) is not None else ""
-        text.append(f"| {name} | {row.get('mouth', '')} | {row.get('batch', '')} | {rate:.1f} | "
+        text.append(f"| {name} | {row.get('mouth', '')} | {row.get('batch', '')} | {rate:.3g} | "
                     f"{cell('seconds_per_iter', '.4f')} | {cell('achieved_gflops_per_s', '.0f')} | "
                     f"{format(row['mfu'], '.1%') if 'mfu' in row else ''} | {cell('peak_memory_gb', '.1f')} |")
     return "\n".join(text) + "\n"
