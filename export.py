@@ -44,10 +44,11 @@ def main():
     check_writable(os.path.dirname(os.path.abspath(out)), "--out", shown=out)
     import torch
 
+    from config.labs import lab_of
     from dubbing.onnx_generator import export_onnx
     from dubbing.pipeline import load_generator
     generator = load_generator(opt.checkpoint, torch.device("cpu"), opt.mouth_region_size, flag="--checkpoint")
-    difference = export_onnx(generator, out, source=opt.checkpoint)
+    difference = export_onnx(generator, out, source=opt.checkpoint, lab=lab_of(generator.network.config))
     print(f"wrote {out}: mouth {generator.mouth_size}, {generator.audio_feature} features; onnxruntime's faces "
           f"within {difference:.1g} of PyTorch's (max abs, float32); dub with python inference.py --onnx {out}")
 

@@ -62,3 +62,16 @@ def generator_config(lab, audio_channel, source_channel=3, ref_channel=15, audio
                                audio_channel=audio_channel, **settings)
     except ValueError as error:
         raise UserError(f"--lab {lab}: {error}") from None
+
+
+def lab_of(config):
+    """'labN (settings)' for a generator configuration (every lab whose preset builds it), or its settings."""
+    labs = []
+    for lab, preset in LAB_PRESETS.items():
+        try:
+            if generator_config(lab, config.audio_channel, config.source_channel, config.ref_channel,
+                                preset.get("audio_feature")) == config:
+                labs.append(lab)
+        except UserError:  # a lab that needs other audio features
+            continue
+    return f"{'/'.join(labs)} ({config.describe()})" if labs else config.describe()

@@ -24,7 +24,6 @@ from torch import nn
 from common.errors import UserError
 from common.files import atomic_output
 from common.geometry import AUDIO_WINDOW, NUM_REFERENCES, CropGeometry
-from config.labs import LAB_PRESETS, generator_config
 from models.dinet import ReferenceState
 from models.fast.fold import fold_batch_norms
 from models.fast.split import split_first_alignment_layer
@@ -52,19 +51,6 @@ class ExportedGenerator(nn.Module):
         return self.network.generate(masked_source, audio, ReferenceState(**spread))
 
 
-def lab_of(config):
-    """'labN (settings)' for a generator configuration (every lab whose preset builds it), or its settings."""
-    labs = []
-    for lab, preset in LAB_PRESETS.items():
-        try:
-            if generator_config(lab, config.audio_channel, config.source_channel, config.ref_channel,
-                                preset.get("audio_feature")) == config:
-                labs.append(lab)
-        except UserError:  # a lab that needs other audio features
-            continue
-    return f"{'/'.join(labs)} ({config.describe()})" if labs else config.describe()
-
-
 def sample_inputs(geometry, audio_channel, batch, seed):
     """Random inputs of the exported model's shapes: (reference, masked_source, audio)."""
     generator = torch.Generator().manual_seed(seed)
@@ -74,15 +60,16 @@ def sample_inputs(geometry, audio_channel, batch, seed):
             torch.randn(batch, audio_channel, AUDIO_WINDOW, generator=generator))
 
 
-def export_onnx(generator, path, flag="--checkpoint", source=""):
+def export_onnx(generator, path, flag="--checkpoint", source="", lab=None):
     """Write `generator` (a DubbingModel on the CPU) to `path` as ONNX (atomically), checked first: onnxruntime's faces
     for a batch of another size than the traced one must be within TOLERANCE of the PyTorch network's. Returns that
     largest difference. A generator the exporter cannot trace, or whose export differs, is a UserError naming
-    `flag` `source` and the reason; nothing is written then."""
+    `flag` `source` and the reason; nothing is written then. `lab` names the network (default: its settings)."""
     onnxruntime = _require("onnxruntime")
     _require("onnxscript")
     config, geometry = generator.network.config, CropGeometry(generator.mouth_size)
-    what = f"{flag} {source}: {lab_of(config)} at mouth {generator.mouth_size}"
+    lab = lab or config.describe()
+    what = f"{flag} {source}: {lab} at mouth {generator.mouth_size}"
     network = split_first_alignment_layer(fold_batch_norms(copy.deepcopy(generator.network).eval()))
     model = ExportedGenerator(network)
     traced = sample_inputs(geometry, config.audio_channel, batch=2, seed=0)
@@ -101,7 +88,7 @@ def export_onnx(generator, path, flag="--checkpoint", source=""):
         raise UserError(f"{what} cannot be exported to ONNX ({type(cause).__name__}: "
                         f"{_first_line(cause)}); dub with PyTorch (inference.py without --onnx)") from None
     metadata = {"mouth_region_size": str(generator.mouth_size), "audio_feature": generator.audio_feature or "",
-                "generator_config": json.dumps(config.to_dict()), "lab": lab_of(config),
+                "generator_config": json.dumps(config.to_dict()), "lab": lab,
                 "reference_branch": "inside the graph: `reference` is encoded once per call"}
     program.model.metadata_props.update({METADATA + key: value for key, value in metadata.items()})
     checked = sample_inputs(geometry, config.audio_channel, batch=3, seed=1)

@@ -71,9 +71,12 @@ def test_each_frame_window_and_count_has_one_definition():
         assert definitions.get(constant) == [os.path.join("common", "geometry.py")], (constant, definitions.get(constant))
 
 
+WRITTEN = {"report.md"}  # what a command writes, named in its help
+
+
 def test_help_texts_name_no_file_the_repository_lacks():
     for command, parser in PARSERS.items():
-        for name in re.findall(r"[\w./-]+\.md\b", parser.format_help()):
+        for name in set(re.findall(r"[\w./-]+\.md\b", parser.format_help())) - WRITTEN:
             assert os.path.exists(os.path.join(ROOT, name)), f"{command} --help names {name}"
 
 

@@ -87,7 +87,9 @@ def test_ctrl_c_in_a_terminal_stops_the_same_way_with_one_notice(tiny_json, tmp_
 
 
 def test_a_signal_to_a_loader_worker_alone_is_ignored_and_the_main_process_decides(tiny_json, tmp_path):
-    run = start(tmp_path, tiny_json, "--num_workers", "2")
+    # 6 iterations: each line is logged when the next step is done, so 2 lines mean 3 steps, and the stop must come
+    # before the epoch ends
+    run = start(tmp_path, tiny_json, "--num_workers", "2", "--augment_num", "4", "--iterations_per_epoch", "6")
     wait_for_steps(run, tmp_path, 1)
     workers = loader_workers(run.pid)
     assert len(workers) == 2
