@@ -5,9 +5,10 @@
 1. makes the procedural demo set (talking faces whose mouths are drawn from their speech's loudness), as
    `python data_processing.py --make_demo_data --demo_dir DIR --num_videos 20` does;
 2. trains the frame stage at mouth 64 with whole videos held out (`--val_fraction`), until the held-out
-   lmd_mouth stops improving (`--val_patience`) or the minutes left for training are spent (`--max_minutes`),
-   keeping the best epoch as netG_best.pth;
-3. dubs a held-out face with another held-out video's speech (`inference.py`);
+   mouth-opening correlation stops improving (`--val_patience`) or the minutes left for training are spent
+   (`--max_minutes`), keeping the best epoch as netG_best.pth;
+3. dubs a held-out face with another held-out video's speech (`inference.py`), cropping by the landmarks the demo
+   set was prepared with, as its training crops were;
 4. scores every held-out face dubbed that way against the face the demo set's generator draws for that speech,
    beside a face that does not speak and the same model driven by a third clip (`evaluate.py --protocol
    procedural`), and writes true face | dubbed side by side;
@@ -110,7 +111,10 @@ def main():
     checkpoint = os.path.join(run_dir, "netG_best.pth")
     face, speech = faces[0], faces[1]
     results = os.path.join(opt.out, "results")
+    from data.prepare import Layout, landmark_csv
+    landmarks, _ = landmark_csv(face, Layout.under(data_dir))  # those its training crops were cut by
     run([python, "inference.py", f"--source_video_path={os.path.join(data_dir, 'split_video_25fps', face + '.mp4')}",
+         f"--source_openface_landmark_path={landmarks}",
          f"--driving_audio_path={os.path.join(data_dir, 'split_video_25fps_audio', speech + '.wav')}",
          f"--pretrained_clip_DINet_path={checkpoint}", f"--res_video_dir={results}", *device])
     run([python, "evaluate.py", "--protocol=procedural", f"--demo_dir={data_dir}", "--faces", *faces,

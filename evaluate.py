@@ -264,8 +264,8 @@ def procedural(opt, generator, device, amp):
     """--protocol procedural: the table, and the verdict as its last line."""
     from dubbing.pipeline import dub
 
-    def dub_with(source, audio, output):
-        dub(source, audio, generator, output, device, amp=amp, progress=False)
+    def dub_with(source, audio, output, landmarks):
+        dub(source, audio, generator, output, device, landmark_csv=landmarks, amp=amp, progress=False)
     rows = procedural_truth(opt.demo_dir, opt.faces, dub_with, opt.out_dir, device, generator.mouth_size)
     _, line = verdict({row["kind"]: row for row in rows if row["face"].startswith("mean")})
     notes = [f"- checkpoint: {opt.checkpoint} (mouth {generator.mouth_size}), dubbed on {device} with amp {amp}",

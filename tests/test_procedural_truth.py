@@ -38,7 +38,7 @@ def test_a_dubber_that_draws_the_true_face_scores_near_one_and_both_baselines_fa
     then score it near perfect, and the reference copy and the mismatched speech clearly worse."""
     record = read_demo_record(demo_dir)
 
-    def draw(source, audio, output):
+    def draw(source, audio, output, landmarks):
         face, speech = (os.path.splitext(os.path.basename(path))[0] for path in (source, audio))
         write_talking_face(output, *(demo_video(5, record["videos"].index(name), 2.4) for name in (face, speech)))
     rows = procedural_truth(demo_dir, FACES, draw, str(tmp_path), torch.device("cpu"), 64)
