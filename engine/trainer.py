@@ -150,9 +150,11 @@ def step_unless(optimizer, skip):
 def non_finite_gradients(optimizer):
     """1.0 on the device when a gradient of `optimizer`'s parameters is not finite, else 0.0 (nothing read back)."""
     grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    found = torch.zeros((), device=grads[0].device) if grads else torch.zeros(())
-    if grads:  # GradScaler's check, with a scale of 1: the gradients keep their values
-        torch._amp_foreach_non_finite_check_and_unscale_(grads, found, torch.ones_like(found))
+    if not grads:
+        return torch.zeros(())
+    found = torch.zeros((), device=grads[0].device)
+    # GradScaler's check, with a scale of 1: the gradients keep their values
+    torch._amp_foreach_non_finite_check_and_unscale_(grads, found, torch.ones_like(found))
     return found
 
 

@@ -11,11 +11,10 @@ held-out face A, with B and C the next two held-out videos (in a ring):
                       or only moves the mouth, scores
 
 Every video is dubbed (and the reference copy pasted) through the landmarks the demo set was prepared with, the ones
-its training crops come from (its OpenFace-format CSV, or the detector's): crops framed by other landmarks (the
-detector puts the top of the nose 4 px lower and the nose 11% shorter on these faces) show the model faces at
-another scale and place than it trained on. Scores, from the repository's landmark detector on every video alike: lmd_mouth and mouth_open_corr (evaluation/
-lip_shape.py), the correlation at the offset within +-1 frame where it is best (`offset`, > 0: the dubbed mouth
-late).
+its training crops come from (its OpenFace-format CSV, or the detector's): crops framed by other landmarks show the
+model its faces at another scale and place than it trained on (docs/results.md). Scores, from the repository's
+landmark detector on every video alike: lmd_mouth and mouth_open_corr (evaluation/lip_shape.py), the correlation at
+the offset within +-1 frame where it is best (`offset`, > 0: the dubbed mouth late).
 """
 import math
 import os
