@@ -186,6 +186,10 @@ def clip_training_parser(description, result_path):
                        help="weight of LPIPS (VGG) on the lower half of the face (preset: latentsync 0.1)")
     group.add_argument("--lamb_trepa", type=number(0), default=None,
                        help="weight of TREPA, the distance of frozen video-model features (preset: latentsync 10)")
+    group.add_argument("--batchnorm_stats", default="frozen", choices=["frozen", "batch"],
+                       help="the generator's BatchNorm: frozen normalises with the frame stage's statistics (a clip "
+                            "batch holds only --batch_size faces, whose statistics drift from them and blur the "
+                            "generator); batch: DINet's, updated from every batch")
     group.add_argument("--lpips_weights", default="pretrained",
                        help="LPIPS VGG16 trunk: pretrained (torchvision download/cache), random, or a VGG16 .pth path; "
                             "the LPIPS linear layers ship with the lpips package")

@@ -33,6 +33,7 @@ FRAMES = len(CLIP_FRAMES)
 
 class ClipStage(FrameStage):
     checkpoint_networks = ("net_g", "net_dI", "net_dV")
+    starts_trained = True  # from the frame stage's generator
 
     def __init__(self, opt, generator_cfg, runtime, syncnet=None):
         super().__init__(opt, generator_cfg, runtime)
@@ -75,6 +76,13 @@ class ClipStage(FrameStage):
         if resume is None:
             load_network(distributed.unwrap(stage.net_g), start, "net_g", path, flag)
         return stage
+
+    def train_mode(self):
+        super().train_mode()
+        if self.opt.batchnorm_stats == "frozen":
+            for module in self.net_g.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
 
     def dataset(self, training_set):
         return ClipDataset(training_set, self.opt.augment_num, self.opt.mouth_region_size, self.opt.frame_cache_mb)

@@ -59,6 +59,7 @@ class Stage:
     image_tag = "masked_source|references|generated|real"
     validates = True                         # takes --val_data / --val_fraction (a generator stage)
     average = None                           # the generator's WeightAverage under --ema
+    starts_trained = False                   # the generator starts from trained weights (not the stage's own resume)
 
     def setup_runtime(self, opt, runtime):
         """Precision and device of this stage's networks; call first in __init__."""
@@ -105,6 +106,11 @@ class Stage:
 
     def networks(self):
         return {name: getattr(self, name) for name in self.checkpoint_networks}
+
+    def train_mode(self):
+        """Put the trained networks in training mode, at the start of each epoch."""
+        for network in self.networks().values():
+            network.train()
 
     def generator(self):
         """The generator validation scores and checkpoints hand to dubbing: the weights' moving average under --ema,
@@ -502,16 +508,17 @@ class WeightAverage:
     """An exponential moving average of a network's weights (--ema): steadier than any one step's weights under the
     GAN's noise. BatchNorm statistics are averaged alike (by themselves they follow the last ~10 batches, and the
     held-out frames' colours swing with them). While few steps are averaged the decay is lower ((1 + n) / (10 + n)),
-    so the average does not hold on to the random initialisation."""
+    so the average does not hold on to the random initialisation; a generator that starts trained gets no such
+    warm-up (an average following a fresh optimizer's first, large steps would lose what was trained)."""
 
-    def __init__(self, network, decay):
-        self.decay = decay
+    def __init__(self, network, decay, warm_up=True):
+        self.decay, self.warm_up = decay, warm_up
         self.network = copy.deepcopy(network).eval().requires_grad_(False)
 
     @torch.no_grad()
     def update(self, network, steps):
         """Average in `network`'s weights after its `steps`-th update."""
-        decay = min(self.decay, (1 + steps) / (10 + steps))
+        decay = min(self.decay, (1 + steps) / (10 + steps)) if self.warm_up else self.decay
         averaged = list(zip(self.network.parameters(), network.parameters()))
         for mine, theirs in zip(self.network.buffers(), network.buffers()):
             if mine.is_floating_point():
@@ -650,7 +657,7 @@ def train(opt, stage_class=FrameStage):
         training_set, held_out, split = held_out_sets(opt, training_set, resume)
     stage = stage_class.create(opt, training_set, runtime, resume)
     if getattr(opt, "ema", 0):
-        stage.average = WeightAverage(stage.generator(), opt.ema)
+        stage.average = WeightAverage(stage.generator(), opt.ema, warm_up=not stage.starts_trained)
     validator = make_validator(opt, stage, training_set, held_out, split, runtime, resume)
 
     dataset = stage.dataset(training_set)
@@ -693,8 +700,7 @@ def train(opt, stage_class=FrameStage):
             first = start_iteration if epoch == start_epoch else 0
             epoch_started = time.perf_counter()
             order.set_epoch(epoch, skip_batches=first)
-            for network in stage.networks().values():
-                network.train()
+            stage.train_mode()
             progress = tqdm(epoch_batches(loader, max(0, iterations - first)), total=iterations, initial=first,
                             desc=f"epoch {epoch}/{last_epoch}", leave=False, dynamic_ncols=True,
                             disable=not runtime.is_main)

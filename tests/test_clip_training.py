@@ -116,6 +116,29 @@ def test_clip_stage_rebuilds_the_frame_checkpoints_generator_and_trains_with_din
     assert moved  # started from the frame weights and trained
 
 
+@pytest.mark.parametrize("stats", ["frozen", "batch"])
+def test_clip_stage_keeps_the_frame_stages_batchnorm_statistics_and_averages_from_its_weights(clip_assets, tmp_path,
+                                                                                                stats):
+    """A clip batch holds a few faces: by default the generator normalises with the frame stage's BatchNorm
+    statistics and they stay as they were; `batch` (DINet's) updates them. The weights' average starts at the frame
+    stage's weights and stays near them while the trained weights take a fresh optimizer's first steps."""
+    opt = clip_options(clip_assets, tmp_path, "--iterations_per_epoch", "3", "--batchnorm_stats", stats,
+                       "--ema", "0.999")
+    train(opt, ClipStage)
+    frame = torch.load(clip_assets[2], weights_only=False)["state_dict"]["net_g"]
+    state = torch.load(tmp_path / "netG_model_epoch_1.pth", weights_only=False)["state_dict"]
+    averaged, trained = state["net_g"], state["net_g_training"]
+    for weights in (averaged, trained):
+        statistics = [key for key in weights if key.endswith(("running_mean", "running_var"))]
+        assert statistics
+        kept = [torch.equal(weights[key], frame[key]) for key in statistics]
+        assert all(kept) if stats == "frozen" else not any(kept), stats
+    parameters = [key for key, value in trained.items() if value.is_floating_point() and "running" not in key]
+    moved = {name: sum(float((weights[key] - frame[key]).abs().sum()) for key in parameters)
+             for name, weights in (("averaged", averaged), ("trained", trained))}
+    assert 0 < moved["averaged"] < 0.01 * moved["trained"], moved
+
+
 def test_latentsync_preset_step_logs_every_active_loss_finite(clip_assets, tmp_path):
     opt = clip_options(clip_assets, tmp_path, "--loss_preset", "latentsync")
     _, json_path, _, _ = clip_assets
