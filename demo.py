@@ -5,14 +5,16 @@
 1. makes the procedural demo set (talking faces whose mouths are drawn from their speech's loudness), as
    `python data_processing.py --make_demo_data --demo_dir DIR --num_videos 20` does;
 2. trains the frame stage at mouth 64 with whole videos held out (`--val_fraction`), until the held-out
-   mouth-opening correlation stops improving (`--val_patience`) or the minutes left for training are spent
+   mouth-opening correlation stops improving (`--val_patience`) or its share of the minutes is spent
    (`--max_minutes`), keeping the best epoch as netG_best.pth;
-3. dubs a held-out face with another held-out video's speech (`inference.py`), cropping by the landmarks the demo
+3. trains a SyncNet on the videos the frame stage trained on (the held-out ones never), then the clip stage from
+   the frame stage's best epoch, driven by that SyncNet, validated on the same held-out videos;
+4. dubs a held-out face with another held-out video's speech (`inference.py`), cropping by the landmarks the demo
    set was prepared with, as its training crops were;
-4. scores every held-out face dubbed that way against the face the demo set's generator draws for that speech,
+5. scores every held-out face dubbed that way against the face the demo set's generator draws for that speech,
    beside a face that does not speak and the same model driven by a third clip (`evaluate.py --protocol
    procedural`), and writes true face | dubbed side by side;
-5. ends with one line saying how far the training got.
+6. ends with one line saying how far the training got.
 Each step is a command a user could type, printed before it runs. VGG19 and LPIPS use torchvision's ImageNet
 weights when they are in the torch hub cache, random weights otherwise (this machine may have no network).
 """
@@ -41,7 +43,15 @@ TRAINING = ["--mouth_region_size=64", "--batch_size=8", "--augment_num=8", "--no
             "--lamb_l1=10", "--lr_g=0.0002", "--lr_dI=0.0002", "--ema=0.995",
             f"--val_fraction={HELD_OUT}", "--val_every=2", "--val_metric=mouth_open_corr", "--val_patience=10",
             "--checkpoint=1000", "--keep_step_checkpoints=1", "--num_workers=1"]
+# train_syncnet.py's defaults, stopped by the minutes (it passes 0.9 held-out accuracy in about 2 minutes here)
+SYNCNET = ["--mouth_region_size=64", "--batch_size=16", "--non_decay=30", "--decay=0", "--num_workers=1"]
+# the clip stage: DINet's losses and sync loss, the frame stage's L1, its moving average; a held-out score every 80
+# iterations of 2 clips
+CLIP = ["--mouth_region_size=64", "--batch_size=2", "--augment_num=8", "--iterations_per_epoch=40",
+        "--non_decay=1000", "--decay=0", "--lamb_l1=10", "--ema=0.995", "--val_every=2",
+        "--val_metric=mouth_open_corr", "--checkpoint=1000", "--keep_step_checkpoints=1", "--num_workers=1"]
 OTHER_MINUTES = 3.0    # data, dubbing and scoring on a 2-core CPU; the rest of --minutes trains
+SYNCNET_SHARE, CLIP_SHARE = 0.08, 0.2  # of the training minutes; the frame stage has the rest
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -83,6 +93,10 @@ def training_summary(log_path):
     return epochs, stopped[-1] if stopped else "the schedule ended"
 
 
+def plural(count, noun):
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def mean_rows(csv_path):
     with open(csv_path) as f:
         return {row["kind"]: row for row in csv.DictReader(f) if row["face"].startswith("mean")}
@@ -93,7 +107,9 @@ def main():
     opt.out = os.path.abspath(opt.out)  # the commands run from the repository's folder
     started = time.time()
     data_dir = os.path.join(opt.out, "training_data")
-    run_dir = os.path.join(opt.out, "training_model_weight", "frame_training_64")
+    runs = os.path.join(opt.out, "training_model_weight")
+    frame_dir, syncnet_dir, clip_dir = (os.path.join(runs, f"{stage}_training_64") for stage in ("frame", "syncnet",
+                                                                                                 "clip"))
     python = sys.executable
     device = [f"--device={opt.device}"] if opt.device else []
     run([python, "data_processing.py", "--make_demo_data", "--demo_dir", data_dir, "--num_videos", str(NUM_VIDEOS),
@@ -101,14 +117,35 @@ def main():
 
     lpips = cached_weights("vgg16-397923af.pth", "--val_lpips_weights")
     vgg = cached_weights("vgg19-dcbb9e9d.pth", "--vgg19_weights")
+    weights = [*([f"--val_lpips_weights={lpips}"] if lpips else []), *([f"--vgg19_weights={vgg}"] if vgg else [])]
     training_minutes = opt.minutes - OTHER_MINUTES - (time.time() - started) / 60
+    syncnet_minutes = max(1.0, SYNCNET_SHARE * training_minutes)
+    clip_minutes = max(1.0, CLIP_SHARE * training_minutes)
+    frame_minutes = max(1.0, training_minutes - syncnet_minutes - clip_minutes)
     run([python, "train_DINet_frame.py", f"--train_data={os.path.join(data_dir, 'training_json.json')}", *TRAINING,
-         f"--max_minutes={training_minutes:.1f}", f"--result_path={run_dir}", "--resume=auto",
-         *([f"--val_lpips_weights={lpips}"] if lpips else []), *([f"--vgg19_weights={vgg}"] if vgg else []), *device])
+         f"--max_minutes={frame_minutes:.1f}", f"--result_path={frame_dir}", "--resume=auto", *weights, *device])
 
-    with open(os.path.join(run_dir, "validation_split.json")) as f:
+    with open(os.path.join(frame_dir, "validation_split.json")) as f:
         faces = json.load(f)["videos"]
-    checkpoint = os.path.join(run_dir, "netG_best.pth")
+    # the frame stage's split as training JSONs, so that the SyncNet and the clip stage never see the held-out faces
+    from data.training_json import write_json_subset
+    everything = os.path.join(data_dir, "training_json.json")
+    trained, held_out = (os.path.join(data_dir, name) for name in ("training_json_trained.json",
+                                                                    "training_json_held_out.json"))
+    with open(everything) as f:
+        names = sorted(json.load(f))
+    write_json_subset(everything, [name for name in names if name not in faces], trained)
+    write_json_subset(everything, faces, held_out)
+    print(f"\nthe held-out split as training JSONs: {trained}, {held_out} ({', '.join(faces)})")
+    syncnet = os.path.join(opt.out, "syncnet_64mouth.pth")
+    run([python, "train_syncnet.py", f"--train_data={trained}", *SYNCNET, f"--max_minutes={syncnet_minutes:.1f}",
+         f"--result_path={syncnet_dir}", f"--syncnet_path={syncnet}", "--resume=auto", *device])
+    run([python, "train_DINet_clip.py", f"--train_data={trained}", f"--val_data={held_out}", *CLIP,
+         f"--pretrained_frame_DINet_path={os.path.join(frame_dir, 'netG_best.pth')}",
+         f"--pretrained_syncnet_path={syncnet}", f"--max_minutes={clip_minutes:.1f}", f"--result_path={clip_dir}",
+         "--resume=auto", *weights, *([f"--lpips_weights={lpips}"] if lpips else []), *device])
+
+    checkpoint = os.path.join(clip_dir, "netG_best.pth")
     face, speech = faces[0], faces[1]
     results = os.path.join(opt.out, "results")
     from data.prepare import Layout, landmark_csv
@@ -129,17 +166,18 @@ def main():
     means = {kind: {key: float(value) for key, value in row.items() if key in ("lmd_mouth", "mouth_open_corr")}
              for kind, row in mean_rows(os.path.join(results, "procedural.csv")).items()}
     follows, line = verdict(means)
-    epochs, why = training_summary(os.path.join(run_dir, "log.txt"))
+    frame_epochs, frame_why = training_summary(os.path.join(frame_dir, "log.txt"))
+    clip_epochs, clip_why = training_summary(os.path.join(clip_dir, "log.txt"))
     print(f"\ndemo done in {(time.time() - started) / 60:.1f} min. Dubbed: {results} ({face} speaking {speech}'s "
           f"speech; true face | dubbed in {os.path.basename(comparison)}); the model: {checkpoint}.")
     if follows:
         hint = ""
-    elif "--max_minutes" in why:
-        hint = f" Give it longer: python demo.py --minutes {max(60, 2 * round(opt.minutes))}."
+    elif "--max_minutes" in frame_why + clip_why:
+        hint = f" Give it longer: python demo.py --minutes {max(80, 2 * round(opt.minutes))}."
     else:
         hint = " The held-out score stopped improving before the minutes ran out: more minutes alone will not help."
-    print(f"{epochs} epochs at mouth 64 ({why}): {line}.{hint}")
-
+    print(f"frame stage {plural(frame_epochs, 'epoch')} ({frame_why}), clip stage {plural(clip_epochs, 'epoch')} of "
+          f"40 iterations ({clip_why}), at mouth 64: {line}.{hint}")
 
 if __name__ == "__main__":
     run_command(main)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.errors import UserError
+from common.files import write_atomically
 from common.geometry import CLIP_LENGTH
 
 MAKE = "make it with `python data_processing.py --generate_training_json`"
@@ -149,6 +150,19 @@ def read_training_json(path, clip_length=CLIP_LENGTH, check_files=True, flag="--
     if lines:
         return None, lines
     return TrainingSet(path, videos, features.pop(), first_of_width.popitem()[0]), []
+
+
+def write_json_subset(path, videos, out_path):
+    """Write the training JSON `path` with only `videos` (names) to `out_path`, beside it (relative frame paths stay
+    valid), atomically."""
+    if os.path.dirname(os.path.abspath(out_path)) != os.path.dirname(os.path.abspath(path)):
+        raise ValueError(f"{out_path}: a subset of {path} must be written beside it")
+    with open(path) as f:
+        raw = json.load(f)
+    missing = sorted(set(videos) - set(raw))
+    if missing:
+        raise UserError(f"{path}: no video {missing[0]}; pass videos of that training JSON")
+    write_atomically(out_path, lambda f: json.dump({name: raw[name] for name in videos}, f), mode="w")
 
 
 def load_training_json(path, clip_length=CLIP_LENGTH, check_files=True):
