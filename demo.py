@@ -128,14 +128,10 @@ def main():
     with open(os.path.join(frame_dir, "validation_split.json")) as f:
         faces = json.load(f)["videos"]
     # the frame stage's split as training JSONs, so that the SyncNet and the clip stage never see the held-out faces
-    from data.training_json import write_json_subset
-    everything = os.path.join(data_dir, "training_json.json")
+    from data.training_json import write_json_split
     trained, held_out = (os.path.join(data_dir, name) for name in ("training_json_trained.json",
                                                                     "training_json_held_out.json"))
-    with open(everything) as f:
-        names = sorted(json.load(f))
-    write_json_subset(everything, [name for name in names if name not in faces], trained)
-    write_json_subset(everything, faces, held_out)
+    write_json_split(os.path.join(data_dir, "training_json.json"), faces, trained, held_out)
     print(f"\nthe held-out split as training JSONs: {trained}, {held_out} ({', '.join(faces)})")
     syncnet = os.path.join(opt.out, "syncnet_64mouth.pth")
     run([python, "train_syncnet.py", f"--train_data={trained}", *SYNCNET, f"--max_minutes={syncnet_minutes:.1f}",

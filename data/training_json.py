@@ -152,17 +152,19 @@ def read_training_json(path, clip_length=CLIP_LENGTH, check_files=True, flag="--
     return TrainingSet(path, videos, features.pop(), first_of_width.popitem()[0]), []
 
 
-def write_json_subset(path, videos, out_path):
-    """Write the training JSON `path` with only `videos` (names) to `out_path`, beside it (relative frame paths stay
-    valid), atomically."""
-    if os.path.dirname(os.path.abspath(out_path)) != os.path.dirname(os.path.abspath(path)):
-        raise ValueError(f"{out_path}: a subset of {path} must be written beside it")
+def write_json_split(path, held_out, trained_path, held_out_path):
+    """Write the training JSON `path` as two, beside it (relative frame paths stay valid), atomically: the videos
+    named in `held_out` to `held_out_path`, the others to `trained_path`."""
+    for out_path in (trained_path, held_out_path):
+        if os.path.dirname(os.path.abspath(out_path)) != os.path.dirname(os.path.abspath(path)):
+            raise ValueError(f"{out_path}: a part of {path} must be written beside it")
     with open(path) as f:
         raw = json.load(f)
-    missing = sorted(set(videos) - set(raw))
+    missing = sorted(set(held_out) - set(raw))
     if missing:
         raise UserError(f"{path}: no video {missing[0]}; pass videos of that training JSON")
-    write_atomically(out_path, lambda f: json.dump({name: raw[name] for name in videos}, f), mode="w")
+    for out_path, names in ((trained_path, [name for name in raw if name not in held_out]), (held_out_path, held_out)):
+        write_atomically(out_path, lambda f: json.dump({name: raw[name] for name in names}, f), mode="w")
 
 
 def load_training_json(path, clip_length=CLIP_LENGTH, check_files=True):

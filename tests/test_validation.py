@@ -13,7 +13,7 @@ import torch
 from common.errors import UserError
 from conftest import ROOT, write_dinet_json
 from data.procedural_faces import make_demo_data
-from data.training_json import load_training_json, write_json_subset
+from data.training_json import load_training_json, write_json_split
 from engine.distributed import Runtime
 from engine.validation import Validator, held_out_sets, split_training_set, subset
 from models.checkpoint import load_checkpoint
@@ -195,17 +195,18 @@ def test_max_minutes_stops_after_the_epoch_past_which_another_would_not_fit(data
     assert "resumed from" in resumed.stdout and "stopped after epoch 2 of 6" in resumed.stdout
 
 
-def test_a_json_subset_holds_only_the_named_videos_and_loads_beside_the_original(tmp_path):
+def test_a_json_split_holds_the_named_videos_and_the_rest_and_loads_beside_the_original(tmp_path):
     """The demo's split as training JSONs: relative frame paths still resolve, an unknown video is named."""
     path = write_dinet_json(str(tmp_path), videos=3, clips=6, seed=1)
     names = sorted(load_training_json(path).videos)
-    kept = str(tmp_path / "kept.json")
-    write_json_subset(path, names[1:], kept)
-    assert sorted(load_training_json(kept).videos) == names[1:]
+    trained, held_out = str(tmp_path / "trained.json"), str(tmp_path / "held_out.json")
+    write_json_split(path, names[:1], trained, held_out)
+    assert sorted(load_training_json(trained).videos) == names[1:]
+    assert sorted(load_training_json(held_out).videos) == names[:1]
     with pytest.raises(UserError, match=r"no video nobody"):
-        write_json_subset(path, ["nobody"], str(tmp_path / "none.json"))
-    assert not (tmp_path / "none.json").exists()
+        write_json_split(path, ["nobody"], str(tmp_path / "a.json"), str(tmp_path / "b.json"))
+    assert not (tmp_path / "a.json").exists() and not (tmp_path / "b.json").exists()
     other = tmp_path / "elsewhere"
     other.mkdir()
     with pytest.raises(ValueError, match="beside it"):
-        write_json_subset(path, names[:1], str(other / "x.json"))
+        write_json_split(path, names[:1], trained, str(other / "x.json"))
