@@ -98,9 +98,12 @@ def plural(count, noun):
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def mean_rows(csv_path):
+def mean_scores(csv_path):
+    """{kind: {"lmd_mouth": .., "mouth_open_corr": ..}} from the mean rows of `evaluate.py --protocol procedural`'s
+    table."""
     with open(csv_path) as f:
-        return {row["kind"]: row for row in csv.DictReader(f) if row["face"].startswith("mean")}
+        return {row["kind"]: {key: float(row[key]) for key in ("lmd_mouth", "mouth_open_corr")}
+                for row in csv.DictReader(f) if row["face"].startswith("mean")}
 
 
 def main():
@@ -160,8 +163,7 @@ def main():
     comparison = os.path.join(results, f"{face}_speaking_{speech}_true_vs_dubbed.mp4")
     side_by_side(os.path.join(videos, f"{face}_speaking_{speech}_truth.mp4"),
                  os.path.join(videos, f"{face}_speaking_{speech}.mp4"), comparison, height=256)
-    means = {kind: {key: float(value) for key, value in row.items() if key in ("lmd_mouth", "mouth_open_corr")}
-             for kind, row in mean_rows(os.path.join(results, "procedural.csv")).items()}
+    means = mean_scores(os.path.join(results, "procedural.csv"))
     follows, line = verdict(means)
     frame_epochs, frame_why = training_summary(os.path.join(frame_dir, "log.txt"))
     clip_epochs, clip_why = training_summary(os.path.join(clip_dir, "log.txt"))

@@ -6,7 +6,6 @@ Its dubbed mouths must already follow the new speech better than both baselines:
 with the true face than a still mouth (reference copy) and than the same model driven by a third clip (mismatched
 speech), and mouth landmarks closer to the truth than the mismatched speech's. Closer landmarks than the still mouth's
 take the full budget (the README's table), so a shortened run is not held to it."""
-import csv
 import re
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import sys
 import pytest
 
 from conftest import ROOT
+from demo import mean_scores
 from media.ffmpeg import probe
 
 MINUTES = 40
@@ -27,12 +27,6 @@ def demo_run(tmp_path_factory):
                           cwd=ROOT, capture_output=True, text=True, timeout=(MINUTES + 20) * 60)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out, done.stdout
-
-
-def mean_scores(out):
-    with open(out / "results" / "procedural.csv") as f:
-        return {row["kind"]: {key: float(row[key]) for key in ("lmd_mouth", "mouth_open_corr")}
-                for row in csv.DictReader(f) if row["face"].startswith("mean")}
 
 
 def test_the_demo_ends_with_a_dubbed_video_a_side_by_side_and_a_line_on_how_far_it_got(demo_run):
@@ -55,7 +49,7 @@ def test_the_demo_ends_with_a_dubbed_video_a_side_by_side_and_a_line_on_how_far_
                                              ("mismatched speech", "mouth_open_corr"),
                                              ("mismatched speech", "lmd_mouth")])
 def test_the_dubbed_mouths_beat_the_baseline(demo_run, baseline, score):
-    means = mean_scores(demo_run[0])
+    means = mean_scores(demo_run[0] / "results" / "procedural.csv")
     dubbed, other = means["dubbed"][score], means[baseline][score]
     if score == "mouth_open_corr":
         assert dubbed > other + 0.1, means
