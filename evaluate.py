@@ -40,7 +40,7 @@ from common.files import check_writable, write_atomically
 from common.geometry import CropGeometry
 from evaluation.baselines import reencode, reference_copy
 from evaluation.lip_shape import lip_shape_scores
-from evaluation.procedural import check_faces, finite_mean, procedural_truth, verdict
+from evaluation.procedural import OPENINGS_PLOT, check_faces, finite_mean, procedural_truth, verdict
 from evaluation.protocol import (
     SCORE_GEOMETRY,
     LandmarkedVideo,
@@ -271,7 +271,10 @@ def procedural(opt, generator, device, amp):
     notes = [f"- checkpoint: {opt.checkpoint} (mouth {generator.mouth_size}), dubbed on {device} with amp {amp}",
              f"- demo set: {opt.demo_dir}; each face dubbed with the next face's speech (dubbed) and the one after's "
              f"(mismatched speech), all scored against the face drawn speaking the next face's speech",
-             "- mouth_open_corr at the best offset within +-1 frame (offset > 0: the dubbed mouth late)"]
+             "- mouth_open_corr at the best offset within +-1 frame (offset > 0: the dubbed mouth late); at that "
+             "offset opening_pearson (does the mouth open when the true one does) and opening_scale (how far: 1 as "
+             "far, 0.5 half as far)",
+             f"- the openings over time, true face and made ones: {os.path.join(opt.out_dir, OPENINGS_PLOT)}"]
     write_tables(rows, os.path.join(opt.out_dir, f"{PROCEDURAL}.csv"), "Dubbing against the true face", notes)
     print(line)
 

@@ -27,10 +27,11 @@ COMPILE_MODES = ("off", "default", "reduce-overhead")  # --compile: engine/preci
 # Each preset sets every weight; 0 turns a loss off and its network is never built.
 LOSS_PRESETS = {
     # DINet: VGG19 perception x10 and the SyncNet score x0.1 (plus both discriminators, x1)
-    "dinet": dict(lamb_perception=10.0, lamb_syncnet_perception=0.1, lamb_l1=0.0, lamb_lpips=0.0, lamb_trepa=0.0),
+    "dinet": dict(lamb_perception=10.0, lamb_syncnet_perception=0.1, lamb_l1=0.0, lamb_mouth=0.0, lamb_lpips=0.0,
+                  lamb_trepa=0.0),
     # LatentSync's pixel-space weighting: reconstruction L1 x1, SyncNet x0.05, LPIPS x0.1, TREPA x10
-    "latentsync": dict(lamb_perception=0.0, lamb_syncnet_perception=0.05, lamb_l1=1.0, lamb_lpips=0.1,
-                       lamb_trepa=10.0),
+    "latentsync": dict(lamb_perception=0.0, lamb_syncnet_perception=0.05, lamb_l1=1.0, lamb_mouth=0.0,
+                       lamb_lpips=0.1, lamb_trepa=10.0),
 }
 SYNCNET_LR = 0.0003  # train_syncnet.py's: as fast as 0.001 on the demo set, and steadier at a constant rate
 
@@ -137,6 +138,9 @@ def training_parser(description, result_path):
     add("--lamb_perception", type=number(0), default=None, help="weight of VGG19 perception loss (preset: dinet 10)")
     add("--lamb_l1", type=number(0), default=None,
         help="weight of the L1 reconstruction loss (preset: dinet 0, latentsync 1; the frame stage takes it too)")
+    add("--lamb_mouth", type=number(0), default=None,
+        help="weight of an L1 on the mouth hole weighted by how far each pixel differs from the references' mean "
+             "(engine/losses.py mouth_l1; presets 0): it teaches how far the mouth opens sooner")
     add("--lamb_syncnet_perception", type=number(0), default=None,
         help="weight of the SyncNet loss in the clip stage (preset: dinet 0.1, latentsync 0.05)")
     add("--lr_g", type=number(0), default=0.0001, help="initial learning rate of the generator (Adam; 0 freezes it)")

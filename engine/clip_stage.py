@@ -7,7 +7,8 @@ the frame stage's generator, frame discriminator and perception loss, the clip s
 - LatentSync's terms: L1 reconstruction, LPIPS on the lower half of the face, TREPA on the clip.
 Every weight is a flag (`--loss_preset` fills those not given); a weight of 0 builds no network for its
 loss and leaves its term out of the log line. Terms are logged weighted, as DINet logs perception and sync,
-in DINet's order: Loss_DI Loss_GI Loss_DV Loss_GV Loss_perception Loss_sync, then Loss_l1 Loss_lpips Loss_trepa.
+in DINet's order: Loss_DI Loss_GI Loss_DV Loss_GV Loss_perception Loss_sync, then Loss_l1 Loss_mouth Loss_lpips
+Loss_trepa.
 
 The generator is rebuilt from the frame stage's checkpoint (its generator_config, or its weights for a
 DINet-made file), so `--lab` need not be repeated; given, it must match.
@@ -16,7 +17,6 @@ import torch
 import torch.nn.functional as F
 
 from common.errors import UserError
-from common.geometry import CropGeometry
 from data.clip_dataset import CLIP_FRAMES, ClipDataset
 from data.training_json import check_audio_channel
 from models import Discriminator
@@ -25,7 +25,7 @@ from models.lpips_loss import LPIPS
 from models.video_encoder import VideoEncoder
 
 from . import distributed
-from .losses import LowerFaceLPIPS, TREPALoss
+from .losses import LowerFaceLPIPS, TREPALoss, mouth_l1
 from .trainer import FrameStage, adam, check_data_compatible, choose_generator_config, lab_name
 
 FRAMES = len(CLIP_FRAMES)
@@ -37,7 +37,6 @@ class ClipStage(FrameStage):
 
     def __init__(self, opt, generator_cfg, runtime, syncnet=None):
         super().__init__(opt, generator_cfg, runtime)
-        self.geometry = CropGeometry(opt.mouth_region_size)
         self.net_dV = self.build(Discriminator(opt.source_channel * FRAMES, opt.D_block_expansion,
                                                opt.D_num_blocks, opt.D_max_features))
         self.optimizers["net_dV"] = adam(self.net_dV.parameters(), opt.lr_dI)  # DINet: lr_dI for both
@@ -111,6 +110,9 @@ class ClipStage(FrameStage):
                 terms["Loss_sync"] = self.syncnet.loss(mouths, batch["audio_clip"], in_sync) * opt.lamb_syncnet_perception
             if opt.lamb_l1:
                 terms["Loss_l1"] = F.l1_loss(fake, real) * opt.lamb_l1
+            if opt.lamb_mouth:
+                references = batch["reference"].flatten(0, 1)
+                terms["Loss_mouth"] = mouth_l1(fake, real, references, self.geometry) * opt.lamb_mouth
             if self.lpips is not None:
                 terms["Loss_lpips"] = self.lpips(fake, real) * opt.lamb_lpips
             if self.trepa is not None:

@@ -1,4 +1,5 @@
-"""Losses of the training stages: DINet's LSGAN and two-scale VGG19 perceptual L1, LatentSync's LPIPS and TREPA."""
+"""Losses of the training stages: DINet's LSGAN and two-scale VGG19 perceptual L1, LatentSync's LPIPS and TREPA, and
+an L1 on the mouth hole weighted towards what the references cannot show."""
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,6 +33,19 @@ class PerceptualLoss(nn.Module):
         real_half = F.interpolate(real, scale_factor=0.5, mode="bilinear")
         distances = self._feature_distance(fake, real) + self._feature_distance(fake_half, real_half)
         return sum(distances) / len(distances)
+
+
+def mouth_l1(fake, real, reference, geometry):
+    """Mean L1 of fake against real (B, 3, H, W) over the mouth hole, each pixel weighted by how far the real frame
+    there differs from the mean of its references (B, 15, H, W): what the references cannot show and only the speech
+    explains, mostly how far the mouth is open. A plain L1 spreads its gradient over the whole crop, so the mouth's
+    few pixels of opening are learned last (the weights average 1 over each hole)."""
+    rows, cols = geometry.mouth_rows, geometry.mouth_cols
+    real_hole = real[..., rows, cols].float()
+    references = reference[..., rows, cols].float().unflatten(1, (-1, 3)).mean(dim=1)
+    weight = (real_hole - references).abs().mean(dim=1, keepdim=True)
+    weight = weight / weight.mean(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+    return (weight * (fake[..., rows, cols].float() - real_hole).abs()).mean()
 
 
 class LowerFaceLPIPS(nn.Module):

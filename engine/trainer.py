@@ -41,7 +41,7 @@ from models.checkpoint import (atomic_save, check_generator_config, check_syncne
                                newest_valid_checkpoint, prune_step_checkpoints)
 
 from . import distributed
-from .losses import GANLoss, PerceptualLoss
+from .losses import GANLoss, PerceptualLoss, mouth_l1
 from .precision import Precision
 from .run_log import RunLog, format_log_line, image_grid
 from .validation import Validator, format_scores, held_out_sets, timed_run
@@ -166,13 +166,14 @@ def non_finite_gradients(optimizer):
 
 class FrameStage(Stage):
     """DINet's frame stage: generator and frame discriminator; VGG19 perception x lamb_perception + LSGAN (+ L1 x
-    lamb_l1, 0 in DINet's recipe)."""
+    lamb_l1 and the mouth hole's weighted L1 x lamb_mouth, both 0 in DINet's recipe)."""
 
     checkpoint_networks = ("net_g", "net_dI")
 
     def __init__(self, opt, generator_cfg, runtime):
         self.setup_runtime(opt, runtime)
         self.opt = opt
+        self.geometry = CropGeometry(opt.mouth_region_size)
         self.generator_cfg = generator_cfg
         self.lab = lab_name(opt, None)
         self.net_g = self.build(DINet.from_config(generator_cfg))
@@ -250,6 +251,8 @@ class FrameStage(Stage):
                 generator_losses["Loss_perception"] = self.perception(fake, real) * self.opt.lamb_perception
             if self.opt.lamb_l1:
                 generator_losses["Loss_l1"] = F.l1_loss(fake, real) * self.opt.lamb_l1
+            if self.opt.lamb_mouth:
+                generator_losses["Loss_mouth"] = mouth_l1(fake, real, reference, self.geometry) * self.opt.lamb_mouth
         self.update_generator(generator_losses)
 
         losses = {"Loss_DI": loss_dI, **generator_losses}

@@ -11,7 +11,8 @@ face size: the distance between the outer eye corners, 36 and 45).
                      inner-lip gap in units of the face size): 1 when the mouth opens and closes with the real one,
                      as far and when it does; about 0 when either barely moves. Unlike Pearson's correlation it
                      weighs how far the mouth moves: a still mouth keeps a little motion in time with the real one
-                     (the detector reads the real jaw around a pasted mouth), which Pearson's would count as sync
+                     (the detector reads the real jaw around a pasted mouth), which Pearson's would count as sync;
+                     `timing_and_scale` splits it into Pearson's correlation (when) and the ratio of spreads (how far)
 
 The same detector must measure both sides; its own noise is what a re-encoded copy of the real video scores.
 """
@@ -63,15 +64,30 @@ def concordance(a, b):
 def mouth_open_corr(generated, real, offset=0):
     """Concordance over time of the mouth openings of generated and real landmarks (T, 68, 2); `offset` > 0
     compares generated frame t + offset with real frame t."""
+    return concordance(*aligned_openings(generated, real, offset))
+
+
+def aligned_openings(generated, real, offset=0):
+    """The mouth openings of generated and real landmarks (T, 68, 2), generated frame t + offset beside real frame t."""
     if len(generated) != len(real):
         raise ValueError(f"mouth_open_corr needs the same number of frames on both sides, got {len(generated)} "
                          f"and {len(real)}")
     opening_generated, opening_real = mouth_opening(generated), mouth_opening(real)
     if offset > 0:
-        opening_generated, opening_real = opening_generated[offset:], opening_real[:-offset]
-    elif offset < 0:
-        opening_generated, opening_real = opening_generated[:offset], opening_real[-offset:]
-    return concordance(opening_generated, opening_real)
+        return opening_generated[offset:], opening_real[:-offset]
+    if offset < 0:
+        return opening_generated[:offset], opening_real[-offset:]
+    return opening_generated, opening_real
+
+
+def timing_and_scale(generated, real, offset=0):
+    """What mouth_open_corr is made of: (Pearson's correlation of the two openings: 1 when the mouth opens at the
+    real one's moments, however far; the generated opening's spread over the real one's: 1 when it opens as far)."""
+    opening_generated, opening_real = aligned_openings(generated, real, offset)
+    spread_generated, spread_real = opening_generated.std(), opening_real.std()
+    if spread_generated < 1e-9 or spread_real < 1e-9:
+        return 0.0, float(spread_generated / spread_real) if spread_real >= 1e-9 else float("nan")
+    return float(np.corrcoef(opening_generated, opening_real)[0, 1]), float(spread_generated / spread_real)
 
 
 def best_offset_corr(generated, real, max_offset=1):

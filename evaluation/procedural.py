@@ -14,23 +14,29 @@ Every video is dubbed (and the reference copy pasted) through the landmarks the 
 its training crops come from (its OpenFace-format CSV, or the detector's): crops framed by other landmarks show the
 model its faces at another scale and place than it trained on (docs/results.md). Scores, from the repository's
 landmark detector on every video alike: lmd_mouth and mouth_open_corr (evaluation/lip_shape.py), the correlation at
-the offset within +-1 frame where it is best (`offset`, > 0: the dubbed mouth late).
+the offset within +-1 frame where it is best (`offset`, > 0: the dubbed mouth late), and at that offset what the
+correlation is made of: `opening_pearson` (does the mouth open when the true one does) and `opening_scale` (how far:
+the spread of its opening over the truth's, 1 as far, 0.5 half as far). `openings.png` beside the table plots the
+openings over time.
 """
 import math
 import os
 
+import numpy as np
 from tqdm import tqdm
 
 from common.errors import UserError
+from common.files import atomic_output
 from data.openface_csv import read_openface_csv
 from data.prepare import Layout, landmark_csv
-from data.procedural_faces import demo_video, read_demo_record, write_talking_face
+from data.procedural_faces import FPS, demo_video, read_demo_record, write_talking_face
 
 from .baselines import reference_copy
-from .lip_shape import best_offset_corr, lmd_mouth
+from .lip_shape import best_offset_corr, lmd_mouth, mouth_opening, timing_and_scale
 from .protocol import LandmarkedVideo
 
 DUBBED, REFERENCE, MISMATCHED = "dubbed", "reference copy", "mismatched speech"
+OPENINGS_PLOT = "openings.png"  # written beside the table: the openings over time, true face and made ones
 MIN_FACES = 3  # a face, the speech it is dubbed with, and a third video's mismatched speech
 
 
@@ -53,10 +59,13 @@ def scores(made, truth, found):
     count = min(len(made.landmarks), len(truth))
     both = made.found[:count] & found[:count]
     if not both.any():
-        return {"lmd_mouth": float("nan"), "mouth_open_corr": float("nan"), "offset": None}
+        return {"lmd_mouth": float("nan"), "mouth_open_corr": float("nan"), "offset": None,
+                "opening_pearson": float("nan"), "opening_scale": float("nan")}
     generated, real = made.landmarks[:count][both], truth[:count][both]
     offset, correlation = best_offset_corr(generated, real)
-    return {"lmd_mouth": lmd_mouth(generated, real), "mouth_open_corr": correlation, "offset": offset}
+    pearson, scale = timing_and_scale(generated, real, offset)
+    return {"lmd_mouth": lmd_mouth(generated, real), "mouth_open_corr": correlation, "offset": offset,
+            "opening_pearson": pearson, "opening_scale": scale}
 
 
 def detect(path):
@@ -74,7 +83,7 @@ def procedural_truth(demo_dir, faces, dub, out_dir, device, mouth_size):
     layout = Layout.under(demo_dir)
     folder = os.path.join(out_dir, "videos")
     os.makedirs(folder, exist_ok=True)
-    rows = []
+    rows, traces = [], {}
     for index, face in enumerate(tqdm(faces, desc="faces", unit="face")):
         speech, mismatched = faces[(index + 1) % len(faces)], faces[(index + 2) % len(faces)]
         drawn = {name: demo_video(record["seed"], record["videos"].index(name), record["seconds"])
@@ -97,16 +106,50 @@ def procedural_truth(demo_dir, faces, dub, out_dir, device, mouth_size):
             audio, output = made[kind]
             dub(source, os.path.join(layout.audio_dir, audio + ".wav"), output, prepared)
         reference_copy(source, made[REFERENCE][1], read_openface_csv(prepared), mouth_size, device)
+        traces[face] = {"true face": openings(truth)}
         for kind in (DUBBED, REFERENCE, MISMATCHED):
             audio, output = made[kind]
+            video = detect(output)
+            traces[face][kind] = openings(video)
             rows.append({"face": face, "kind": kind, "speech": audio, "truth speech": speech,
-                         "frames": len(truth.landmarks), **scores(detect(output), truth.landmarks, truth.found)})
+                         "frames": len(truth.landmarks), **scores(video, truth.landmarks, truth.found)})
     means = []
     for kind in (DUBBED, REFERENCE, MISMATCHED):
         of_kind = [row for row in rows if row["kind"] == kind]
         means.append({"face": f"mean of {len(of_kind)}", "kind": kind, "frames": sum(r["frames"] for r in of_kind),
-                      **{key: finite_mean([row[key] for row in of_kind]) for key in ("lmd_mouth", "mouth_open_corr")}})
+                      **{key: finite_mean([row[key] for row in of_kind])
+                         for key in ("lmd_mouth", "mouth_open_corr", "opening_pearson", "opening_scale")}})
+    plot_openings(traces, os.path.join(out_dir, OPENINGS_PLOT))
     return rows + means
+
+
+def openings(video):
+    """(T,) a video's mouth opening per frame in units of the face size, NaN where no face was found."""
+    return np.where(video.found, mouth_opening(video.landmarks), np.nan)
+
+
+def plot_openings(traces, path):
+    """One panel per face: the true face's mouth opening over time beside the dubbed and baseline ones, so a reader
+    sees at once whether the dubbed mouth opens when the true one does, and how far."""
+    import matplotlib
+    matplotlib.use("Agg")  # files only: no display on training machines
+    import matplotlib.pyplot as plt
+
+    figure, panels = plt.subplots(len(traces), 1, figsize=(10, 2.4 * len(traces)), sharex=True, squeeze=False)
+    styles = {"true face": dict(color="black", linewidth=2), DUBBED: dict(color="tab:red", linewidth=1.5),
+              MISMATCHED: dict(color="tab:blue", linewidth=1, alpha=0.6),
+              REFERENCE: dict(color="tab:gray", linewidth=1, linestyle="--")}
+    for axes, (face, series) in zip(panels[:, 0], traces.items()):
+        for kind, values in series.items():
+            axes.plot(np.arange(len(values)) / FPS, values, label=kind, **styles[kind])
+        axes.set_title(face, fontsize=9, loc="left")
+        axes.set_ylabel("mouth opening")
+        axes.grid(alpha=0.3)
+    panels[0, 0].legend(fontsize=8, ncol=4, loc="upper right")
+    panels[-1, 0].set_xlabel("seconds")
+    with atomic_output(path) as partial:
+        figure.savefig(partial, dpi=100, bbox_inches="tight")
+    plt.close(figure)
 
 
 def finite_mean(values):

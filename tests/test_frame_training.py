@@ -112,6 +112,35 @@ def test_generator_update_computes_no_discriminator_gradients_and_perception_is_
         expected, expected_grad = value.detach(), fake.grad.clone()
 
 
+def test_mouth_l1_counts_only_the_mouth_hole_and_most_where_the_references_cannot_show_the_real_frame():
+    from common.geometry import CropGeometry
+    from engine.losses import mouth_l1
+    geometry = CropGeometry(64)
+    real = torch.full((1, 3, 104, 80), 0.5)
+    references = real.repeat(1, 5, 1, 1)
+    rows, cols = geometry.mouth_rows, geometry.mouth_cols
+    real[..., 70:76, 30:50] = 0.1  # an open mouth the references (closed) do not show
+    assert mouth_l1(real, real, references, geometry) == 0
+    outside = real.clone()
+    outside[..., :rows.start, :] = 1.0  # wrong everywhere above the hole: not the mouth's business
+    assert mouth_l1(outside, real, references, geometry) == 0
+    in_the_opening, elsewhere_in_the_hole = real.clone(), real.clone()
+    in_the_opening[..., 70:76, 30:50] += 0.2
+    elsewhere_in_the_hole[..., 40:46, 30:50] += 0.2  # the same error where the references match the real frame
+    assert mouth_l1(in_the_opening, real, references, geometry) > 0.1
+    assert mouth_l1(elsewhere_in_the_hole, real, references, geometry) == 0  # the plain L1's job there
+
+
+def test_lamb_mouth_adds_its_term_to_the_frame_stage(tiny_json, tmp_path):
+    from engine import distributed
+    from config.labs import generator_config
+    opt = training_parser("test", tmp_path).parse_args(["--train_data", tiny_json, "--lamb_mouth", "5", *FAST])
+    stage = FrameStage(opt, generator_config("lab1", 29), distributed.setup("cpu"))
+    dataset = stage.dataset(load_training_json(tiny_json))
+    losses, _ = stage.step({key: value.unsqueeze(0) for key, value in dataset[0].items()})
+    assert set(losses) == {"Loss_DI", "Loss_GI", "Loss_perception", "Loss_mouth"} and losses["Loss_mouth"] > 0
+
+
 @pytest.mark.parametrize("task", ["train_frame", "train_clip"])
 def test_stage_step_makes_the_published_iterations_update(task):
     """The stages' iteration skips work (detached fakes for the discriminators, no discriminator weight gradients

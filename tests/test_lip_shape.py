@@ -14,6 +14,7 @@ from evaluation.lip_shape import (
     lmd_mouth,
     mouth_open_corr,
     mouth_opening,
+    timing_and_scale,
 )
 
 
@@ -55,6 +56,21 @@ def test_a_mouth_that_never_moves_has_no_correlation_with_one_that_speaks():
     still = np.repeat(real[:1], len(real), axis=0)
     assert mouth_open_corr(still, real) == 0.0
     assert mouth_opening(real).std() > 0.03  # the speaking mouth opens by a good share of the face size
+
+
+def test_a_mouth_that_opens_on_time_but_half_as_far_is_told_apart_from_one_that_opens_at_the_wrong_times():
+    wav, spreads = synthesize_speech(np.random.default_rng(1), 3.0)
+    style = FaceStyle.draw(np.random.default_rng(0))
+    _, real = render_talking_face(style, mouth_openings(wav), spreads)
+    _, half = render_talking_face(style, 0.5 * mouth_openings(wav), spreads)
+    pearson, scale = timing_and_scale(half, real)
+    assert pearson > 0.99 and scale == pytest.approx(0.5, abs=0.02)
+    assert mouth_open_corr(half, real) < 0.85  # the concordance counts the missing half
+    pearson, scale = timing_and_scale(speech_landmarks(seed=2), real)  # another speech, as far but at other times
+    assert pearson < 0.5 and scale > 0.7
+    delayed = np.concatenate([real[:2], real[:-2]])
+    assert timing_and_scale(delayed, real, offset=2)[0] == pytest.approx(1, abs=1e-9)
+    assert timing_and_scale(np.repeat(real[:1], len(real), axis=0), real) == (0.0, 0.0)
 
 
 def test_scores_refuse_sequences_of_different_lengths():

@@ -15,7 +15,8 @@ from data.procedural_faces import DEMO_RECORD, demo_video, make_demo_data, read_
 from evaluation.procedural import DUBBED, MISMATCHED, REFERENCE, procedural_truth
 
 FACES = ["demo_000", "demo_001", "demo_002"]
-COLUMNS = ["face", "kind", "speech", "truth speech", "frames", "lmd_mouth", "mouth_open_corr", "offset"]
+COLUMNS = ["face", "kind", "speech", "truth speech", "frames", "lmd_mouth", "mouth_open_corr", "offset",
+           "opening_pearson", "opening_scale"]
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +53,8 @@ def test_a_dubber_that_draws_the_true_face_scores_near_one_and_both_baselines_fa
         assert means[kind]["mouth_open_corr"] < 0.5, (kind, means[kind])
         assert means[kind]["lmd_mouth"] > 2 * means[DUBBED]["lmd_mouth"], (kind, means[kind])
     assert all(row["offset"] == 0 for row in rows[:9:3])
+    assert means[DUBBED]["opening_pearson"] > 0.95 and means[DUBBED]["opening_scale"] == pytest.approx(1, abs=0.1)
+    assert means[REFERENCE]["opening_scale"] < 0.3  # one frame's mouth: the opening barely moves
 
 
 def test_evaluate_dubs_with_a_checkpoint_and_writes_the_table_and_the_verdict(demo_dir, checkpoint, tmp_path):  # noqa: F811
@@ -75,6 +78,7 @@ def test_evaluate_dubs_with_a_checkpoint_and_writes_the_table_and_the_verdict(de
     assert "demo_000_speaking_demo_001.mp4" in made and "demo_000_speaking_demo_001_truth.mp4" in made
     assert "demo_000_speaking_demo_002.mp4" in made and "demo_000_reference_copy.mp4" in made
     assert (out / "procedural.md").read_text().startswith("# Dubbing against the true face")
+    assert (out / "openings.png").read_bytes().startswith(b"\x89PNG")
 
 
 @pytest.mark.parametrize("args,expected", [
