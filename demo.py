@@ -37,19 +37,18 @@ NUM_VIDEOS = 20        # 17 faces to learn from, 3 held out: a face, the speech 
 HELD_OUT = 0.15
 # the frame stage at mouth 64 on a CPU: batches of 8 (the model updates more often in the minutes it has), epochs of
 # 17 iterations (each video drawn 8 times), a held-out score after every second; L1 beside DINet's losses and twice
-# its learning rate, to learn the face in the minutes a demo has, and the mouth hole's L1 weighted to what the
-# references cannot show, to learn how far the mouth opens; the weights' moving average, scored and kept by
+# its learning rate, to learn the face in the minutes a demo has; the weights' moving average, scored and kept by
 # mouth_open_corr (lmd_mouth also rewards a mouth that barely moves)
 TRAINING = ["--mouth_region_size=64", "--batch_size=8", "--augment_num=8", "--non_decay=1000", "--decay=0",
-            "--lamb_l1=10", "--lamb_mouth=20", "--lr_g=0.0002", "--lr_dI=0.0002", "--ema=0.995",
+            "--lamb_l1=10", "--lr_g=0.0002", "--lr_dI=0.0002", "--ema=0.995",
             f"--val_fraction={HELD_OUT}", "--val_every=2", "--val_metric=mouth_open_corr", "--val_patience=10",
             "--checkpoint=1000", "--keep_step_checkpoints=1", "--num_workers=1"]
 # train_syncnet.py's defaults, stopped by the minutes (it passes 0.9 held-out accuracy in about 2 minutes here)
 SYNCNET = ["--mouth_region_size=64", "--batch_size=16", "--non_decay=30", "--decay=0", "--num_workers=1"]
-# the clip stage: DINet's losses and sync loss, the frame stage's L1 terms, its moving average; a held-out score
-# every 80 iterations of 2 clips
+# the clip stage: DINet's losses and sync loss, the frame stage's L1, its moving average; a held-out score every 80
+# iterations of 2 clips
 CLIP = ["--mouth_region_size=64", "--batch_size=2", "--augment_num=8", "--iterations_per_epoch=40",
-        "--non_decay=1000", "--decay=0", "--lamb_l1=10", "--lamb_mouth=20", "--ema=0.995", "--val_every=2",
+        "--non_decay=1000", "--decay=0", "--lamb_l1=10", "--ema=0.995", "--val_every=2",
         "--val_metric=mouth_open_corr", "--checkpoint=1000", "--keep_step_checkpoints=1", "--num_workers=1"]
 OTHER_MINUTES = 3.0    # data, dubbing and scoring on a 2-core CPU; the rest of --minutes trains
 SYNCNET_SHARE, CLIP_SHARE = 0.08, 0.2  # of the training minutes; the frame stage has the rest

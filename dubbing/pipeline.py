@@ -199,17 +199,15 @@ def segments(track):
 
 
 def choose_references(landmarks, candidates, rng):
-    """NUM_REFERENCES of the output frames `candidates` (landmarks (len, 68, 2) theirs), the most closed first: one
-    drawn from each fifth of them ordered from the most closed and frontal mouth, the most open and turned tenth
-    left out. Training draws references at random from a video, so the generator expects them to show its mouth
-    both closed and open; five closed ones make it open the mouth about half as far (docs/results.md)."""
+    """NUM_REFERENCES of the output frames `candidates` (landmarks (len, 68, 2) theirs): drawn from the third with
+    the most closed and frontal mouths, the most closed first (DINet draws from all frames; an open or turned
+    reference shows through)."""
     face_height = np.maximum(landmarks[:, 8, 1] - landmarks[:, 27, 1], 1e-6)
     opening = np.linalg.norm(landmarks[:, 66] - landmarks[:, 62], axis=1) / face_height
-    ordered = np.asarray(candidates)[np.argsort(opening + 0.2 * turn(landmarks), kind="stable")]
-    if len(ordered) < NUM_REFERENCES:
-        return ordered[np.sort(rng.choice(len(ordered), size=NUM_REFERENCES))]
-    kept = ordered[:max(NUM_REFERENCES, int(np.ceil(0.9 * len(ordered))))]
-    return np.array([part[rng.integers(len(part))] for part in np.array_split(kept, NUM_REFERENCES)])
+    best = np.asarray(candidates)[np.argsort(opening + 0.2 * turn(landmarks), kind="stable")]
+    pool = min(len(best), max(NUM_REFERENCES, len(best) // 3))
+    drawn = rng.choice(pool, size=NUM_REFERENCES, replace=pool < NUM_REFERENCES)
+    return best[np.sort(drawn)]  # the most closed first
 
 
 def face_crop(frame, landmarks, radius, geometry, colour=None):
