@@ -85,9 +85,10 @@ def timing_and_scale(generated, real, offset=0):
     real one's moments, however far; the generated opening's spread over the real one's: 1 when it opens as far)."""
     opening_generated, opening_real = aligned_openings(generated, real, offset)
     spread_generated, spread_real = opening_generated.std(), opening_real.std()
+    scale = float(spread_generated / spread_real) if spread_real >= 1e-9 else float("nan")
     if spread_generated < 1e-9 or spread_real < 1e-9:
-        return 0.0, float(spread_generated / spread_real) if spread_real >= 1e-9 else float("nan")
-    return float(np.corrcoef(opening_generated, opening_real)[0, 1]), float(spread_generated / spread_real)
+        return 0.0, scale  # Pearson's is undefined where a mouth never moves: nothing opens in time
+    return float(np.corrcoef(opening_generated, opening_real)[0, 1]), scale
 
 
 def best_offset_corr(generated, real, max_offset=1):
