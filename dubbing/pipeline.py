@@ -58,7 +58,9 @@ from .faces import FaceChoice, FaceTrack, describe_ranges, fade_weights, find_fa
 from .onnx_generator import OnnxGenerator
 
 REFERENCE_SHOTS = 4     # shots whose reference state dubbing keeps at once (ping-pong comes back to the last ones)
-INFERENCE_SCALE = 1.05  # DINet's fixed crop scale at inference (training draws it from [1.05, 1.15))
+# the crop's scale: the middle of training's [1.05, 1.15). DINet's inference took 1.05, the edge, where a model of
+# ours opened the mouth half as far as in its training crops (docs/results.md)
+CROP_SCALE = 1.1
 
 
 @dataclass
@@ -183,9 +185,9 @@ def crop_radii(landmarks, video_size, segment=None):
             continue
         window = [u if 0 <= u < len(landmarks) and segment[u] == segment[t] else t
                   for u in range(t - AUDIO_WINDOW // 2, t + AUDIO_WINDOW // 2 + 1)]
-        radius = compute_crop_radius(video_size, landmarks[window], random_scale=INFERENCE_SCALE)
+        radius = compute_crop_radius(video_size, landmarks[window], random_scale=CROP_SCALE)
         if radius is None:  # the face size jumps within the window: fall back to this frame alone
-            radius = compute_crop_radius(video_size, landmarks[t:t + 1], random_scale=INFERENCE_SCALE)
+            radius = compute_crop_radius(video_size, landmarks[t:t + 1], random_scale=CROP_SCALE)
         radii.append(radius)
     return radii
 

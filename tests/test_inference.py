@@ -488,3 +488,26 @@ def test_bench_inference_repeats_interleave_with_the_published_loop_and_give_med
     assert ours["speedup_vs_published"] == pytest.approx(medians[1] / medians[0])
     assert ours["stage_seconds"]["total"] == pytest.approx(ours["frames"] / medians[1], abs=1e-3)  # its stages
     assert "median of 2 runs" in stdout
+
+
+def test_dubbing_frames_the_face_as_training_crops_do(demo):
+    """The face in a dubbing crop is as large as in the training crops the data preparation cut from the same
+    frames (on average over clips, whose scale it draws at random): a tighter crop showed models a face larger than
+    they learnt, whose mouth then opened far less."""
+    import glob
+
+    import cv2
+
+    from data.prepare import Layout, landmark_csv
+    from dubbing.pipeline import crop_radii
+    layout = Layout.under(str(demo))
+    ratios = []
+    for name in ("demo_000", "demo_001"):
+        landmarks = read_openface_csv(landmark_csv(name, layout)[0])
+        radii = crop_radii(landmarks, (256, 256))
+        for clip in sorted(glob.glob(os.path.join(layout.crop_dir, name, "*"))):
+            centre = int(os.path.basename(clip)) * 9 + 4
+            width = cv2.imread(sorted(glob.glob(os.path.join(clip, "*.jpg")))[4]).shape[1]
+            ratios.append(radii[centre] / (width / 2.5))  # a crop is 2.5 radii wide
+    assert len(ratios) >= 10
+    assert 0.97 < np.mean(ratios) < 1.03

@@ -24,7 +24,8 @@ import torch
 from common.errors import UserError
 from common.geometry import AUDIO_WINDOW, NUM_REFERENCES, CropGeometry, compute_crop_radius, crop_box
 from data.openface_csv import read_openface_csv
-from dubbing.pipeline import INFERENCE_SCALE
+
+PUBLISHED_SCALE = 1.05  # DINet's inference.py: a fixed crop scale
 
 
 def published_inference(video_path, audio_path, landmark_csv, features, network, mouth_size, frames, work_dir,
@@ -73,7 +74,7 @@ def published_inference(video_path, audio_path, landmark_csv, features, network,
     writer = cv2.VideoWriter(video_out, cv2.VideoWriter_fourcc(*"XVID"), 25, video_size)
     face_writer = cv2.VideoWriter(face_out, cv2.VideoWriter_fourcc(*"XVID"), 25, size)
     for end in range(AUDIO_WINDOW, frames + 4):
-        image, face, (top, left, radius) = crop(end, INFERENCE_SCALE)
+        image, face, (top, left, radius) = crop(end, PUBLISHED_SCALE)
         crop_height, crop_width = face.shape[:2]
         masked = cv2.resize(face, size) / 255.0
         masked[geometry.mouth_rows, geometry.mouth_cols] = 0
