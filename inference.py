@@ -27,7 +27,7 @@ from common.devices import choose_device, resolve_amp
 from common.errors import UserError, run_command
 from common.files import check_writable
 from common.geometry import CropGeometry
-from config.ranges import SEED, integer
+from config.ranges import integer
 from dubbing.faces import FaceChoice, parse_face
 from dubbing.pipeline import LENGTHS, dub, load_generator
 from media.decoder import even_size
@@ -56,7 +56,6 @@ def build_parser():
     add("--amp", choices=["auto", "off", "bf16"], default="auto",
         help="bf16 autocast for the generator; auto: bf16 where the hardware has it natively (its output is about "
              "35 dB PSNR from fp32's inside the face boxes), fp32 elsewhere")
-    add("--seed", type=SEED, default=0, help="seed for the choice of the 5 reference frames")
     add("--face", type=face_option, default=FaceChoice(), metavar="{largest,N,x,y}",
         help="whom to dub where several faces show: the largest (on screen over the shot), the N-th from the left "
              "(in the shot's first frame with a face, from 1), or the face containing pixel x,y; chosen again in "
@@ -168,7 +167,7 @@ def run(opt, generator=None, progress=True):
     started = time.time()
     result = dub(opt.source_video_path, opt.driving_audio_path, generator, output_path, device,
                  landmark_csv=opt.source_openface_landmark_path or None, audio_feature_path=opt.audio_feature_path,
-                 batch_size=opt.batch_size, face_video_path=face_path, seed=opt.seed,
+                 batch_size=opt.batch_size, face_video_path=face_path,
                  amp=None if opt.onnx else resolve_amp(opt.amp, device), face=opt.face, length=opt.length,
                  strict=opt.strict, close_on_silence=opt.close_on_silence, progress=progress)
     seconds = time.time() - started

@@ -36,7 +36,6 @@ from tqdm import tqdm
 from common.errors import UserError
 from common.geometry import (
     AUDIO_WINDOW,
-    NUM_REFERENCES,
     CropGeometry,
     compute_crop_radius,
     crop_box,
@@ -61,6 +60,7 @@ REFERENCE_SHOTS = 4     # shots whose reference state dubbing keeps at once (pin
 # the crop's scale: the middle of training's [1.05, 1.15). DINet's inference took 1.05, the edge, where a model of
 # ours opened the mouth half as far as in its training crops (docs/results.md)
 CROP_SCALE = 1.1
+REFERENCE_QUANTILES = (0.05, 0.25, 0.45, 0.65, 0.85)  # of the ranked openings: one in each fifth, leaning closed
 
 
 @dataclass
@@ -200,16 +200,15 @@ def segments(track):
     return segment
 
 
-def choose_references(landmarks, candidates, rng):
-    """NUM_REFERENCES of the output frames `candidates` (landmarks (len, 68, 2) theirs): drawn from the third with
-    the most closed and frontal mouths, the most closed first (DINet draws from all frames; an open or turned
-    reference shows through)."""
+def choose_references(landmarks, candidates):
+    """NUM_REFERENCES of the output frames `candidates` (landmarks (len, 68, 2) theirs), ranked by mouth opening (a
+    turned face ranks as more open): those at REFERENCE_QUANTILES, the most closed first. Training draws each
+    reference at random from a whole video, so its references span the video's openings; five closed ones gave
+    mouths that opened far less, five random ones a result that varied with the draw (docs/results.md)."""
     face_height = np.maximum(landmarks[:, 8, 1] - landmarks[:, 27, 1], 1e-6)
     opening = np.linalg.norm(landmarks[:, 66] - landmarks[:, 62], axis=1) / face_height
-    best = np.asarray(candidates)[np.argsort(opening + 0.2 * turn(landmarks), kind="stable")]
-    pool = min(len(best), max(NUM_REFERENCES, len(best) // 3))
-    drawn = rng.choice(pool, size=NUM_REFERENCES, replace=pool < NUM_REFERENCES)
-    return best[np.sort(drawn)]  # the most closed first
+    ranked = np.asarray(candidates)[np.argsort(opening + 0.2 * turn(landmarks), kind="stable")]
+    return ranked[np.round(np.asarray(REFERENCE_QUANTILES) * (len(ranked) - 1)).astype(int)]
 
 
 def face_crop(frame, landmarks, radius, geometry, colour=None):
@@ -268,7 +267,7 @@ class Timings(defaultdict):
 
 
 def dub(source_video_path, driving_audio_path, generator, output_path, device, landmark_csv=None,
-        audio_feature_path=None, batch_size=16, face_video_path=None, seed=0, amp=None, face=FaceChoice(),
+        audio_feature_path=None, batch_size=16, face_video_path=None, amp=None, face=FaceChoice(),
         length="pingpong", strict=False, close_on_silence=False, channels_last=True, preset=DEFAULT_PRESET,
         timings=None, progress=True):
     started = time.perf_counter()
@@ -307,8 +306,7 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
             landmarks = track.landmarks
             source = _SourceFrames(video, landmark_csv, len(track.reason))
             crop = lambda t: face_crop(source[index[t]], landmarks[index[t]], radii[t], geometry, video.colour)
-            rng = np.random.default_rng(seed)
-            chosen = {number: choose_references(landmarks[index[candidates]], candidates, rng)
+            chosen = {number: choose_references(landmarks[index[candidates]], candidates)
                       for number in np.unique(shot[dubbed])  # each shot's references from its own frames
                       for candidates in [np.flatnonzero(dubbed & (shot == number))]}
             lock, kept = threading.Lock(), OrderedDict()

@@ -511,3 +511,18 @@ def test_dubbing_frames_the_face_as_training_crops_do(demo):
             ratios.append(radii[centre] / (width / 2.5))  # a crop is 2.5 radii wide
     assert len(ratios) >= 10
     assert 0.97 < np.mean(ratios) < 1.03
+
+
+def test_references_span_the_openings_of_the_video_the_most_closed_first(demo):
+    """Training draws its references at random from a whole video, closed and open mouths alike; dubbing gives the
+    generator five that span the video's openings, the same five every time, the most closed first (the one
+    --close_on_silence shows)."""
+    from dubbing.pipeline import choose_references
+    landmarks = read_openface_csv(str(demo / "split_video_25fps_landmark_openface" / "demo_000.csv"))
+    opening = np.linalg.norm(landmarks[:, 66] - landmarks[:, 62], axis=1) / (landmarks[:, 8, 1] - landmarks[:, 27, 1])
+    candidates = np.arange(len(landmarks))
+    chosen = choose_references(landmarks, candidates)
+    assert len(set(chosen.tolist())) == 5 and chosen.tolist() == choose_references(landmarks, candidates).tolist()
+    rank = np.argsort(np.argsort(opening)) / (len(opening) - 1)  # each frame's place among the openings, 0 to 1
+    assert rank[chosen[0]] <= 0.1 and rank[chosen].max() >= 0.75
+    assert np.all(np.diff(opening[chosen]) >= -0.01)  # ascending, but for the turned-face penalty
