@@ -36,6 +36,7 @@ from tqdm import tqdm
 from common.errors import UserError
 from common.geometry import (
     AUDIO_WINDOW,
+    NUM_REFERENCES,
     CropGeometry,
     compute_crop_radius,
     crop_box,
@@ -60,7 +61,8 @@ REFERENCE_SHOTS = 4     # shots whose reference state dubbing keeps at once (pin
 # the crop's scale: the middle of training's [1.05, 1.15). DINet's inference took 1.05, the edge, where a model of
 # ours opened the mouth half as far as in its training crops (docs/results.md)
 CROP_SCALE = 1.1
-REFERENCE_QUANTILES = (0.05, 0.25, 0.45, 0.65, 0.85)  # of the ranked openings: one in each fifth, leaning closed
+# where the references sit among a shot's ranked openings: one in each fifth, leaning closed (0.05, 0.25, ..., 0.85)
+REFERENCE_QUANTILES = (np.arange(NUM_REFERENCES) + 0.25) / NUM_REFERENCES
 
 
 @dataclass
@@ -208,7 +210,7 @@ def choose_references(landmarks, candidates):
     face_height = np.maximum(landmarks[:, 8, 1] - landmarks[:, 27, 1], 1e-6)
     opening = np.linalg.norm(landmarks[:, 66] - landmarks[:, 62], axis=1) / face_height
     ranked = np.asarray(candidates)[np.argsort(opening + 0.2 * turn(landmarks), kind="stable")]
-    return ranked[np.round(np.asarray(REFERENCE_QUANTILES) * (len(ranked) - 1)).astype(int)]
+    return ranked[np.round(REFERENCE_QUANTILES * (len(ranked) - 1)).astype(int)]
 
 
 def face_crop(frame, landmarks, radius, geometry, colour=None):

@@ -498,6 +498,7 @@ def test_dubbing_frames_the_face_as_training_crops_do(demo):
 
     import cv2
 
+    from common.geometry import CLIP_LENGTH
     from data.prepare import Layout, landmark_csv
     from dubbing.pipeline import crop_radii
     layout = Layout.under(str(demo))
@@ -506,8 +507,8 @@ def test_dubbing_frames_the_face_as_training_crops_do(demo):
         landmarks = read_openface_csv(landmark_csv(name, layout)[0])
         radii = crop_radii(landmarks, (256, 256))
         for clip in sorted(glob.glob(os.path.join(layout.crop_dir, name, "*"))):
-            centre = int(os.path.basename(clip)) * 9 + 4
-            width = cv2.imread(sorted(glob.glob(os.path.join(clip, "*.jpg")))[4]).shape[1]
+            centre = int(os.path.basename(clip)) * CLIP_LENGTH + CLIP_LENGTH // 2
+            width = cv2.imread(sorted(glob.glob(os.path.join(clip, "*.jpg")))[CLIP_LENGTH // 2]).shape[1]
             ratios.append(radii[centre] / (width / 2.5))  # a crop is 2.5 radii wide
     assert len(ratios) >= 10
     assert 0.97 < np.mean(ratios) < 1.03
