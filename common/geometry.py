@@ -17,6 +17,11 @@ NUM_REFERENCES = 5  # reference frames the generator sees beside the masked sour
 CLIP_LENGTH = 9     # frames per training clip, as DINet cuts them
 MOUTH_FRAMES = 5    # consecutive mouths a SyncNet (and the clip stage) judges at once
 AUDIO_FRAMES = 9    # audio vectors a SyncNet hears with them: the mouths' frames and 2 more on each side
+# Frames (about 2 s at 25 fps) whose landmarks size a crop. The chin drops as the mouth opens, so a radius taken
+# over a clip's few frames (DINet's) makes the face smaller in the crop the wider the clip's mouth opens: a cue
+# to the opening that dubbing with other speech contradicts. Over 2 s of speech the widest opening is nearly
+# always there, so the crop's scale no longer tells the model how far this clip's mouth opens.
+SIZING_WINDOW = 51
 
 
 @dataclass(frozen=True)
@@ -73,20 +78,22 @@ def mask_mouth(face_crop, geometry: CropGeometry):
     return masked
 
 
-def compute_crop_radius(video_size, landmark_clip, random_scale=None, rng=None):
+def compute_crop_radius(video_size, landmark_clip, random_scale=None, rng=None, sizing=None):
     """DINet's `compute_crop_radius`: one crop radius for a clip of 68-point landmarks.
 
-    video_size is (width, height); landmark_clip is (T, 68, 2) in pixels. Returns the radius
-    (a multiple of 4), or None when the crop leaves the frame or the face size changes by more
-    than 1.5x within the clip (DINet's limits).
+    video_size is (width, height); landmark_clip is (T, 68, 2) in pixels. `sizing` (S, 68, 2), default the clip:
+    the landmarks whose extent sets the radius (see SIZING_WINDOW). Returns the radius (a multiple of 4), or None
+    when the crop leaves the frame in a frame of the clip or the face size changes by more than 1.5x within the
+    sizing frames (DINet's limits).
     """
     video_w, video_h = video_size
     landmark_clip = np.asarray(landmark_clip, dtype=np.float64)
+    sizing = landmark_clip if sizing is None else np.asarray(sizing, dtype=np.float64)
     if random_scale is None:
         random_scale = (rng.random() if rng is not None else np.random.random()) / 10 + 1.05
-    landmark_max = landmark_clip.max(axis=1)  # (T, 2)
-    radius_h = (landmark_max[:, 1] - landmark_clip[:, 29, 1]) * random_scale
-    radius_w = (landmark_clip[:, 54, 0] - landmark_clip[:, 48, 0]) * random_scale
+    landmark_max = sizing.max(axis=1)  # (S, 2)
+    radius_h = (landmark_max[:, 1] - sizing[:, 29, 1]) * random_scale
+    radius_w = (sizing[:, 54, 0] - sizing[:, 48, 0]) * random_scale
     radius_clip = np.max(np.stack([radius_h, radius_w], 1), 1) // 2
     radius = (int(np.max(radius_clip) / 4) + 1) * 4
     radius_1_4 = radius // 4
@@ -99,6 +106,15 @@ def compute_crop_radius(video_size, landmark_clip, random_scale=None, rng=None):
     if radius_clip.max() > radius_clip.min() * 1.5:
         return None
     return radius
+
+
+def sizing_frames(start, stop, usable):
+    """Indices of the frames that size the crop of frames [start, stop): the usable ones (`usable`, (T,) bool) of
+    the SIZING_WINDOW frames centred on them, and always [start, stop) itself."""
+    centre = (start + stop - 1) // 2
+    low, high = max(0, centre - SIZING_WINDOW // 2), min(len(usable), centre + SIZING_WINDOW // 2 + 1)
+    window = np.arange(low, high)
+    return np.union1d(window[np.asarray(usable[low:high], bool)], np.arange(start, stop))
 
 
 def crop_box(landmarks, radius):

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from common.errors import UserError
 from common.files import NotWritten, atomic_output
-from common.geometry import CLIP_LENGTH, NUM_REFERENCES, CropGeometry, compute_crop_radius, crop_box
+from common.geometry import CLIP_LENGTH, NUM_REFERENCES, CropGeometry, compute_crop_radius, crop_box, sizing_frames
 from media.convert import extract_audio as extract_wav, extract_frames, resample_video
 from media.decoder import read_video_frames
 from media.ffmpeg import probe
@@ -267,8 +267,9 @@ def _crop_faces(name, csv_path, layout, settings, progress):
 
     Clip i covers frames [9i, 9i + 9) for the clip ends range(9, n_frames, 9), as in DINet. A clip is left
     out when a frame has no detected face, or DINet's limits reject it (the crop leaves the frame, or the
-    face size changes by more than 1.5x). The crop radius is scaled by a random 1.05..1.15 per clip (DINet's
-    augmentation), drawn from a generator seeded by `seed` and the video name, so crops are reproducible and
+    face size changes by more than 1.5x). The radius is sized over the 2 s around the clip (SIZING_WINDOW; DINet
+    sizes it over the clip, and so tells the model how far the clip's mouth opens) and scaled by a random
+    1.05..1.15 per clip (DINet's augmentation), drawn from a generator seeded by `seed` and the video name, so crops are reproducible and
     do not depend on which other videos are present. Returns (clips kept, clips in the video).
     """
     frame_dir, output = os.path.join(layout.frame_dir, name), os.path.join(layout.crop_dir, name)
@@ -291,7 +292,11 @@ def _crop_faces(name, csv_path, layout, settings, progress):
     kept, faceless, beyond_limits = [], 0, 0
     for clip_index, end in enumerate(clip_ends):
         start = end - settings.clip_length
-        radius = compute_crop_radius((frame_w, frame_h), landmarks[start:end], rng=rng)
+        scale = rng.random() / 10 + 1.05  # DINet's augmentation
+        clip, sizing = landmarks[start:end], landmarks[sizing_frames(start, end, found)]
+        radius = compute_crop_radius((frame_w, frame_h), clip, scale, sizing=sizing)
+        if radius is None:  # the face size changes within the sizing frames: DINet's radius, the clip's alone
+            radius = compute_crop_radius((frame_w, frame_h), clip, scale)
         if not found[start:end].all():
             faceless += 1
         elif radius is None:
@@ -348,15 +353,16 @@ def _draw_debug(name, csv_path, layout, settings):
                         f"and --detect_landmarks first")
     if _is_fresh(output, csv_path, frame_dir):
         return
-    landmarks, _ = read_landmarks(csv_path, settings)
+    landmarks, found = read_landmarks(csv_path, settings)
     frame_paths = _frame_paths(frame_dir)[:len(landmarks)]
     half = settings.clip_length // 2
     with atomic_output(output) as partial:
         os.makedirs(partial)
         for index in np.linspace(half, len(frame_paths) - 1 - half, DEBUG_FRAMES_PER_VIDEO).astype(int):
             frame = cv2.imread(frame_paths[index])
-            clip = landmarks[index - half:index + half + 1].astype(int)  # the clip around it sets the radius
-            radius = compute_crop_radius(frame.shape[1::-1], clip, random_scale=1.1)
+            sizing = landmarks[sizing_frames(index - half, index + half + 1, found)].astype(int)
+            radius = compute_crop_radius(frame.shape[1::-1], landmarks[index - half:index + half + 1].astype(int),
+                                         random_scale=1.1, sizing=sizing)
             _write_jpg(os.path.join(partial, f"{index:06d}.jpg"), debug_image(frame, landmarks[index], radius))
 
 

@@ -42,6 +42,7 @@ from common.geometry import (
     crop_box,
     mask_mouth,
     paste_mask,
+    sizing_frames,
 )
 from data.audio_features import FEATURE_WIDTHS, SAMPLE_RATE, compute_audio_feature, load_wav
 from data.openface_csv import read_openface_csv
@@ -176,9 +177,10 @@ def first_pasted_row(mask):
 
 
 def crop_radii(landmarks, video_size, segment=None):
-    """Per output frame, DINet's crop radius over its 5-frame landmark window, the window kept within the frame's
-    `segment` (a run of usable frames of one shot, the window's ends held; default: one segment); None where no
-    crop fits or the segment is -1 (no usable face)."""
+    """Per output frame, DINet's crop radius fitting its 5-frame landmark window, sized over the frames around it
+    as training crops are (SIZING_WINDOW), both windows kept within the frame's `segment` (a run of usable frames
+    of one shot, the window's ends held; default: one segment); None where no crop fits or the segment is -1 (no
+    usable face)."""
     segment = np.zeros(len(landmarks), int) if segment is None else segment
     radii = []
     for t in range(len(landmarks)):
@@ -187,7 +189,8 @@ def crop_radii(landmarks, video_size, segment=None):
             continue
         window = [u if 0 <= u < len(landmarks) and segment[u] == segment[t] else t
                   for u in range(t - AUDIO_WINDOW // 2, t + AUDIO_WINDOW // 2 + 1)]
-        radius = compute_crop_radius(video_size, landmarks[window], random_scale=CROP_SCALE)
+        sizing = landmarks[sizing_frames(t, t + 1, segment == segment[t])]
+        radius = compute_crop_radius(video_size, landmarks[window], random_scale=CROP_SCALE, sizing=sizing)
         if radius is None:  # the face size jumps within the window: fall back to this frame alone
             radius = compute_crop_radius(video_size, landmarks[t:t + 1], random_scale=CROP_SCALE)
         radii.append(radius)
