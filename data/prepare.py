@@ -269,8 +269,9 @@ def _crop_faces(name, csv_path, layout, settings, progress):
     out when a frame has no detected face, or DINet's limits reject it (the crop leaves the frame, or the
     face size changes by more than 1.5x). The radius is sized over the 2 s around the clip (SIZING_WINDOW; DINet
     sizes it over the clip, and so tells the model how far the clip's mouth opens) and scaled by a random
-    1.05..1.15 per clip (DINet's augmentation), drawn from a generator seeded by `seed` and the video name, so crops are reproducible and
-    do not depend on which other videos are present. Returns (clips kept, clips in the video).
+    1.05..1.15 per clip (DINet's augmentation), drawn from a generator seeded by `seed` and the video name, so
+    crops are reproducible and do not depend on which other videos are present. Returns (clips kept, clips in the
+    video).
     """
     frame_dir, output = os.path.join(layout.frame_dir, name), os.path.join(layout.crop_dir, name)
     if not os.path.isdir(frame_dir):
