@@ -138,7 +138,8 @@ def test_silent_speech_holds_the_mouth_at_a_closed_reference(generator, tmp_path
     result, _, output = dub_and_record(clip, generator, tmp_path, monkeypatch, audio=speech, close_on_silence=True)
     opening = lambda frames: (lambda lm: np.linalg.norm(lm[:, 66] - lm[:, 62], axis=1) / (lm[:, 8, 1] - lm[:, 27, 1]))(
         detect_landmarks(frames, smooth=False)[0])
-    held = opening(list(read_video_frames(output))[silent.start + 4:silent.stop - 4])
+    # each video detected whole, as evaluation does: the detector tracks, and a fresh start mid-video reads worse
+    held = opening(list(read_video_frames(output)))[silent.start + 4:silent.stop - 4]
     real = opening(list(read_video_frames(clip)))
     assert held.max() <= np.percentile(real, 35)  # as closed as the clip's most closed third
 
