@@ -108,13 +108,14 @@ def compute_crop_radius(video_size, landmark_clip, random_scale=None, rng=None, 
     return radius
 
 
-def sizing_frames(start, stop, usable):
-    """Indices of the frames that size the crop of frames [start, stop): the usable ones (`usable`, (T,) bool) of
-    the SIZING_WINDOW frames centred on them, and always [start, stop) itself."""
+def sizing_frames(start, stop, labels, label=True):
+    """Indices of the frames that size the crop of frames [start, stop): those of the SIZING_WINDOW frames centred
+    on them whose entry in `labels` ((T,): e.g. face found, or segment number) is `label`, and always [start, stop)
+    itself."""
     centre = (start + stop - 1) // 2
-    low, high = max(0, centre - SIZING_WINDOW // 2), min(len(usable), centre + SIZING_WINDOW // 2 + 1)
+    low, high = max(0, centre - SIZING_WINDOW // 2), min(len(labels), centre + SIZING_WINDOW // 2 + 1)
     window = np.arange(low, high)
-    return np.union1d(window[np.asarray(usable[low:high], bool)], np.arange(start, stop))
+    return np.union1d(window[np.asarray(labels[low:high]) == label], np.arange(start, stop))
 
 
 def crop_box(landmarks, radius):

@@ -189,7 +189,7 @@ def crop_radii(landmarks, video_size, segment=None):
             continue
         window = [u if 0 <= u < len(landmarks) and segment[u] == segment[t] else t
                   for u in range(t - AUDIO_WINDOW // 2, t + AUDIO_WINDOW // 2 + 1)]
-        sizing = landmarks[sizing_frames(t, t + 1, segment == segment[t])]
+        sizing = landmarks[sizing_frames(t, t + 1, segment, segment[t])]
         radius = compute_crop_radius(video_size, landmarks[window], random_scale=CROP_SCALE, sizing=sizing)
         if radius is None:  # the face size jumps within the window: fall back to this frame alone
             radius = compute_crop_radius(video_size, landmarks[t:t + 1], random_scale=CROP_SCALE)
