@@ -121,7 +121,8 @@ def print_table(rows, peaks):
         if "psnr_vs_fp32" in row:
             line += f"  PSNR vs fp32 {row['psnr_vs_fp32']:.1f} dB (face boxes {row['face_psnr_vs_fp32']:.1f} dB)"
         if row["task"] == "loader":
-            line += f"  first epoch {row['first_epoch_samples_per_s']:.1f} samples/s, {row['num_workers']} workers"
+            line += (f"  cached; every JPEG decoded {row['decoded_samples_per_s']:.1f} samples/s; "
+                     f"{row['num_workers']} workers")
         print(line, flush=True)
 
 
@@ -161,7 +162,8 @@ def build_parser():
     parser.add_argument("--inference_repeats", type=integer(1), default=1,
                         help="inference: runs of each dubbing row, in turn with runs of the published loop (for the "
                              "first precision); rows give their runs' median frames/s (and every run's in the JSON)")
-    parser.add_argument("--num_workers", type=integer(0), default=2, help="loader: worker processes (training's default)")
+    parser.add_argument("--num_workers", type=integer(0), default=None,
+                        help="loader: worker processes (default: training's for the device)")
     parser.add_argument("--loader_augment_num", type=integer(1), default=32, help="loader: samples per video per epoch")
     parser.add_argument("--quick", action="store_true", help="batch <= 2 for training rows (smoke test)")
     parser.add_argument("--train_batch", type=integer(1), default=None,

@@ -4,9 +4,10 @@ OUT/gpu_check.json (rows and targets) and OUT/gpu_check.md (the tables). With --
 
 - training, fp32: the published iteration and ours (eager, and the step as one CUDA graph: --compile reduce-overhead)
   at frame 64/bs24, 128/bs12, 256/bs4 and clip 256/bs3, samples/s, ours against the published, MFU on a known GPU;
-- a real training run: `data_processing.py --make_demo_data`, then `train_DINet_frame.py` (mouth 64, batch 24, 8
-  loader workers) for --real_run_seconds, its samples/s from its log as it grows, stopped by SIGTERM, against the
-  bench row's rate; and bench's loader row;
+- a real training run: `data_processing.py --make_demo_data`, then `train_DINet_frame.py` (mouth 64, batch 24, its
+  default loader workers, no crop cache: every JPEG decoded, as on a data set larger than the cache) for
+  --real_run_seconds, its samples/s from its log as it grows, stopped by SIGTERM, against the bench row's rate; and
+  bench's loader rows;
 - dubbing end to end at 1080x1920 per mouth size, against ffmpeg encoding the same video alone with the same x264
   settings (and the GPU's decoder where this ffmpeg has one, the faster of the two).
 """
@@ -29,7 +30,7 @@ from .measure import STAGES
 from .processes import ROOT
 
 TRAINING_SPEEDUP, REAL_RUN_SHARE, DUBBING_SHARE = 3.0, 0.9, 0.8  # the targets
-REAL_RUN = dict(mouth=64, batch=24, workers=8)
+REAL_RUN = dict(mouth=64, batch=24, workers=None)  # training's default workers
 QUICK_REAL_RUN = dict(mouth=64, batch=2, workers=1)
 
 
@@ -57,8 +58,10 @@ def real_training_run(opt, folder, bench_rows):
     result = os.path.join(folder, "real_run")
     command = [sys.executable, "train_DINet_frame.py", "--train_data", os.path.join(data, "training_json.json"),
                "--result_path", result, "--mouth_region_size", str(setting["mouth"]), "--batch_size",
-               str(setting["batch"]), "--num_workers", str(setting["workers"]), "--augment_num", "100000",
-               "--vgg19_weights", "random", "--amp", "off", "--image_every", "1000000"]
+               str(setting["batch"]), "--augment_num", "100000", "--frame_cache_mb", "0", "--vgg19_weights", "random",
+               "--amp", "off", "--image_every", "1000000"]
+    if setting["workers"] is not None:
+        command += ["--num_workers", str(setting["workers"])]
     if opt.device:
         command += ["--device", opt.device]
     metrics = os.path.join(result, "metrics.jsonl")
@@ -86,8 +89,10 @@ def real_training_run(opt, folder, bench_rows):
         with open(errors) as f:
             raise UserError(f"the real training run logged too few steps: {f.read().strip()[-2000:]}")
     rate = (last[1] - first[1]) * setting["batch"] / (last[0] - first[0])
+    from engine.trainer import loader_workers
+    device = torch.device(opt.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     row = dict(task="real_run", mouth=setting["mouth"], batch=setting["batch"], precision="fp32",
-               num_workers=setting["workers"], samples_per_s=rate, steps=last[1] - first[1],
+               num_workers=loader_workers(setting["workers"], device), samples_per_s=rate, steps=last[1] - first[1],
                seconds=last[0] - first[0])
     bench = find(bench_rows, task="train_frame", mouth=setting["mouth"], baseline=False, compiled="off")
     if bench:

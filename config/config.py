@@ -113,7 +113,9 @@ def add_running_flags(parser, image_every=200):
                        help="default (or the bare flag): torch.compile the generator (minutes of compiling on a CPU); "
                             "reduce-overhead: the whole step recorded once as a CUDA graph and replayed (a GPU, one "
                             "process; elsewhere, or where the capture fails, the run goes on without it and says why)")
-    group.add_argument("--num_workers", type=integer(0), default=2, help="data-loader worker processes")
+    group.add_argument("--num_workers", type=integer(0), default=None,
+                       help="data-loader worker processes (default: 2 on a CPU; on a GPU this process's share of the "
+                            "CPU cores less one, 2 to 8)")
     group.add_argument("--image_every", type=integer(1), default=image_every,
                        help="write an image grid every N iterations")
     group.add_argument("--frame_cache_mb", type=integer(0), default=2048,

@@ -8,19 +8,19 @@ DINet; unlike DINet, the source clip itself is never a reference, so the target 
 """
 import random
 
-import numpy as np
 import torch
 
 from common.geometry import AUDIO_WINDOW, CLIP_LENGTH, NUM_REFERENCES, mask_mouth
 
-from .dataset import FrameDataset, to_tensor
+from .dataset import FrameDataset, image_tensor
 
 # the generated frames of a clip: those whose audio window lies inside it (2..6 of 9)
 CLIP_FRAMES = range(AUDIO_WINDOW // 2, CLIP_LENGTH - AUDIO_WINDOW // 2)
 
 
 class ClipDataset(FrameDataset):
-    """Items: source and source_masked (5, 3, H, W), reference (5, 15, H, W), audio (5, A, 5), audio_clip (A, 9)."""
+    """Items: source and source_masked (5, 3, H, W), reference (5, 15, H, W) (uint8, as the frame dataset's), audio
+    (5, A, 5), audio_clip (A, 9)."""
 
     def __getitem__(self, key):
         index, seed = key if isinstance(key, tuple) else (key, None)
@@ -33,12 +33,12 @@ class ClipDataset(FrameDataset):
         for frame in CLIP_FRAMES:
             sources.append(self.load(source_clip.frame_paths[frame]))
             picked = [clips[i].frame_paths[rng.randrange(CLIP_LENGTH)] for i in rng.sample(others, NUM_REFERENCES)]
-            references.append(np.concatenate([self.load(path) for path in picked], axis=2))
+            references.append([self.load(path) for path in picked])
             windows.append(source_clip.audio_features[frame - AUDIO_WINDOW // 2: frame + AUDIO_WINDOW // 2 + 1])
         return {
-            "source": torch.stack([to_tensor(image) for image in sources]),                                   # (5, 3, H, W)
-            "source_masked": torch.stack([to_tensor(mask_mouth(image, self.geometry)) for image in sources]),  # (5, 3, H, W)
-            "reference": torch.stack([to_tensor(image) for image in references]),                             # (5, 15, H, W)
-            "audio": torch.tensor(windows, dtype=torch.float32).transpose(1, 2),                              # (5, A, 5)
-            "audio_clip": torch.tensor(source_clip.audio_features, dtype=torch.float32).t(),                  # (A, 9)
+            "source": torch.stack([image_tensor(image) for image in sources]),                         # (5, 3, H, W)
+            "source_masked": torch.stack([image_tensor(mask_mouth(image, self.geometry)) for image in sources]),
+            "reference": torch.stack([image_tensor(*images) for images in references]),                # (5, 15, H, W)
+            "audio": torch.tensor(windows, dtype=torch.float32).transpose(1, 2),                       # (5, A, 5)
+            "audio_clip": torch.tensor(source_clip.audio_features, dtype=torch.float32).t(),           # (A, 9)
         }

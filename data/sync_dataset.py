@@ -21,7 +21,6 @@ import os
 import random
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -147,7 +146,7 @@ class SyncDataset(Dataset):
         timeline, g = self.timelines[video], self.geometry
         crops = [self.cache.get(timeline.frame_paths[centre + offset], (g.width, g.height))[g.mouth_rows, g.mouth_cols]
                  for offset in range(-(MOUTH_FRAMES // 2), MOUTH_FRAMES // 2 + 1)]
-        return resize_mouths(to_tensor(np.concatenate(crops, axis=2))[None], self.input_size)[0]
+        return resize_mouths(to_tensor(*crops)[None], self.input_size)[0]
 
     def __getitem__(self, key):
         """key: an index, or (index, seed) from the engine's EpochOrder."""

@@ -12,6 +12,7 @@ import torch
 
 from common.devices import AMP_CHOICES, resolve_amp
 from common.errors import UserError
+from data.dataset import as_float
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -53,3 +54,8 @@ class Precision:
     def batch(self, tensor):
         """An input tensor in the networks' memory format (image batches, 4-D)."""
         return tensor.contiguous(memory_format=torch.channels_last) if self.channels_last and tensor.dim() == 4 else tensor
+
+    def inputs(self, batch, device):
+        """A loader's batch as the networks take it: on `device` (without waiting), in their memory format, uint8
+        images made [0, 1] floats there (float keeps the memory format)."""
+        return {key: as_float(self.batch(value.to(device, non_blocking=True))) for key, value in batch.items()}

@@ -642,6 +642,17 @@ def stalled(opt, validator, epoch):
             f"is epoch {validator.best['epoch']}'s, {validator.best['value']:.4g}, in {BEST_NAME}")
 
 
+def loader_workers(requested, device):
+    """--num_workers, or by default: 2 on a CPU (its training step is ~100x slower than the loader); on a GPU this
+    process's share of the CPU cores less one for its own loop, 2 to 8 (each worker keeps its own crop cache)."""
+    if requested is not None:
+        return requested
+    if device.type != "cuda":
+        return 2
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(2, min(8, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")) - 1))
+
+
 def train(opt, stage_class=FrameStage):
     """Train `stage_class` as `opt` says; returns the stage (its networks hold the final weights)."""
     runtime = distributed.setup(opt.device)
@@ -669,8 +680,9 @@ def train(opt, stage_class=FrameStage):
                          f"{opt.train_data} (videos x --augment_num); lower --batch_size or raise --augment_num")
     order = EpochOrder(len(dataset), opt.batch_size, opt.seed, runtime.rank, runtime.world_size)
     # its own generator: making loader iterators must not draw from the RNG that a resume restores
-    loader = DataLoader(dataset, batch_size=opt.batch_size, sampler=order, num_workers=opt.num_workers,
-                        persistent_workers=opt.num_workers > 0, pin_memory=runtime.device.type == "cuda",
+    workers = loader_workers(opt.num_workers, runtime.device)
+    loader = DataLoader(dataset, batch_size=opt.batch_size, sampler=order, num_workers=workers,
+                        persistent_workers=workers > 0, pin_memory=runtime.device.type == "cuda",
                         worker_init_fn=ignore_stop_signals, generator=torch.Generator())
     iterations = min(order.batches, opt.iterations_per_epoch or order.batches)
 
@@ -683,7 +695,8 @@ def train(opt, stage_class=FrameStage):
     log = RunLog(opt.result_path, enabled=runtime.is_main)
     log.line(f"training {stage_class.__name__} [{stage.describe()}] at mouth {opt.mouth_region_size} on "
              f"{runtime.device} x{runtime.world_size}: {len(training_set.videos)} videos, "
-             f"{training_set.audio_feature} audio ({training_set.audio_channel}-d), {iterations} iterations per epoch")
+             f"{training_set.audio_feature} audio ({training_set.audio_channel}-d), {iterations} iterations per epoch, "
+             f"{workers} loader workers")
     if resume is not None:
         log.line(f"resumed from {resume_path}: epoch {start_epoch}, iteration {start_iteration}, step {global_step}")
     if validator:
@@ -708,8 +721,7 @@ def train(opt, stage_class=FrameStage):
                             desc=f"epoch {epoch}/{last_epoch}", leave=False, dynamic_ncols=True,
                             disable=not runtime.is_main)
             for iteration, batch in enumerate(progress, start=first):
-                batch = {key: stage.precision.batch(value.to(runtime.device, non_blocking=True))
-                         for key, value in batch.items()}
+                batch = stage.precision.inputs(batch, runtime.device)
                 names, values, counters, rows = run_step(batch, counters)
                 # copied: a CUDA graph's outputs are overwritten by its next replay
                 kept = [[image.detach().clone() for image in row] for row in rows] \

@@ -127,7 +127,7 @@ class Validator:
         reference_clips = [chosen[i] for i in evenly_spaced(len(chosen), NUM_REFERENCES)]
         generated_clips = [i for i in chosen if i not in reference_clips][:self.opt.val_clips]
         centre = CLIP_LENGTH // 2
-        references = np.concatenate([cache.get(clips[i].frame_paths[centre], size) for i in reference_clips], axis=2)
+        references = [cache.get(clips[i].frame_paths[centre], size) for i in reference_clips]
         real, masked, audio, audio_clips = [], [], [], []
         for index in generated_clips:
             clip = clips[index]
@@ -139,7 +139,8 @@ class Validator:
                                           dtype=torch.float32).t())
             audio_clips.append(torch.tensor(clip.audio_features, dtype=torch.float32).t())
         return {"name": name, "real": torch.stack(real), "masked": torch.stack(masked),
-                "reference": to_tensor(references), "audio": torch.stack(audio), "audio_clip": torch.stack(audio_clips)}
+                "reference": to_tensor(*references), "audio": torch.stack(audio),
+                "audio_clip": torch.stack(audio_clips)}
 
     @staticmethod
     def landmarks(frames):

@@ -145,7 +145,8 @@ def test_latentsync_preset_step_logs_every_active_loss_finite(clip_assets, tmp_p
     training_set = load_training_json(json_path)
     stage = ClipStage.create(opt, training_set, distributed.setup("cpu"), None)
     assert stage.perception is None  # LPIPS replaces VGG19 under this preset: no VGG19 built
-    batch = {key: value.unsqueeze(0) for key, value in stage.dataset(training_set)[(0, 5)].items()}
+    item = stage.dataset(training_set)[(0, 5)]
+    batch = stage.precision.inputs({key: value.unsqueeze(0) for key, value in item.items()}, "cpu")
     losses, rows = stage.step(batch)
     assert list(losses) == ["Loss_DI", "Loss_GI", "Loss_DV", "Loss_GV", "Loss_sync", "Loss_l1", "Loss_lpips",
                             "Loss_trepa"]

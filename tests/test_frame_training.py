@@ -74,7 +74,7 @@ def test_one_frame_stage_step_at_each_mouth_size(tiny_json, tmp_path, mouth_size
     from config.labs import generator_config
     stage = FrameStage(opt, generator_config("lab1", 29), distributed.setup("cpu"))
     dataset = stage.dataset(load_training_json(tiny_json))
-    batch = {key: value.unsqueeze(0) for key, value in dataset[0].items()}
+    batch = stage.precision.inputs({key: value.unsqueeze(0) for key, value in dataset[0].items()}, "cpu")
     assert batch["source"].shape[-2:] == (mouth_size * 3 // 2 + mouth_size // 8, mouth_size + mouth_size // 4)
     before = [p.detach().clone() for p in stage.net_g.parameters()]
     losses, rows = stage.step(batch)
@@ -137,7 +137,8 @@ def test_lamb_mouth_adds_its_term_to_the_frame_stage(tiny_json, tmp_path):
     opt = training_parser("test", tmp_path).parse_args(["--train_data", tiny_json, "--lamb_mouth", "5", *FAST])
     stage = FrameStage(opt, generator_config("lab1", 29), distributed.setup("cpu"))
     dataset = stage.dataset(load_training_json(tiny_json))
-    losses, _ = stage.step({key: value.unsqueeze(0) for key, value in dataset[0].items()})
+    batch = stage.precision.inputs({key: value.unsqueeze(0) for key, value in dataset[0].items()}, "cpu")
+    losses, _ = stage.step(batch)
     assert set(losses) == {"Loss_DI", "Loss_GI", "Loss_perception", "Loss_mouth"} and losses["Loss_mouth"] > 0
 
 

@@ -1,7 +1,6 @@
 """A training step waits for nothing: no value is read back to the host inside it, a non-finite step is skipped on
 the device, and the losses stay what they were."""
 import copy
-import tempfile
 from contextlib import contextmanager
 
 import pytest
@@ -35,16 +34,16 @@ BEFORE = {
 }
 
 
-def seeded_stage(task):
+def seeded_stage(task, folder):
     """(stage, batch) from seed 0: the frame and clip stages on bench's synthetic batch at mouth 64, a SyncNet
-    (embedding) on 4 windows of a DINet-made training set."""
+    (embedding) on 4 windows of a DINet-made training set written under `folder`."""
     torch.manual_seed(0)
     if task != "syncnet":
         return training_stage(task, 64, 2 if task == "train_frame" else 1, CPU, "fp32", False, "lab1")
     from config.config import syncnet_parser
     from data.training_json import load_training_json
     from engine.syncnet_stage import SyncNetStage
-    folder = tempfile.mkdtemp(prefix="syncnet-step-")
+    folder = str(folder)
     json_path = write_dinet_json(folder, videos=3, clips=12, width=29)
     opt = syncnet_parser("test", folder).parse_args(["--train_data", json_path, "--result_path", folder, "--device",
                                                      "cpu", "--batch_size", "4", "--syncnet_arch", "embedding"])
@@ -93,8 +92,8 @@ def host_reads_forbidden():
 
 
 @pytest.mark.parametrize("task", ["train_frame", "syncnet"])
-def test_a_training_step_reads_no_value_back_to_the_host(task):
-    stage, batch = seeded_stage(task)
+def test_a_training_step_reads_no_value_back_to_the_host(task, tmp_path):
+    stage, batch = seeded_stage(task, tmp_path)
     fused_optimizers(stage)
     _, counters = run_steps(stage, batch, 1)  # the first fills one-off caches (AdaAT's channel pairs, on the host)
     with host_reads_forbidden():
@@ -103,8 +102,8 @@ def test_a_training_step_reads_no_value_back_to_the_host(task):
 
 
 @pytest.mark.parametrize("fused", [False, True], ids=["cpu_adam", "fused_adam"])
-def test_a_non_finite_step_leaves_weights_statistics_and_optimizer_state_as_they_were_and_is_counted(fused):
-    stage, batch = seeded_stage("train_frame")
+def test_a_non_finite_step_leaves_weights_statistics_and_optimizer_state_as_they_were_and_is_counted(fused, tmp_path):
+    stage, batch = seeded_stage("train_frame", tmp_path)
     if fused:
         fused_optimizers(stage)
     _, counters = run_steps(stage, batch, 1)  # Adam has state to keep
@@ -124,11 +123,11 @@ def test_a_non_finite_step_leaves_weights_statistics_and_optimizer_state_as_they
 
 
 @pytest.mark.parametrize("task", ["train_frame", "train_clip", "syncnet"])
-def test_losses_of_a_seeded_batch_are_those_of_the_code_that_read_them_back_each_step(task):
+def test_losses_of_a_seeded_batch_are_those_of_the_code_that_read_them_back_each_step(task, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        stage, batch = seeded_stage(task)
+        stage, batch = seeded_stage(task, tmp_path)
         losses, _ = run_steps(stage, batch, len(BEFORE[task]))
     finally:
         torch.set_num_threads(threads)
