@@ -32,3 +32,32 @@ def test_gpu_check_measures_every_target_and_writes_its_tables(tmp_path):
     assert targets["dubbing at mouth 64, 256x256"]["value"] == dubbing["frames_per_s"] / encoder["frames_per_s"]
     table = (out / "gpu_check.md").read_text()
     assert "| target | measured | met |" in table and "real_run" in table
+
+
+def test_a_failing_part_costs_that_part_alone_and_the_tables_are_still_written(tmp_path, monkeypatch):
+    """Device time is scarce: a part that fails (here dubbing, as a CUDA error would) leaves the other parts measured,
+    its own row saying why, and its target 'not measured'; the encoder's ceiling makes its own input video."""
+    from contextlib import closing
+
+    from benchmark.cli import TASKS, build_parser, run
+    from benchmark.dubbing import DubbingBench
+    from benchmark.gpu_check import gpu_check
+    out = tmp_path / "check"
+    argv = ["--gpu_check", str(out), "--quick", "--device", "cpu"]
+    monkeypatch.setattr(sys, "argv", ["bench.py", *argv])  # training rows run as `python -m benchmark` with them
+    opt = build_parser().parse_args(argv)
+
+    def failing(*args):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    with closing(DubbingBench(opt)) as dubbing:
+        gpu_check(opt, run, dict(TASKS, inference=failing), dubbing)
+    result = json.loads((out / "gpu_check.json").read_text())
+    failed = [row for row in result["rows"] if "error" in row]
+    assert failed == [{"task": "inference", "error": "RuntimeError: CUDA error: an illegal memory access was "
+                                                     "encountered"}]
+    measured = {row["task"] for row in result["rows"] if "error" not in row}
+    assert {"train_frame", "loader", "real_run", "encode_alone"} <= measured
+    targets = {line["target"].split(":")[0]: line for line in result["targets"]}
+    assert targets["dubbing at mouth 64, 256x256"]["measured"] == "not measured"
+    assert targets["frame 64/bs24"]["value"] > 0
+    assert "failed: RuntimeError: CUDA error" in (out / "gpu_check.md").read_text()
