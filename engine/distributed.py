@@ -113,6 +113,47 @@ def any_rank(flag, runtime):
     return bool(value.item())
 
 
+class HostCopy:
+    """A tensor's copy to the host, queued without waiting (into pinned memory from a GPU); `read()` then waits for
+    this copy alone, not for the work queued after it."""
+
+    def __init__(self, tensor):
+        self.host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=tensor.is_cuda)
+        self.host.copy_(tensor, non_blocking=True)
+        self.event = None
+        if tensor.is_cuda:
+            self.event = torch.cuda.Event()
+            self.event.record()
+
+    def read(self):
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host
+
+
+class LateVote:
+    """any_rank for a flag raised between iterations, without the host waiting for the device each iteration: under
+    torchrun each iteration's vote is all-reduced and copied back behind that iteration's step and read at the next
+    iteration, after its step is queued, so every process acts on it at the same iteration, one after it was cast
+    (`settle` reads the last vote at once). One process: the flag itself."""
+
+    def __init__(self, runtime):
+        self.runtime, self.pending = runtime, None
+
+    def __call__(self, flag):
+        if not self.runtime.distributed:
+            return bool(flag)
+        vote = torch.full((), float(bool(flag)), device=self.runtime.device)
+        torch_dist.all_reduce(vote, op=torch_dist.ReduceOp.MAX)  # under NCCL the stream waits for it, not the host
+        previous, self.pending = self.pending, HostCopy(vote)
+        return previous is not None and bool(previous.read().item())
+
+    def settle(self):
+        """The outcome of the vote not yet read (False if none)."""
+        previous, self.pending = self.pending, None
+        return previous is not None and bool(previous.read().item())
+
+
 def cleanup():
     if torch_dist.is_initialized():
         torch_dist.destroy_process_group()

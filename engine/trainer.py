@@ -466,24 +466,17 @@ class StepLog:
 
     def add(self, values, names, labels, rows, **where):
         """Queue the copy of this step's values (train_step's); write the line of the step before."""
-        host = torch.empty(values.shape, dtype=values.dtype, pin_memory=values.is_cuda)
-        host.copy_(values, non_blocking=True)
-        event = None
-        if values.is_cuda:
-            event = torch.cuda.Event()
-            event.record()
+        queued = distributed.HostCopy(values)
         self.flush()
-        self.pending = (host, event, names, labels, rows, where)
+        self.pending = (queued, names, labels, rows, where)
 
     def flush(self):
         """Write the pending step's line (before a checkpoint, at the end of an epoch, when stopping)."""
         if self.pending is None:
             return
-        host, event, names, labels, rows, where = self.pending
+        queued, names, labels, rows, where = self.pending
         self.pending = None
-        if event is not None:
-            event.synchronize()
-        values = host.tolist()
+        values = queued.read().tolist()
         losses = dict(zip(names, values))
         flags = values[len(names):len(names) + 2 * len(labels)]
         self.skipped, consecutive = int(values[-2]), int(values[-1])
@@ -711,6 +704,19 @@ def train(opt, stage_class=FrameStage):
     step_log = StepLog(opt, stage, log, iterations)
     counters = torch.zeros(2, device=runtime.device)  # steps skipped in all, and in a row
     run_started = time.perf_counter()
+    stop_vote = distributed.LateVote(runtime)
+
+    def stop_now(epoch, done):
+        """Stop on a signal (to any process) after `done` iterations of `epoch`, with a step checkpoint."""
+        step_log.flush()
+        path = checkpointer.save(epoch, done, global_step, whole_epoch=False)
+        name = signal.Signals(stop.signal).name if stop.signal else "a signal on another process"
+        log.line(f"stopped by {name} at epoch {epoch} iteration {done}: {path} holds the run; "
+                 f"continue with the same command and --resume auto")
+        log.close()
+        distributed.cleanup()
+        raise Stopped(128 + (stop.signal or signal.SIGTERM))
+
     with StopRequest(announce=runtime.is_main) as stop, workers_shut_down(loader):
         for epoch in range(start_epoch, last_epoch + 1):
             first = start_iteration if epoch == start_epoch else 0
@@ -732,17 +738,13 @@ def train(opt, stage_class=FrameStage):
                 global_step += 1
                 if stage.average:
                     stage.average.update(distributed.unwrap(stage.net_g), global_step)
-                stopping = distributed.any_rank(stop.signal is not None, runtime)
-                if stopping or (opt.save_every_steps and global_step % opt.save_every_steps == 0):
+                if stop_vote(stop.signal is not None):
+                    stop_now(epoch, iteration + 1)
+                if opt.save_every_steps and global_step % opt.save_every_steps == 0:
                     step_log.flush()
-                    path = checkpointer.save(epoch, iteration + 1, global_step, whole_epoch=False)
-                if stopping:
-                    name = signal.Signals(stop.signal).name if stop.signal else "a signal on another process"
-                    log.line(f"stopped by {name} at epoch {epoch} iteration {iteration + 1}: {path} holds the run; "
-                             f"continue with the same command and --resume auto")
-                    log.close()
-                    distributed.cleanup()
-                    raise Stopped(128 + (stop.signal or signal.SIGTERM))
+                    checkpointer.save(epoch, iteration + 1, global_step, whole_epoch=False)
+            if stop_vote.settle():  # a signal during the epoch's last iteration (under torchrun: the vote not yet read)
+                stop_now(epoch, iterations)
             step_log.flush()
             for scheduler in schedulers.values():
                 scheduler.step()

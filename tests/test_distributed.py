@@ -111,3 +111,33 @@ def test_cross_process_batchnorm_normalises_by_the_global_batch_with_the_same_gr
     assert torch.allclose(results[0][1], reference.weight.grad, atol=1e-4)
     assert torch.allclose(results[0][2], reference.running_mean, atol=1e-6)
     assert torch.allclose(results[0][3], reference.running_var, atol=1e-5)
+
+
+def votes_on_two_processes(rank, path, flags, queue):
+    import torch
+    import torch.distributed as dist
+    from engine.distributed import LateVote, Runtime
+    dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=2)
+    vote = LateVote(Runtime(torch.device("cpu"), rank, 2))
+    queue.put((rank, [vote(flag) for flag in flags[rank]] + [vote.settle()]))
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("flags", [([0, 0, 1, 0, 0], [0, 0, 0, 0, 0]), ([0, 0, 0, 0, 0], [0, 0, 0, 0, 1])],
+                         ids=["rank 0 at the 3rd", "rank 1 at the last"])
+def test_a_stop_vote_reaches_every_process_at_the_same_iteration_one_later(tmp_path, flags):
+    """The per-iteration stop vote under torchrun is read one iteration late (so the host never waits for the
+    device's step): every process sees a flag raised on any one at the next iteration, or at the epoch's end."""
+    import torch.multiprocessing as mp
+    context = mp.get_context("spawn")
+    queue = context.SimpleQueue()
+    processes = [context.Process(target=votes_on_two_processes, args=(rank, tmp_path / "rendezvous", flags, queue))
+                 for rank in range(2)]
+    for process in processes:
+        process.start()
+    outcomes = dict(queue.get() for _ in processes)
+    for process in processes:
+        process.join(60)
+    raised = next(i for i in range(5) if flags[0][i] or flags[1][i])
+    expected = [i == raised + 1 for i in range(6)]  # 5 votes, then the epoch end's settle
+    assert outcomes == {0: expected, 1: expected}
