@@ -172,8 +172,9 @@ def build_parser():
                         "one number, or per precision as bf16=989,fp32=494.5 (known for H100, H200, A100)")
     parser.add_argument("--json", default=None, help="also write the rows here")
     parser.add_argument("--gpu_check", default=None, metavar="OUT",
-                        help="measure every speed target in one run (about 5 minutes on one GPU; its own choice of "
-                             "rows and settings, with --quick a tiny one) and write OUT/gpu_check.json and .md")
+                        help="measure every speed target in one run (an estimated 5-9 minutes on one GPU; its own "
+                             "choice of rows and settings, with --quick a tiny one) and write OUT/gpu_check.json and "
+                             ".md after every part")
     parser.add_argument("--real_run_seconds", type=number(1), default=40.0,
                         help="--gpu_check: seconds the real training run is timed for, after its first 10 steps")
     parser.add_argument("--in_process", action="store_true", help=argparse.SUPPRESS)  # a training row's own process

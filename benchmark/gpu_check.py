@@ -1,6 +1,7 @@
-"""`bench.py --gpu_check OUT`: every speed target measured in one run (about 5 minutes on one H100/H200), written to
-OUT/gpu_check.json (rows and targets) and OUT/gpu_check.md (the tables). With --quick the same rows, tiny, at mouth
-64 (a CPU test runs it so that it cannot rot).
+"""`bench.py --gpu_check OUT`: every speed target measured in one run (an estimated 5-9 minutes on one H100/H200, not
+yet timed on one), written to OUT/gpu_check.json (rows and targets) and OUT/gpu_check.md (the tables) after every
+part, in this order: bench's training rows, the loader, dubbing and the encoder alone, the real run, the CUDA-graph
+rows. With --quick the same rows, tiny, at mouth 64 (a CPU test runs it so that it cannot rot).
 
 - training, fp32: the published iteration and ours (eager, and the step as one CUDA graph: --compile reduce-overhead)
   at frame 64/bs24, 128/bs12, 256/bs4 and clip 256/bs3, samples/s, ours against the published, MFU on a known GPU;
@@ -237,11 +238,6 @@ def gpu_check(opt, run, tasks, dubbing):
     def measure_rows(**settings):
         return lambda: run(argparse.Namespace(**{**vars(opt), **settings}), tasks, rows)
 
-    for task in opt.tasks.split(","):
-        part(task, measure_rows(tasks=task))
-    if device.type == "cuda" or not opt.quick:  # elsewhere the step runs without CUDA graphs: the same rows again
-        for task in ("train_frame", "train_clip"):
-            part(f"{task} (CUDA graph)", measure_rows(tasks=task, compile="reduce-overhead"))
     with tempfile.TemporaryDirectory(prefix="bench-check-") as folder:
         def real_run():
             rows.append(real_training_run(opt, folder, rows))
@@ -253,7 +249,13 @@ def gpu_check(opt, run, tasks, dubbing):
             rows.append(encode_alone(video, folder, device))
             print(f"ffmpeg encoding alone: {rows[-1]['frames_per_s']:.1f} frames/s ({rows[-1]['decoder']} decoding)",
                   flush=True)
-        part("real_run", real_run)
+        # each target's rows as early as they can come, the CUDA graph rows (an alternative) last
+        for task in opt.tasks.split(","):
+            result, table = part(task, measure_rows(tasks=task))
         result, table = part("encode_alone", encoder)
+        result, table = part("real_run", real_run)
+        if device.type == "cuda" or not opt.quick:  # elsewhere the step runs without CUDA graphs: the same rows again
+            for task in ("train_frame", "train_clip"):
+                result, table = part(f"{task} (CUDA graph)", measure_rows(tasks=task, compile="reduce-overhead"))
     print(table)
     return result
