@@ -61,7 +61,7 @@ def real_training_run(opt, folder, bench_rows):
     command = [sys.executable, "train_DINet_frame.py", "--train_data", os.path.join(data, "training_json.json"),
                "--result_path", result, "--mouth_region_size", str(setting["mouth"]), "--batch_size",
                str(setting["batch"]), "--augment_num", "100000", "--frame_cache_mb", "0", "--vgg19_weights", "random",
-               "--amp", "off", "--image_every", "1000000"]
+               "--amp", "off"]  # the rest as the lab runs it: image grids, TensorBoard, the log line every step
     if setting["workers"] is not None:
         command += ["--num_workers", str(setting["workers"])]
     if opt.device:
