@@ -71,6 +71,22 @@ def test_two_gloo_processes_reach_the_losses_of_one_process_with_the_same_global
     assert sorted(p.name for p in two.glob("*.pth")) == ["netG_model_epoch_1.pth"]
 
 
+def on_two_processes(target, tmp_path, *args):
+    """target(rank, rendezvous path, *args, queue) in two spawned processes; {rank: what it put on the queue after its
+    rank}."""
+    import torch.multiprocessing as mp
+    context = mp.get_context("spawn")
+    queue = context.SimpleQueue()
+    processes = [context.Process(target=target, args=(rank, tmp_path / "rendezvous", *args, queue))
+                 for rank in range(2)]
+    for process in processes:
+        process.start()
+    outputs = {output[0]: output[1:] for output in (queue.get() for _ in processes)}
+    for process in processes:
+        process.join(60)
+    return outputs
+
+
 def batchnorm_on_two_processes(rank, path, inputs, queue):
     import torch
     import torch.distributed as dist
@@ -89,23 +105,14 @@ def batchnorm_on_two_processes(rank, path, inputs, queue):
 
 def test_cross_process_batchnorm_normalises_by_the_global_batch_with_the_same_gradients(tmp_path):
     import torch
-    import torch.multiprocessing as mp
     torch.manual_seed(0)
     inputs = torch.randn(6, 3, 4, 5) * 3 + 1
     reference = torch.nn.BatchNorm2d(3)
     reference.weight.data = torch.tensor([1.0, 2.0, 0.5])
     x = inputs.clone().requires_grad_()
     (reference(x) * torch.cat([torch.arange(x[:3].numel()).view_as(x[:3])] * 2)).sum().backward()
-    context = mp.get_context("spawn")
-    queue = context.SimpleQueue()
-    processes = [context.Process(target=batchnorm_on_two_processes, args=(rank, tmp_path / "rendezvous", inputs, queue))
-                 for rank in range(2)]
-    for process in processes:
-        process.start()
-    results = [[torch.from_numpy(array) for array in result[1:]]
-               for result in sorted([queue.get() for _ in processes], key=lambda result: result[0])]
-    for process in processes:
-        process.join(60)
+    outputs = on_two_processes(batchnorm_on_two_processes, tmp_path, inputs)
+    results = [[torch.from_numpy(array) for array in outputs[rank]] for rank in range(2)]
     grads = torch.cat([result[0] for result in results])
     assert torch.allclose(grads, x.grad, atol=1e-5)
     assert torch.allclose(results[0][1], reference.weight.grad, atol=1e-4)
@@ -128,16 +135,7 @@ def votes_on_two_processes(rank, path, flags, queue):
 def test_a_stop_vote_reaches_every_process_at_the_same_iteration_one_later(tmp_path, flags):
     """The per-iteration stop vote under torchrun is read one iteration late (so the host never waits for the
     device's step): every process sees a flag raised on any one at the next iteration, or at the epoch's end."""
-    import torch.multiprocessing as mp
-    context = mp.get_context("spawn")
-    queue = context.SimpleQueue()
-    processes = [context.Process(target=votes_on_two_processes, args=(rank, tmp_path / "rendezvous", flags, queue))
-                 for rank in range(2)]
-    for process in processes:
-        process.start()
-    outcomes = dict(queue.get() for _ in processes)
-    for process in processes:
-        process.join(60)
+    outcomes = {rank: output[0] for rank, output in on_two_processes(votes_on_two_processes, tmp_path, flags).items()}
     raised = next(i for i in range(5) if flags[0][i] or flags[1][i])
     expected = [i == raised + 1 for i in range(6)]  # 5 votes, then the epoch end's settle
     assert outcomes == {0: expected, 1: expected}
