@@ -98,5 +98,5 @@ class FrameDataset(Dataset):
             "source": image_tensor(source),                                    # (3, H, W) uint8
             "source_masked": image_tensor(mask_mouth(source, self.geometry)),  # (3, H, W), mouth zeroed
             "reference": image_tensor(*references),                            # (15, H, W)
-            "audio": torch.tensor(window, dtype=torch.float32).t(),        # (A, 5)
+            "audio": torch.tensor(window, dtype=torch.float32).t(),            # (A, 5)
         }
