@@ -143,10 +143,11 @@ class LateVote:
     def __call__(self, flag):
         if not self.runtime.distributed:
             return bool(flag)
+        outcome = self.settle()  # the last iteration's vote: its copy was queued before this iteration's step
         vote = torch.full((), float(bool(flag)), device=self.runtime.device)
         torch_dist.all_reduce(vote, op=torch_dist.ReduceOp.MAX)  # under NCCL the stream waits for it, not the host
-        previous, self.pending = self.pending, HostCopy(vote)
-        return previous is not None and bool(previous.read().item())
+        self.pending = HostCopy(vote)
+        return outcome
 
     def settle(self):
         """The outcome of the vote not yet read (False if none)."""
