@@ -50,7 +50,7 @@ def configure(opt):
         opt.train_iterations, opt.train_warmup = 20, 5
 
 
-def real_training_run(opt, folder, bench_rows):
+def real_training_run(opt, folder, bench_rows, device):
     """The frame stage trained as a user runs it, on the procedural demo data: samples/s while its log grows
     (after its first steps), then SIGTERM; returns a row."""
     setting = QUICK_REAL_RUN if opt.quick else REAL_RUN
@@ -92,7 +92,6 @@ def real_training_run(opt, folder, bench_rows):
             raise UserError(f"the real training run logged too few steps: {f.read().strip()[-2000:]}")
     rate = (last[1] - first[1]) * setting["batch"] / (last[0] - first[0])
     from engine.trainer import loader_workers
-    device = torch.device(opt.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     row = dict(task="real_run", mouth=setting["mouth"], batch=setting["batch"], precision="fp32",
                num_workers=loader_workers(setting["workers"], device), samples_per_s=rate, steps=last[1] - first[1],
                seconds=last[0] - first[0])
@@ -240,7 +239,7 @@ def gpu_check(opt, run, tasks, dubbing):
 
     with tempfile.TemporaryDirectory(prefix="bench-check-") as folder:
         def real_run():
-            rows.append(real_training_run(opt, folder, rows))
+            rows.append(real_training_run(opt, folder, rows, device))
             print(f"real training run: {rows[-1]['samples_per_s']:.1f} samples/s", flush=True)
 
         def encoder():
