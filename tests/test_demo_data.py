@@ -112,7 +112,8 @@ def test_a_training_crops_scale_does_not_tell_how_far_its_mouth_opens(demo):
     demo_dir, _ = demo
     radii, widest = [], []
     for video in ("demo_000", "demo_001"):
-        opening = _landmarks(demo_dir, video)[:, 66, 1] - _landmarks(demo_dir, video)[:, 62, 1]
+        landmarks = _landmarks(demo_dir, video)
+        opening = landmarks[:, 66, 1] - landmarks[:, 62, 1]
         for clip in sorted(os.listdir(_path(demo_dir, "split_video_25fps_crop_face", video))):
             first = sorted(os.listdir(_path(demo_dir, "split_video_25fps_crop_face", f"{video}/{clip}")))[0]
             crop = cv2.imread(_path(demo_dir, "split_video_25fps_crop_face", f"{video}/{clip}/{first}"))
