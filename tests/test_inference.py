@@ -5,6 +5,7 @@ import sys
 import threading
 import time
 
+import imageio_ffmpeg
 import numpy as np
 import pytest
 import torch
@@ -273,6 +274,30 @@ def test_decoded_video_streams_4_2_0_frames_and_stops_early(demo):
     frames = list(video.rgb_frames())
     assert len(frames) == len(expected) and near(frames[5], expected[5])
     video.close()
+
+
+def test_frames_that_fill_the_scratch_folder_stop_decoding_naming_it_and_leave_nothing(tmp_path):
+    """A raw H.264 stream gives no duration, so the folder is chosen for 11 s of frames: 20 s fill it (2 MB of its
+    own, in a user and mount namespace), as another program filling the disk meanwhile would. ffmpeg's messages go
+    to the same full folder, so the full folder is seen by its free space."""
+    if subprocess.run(["unshare", "-Urm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs unshare -Urm (user namespaces) to mount a small file system")
+    stream = tmp_path / "long.h264"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc=size=64x64:rate=25:duration=20", "-c:v", "libx264", "-preset", "ultrafast", str(stream)],
+                   check=True)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    decode = ("import sys\nfrom common.errors import UserError\nfrom media.decoder import DecodedVideo\ntry:\n"
+              "    print(len(DecodedVideo(sys.argv[1], pixel_format=\"yuv420p\")))\nexcept UserError as error:\n    sys.exit(str(error))\n")
+    script = ("mount -t tmpfs -o size=1m tmpfs /dev/shm && mount -t tmpfs -o size=2m tmpfs \"$TMPDIR\" && "
+              "\"$@\"; status=$?; echo left: $(ls -A /dev/shm) $(ls -A \"$TMPDIR\") >&2; exit $status")
+    result = subprocess.run(["unshare", "-Urm", "sh", "-c", script, "sh", sys.executable, "-c", decode, str(stream)],
+                            cwd=ROOT, env={**os.environ, "TMPDIR": str(scratch)}, capture_output=True, text=True)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stdout + result.stderr[-2000:]
+    assert lines[0].startswith(f"{stream}: the decoded frames filled {scratch}/dub-frames-"), lines
+    assert "TMPDIR" in lines[0] and lines[-1] == "left:"
 
 
 def test_faces_found_as_the_video_decodes_are_those_of_the_decoded_video(demo):
