@@ -166,6 +166,7 @@ class DubbingBench:
             inputs = generator_inputs(mouth_size, 1, config.audio_channel, torch.device("cpu"))
             flops = reference_once_flops(network, inputs)  # per frame, the reference branch not counted
             row = dict(task="inference", lab=lab, mouth=mouth_size, batch=done["batch"], precision=precision,
+                       host_threads=done["host_threads"],
                        frames_per_s=frames / seconds, end_to_end=True, frames=frames, video=description,
                        seconds=seconds, gflops_per_sample=flops / 1e9,
                        achieved_gflops_per_s=flops * frames / seconds / 1e9,

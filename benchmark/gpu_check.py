@@ -204,6 +204,12 @@ def markdown(rows, lines, device_name):
         text.append(f"| {name} | {row.get('mouth', '')} | {row.get('batch', '')} | {rate_text(rate)} | "
                     f"{cell('seconds_per_iter', '.4f')} | {cell('achieved_gflops_per_s', '.0f')} | "
                     f"{format(row['mfu'], '.1%') if 'mfu' in row else ''} | {cell('peak_memory_gb', '.1f')} |")
+    stages = [row for row in rows if "stage_seconds" in row]  # where dubbing's time went, busy seconds per stage
+    text += ["", "Dubbing's stages (seconds each was busy; they overlap):", ""] if stages else []
+    text += [f"- mouth {row['mouth']} {row['precision']}, {row['frames']} frames in {row['seconds']:.2f} s, "
+             f"host threads {row.get('host_threads', 1)}: " +
+             ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in row["stage_seconds"].items() if stage != "total")
+             for row in stages]
     return "\n".join(text) + "\n"
 
 

@@ -27,7 +27,7 @@ def load_network(job):
 def dub_job(job):
     """Dubbing as `python inference.py` runs it (the caller sets OMP_WAIT_POLICY=PASSIVE, which must be set before
     torch loads)."""
-    from dubbing.pipeline import DubbingModel, dub
+    from dubbing.pipeline import DubbingModel, dub, host_threads
     from inference import tune_cpu_allocator
     device = torch.device(job["device"])
     if device.type == "cpu":
@@ -36,7 +36,7 @@ def dub_job(job):
     result = dub(job["video"], job["audio"], DubbingModel(load_network(job).to(device), job["mouth"], "mel"),
                  job["output"], device, landmark_csv=job["landmarks"], batch_size=job["batch"], amp=job["amp"],
                  timings=timings, progress=False)
-    return dict(frames=result.frames, batch=result.batch_size, timings=timings)
+    return dict(frames=result.frames, batch=result.batch_size, host_threads=host_threads(device), timings=timings)
 
 
 def published_job(job):

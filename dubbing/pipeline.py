@@ -10,7 +10,9 @@ streams crop and run the generator batch by batch (optimize_for_inference's copy
 channels_last, bf16 autocast with --amp bf16; or an ONNX export in onnxruntime, dubbing/onnx_generator.py, when the
 DubbingModel holds one; on a CPU two batches at once, each on half the threads,
 `generator_streams`; on a GPU one, cropping the next batch while the GPU computes this one), and a writer thread
-blends each frame, in order, and streams it to the encoder (media/encoder.py, x264 `veryfast`). Frames stay
+streams the frames, in order, to the encoder (media/encoder.py, x264 `veryfast`), the faces blended into them on
+its own thread on a CPU and a few frames ahead on `host_threads` on a GPU, where the crops are spread over as
+many. Frames stay
 4:2:0 YUV from decoder to encoder (media/yuv.py): only face boxes are converted to RGB and back. `timings` (a
 dict) collects the seconds each stage was busy (summed over the generator streams): decode, features,
 landmarks, references (their crops, once decoded), crops, generator, blend, encode (waiting on ffmpeg), total.
@@ -24,7 +26,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict, defaultdict, deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -225,9 +227,10 @@ def face_crop(frame, landmarks, radius, geometry, colour=None):
     return cv2.resize(crop, (geometry.width, geometry.height), interpolation=cv2.INTER_AREA), box
 
 
-def to_batch(images):
-    """list of (H, W, C) uint8 -> (B, C, H, W) float in [0, 1] (channels_last strides: a view of the stack)."""
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
+def to_batch(images, device=None):
+    """list of (H, W, C) uint8 -> (B, C, H, W) float in [0, 1] on `device` (channels_last strides: a view of the
+    stack), made float there: a quarter of the bytes to copy to a GPU."""
+    return torch.from_numpy(np.stack(images)).to(device).permute(0, 3, 1, 2).float() / 255.0
 
 
 @dataclass
@@ -323,9 +326,9 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
                     if number not in kept:
                         with times("references"):  # mostly waiting for the decoder to reach them
                             crops = [crop(t)[0] for t in chosen[number]]
-                            batch = to_batch([np.concatenate(crops, axis=2)]).to(device)  # (1, 15, H, W)
+                            batch = to_batch([np.concatenate(crops, axis=2)], device)  # (1, 15, H, W)
                         with times("generator"):
-                            kept[number] = network.encode_reference(batch), to_batch([crops[0]]).to(device)
+                            kept[number] = network.encode_reference(batch), to_batch([crops[0]], device)
                         while len(kept) > REFERENCE_SHOTS:
                             kept.popitem(last=False)
                     kept.move_to_end(number)
@@ -347,7 +350,10 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
                 encoders[0].abort()
                 raise
             mask = paste_mask(geometry)
-            writer = _Writer(source, index, FaceBlender(mask, video.colour), times, *encoders)
+            threads = host_threads(device)
+            writer = _Writer(source, index, FaceBlender(mask, video.colour), times, threads, *encoders)
+            # on a GPU the host's crops are what the generator waits for: spread over `threads`
+            cropper = ThreadPoolExecutor(threads, "dub-crop") if threads > 1 else None
             first_row = 0 if face_video_path else first_pasted_row(mask)  # the face video shows whole crops
 
             def generated(frames):  # in a generator stream: crops and generator calls for one batch
@@ -355,8 +361,8 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
                 if not batch:
                     return frames, batch, (), None, ()
                 with times("crops"):
-                    crops, boxes = zip(*(crop(t) for t in batch))
-                    masked = mask_mouth(to_batch(crops), geometry).to(device)
+                    crops, boxes = zip(*(cropper.map(crop, batch) if cropper else map(crop, batch)))
+                    masked = mask_mouth(to_batch(crops, device), geometry)
                     audio = torch.from_numpy(np.stack([padded_features[t:t + AUDIO_WINDOW].T for t in batch]))
                     audio = audio.float().to(device)
                 with times("generator"):
@@ -390,6 +396,8 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
                 raise
             finally:
                 pool.shutdown(cancel_futures=True)  # after an error: the batches not started are dropped
+                if cropper:
+                    cropper.shutdown(cancel_futures=True)
         finally:
             times["decode"] = video.decode_seconds
             video.close()
@@ -405,6 +413,16 @@ def encoder_threads(device):
     up with the generator, and each frame thread costs cores in synchronisation and duplicated analysis); on a
     GPU x264's own choice (1.5 per core), as the generator there outruns one encoder thread (docs/performance.md)."""
     return max(1, torch.get_num_threads() // 4) if device.type == "cpu" else None
+
+
+def host_threads(device):
+    """Threads that crop frames and blend faces beside the generator. On a CPU one: the crops stay in the generator
+    streams and the blend in the writer, as the cores are the generator's. On a GPU, where the host's crops and
+    blends are what dubbing waits for, a quarter of the cores (x264's threads need the rest), 2 to 8."""
+    if device.type == "cpu":
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(2, min(8, cores // 4))
 
 
 def generator_streams(device):
@@ -459,12 +477,13 @@ def _face_track(video, landmark_csv, source_video_path, face, times, progress):
 
 class _Writer(threading.Thread):
     """Blends generated faces into their frames and streams the frames to the encoder(s), in order, while the
-    main thread generates the next batch. Items: (output frame numbers, {t: (face (H, W, 3) float, box)})."""
+    main thread generates the next batch. Items: (output frame numbers, {t: (face (H, W, 3) float, box, weight)}).
+    With `threads` above 1 the frames are blended on that many threads, a few frames ahead of the encoder."""
 
-    def __init__(self, source, index, blender, times, encoder, face_encoder=None):
+    def __init__(self, source, index, blender, times, threads, encoder, face_encoder=None):
         super().__init__(name="dub-writer", daemon=True)
         self.source, self.index, self.blender, self.times = source, index, blender, times
-        self.encoder, self.face_encoder = encoder, face_encoder
+        self.threads, self.encoder, self.face_encoder = threads, encoder, face_encoder
         self.items = queue.Queue(maxsize=2)
         self.error = None
         self.cancelled = False
@@ -513,24 +532,48 @@ class _Writer(threading.Thread):
                 continue
 
     def _write(self):
-        mask_shape = self.blender.mask.shape
-        blank_face = np.zeros((*mask_shape, 3), np.uint8)
-        while (item := self._next()) is not None:
-            frames, generated = item
-            for t in frames:
-                planes = self.source[self.index[t]]
-                bands, face = planes, blank_face
-                if t in generated:
-                    started = time.perf_counter()
-                    face, (top, bottom, left, right), weight = generated[t]
-                    chroma = slice(top // 2, (bottom + 1) // 2)
-                    # only the rows of the face box are copied and changed
-                    rows = (np.array(planes[0][top:bottom]), np.array(planes[1][chroma]), np.array(planes[2][chroma]))
-                    self.blender.paste(rows, face, (top, bottom, left, right), weight)
-                    bands = [band for plane, changed, span in zip(planes, rows, (slice(top, bottom), chroma, chroma))
-                             for band in (plane[:span.start], changed, plane[span.stop:])]
-                    face = face.astype(np.uint8)
-                    self.times["blend"] += time.perf_counter() - started
-                self.encoder.write(*bands)
-                if self.face_encoder is not None:
-                    self.face_encoder.write(face)
+        pool = ThreadPoolExecutor(self.threads, "dub-blend") if self.threads > 1 else None
+        ahead = 2 * self.threads if pool else 0  # frames blended or being blended before the encoder takes them
+        pending = deque()
+        try:
+            while (item := self._next()) is not None:
+                frames, generated = item
+                for t in frames:
+                    pending.append(pool.submit(self._frame, t, generated.get(t)) if pool else
+                                   _done(self._frame(t, generated.get(t))))
+                    while len(pending) > ahead:
+                        self._send(*pending.popleft().result())
+            while pending:
+                self._send(*pending.popleft().result())
+        finally:
+            if pool:
+                pool.shutdown(cancel_futures=True)
+
+    def _frame(self, t, generated):
+        """(frame t's bands in the order of its bytes, the face for the face video or None): the frame as decoded,
+        or with `generated` = (face, box, weight) blended into copies of the rows of its face box."""
+        planes = self.source[self.index[t]]
+        if generated is None:
+            return planes, None
+        with self.times("blend"):
+            face, (top, bottom, left, right), weight = generated
+            chroma = slice(top // 2, (bottom + 1) // 2)
+            # only the rows of the face box are copied and changed
+            rows = (np.array(planes[0][top:bottom]), np.array(planes[1][chroma]), np.array(planes[2][chroma]))
+            self.blender.paste(rows, face, (top, bottom, left, right), weight)
+            bands = [band for plane, changed, span in zip(planes, rows, (slice(top, bottom), chroma, chroma))
+                     for band in (plane[:span.start], changed, plane[span.stop:])]
+            return bands, face.astype(np.uint8)
+
+    def _send(self, bands, face):
+        self.encoder.write(*bands)
+        if self.face_encoder is not None:
+            self.face_encoder.write(face if face is not None else
+                                    np.zeros((*self.blender.mask.shape, 3), np.uint8))
+
+
+def _done(result):
+    """A finished future holding `result`: the writer's frames when it blends them itself."""
+    future = Future()
+    future.set_result(result)
+    return future

@@ -32,6 +32,9 @@ def test_gpu_check_measures_every_target_and_writes_its_tables(tmp_path):
     assert targets["dubbing at mouth 64, 256x256"]["value"] == dubbing["frames_per_s"] / encoder["frames_per_s"]
     table = (out / "gpu_check.md").read_text()
     assert "| target | measured | met |" in table and "real_run" in table
+    stages = table.split("Dubbing's stages")[1]  # where dubbing waited, to see on the GPU what it waits for
+    assert f"- mouth 64 {dubbing['precision']}, {dubbing['frames']} frames" in stages and "host threads 1" in stages
+    assert all(stage in stages for stage in ("decode", "references", "crops", "generator", "blend", "encode"))
 
 
 def test_a_failing_part_costs_that_part_alone_and_the_tables_are_still_written(tmp_path, monkeypatch):

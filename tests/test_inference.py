@@ -365,6 +365,42 @@ def test_two_generator_streams_dub_as_one_does(demo, checkpoint, tmp_path, monke
     assert dubbing.pipeline.generator_streams(torch.device("cpu")) == (2 if torch.get_num_threads() >= 2 else 1)
 
 
+def test_crops_and_blends_spread_over_host_threads_dub_as_one_thread_does(demo, checkpoint, tmp_path, monkeypatch):
+    """On a GPU the host crops and blends on several threads (`host_threads`); forced here on a CPU, the dubbed
+    video and the face video are the one-thread run's to the bit, each frame in its place."""
+    import dubbing.pipeline
+    video = str(demo / "split_video_25fps" / "demo_000.mp4")
+    audio = cut_audio(demo / "split_video_25fps_audio" / "demo_001.wav", 1.2, tmp_path / "speech.wav")
+    landmarks = str(demo / "split_video_25fps_landmark_openface" / "demo_000.csv")
+    generator = load_generator(checkpoint, torch.device("cpu"))
+    face_crop, paste, threads = dubbing.pipeline.face_crop, dubbing.pipeline.FaceBlender.paste, set()
+
+    def cropping(*args):
+        threads.add(threading.current_thread().name.rsplit("_", 1)[0])
+        return face_crop(*args)
+
+    def pasting(*args):
+        threads.add(threading.current_thread().name.rsplit("_", 1)[0])
+        return paste(*args)
+    monkeypatch.setattr(dubbing.pipeline, "face_crop", cropping)
+    monkeypatch.setattr(dubbing.pipeline.FaceBlender, "paste", pasting)
+    outputs = {}
+    for count in (1, 4):
+        threads.clear()
+        monkeypatch.setattr(dubbing.pipeline, "host_threads", lambda device: count)
+        out, faces = tmp_path / f"{count}.mp4", tmp_path / f"{count}_face.mp4"
+        dub(video, audio, generator, str(out), torch.device("cpu"), landmark_csv=landmarks, batch_size=4,
+            face_video_path=str(faces), progress=False)
+        outputs[count] = [np.stack(list(read_video_frames(str(path)))) for path in (out, faces)]
+        expected = {"dub-crop", "dub-blend"} if count > 1 else {"dub-generator", "dub-writer"}
+        assert expected <= threads, threads
+    assert len(outputs[1][0]) == len(outputs[1][1]) == 30
+    for one, spread in zip(outputs[1], outputs[4]):
+        assert np.array_equal(one, spread)
+    monkeypatch.undo()
+    assert dubbing.pipeline.host_threads(torch.device("cpu")) == 1
+
+
 def test_published_loop_dubs_as_dinets_inference_script(demo, tmp_path):
     """benchmark/published/ (bench.py's baseline): frames - 1 frames made, the driving audio muxed in, and each
     frame the source's except the top 3r rows of its face crop, where the generator's face is pasted."""
