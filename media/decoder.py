@@ -63,8 +63,10 @@ def _running(pid):
 
 
 def _file_size(path):
+    """Its size as of now: opened anew each time, as a network file system refreshes a file's size on open."""
     try:
-        return os.path.getsize(path)
+        with open(path, "rb") as file:
+            return os.fstat(file.fileno()).st_size
     except FileNotFoundError:  # ffmpeg has not opened it yet
         return 0
 
