@@ -18,7 +18,9 @@ import os
 import pickletools
 import shutil
 import signal
+import sys
 import tempfile
+import time
 import zipfile
 from contextlib import contextmanager
 
@@ -98,6 +100,7 @@ class Jobs:
 
     def __init__(self, opt, folder):
         self.opt, self.folder = opt, folder
+        self.jobs = 0
 
     def label(self, path):
         """`path` as the page shows it: within --checkpoint_dir, relative to it."""
@@ -138,27 +141,35 @@ class Jobs:
         return f"mouth {generator.mouth_size} (read from the checkpoint), {generator.audio_feature} audio features"
 
     @contextmanager
-    def job(self, *uploads):
+    def job(self, kind, *uploads):
         """A fresh folder for one job; a UserError (or a bad flag) becomes the page's one-line error, the upload's
-        temporary path shown as its file name, and the folder is removed."""
+        temporary path shown as its file name, and the folder is removed. The server's log gets a line as the job
+        starts and one as it ends, saying how."""
         import gradio as gr
+        self.jobs += 1
+        name, started = f"{kind} job {self.jobs}", time.perf_counter()
+        log = lambda what: print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {name}: {what}", file=sys.stderr, flush=True)
+        log("started")
         folder = tempfile.mkdtemp(dir=self.folder)
         try:
             yield folder
+            log(f"done in {time.perf_counter() - started:.1f} s")
         except (UserError, argparse.ArgumentError) as error:
             shutil.rmtree(folder, ignore_errors=True)
             message = str(error)
             for path in (path for group in uploads for path in ([group] if isinstance(group, str) else group or ())):
                 message = message.replace(path, os.path.basename(path))
+            log(f"refused: {message}")
             raise gr.Error(message, print_exception=False) from None
-        except BaseException:
+        except BaseException as error:
             shutil.rmtree(folder, ignore_errors=True)
+            log(f"failed: {type(error).__name__}: {error}")
             raise
 
     def dub(self, source, speech, checkpoint, amp, face, length, close_on_silence, progress=None):
         """(the dubbed video, what was dubbed), with inference.py's flags from the form."""
         import inference
-        with self.job(source, speech) as folder:
+        with self.job("dub", source, speech) as folder:
             for upload, what in ((source, "--source_video_path: upload the face, a video or a photo"),
                                  (speech, "--driving_audio_path: upload the speech")):
                 if not upload:
@@ -186,7 +197,7 @@ class Jobs:
     def score(self, videos, sources, syncnet, lse_syncnet, lpips_weights):
         """(the table in markdown, its CSV), with evaluate.py's flags from the form (videos scored as they are)."""
         import evaluate
-        with self.job(videos, sources) as folder:
+        with self.job("score", videos, sources) as folder:
             if not videos:
                 raise UserError("--videos: upload the videos to score")
             argv = ["--videos", *videos, *(["--sources", *sources] if sources else []),
