@@ -12,9 +12,8 @@ DubbingModel holds one; on a CPU two batches at once, each on half the threads,
 `generator_streams`; on a GPU one, cropping the next batch while the GPU computes this one), and a writer thread
 streams the frames, in order, to the encoder (media/encoder.py, x264 `veryfast`), the faces blended into them on
 its own thread on a CPU and a few frames ahead on `host_threads` on a GPU, where the crops are spread over as
-many. Frames stay
-4:2:0 YUV from decoder to encoder (media/yuv.py): only face boxes are converted to RGB and back. `timings` (a
-dict) collects the seconds each stage was busy (summed over the generator streams): decode, features,
+many. Frames stay 4:2:0 YUV from decoder to encoder (media/yuv.py): only face boxes are converted to RGB and back.
+`timings` (a dict) collects the seconds each stage was busy (summed over the generator streams): decode, features,
 landmarks, references (their crops, once decoded), crops, generator, blend, encode (waiting on ffmpeg), total.
 `batch_size` is the most frames per generator call; on CPU, large mouths get fewer (`frames_per_call`).
 `dub` changes no process-wide setting. For speed on CPU, run it as inference.py does: in a process started with

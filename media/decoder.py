@@ -2,8 +2,8 @@
 video in a file, not in the process's memory: ffmpeg writes its raw frames (RGB, or with pixel_format="yuv420p"
 4:2:0 YUV as the codec holds them, media/yuv.py, odd sizes padded by a pixel to even) straight into a file that is
 memory-mapped as it grows, so any frame can be revisited (ping-pong) and no frame passes through a pipe and a copy
-in Python (which took decoding a 1080x1920 video from 0.65 s to 1.05 s on a 2-core CPU). Short videos go to /dev/shm
-(RAM), long ones to the temporary folder on disk, so a long 1080p video costs disk, not RAM.
+in Python (a large share of decoding's time, docs/performance.md). Short videos go to /dev/shm (RAM), long ones to
+the temporary folder on disk, so a long 1080p video costs disk, not RAM.
 
 With background=True the constructor returns at once and decoding goes on in a thread: `frame(i)` and
 `wait_for(i)` block until frame i is there, so the dubbing loop starts on the first frames while ffmpeg decodes

@@ -289,7 +289,8 @@ def test_frames_that_fill_the_scratch_folder_stop_decoding_naming_it_and_leave_n
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     decode = ("import sys\nfrom common.errors import UserError\nfrom media.decoder import DecodedVideo\ntry:\n"
-              "    print(len(DecodedVideo(sys.argv[1], pixel_format=\"yuv420p\")))\nexcept UserError as error:\n    sys.exit(str(error))\n")
+              "    print(len(DecodedVideo(sys.argv[1], pixel_format='yuv420p')))\n"
+              "except UserError as error:\n    sys.exit(str(error))\n")
     script = ("mount -t tmpfs -o size=1m tmpfs /dev/shm && mount -t tmpfs -o size=2m tmpfs \"$TMPDIR\" && "
               "\"$@\"; status=$?; echo left: $(ls -A /dev/shm) $(ls -A \"$TMPDIR\") >&2; exit $status")
     result = subprocess.run(["unshare", "-Urm", "sh", "-c", script, "sh", sys.executable, "-c", decode, str(stream)],
