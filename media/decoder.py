@@ -26,7 +26,7 @@ import numpy as np
 
 from common.errors import UserError
 
-from .ffmpeg import FULL_DISK_MESSAGES, FFmpeg, probe
+from .ffmpeg import FFmpeg, probe
 from .yuv import frame_bytes, planes, rgb_frame, rgb_region, source_colour
 
 
@@ -188,8 +188,7 @@ class DecodedVideo:
                     return
                 if ffmpeg.wait() != 0:
                     # its messages may not say so: they go to the temporary folder, which may be the full one
-                    if _free_bytes(self._folder.name) < self._frame_bytes or any(
-                            text in line for line in ffmpeg.messages() for text in FULL_DISK_MESSAGES):
+                    if _free_bytes(self._folder.name) < self._frame_bytes or ffmpeg.filled_disk():
                         raise UserError(
                             f"{self.path}: the decoded frames filled {self._folder.name} "
                             f"({_megabytes(self._decoded * self._frame_bytes)} so far); free space there or point "

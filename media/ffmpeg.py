@@ -95,18 +95,24 @@ class FFmpeg:
         naming the output (the earlier one is intact: outputs are written under another name), else ffmpeg's last
         message, or `reason`."""
         returncode, messages = self.process.returncode, self.messages()
-        # SIGXFSZ: killed for writing past the file-size limit, which is what a full disk looks like under one
-        killed_by_limit = returncode == -signal.SIGXFSZ
-        last = messages[-1] if messages else os.strerror(errno.EFBIG) if killed_by_limit else (
+        last = messages[-1] if messages else os.strerror(errno.EFBIG) if self._killed_by_limit() else (
             reason or f"exit code {returncode}")
         if self.output is None:
             return UserError(f"{self.path}: ffmpeg could not decode it ({last}); re-encode it with ffmpeg")
-        if killed_by_limit or any(text in line for line in messages for text in FULL_DISK_MESSAGES):
+        if self.filled_disk():
             return not_written(self.output, last)
         not_writable = [os.strerror(code) for code in (errno.EACCES, errno.EPERM, errno.EROFS)]
         if any("output" in line and text in line for line in messages for text in not_writable):
             return not_written(self.output, last, full_disk=False)
         return UserError(f"{self.path}: ffmpeg failed ({last})")
+
+    def _killed_by_limit(self):
+        # SIGXFSZ: killed for writing past the file-size limit, which is what a full disk looks like under one
+        return self.process.returncode == -signal.SIGXFSZ
+
+    def filled_disk(self):
+        """Whether the ended ffmpeg stopped for a full disk (or a file-size limit), as its messages or its end say."""
+        return self._killed_by_limit() or any(text in line for line in self.messages() for text in FULL_DISK_MESSAGES)
 
     def finish(self):
         """Wait for ffmpeg to end; raise its failure unless it succeeded."""
