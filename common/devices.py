@@ -4,6 +4,7 @@
 (dubbing on CUDA compute capability 8.0 and newer; CPUs with AMX or AVX512-BF16), fp32 elsewhere: the faster
 choice on each, as measured (docs/performance.md).
 """
+import os
 import warnings
 
 import torch
@@ -11,6 +12,11 @@ import torch
 from .errors import UserError
 
 AMP_CHOICES = ("auto", "off", "bf16", "fp16")
+
+
+def usable_cores():
+    """The CPU cores this process may run on (its affinity where the system tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def cpu_has_native_bf16():

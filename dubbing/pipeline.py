@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from common.devices import usable_cores
 from common.errors import UserError
 from common.geometry import (
     AUDIO_WINDOW,
@@ -420,8 +421,7 @@ def host_threads(device):
     blends are what dubbing waits for, a quarter of the cores (x264's threads need the rest), 2 to 8."""
     if device.type == "cpu":
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(2, min(8, cores // 4))
+    return max(2, min(8, usable_cores() // 4))
 
 
 def generator_streams(device):

@@ -28,6 +28,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
+from common.devices import usable_cores
 from common.errors import Stopped, UserError
 from common.files import check_writable, remove_stale_temporaries
 from common.geometry import CropGeometry
@@ -642,8 +643,7 @@ def loader_workers(requested, device):
         return requested
     if device.type != "cuda":
         return 2
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(2, min(8, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")) - 1))
+    return max(2, min(8, usable_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")) - 1))
 
 
 def train(opt, stage_class=FrameStage):
