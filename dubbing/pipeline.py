@@ -25,7 +25,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict, defaultdict, deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -532,15 +532,16 @@ class _Writer(threading.Thread):
 
     def _write(self):
         pool = ThreadPoolExecutor(self.threads, "dub-blend") if self.threads > 1 else None
-        ahead = 2 * self.threads if pool else 0  # frames blended or being blended before the encoder takes them
         pending = deque()
         try:
             while (item := self._next()) is not None:
                 frames, generated = item
                 for t in frames:
-                    pending.append(pool.submit(self._frame, t, generated.get(t)) if pool else
-                                   _done(self._frame(t, generated.get(t))))
-                    while len(pending) > ahead:
+                    if pool is None:
+                        self._send(*self._frame(t, generated.get(t)))
+                        continue
+                    pending.append(pool.submit(self._frame, t, generated.get(t)))
+                    while len(pending) > 2 * self.threads:  # blended or being blended before the encoder takes them
                         self._send(*pending.popleft().result())
             while pending:
                 self._send(*pending.popleft().result())
@@ -569,10 +570,3 @@ class _Writer(threading.Thread):
         if self.face_encoder is not None:
             self.face_encoder.write(face if face is not None else
                                     np.zeros((*self.blender.mask.shape, 3), np.uint8))
-
-
-def _done(result):
-    """A finished future holding `result`: the writer's frames when it blends them itself."""
-    future = Future()
-    future.set_result(result)
-    return future
