@@ -178,6 +178,10 @@ def run(opt, generator=None, progress=True):
           + (f": {result.passed_through_ranges}" if result.passed_through else ""))
     if face_path:
         print(f"wrote {face_path}")
+    if result.hardware_failure:
+        print(f"note: decoded on the CPU: the GPU's decoder (NVDEC) could not start ({result.hardware_failure})")
+    elif result.decoder == "cuda":
+        print("decoded by the GPU's decoder (NVDEC)")
     return result
 
 

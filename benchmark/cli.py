@@ -162,6 +162,9 @@ def build_parser():
     parser.add_argument("--inference_repeats", type=integer(1), default=1,
                         help="inference: runs of each dubbing row, in turn with runs of the published loop (for the "
                              "first precision); rows give their runs' median frames/s (and every run's in the JSON)")
+    parser.add_argument("--dub_decoder", default="auto", choices=("auto", "software"),
+                        help="inference: what decodes the video: auto as inference.py (NVDEC on a GPU where ffmpeg "
+                             "can), or ffmpeg's software decoder")
     parser.add_argument("--num_workers", type=integer(0), default=None,
                         help="loader: worker processes (default: training's for the device)")
     parser.add_argument("--loader_augment_num", type=integer(1), default=32, help="loader: samples per video per epoch")

@@ -152,7 +152,7 @@ class DubbingBench:
         for mouth_size in mouths:
             job = dict(config=config.to_dict(), weights=self.weights, device=str(device), video=video, audio=audio,
                        landmarks=landmarks, mouth=mouth_size, batch=opt.inference_batch,
-                       amp="bf16" if precision == "bf16" else "off",
+                       amp="bf16" if precision == "bf16" else "off", decoder=opt.dub_decoder,
                        output=os.path.join(folder, f"out_{mouth_size}_{precision}.mp4"))
             published, runs = None, []
             for repeat in range(opt.inference_repeats):  # the published loop and ours in turn
@@ -166,7 +166,8 @@ class DubbingBench:
             inputs = generator_inputs(mouth_size, 1, config.audio_channel, torch.device("cpu"))
             flops = reference_once_flops(network, inputs)  # per frame, the reference branch not counted
             row = dict(task="inference", lab=lab, mouth=mouth_size, batch=done["batch"], precision=precision,
-                       host_threads=done["host_threads"],
+                       host_threads=done["host_threads"], decoder=done["decoder"],
+                       **({"hardware_failure": done["hardware_failure"]} if done["hardware_failure"] else {}),
                        frames_per_s=frames / seconds, end_to_end=True, frames=frames, video=description,
                        seconds=seconds, gflops_per_sample=flops / 1e9,
                        achieved_gflops_per_s=flops * frames / seconds / 1e9,

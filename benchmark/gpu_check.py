@@ -1,7 +1,8 @@
 """`bench.py --gpu_check OUT`: every speed target measured in one run (an estimated 5-9 minutes on one H100/H200, not
 yet timed on one), written to OUT/gpu_check.json (rows and targets) and OUT/gpu_check.md (the tables) after every
 part, in this order: bench's training rows, the loader, dubbing and the encoder alone, the real run, the CUDA-graph
-rows. With --quick the same rows, tiny, at mouth 64 (a CPU test runs it so that it cannot rot).
+rows, and where dubbing decoded with the GPU's decoder (NVDEC), dubbing at mouth 64 with ffmpeg's software decoder.
+With --quick the same rows, tiny, at mouth 64 (a CPU test runs it so that it cannot rot).
 
 - training, fp32: the published iteration and ours (eager, and the step as one CUDA graph: --compile reduce-overhead)
   at frame 64/bs24, 128/bs12, 256/bs4 and clip 256/bs3, samples/s, ours against the published, MFU on a known GPU;
@@ -9,8 +10,9 @@ rows. With --quick the same rows, tiny, at mouth 64 (a CPU test runs it so that 
   default loader workers, no crop cache: every JPEG decoded, as on a data set larger than the cache) for
   --real_run_seconds, its samples/s from its log as it grows, stopped by SIGTERM, against the bench row's rate; and
   bench's loader rows;
-- dubbing end to end at 1080x1920 per mouth size, against ffmpeg encoding the same video alone with the same x264
-  settings (and the GPU's decoder where this ffmpeg has one, the faster of the two).
+- dubbing end to end at 1080x1920 per mouth size (decoding as inference.py does: with NVDEC where it can), against
+  ffmpeg encoding the same video alone with the same x264 settings (and the GPU's decoder where this ffmpeg has
+  one, the faster of the two).
 """
 import argparse
 import json
@@ -109,21 +111,16 @@ def count_lines(path):
         return 0
 
 
-def ffmpeg_hwaccels():
-    done = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-hwaccels"], capture_output=True, text=True)
-    return set(done.stdout.split()[1:]) if done.returncode == 0 else set()
-
-
 def encode_alone(video, folder, device):
     """ffmpeg decoding `video` and encoding it with dubbing's x264 settings and nothing else, frames/s: with the
     software decoder, and with CUDA's where this ffmpeg has it and the device is a GPU; the faster one."""
     from dubbing.pipeline import encoder_threads
-    from media.ffmpeg import probe
+    from media.ffmpeg import hardware_decoders, probe
     threads = encoder_threads(device)
     info = probe(video)
     frames = round(info["duration"] * info["fps"])
     decoders = [("software", [])] + ([("cuda", ["-hwaccel", "cuda"])] if device.type == "cuda" and
-                                     "cuda" in ffmpeg_hwaccels() else [])
+                                     "cuda" in hardware_decoders() else [])
     rows = []
     for name, decoder in decoders:
         output = os.path.join(folder, f"encode_alone_{name}.mp4")
@@ -207,7 +204,8 @@ def markdown(rows, lines, device_name):
     stages = [row for row in rows if "stage_seconds" in row]  # where dubbing's time went, busy seconds per stage
     text += ["", "Dubbing's stages (seconds each was busy; they overlap):", ""] if stages else []
     text += [f"- mouth {row['mouth']} {row['precision']}, {row['frames']} frames in {row['seconds']:.2f} s, "
-             f"host threads {row.get('host_threads', 1)}: " +
+             f"host threads {row.get('host_threads', 1)}, {row.get('decoder', 'software')} decoding"
+             f"{' (NVDEC failed: %s)' % row['hardware_failure'] if row.get('hardware_failure') else ''}: " +
              ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in row["stage_seconds"].items() if stage != "total")
              for row in stages]
     return "\n".join(text) + "\n"
@@ -262,5 +260,8 @@ def gpu_check(opt, run, tasks, dubbing):
         if device.type == "cuda" or not opt.quick:  # elsewhere the step runs without CUDA graphs: the same rows again
             for task in ("train_frame", "train_clip"):
                 result, table = part(f"{task} (CUDA graph)", measure_rows(tasks=task, compile="reduce-overhead"))
+        if find(rows, task="inference", decoder="cuda"):  # dubbing decoded with NVDEC: software's row beside it
+            result, table = part("inference (software decoding)",
+                                 measure_rows(tasks="inference", mouths={64}, dub_decoder="software"))
     print(table)
     return result

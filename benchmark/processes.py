@@ -35,8 +35,9 @@ def dub_job(job):
     timings = {}
     result = dub(job["video"], job["audio"], DubbingModel(load_network(job).to(device), job["mouth"], "mel"),
                  job["output"], device, landmark_csv=job["landmarks"], batch_size=job["batch"], amp=job["amp"],
-                 timings=timings, progress=False)
-    return dict(frames=result.frames, batch=result.batch_size, host_threads=host_threads(device), timings=timings)
+                 timings=timings, progress=False, decoder=job.get("decoder", "auto"))
+    return dict(frames=result.frames, batch=result.batch_size, host_threads=host_threads(device), timings=timings,
+                decoder=result.decoder, hardware_failure=result.hardware_failure)
 
 
 def published_job(job):

@@ -5,14 +5,15 @@
     frame t of the output = source frame ping-pong(t), its DINet face crop, mouth masked, generated with
     5 reference crops and audio window t, blended back with a feathered mask, encoded H.264 + AAC.
 
-Threads overlap the work: ffmpeg decodes into a memory map in the background (media/decoder.py), generator
-streams crop and run the generator batch by batch (optimize_for_inference's copy, references encoded once;
-channels_last, bf16 autocast with --amp bf16; or an ONNX export in onnxruntime, dubbing/onnx_generator.py, when the
-DubbingModel holds one; on a CPU two batches at once, each on half the threads,
-`generator_streams`; on a GPU one, cropping the next batch while the GPU computes this one), and a writer thread
-streams the frames, in order, to the encoder (media/encoder.py, x264 `veryfast`), the faces blended into them on
-its own thread on a CPU and a few frames ahead on `host_threads` on a GPU, where the crops are spread over as
-many. Frames stay 4:2:0 YUV from decoder to encoder (media/yuv.py): only face boxes are converted to RGB and back.
+Threads overlap the work: ffmpeg decodes into a memory map in the background (media/decoder.py; on a GPU with its
+hardware decoder, NVDEC, where this ffmpeg can: `decoder="auto"`), generator streams crop and run the generator
+batch by batch (optimize_for_inference's copy, references encoded once; channels_last, bf16 autocast with --amp
+bf16; or an ONNX export in onnxruntime, dubbing/onnx_generator.py, when the DubbingModel holds one; on a CPU two
+batches at once, each on half the threads, `generator_streams`; on a GPU one, cropping the next batch while the
+GPU computes this one), and a writer thread streams the frames, in order, to the encoder (media/encoder.py, x264
+`veryfast`), the faces blended into them on its own thread on a CPU and a few frames ahead on `host_threads` on a
+GPU, where the crops are spread over as many. Frames stay 4:2:0 YUV from decoder to encoder (media/yuv.py): only
+face boxes are converted to RGB and back.
 `timings` (a dict) collects the seconds each stage was busy (summed over the generator streams): decode, features,
 landmarks, references (their crops, once decoded), crops, generator, blend, encode (waiting on ffmpeg), total.
 `batch_size` is the most frames per generator call; on CPU, large mouths get fewer (`frames_per_call`).
@@ -51,6 +52,7 @@ from data.openface_csv import read_openface_csv
 from media.convert import extract_audio
 from media.decoder import DecodedVideo, scratch_folder
 from media.encoder import DEFAULT_PRESET, VideoEncoder
+from media.ffmpeg import hardware_decoders
 from media.yuv import rgb_region
 from models import DINet
 from models.checkpoint import generator_config_of, load_checkpoint, load_network
@@ -243,6 +245,8 @@ class DubResult:
     passed_through_ranges: str = ""  # describe_ranges of the output frames passed through
     faces: tuple = ()            # whom it dubbed, per shot
     shots: int = 1
+    decoder: str = "software"    # what decoded the source: "cuda" (the GPU's NVDEC) or ffmpeg's "software" decoder
+    hardware_failure: str = None  # why NVDEC, asked for, could not decode it (ffmpeg's message)
 
 
 # On CPU a generator call's activations should stay around this many face-crop pixels per call: past it, a
@@ -277,13 +281,14 @@ class Timings(defaultdict):
 def dub(source_video_path, driving_audio_path, generator, output_path, device, landmark_csv=None,
         audio_feature_path=None, batch_size=16, face_video_path=None, amp=None, face=FaceChoice(),
         length="pingpong", strict=False, close_on_silence=False, channels_last=True, preset=DEFAULT_PRESET,
-        timings=None, progress=True):
+        timings=None, progress=True, decoder="auto"):
     started = time.perf_counter()
     times = Timings()
     geometry = CropGeometry(generator.mouth_size)
     batch_size = frames_per_call(batch_size, geometry, device)
     with scratch_folder("work") as work_dir:
-        video = DecodedVideo(source_video_path, background=True, pixel_format="yuv420p")  # decodes in the background
+        video = DecodedVideo(source_video_path, background=True, pixel_format="yuv420p",  # decodes in the background
+                             cuda_device=nvdec_device(device) if decoder == "auto" else None)
         try:
             with times("generator"):  # meanwhile: on CPU its compiled kernels load in the background
                 network = (generator.network if isinstance(generator.network, OnnxGenerator)  # runs as exported
@@ -405,7 +410,16 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
     if timings is not None:
         timings.update(times)
     return DubResult(output_path, len(index), len(passed), face_video_path, batch_size, passed_ranges,
-                     tuple(track.chosen), int(track.shot.max()) + 1)
+                     tuple(track.chosen), int(track.shot.max()) + 1, video.decoder, video.hardware_failure)
+
+
+def nvdec_device(device):
+    """The CUDA device whose hardware decoder (NVDEC) decodes the source when dubbing on `device`: on a GPU, where
+    this ffmpeg can decode with CUDA, the same GPU (its decoder frees the CPU cores the encoder needs); else None,
+    ffmpeg's software decoder."""
+    if device.type != "cuda" or "cuda" not in hardware_decoders():
+        return None
+    return torch.cuda.current_device() if device.index is None else device.index
 
 
 def encoder_threads(device):

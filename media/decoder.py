@@ -9,6 +9,7 @@ With background=True the constructor returns at once and decoding goes on in a t
 `wait_for(i)` block until frame i is there, so the dubbing loop starts on the first frames while ffmpeg decodes
 the rest, and `wait_all()` returns the frame count once decoding ends. By default the constructor waits for the
 whole video, so `frames` holds every frame. `rgb(i)` and `rgb_frames()` give frames in RGB in either format.
+With `cuda_device`, the GPU's decoder (NVDEC) decodes, and ffmpeg's software decoder where NVDEC cannot start.
 
 Scratch folders (`scratch_folder`) are named dub-<kind>-<pid>-*: closing removes them, and a later run removes those
 whose process is gone (a killed run's). The frames' file is checked against the free space before decoding.
@@ -124,7 +125,7 @@ def read_video_frames(video_path, fps=None):
 
 
 class DecodedVideo:
-    def __init__(self, video_path, fps=25, background=False, pixel_format="rgb24"):
+    def __init__(self, video_path, fps=25, background=False, pixel_format="rgb24", cuda_device=None):
         info = probe(video_path)
         if not info["has_video"] or info["width"] is None:
             raise UserError(f"{video_path}: no video stream; use a video file")
@@ -138,6 +139,10 @@ class DecodedVideo:
         self._frame_bytes = frame_bytes(*self.stored) if self.yuv else int(np.prod(self.shape))
         self._frame_shape = (self._frame_bytes,) if self.yuv else self.shape
         self.decode_seconds = 0.0                                    # time the decoder thread spent, for profiles
+        # "cuda": the GPU's decoder (NVDEC) on CUDA device `cuda_device`, tried first, else ffmpeg's software one
+        self.decoder = "software" if cuda_device is None else "cuda"
+        self._cuda_device = cuda_device
+        self.hardware_failure = None                                 # ffmpeg's reason when NVDEC could not start
         # the frame count (for progress bars) is a guess from the duration; the scratch folder is chosen for it and a
         # second more; a photograph is one frame
         self.expected_frames = int(math.ceil(info["duration"] * fps)) if info["duration"] else None
@@ -169,32 +174,16 @@ class DecodedVideo:
         if self.yuv and self._colour_filter:
             filters.append(self._colour_filter)
         pixels = ["-pix_fmt", "yuv420p", "-color_range", "tv"] if self.yuv else ["-pix_fmt", "rgb24"]
+        output = ["-vf", ",".join(filters), "-f", "rawvideo", *pixels, self._raw_path]
         try:
-            # leaving the block stops ffmpeg: after close(), or an error here
-            with FFmpeg(["-i", self.path, "-vf", ",".join(filters), "-f", "rawvideo", *pixels, self._raw_path],
-                        self.path) as ffmpeg:
-                self._process = ffmpeg.process
-                while not self._closing:
-                    ended = ffmpeg.process.poll() is not None  # asked first: the size read next then holds it all
-                    count = _file_size(self._raw_path) // self._frame_bytes  # a partial frame is never counted
-                    if count > self._decoded:
-                        with self._condition:
-                            self._decoded = count
-                            self._condition.notify_all()
-                    if ended:
-                        break
-                    time.sleep(POLL_SECONDS)
-                if self._closing:
-                    return
-                if ffmpeg.wait() != 0:
-                    # its messages may not say so: they go to the temporary folder, which may be the full one
-                    if _free_bytes(self._folder.name) < self._frame_bytes or ffmpeg.filled_disk():
-                        raise UserError(
-                            f"{self.path}: the decoded frames filled {self._folder.name} "
-                            f"({_megabytes(self._decoded * self._frame_bytes)} so far); free space there or point "
-                            f"TMPDIR at a folder with room (TMPDIR=/big/folder python inference.py ...)")
-                    raise ffmpeg.failure()
-            if self._decoded == 0:
+            # NVDEC's frames come back to memory as the software decoder's would (the same pixels: decoding is
+            # exact); where it cannot start (no driver, no video library), ffmpeg stops at once and software decodes
+            if self.decoder == "cuda" and not self._run_ffmpeg(["-hwaccel", "cuda", "-hwaccel_device",
+                                                                str(self._cuda_device), "-i", self.path, *output]):
+                self.decoder = "software"
+            if self.decoder == "software":
+                self._run_ffmpeg(["-i", self.path, *output])
+            if self._decoded == 0 and not self._closing:
                 raise UserError(f"{self.path}: no video frames could be decoded; re-encode it with ffmpeg")
         except BaseException as error:  # handed to the thread that waits for frames
             self._error = error
@@ -203,6 +192,38 @@ class DecodedVideo:
             with self._condition:
                 self._done = True
                 self._condition.notify_all()
+
+    def _run_ffmpeg(self, arguments):
+        """Run ffmpeg, counting the frames it writes as it writes them, until it ends or close() stops it; False
+        when a hardware decoder failed before its first frame (the reason kept in `hardware_failure`), else True;
+        any other failure raises its UserError."""
+        # leaving the block stops ffmpeg: after close(), or an error here
+        with FFmpeg(arguments, self.path) as ffmpeg:
+            self._process = ffmpeg.process
+            while not self._closing:
+                ended = ffmpeg.process.poll() is not None  # asked first: the size read next then holds it all
+                count = _file_size(self._raw_path) // self._frame_bytes  # a partial frame is never counted
+                if count > self._decoded:
+                    with self._condition:
+                        self._decoded = count
+                        self._condition.notify_all()
+                if ended:
+                    break
+                time.sleep(POLL_SECONDS)
+            if self._closing or ffmpeg.wait() == 0:
+                return True
+            # its messages may not say so: they go to the temporary folder, which may be the full one
+            if _free_bytes(self._folder.name) < self._frame_bytes or ffmpeg.filled_disk():
+                raise UserError(
+                    f"{self.path}: the decoded frames filled {self._folder.name} "
+                    f"({_megabytes(self._decoded * self._frame_bytes)} so far); free space there or point "
+                    f"TMPDIR at a folder with room (TMPDIR=/big/folder python inference.py ...)")
+            if "-hwaccel" in arguments and self._decoded == 0:
+                messages = [re.sub(r"^(\[[^]]*\] )+", "", line) for line in ffmpeg.messages()] or ["no message"]
+                self.hardware_failure = next((line for line in messages if re.search("cuda|cuvid", line, re.I)),
+                                             messages[-1])  # "Cannot load libnvcuvid.so.1" says more than the last
+                return False
+            raise ffmpeg.failure()
 
     def _mapped(self, count):
         """The file's first `count` frames (decoded), mapped anew when the last mapping holds fewer; views of an

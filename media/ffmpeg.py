@@ -6,6 +6,7 @@ decoder, the encoder and the conversions of data preparation (media/decoder.py, 
 media/convert.py) all run ffmpeg through it; `probe` reads what a media file holds.
 """
 import errno
+import functools
 import os
 import re
 import signal
@@ -130,6 +131,15 @@ class FFmpeg:
 
     def __exit__(self, *exception):
         self.close()
+
+
+@functools.cache
+def hardware_decoders():
+    """The hardware decoding methods this ffmpeg was built with (`ffmpeg -hwaccels`: cuda, vaapi, ...); whether one
+    works on this machine only decoding with it tells."""
+    with FFmpeg(["-hwaccels"], "ffmpeg -hwaccels", stdout=True) as ffmpeg:
+        listed = ffmpeg.process.stdout.read().decode(errors="replace").split()  # "Hardware acceleration methods:" ...
+        return frozenset(listed[3:]) if ffmpeg.wait() == 0 else frozenset()
 
 
 def run(arguments, path, output):

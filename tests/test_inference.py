@@ -276,6 +276,23 @@ def test_decoded_video_streams_4_2_0_frames_and_stops_early(demo):
     video.close()
 
 
+def test_decoding_on_the_gpus_decoder_gives_the_software_decoders_frames_or_falls_back_to_it(demo):
+    """NVDEC is asked for on CUDA device 0: where it cannot start (no GPU, no driver, this ffmpeg without CUDA), the
+    software decoder decodes instead and the reason is kept; either way the frames are the software decoder's."""
+    from media.decoder import DecodedVideo
+    path = str(demo / "split_video_25fps" / "demo_000.mp4")
+    software, asked = (DecodedVideo(path, pixel_format="yuv420p", cuda_device=device) for device in (None, 0))
+    try:
+        assert software.decoder == "software" and software.hardware_failure is None
+        assert len(asked) == len(software) and np.array_equal(asked.frames, software.frames)
+        if not torch.cuda.is_available():
+            assert asked.decoder == "software" and asked.hardware_failure, asked.hardware_failure
+        assert (asked.decoder == "cuda") == (asked.hardware_failure is None)
+    finally:
+        software.close()
+        asked.close()
+
+
 def test_frames_that_fill_the_scratch_folder_stop_decoding_naming_it_and_leave_nothing(tmp_path):
     """A raw H.264 stream gives no duration, so the folder is chosen for 11 s of frames: 20 s fill it (2 MB of its
     own, in a user and mount namespace), as another program filling the disk meanwhile would. ffmpeg's messages go
