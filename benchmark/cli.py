@@ -250,5 +250,6 @@ def check_failures(rows):
     failed = [row for row in rows if "error" in row]
     if failed:
         raise UserError(f"{len(failed)} row(s) failed: " + "; ".join(
-            f"{row['task']} {row['mouth']} {row['precision']}: {row['error']}" for row in failed))
+            " ".join(str(row[key]) for key in ("task", "mouth", "precision") if key in row) + f": {row['error']}"
+            for row in failed))  # a --gpu_check part's row names its part alone
 
