@@ -182,7 +182,7 @@ def targets(rows, opt):
     return lines
 
 
-def markdown(rows, lines, device_name):
+def markdown(rows, lines, device_name, part_seconds):
     text = [f"# Speed targets on {device_name}", "", "| target | measured | met |", "|---|---|---|"]
     text += [f"| {line['target']} | {line['measured']} | "
              f"{'-' if line['met'] is None else 'yes' if line['met'] else '**no**'} |" for line in lines]
@@ -208,6 +208,8 @@ def markdown(rows, lines, device_name):
              f"{' (NVDEC failed: %s)' % row['hardware_failure'] if row.get('hardware_failure') else ''}: " +
              ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in row["stage_seconds"].items() if stage != "total")
              for row in stages]
+    text += ["", f"The check took {sum(part_seconds.values()):.0f} s: " +
+             ", ".join(f"{label} {seconds:.0f} s" for label, seconds in part_seconds.items())]
     return "\n".join(text) + "\n"
 
 
@@ -224,17 +226,22 @@ def gpu_check(opt, run, tasks, dubbing):
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     rows = []
 
+    part_seconds = {}  # what each part cost of the device's time, to fit the check to it
+
     def part(label, measure):
+        part_started = time.perf_counter()
         try:
             measure()
         except Exception as error:  # any failure: reported as its part's row, the other parts still measured
             message = (str(error).strip().splitlines() or [""])[-1]
             rows.append(dict(task=label, error=f"{type(error).__name__}: {message}"[:300]))
             print(f"{label}: failed: {rows[-1]['error']}", flush=True)
-        result = dict(device=name, seconds=time.perf_counter() - started, rows=rows, targets=targets(rows, opt))
+        part_seconds[label] = round(time.perf_counter() - part_started, 1)
+        result = dict(device=name, seconds=time.perf_counter() - started, part_seconds=part_seconds, rows=rows,
+                      targets=targets(rows, opt))
         write_atomically(os.path.join(opt.gpu_check, "gpu_check.json"), lambda f: json.dump(result, f, indent=1),
                          mode="w")
-        table = markdown(rows, result["targets"], name)
+        table = markdown(rows, result["targets"], name, part_seconds)
         write_atomically(os.path.join(opt.gpu_check, "gpu_check.md"), lambda f: f.write(table), mode="w")
         return result, table
 

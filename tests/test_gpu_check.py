@@ -48,6 +48,10 @@ def test_gpu_check_measures_every_target_writes_its_tables_and_a_failing_part_co
     table = (out / "gpu_check.md").read_text()
     assert "| target | measured | met |" in table and "real_run" in table
     assert "| loader |  | | failed: RuntimeError: CUDA error" in table
+    # what each part cost, the failed one included, to fit the check to a GPU session's minutes
+    parts = ["baseline", "train_frame", "train_clip", "loader", "inference", "encode_alone", "real_run"]
+    assert list(result["part_seconds"]) == parts and result["part_seconds"]["real_run"] > 1
+    assert f"The check took {sum(result['part_seconds'].values()):.0f} s: baseline " in table
     stages = table.split("Dubbing's stages")[1]  # where dubbing waited, to see on the GPU what it waits for
     assert f"- mouth 64 {dubbing['precision']}, {dubbing['frames']} frames" in stages
     assert "host threads 1, software decoding" in stages
