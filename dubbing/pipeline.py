@@ -497,6 +497,7 @@ class _Writer(threading.Thread):
         super().__init__(name="dub-writer", daemon=True)
         self.source, self.index, self.blender, self.times = source, index, blender, times
         self.threads, self.encoder, self.face_encoder = threads, encoder, face_encoder
+        self.blank_face = np.zeros((*blender.mask.shape, 3), np.uint8)  # the face video's frame where none was dubbed
         self.items = queue.Queue(maxsize=2)
         self.error = None
         self.cancelled = False
@@ -582,5 +583,4 @@ class _Writer(threading.Thread):
     def _send(self, bands, face):
         self.encoder.write(*bands)
         if self.face_encoder is not None:
-            self.face_encoder.write(face if face is not None else
-                                    np.zeros((*self.blender.mask.shape, 3), np.uint8))
+            self.face_encoder.write(face if face is not None else self.blank_face)
