@@ -114,13 +114,13 @@ def count_lines(path):
 def encode_alone(video, folder, device):
     """ffmpeg decoding `video` and encoding it with dubbing's x264 settings and nothing else, frames/s: with the
     software decoder, and with CUDA's where this ffmpeg has it and the device is a GPU; the faster one."""
-    from dubbing.pipeline import encoder_threads
-    from media.ffmpeg import hardware_decoders, probe
+    from dubbing.pipeline import encoder_threads, nvdec_device
+    from media.ffmpeg import cuda_decoding, probe
     threads = encoder_threads(device)
     info = probe(video)
     frames = round(info["duration"] * info["fps"])
-    decoders = [("software", [])] + ([("cuda", ["-hwaccel", "cuda"])] if device.type == "cuda" and
-                                     "cuda" in hardware_decoders() else [])
+    nvdec = nvdec_device(device)  # where dubbing would decode with NVDEC
+    decoders = [("software", [])] + ([("cuda", cuda_decoding(nvdec))] if nvdec is not None else [])
     rows = []
     for name, decoder in decoders:
         output = os.path.join(folder, f"encode_alone_{name}.mp4")

@@ -27,7 +27,7 @@ import numpy as np
 
 from common.errors import UserError
 
-from .ffmpeg import FFmpeg, probe
+from .ffmpeg import FFmpeg, cuda_decoding, probe
 from .yuv import frame_bytes, planes, rgb_frame, rgb_region, source_colour
 
 
@@ -178,8 +178,8 @@ class DecodedVideo:
         try:
             # NVDEC's frames come back to memory as the software decoder's would (the same pixels: decoding is
             # exact); where it cannot start (no driver, no video library), ffmpeg stops at once and software decodes
-            if self.decoder == "cuda" and not self._run_ffmpeg(["-hwaccel", "cuda", "-hwaccel_device",
-                                                                str(self._cuda_device), "-i", self.path, *output]):
+            if self.decoder == "cuda" and not self._run_ffmpeg([*cuda_decoding(self._cuda_device), "-i", self.path,
+                                                                *output]):
                 self.decoder = "software"
             if self.decoder == "software":
                 self._run_ffmpeg(["-i", self.path, *output])
@@ -218,7 +218,7 @@ class DecodedVideo:
                     f"{self.path}: the decoded frames filled {self._folder.name} "
                     f"({_megabytes(self._decoded * self._frame_bytes)} so far); free space there or point "
                     f"TMPDIR at a folder with room (TMPDIR=/big/folder python inference.py ...)")
-            if "-hwaccel" in arguments and self._decoded == 0:
+            if self.decoder == "cuda" and self._decoded == 0:
                 messages = [re.sub(r"^(\[[^]]*\] )+", "", line) for line in ffmpeg.messages()] or ["no message"]
                 self.hardware_failure = next((line for line in messages if re.search("cuda|cuvid", line, re.I)),
                                              messages[-1])  # "Cannot load libnvcuvid.so.1" says more than the last

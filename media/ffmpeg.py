@@ -142,6 +142,12 @@ def hardware_decoders():
         return frozenset(listed[3:]) if ffmpeg.wait() == 0 else frozenset()
 
 
+def cuda_decoding(device_index):
+    """ffmpeg's input options that decode on CUDA device `device_index`'s hardware decoder (NVDEC), the frames copied
+    back to memory for the filters and the output."""
+    return ["-hwaccel", "cuda", "-hwaccel_device", str(device_index)]
+
+
 def run(arguments, path, output):
     """Run ffmpeg to its end, reading `path` and writing `output`; a failure raises its UserError."""
     with FFmpeg(arguments, path, output) as ffmpeg:
