@@ -584,7 +584,7 @@ def restore(stage, schedulers, resume, path):
     if stage.average:  # the checkpoint's average, or its weights where it kept none
         load_network(stage.average.network, resume, "net_g", path, "--resume")
     for name, optimizer in stage.optimizers.items():
-        optimizer.load_state_dict(resume["optimizer"][name])
+        load_optimizer(optimizer, resume["optimizer"][name])
     for name, scheduler in schedulers.items():
         if "scheduler" in resume:
             scheduler.load_state_dict(resume["scheduler"][name])
@@ -594,6 +594,20 @@ def restore(stage, schedulers, resume, path):
     if "rng" in resume:
         set_rng_state(resume["rng"])
     return resume["epoch"], resume.get("iteration", 0), resume.get("global_step", 0)
+
+
+OPTIMIZER_KERNEL = ("fused", "foreach", "capturable")  # how Adam computes: this run's choice, not the checkpoint's
+
+
+def load_optimizer(optimizer, state):
+    """A checkpoint's optimizer state, run with this run's kernel: a GPU run's (fused, captured in a CUDA graph)
+    resumed on a CPU runs the CPU's loop, a CPU run's resumed on a GPU the fused kernel that step_unless relies on;
+    the step counts are placed where this run's kernel keeps them."""
+    groups = state["param_groups"]
+    if len(groups) == len(optimizer.param_groups):  # else load_state_dict names the mismatch
+        groups = [{**saved, **{key: ours[key] for key in OPTIMIZER_KERNEL if key in ours}}
+                  for saved, ours in zip(groups, optimizer.param_groups)]
+    optimizer.load_state_dict({**state, "param_groups": groups})
 
 
 def make_validator(opt, stage, training_set, held_out, split, runtime, resume):

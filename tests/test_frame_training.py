@@ -15,6 +15,7 @@ from config.config import training_parser
 from data.training_json import load_training_json
 from engine.run_log import format_log_line
 from engine.trainer import FrameStage, train
+from models.checkpoint import atomic_save, load_checkpoint
 
 LOG_LINE = re.compile(r"^===> Epoch\[(\d+)\]\((\d+)/(\d+)\):  Loss_DI: (\d+\.\d{4}) Loss_GI: (\d+\.\d{4}) "
                       r"Loss_perception: (\d+\.\d{4}) lr_g = (\d\.\d{7}) $")
@@ -195,6 +196,23 @@ def test_resume_continues_the_loss_trajectory_of_an_uninterrupted_run(tiny_json,
     # the resumed run rebuilt lab2 from the checkpoint alone
     assert torch.load(tmp_path / "netG_model_epoch_2.pth", weights_only=False)[
         "generator_config"]["extra_same_block"]
+
+
+def test_a_gpu_runs_checkpoint_resumes_on_a_cpu_with_the_cpus_adam_on_the_same_losses(tiny_json, lab2_run, tmp_path):
+    whole, part = lab2_run, tmp_path / "part"
+    checkpoint = load_checkpoint(str(whole / "netG_model_epoch_1.pth"))
+    for state in checkpoint["optimizer"].values():  # as a GPU run writes it: fused Adam, captured in a CUDA graph
+        for group in state["param_groups"]:
+            group.update(fused=True, capturable=True)
+    atomic_save(checkpoint, str(tmp_path / "gpu.pth"))
+    run_frame(tiny_json, part, "--resume", str(tmp_path / "gpu.pth"))
+    for state in load_checkpoint(str(part / "netG_model_epoch_2.pth"))["optimizer"].values():
+        assert all(not group["fused"] and not group["capturable"] for group in state["param_groups"])
+    full = [m for m in metrics(whole) if m["epoch"] == 2]
+    assert [m["step"] for m in metrics(part)] == [m["step"] for m in full]
+    for a, b in zip(full, metrics(part)):
+        for key in ("Loss_DI", "Loss_GI", "Loss_perception"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
 
 
 def test_audio_channel_is_read_from_the_data_and_a_disagreeing_flag_is_an_error(tmp_path):
