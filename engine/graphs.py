@@ -51,6 +51,7 @@ class StepRunner:
                 self.capture(batch, counters)
             except RuntimeError as error:  # nothing ran: the step is taken eagerly, as from now on
                 self.graph = None
+                self.set_capturable(False)  # an eager step with it is slower
                 self.give_up(f"capturing the step failed ({str(error).splitlines()[0]})")
                 return train_step(self.stage, batch, counters, self.runtime)
         for key, value in batch.items():
@@ -72,6 +73,11 @@ class StepRunner:
     def learning_rates(self):
         return [group["lr"] for optimizer in self.stage.optimizers.values() for group in optimizer.param_groups]
 
+    def set_capturable(self, on):
+        for optimizer in self.stage.optimizers.values():
+            for group in optimizer.param_groups:
+                group["capturable"] = on
+
     def capture(self, batch, counters):
         """Record train_step on static copies of the batch and counters; the graph writes its new counters back into
         its own, so each replay continues from the last. Learning rates are baked in: a new one is a new capture."""
@@ -81,11 +87,12 @@ class StepRunner:
         self.counters = counters.clone()
         for optimizer in self.stage.optimizers.values():
             optimizer.zero_grad(set_to_none=True)
-            for group in optimizer.param_groups:
-                group["capturable"] = True  # its step count stays on the device, as a capture needs
+        self.set_capturable(True)  # the step counts stay on the device, as a capture needs
         self.stage.precision.autocast_cache = False  # cached weight casts would not outlive the capture
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: the loader's pin-memory thread may call CUDA (pinning the next batch) while this thread
+        # captures; under "global" that call would break the capture and leave that thread with the error
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             names, values, new_counters, rows = train_step(self.stage, self.inputs, self.counters, self.runtime)
             self.counters.copy_(new_counters)
         self.graph, self.captured_rates = graph, self.learning_rates()

@@ -33,7 +33,7 @@ def test_gpu_check_measures_every_target_writes_its_tables_and_a_failing_part_co
     published, ours = rows[("train_frame", 64, True, None)], rows[("train_frame", 64, False, "off")]
     assert ours["speedup_vs_published"] == ours["samples_per_s"] / published["samples_per_s"]
     assert not ours["cuda_graph"]
-    real = rows[("real_run", 64, False, None)]
+    real = rows[("real_run", 64, False, "off")]
     assert real["steps"] >= 1 and real["share_of_bench"] == real["samples_per_s"] / ours["samples_per_s"]
     dubbing, encoder = rows[("inference", 64, False, None)], rows[("encode_alone", None, False, None)]
     assert dubbing["frames_per_s"] > 0 and encoder["frames_per_s"] > 0
