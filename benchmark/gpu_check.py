@@ -1,9 +1,9 @@
 """`bench.py --gpu_check OUT`: every speed target measured in one run (an estimated 5-9 minutes on one H100/H200, not
 yet timed on one), written to OUT/gpu_check.json (rows and targets) and OUT/gpu_check.md (the tables) after every
 part, in this order: bench's training rows, the loader, dubbing and the encoder alone, the real run, the CUDA-graph
-rows and the real run as a CUDA graph, and where dubbing decoded with the GPU's decoder (NVDEC), dubbing at mouth 64
-with ffmpeg's software decoder. With --quick the same rows, tiny, at mouth 64 (a CPU test runs it so that it cannot
-rot; on a CPU it leaves out the CUDA-graph parts).
+rows, the graph's numerics and the real run as a CUDA graph, and where dubbing decoded with the GPU's decoder
+(NVDEC), dubbing at mouth 64 with ffmpeg's software decoder. With --quick the same rows, tiny, at mouth 64 (a CPU
+test runs it so that it cannot rot; on a CPU it leaves out the CUDA-graph parts).
 
 - training, fp32: the published iteration and ours (eager, and the step as one CUDA graph: --compile reduce-overhead)
   at frame 64/bs24, 128/bs12, 256/bs4 and clip 256/bs3, samples/s, ours against the published, MFU on a known GPU;
@@ -11,6 +11,7 @@ rot; on a CPU it leaves out the CUDA-graph parts).
   default loader workers, no crop cache: every JPEG decoded, as on a data set larger than the cache) for
   --real_run_seconds, its samples/s from its log as it grows, stopped by SIGTERM, against the bench row's rate; the
   same with --compile reduce-overhead against the CUDA-graph row; and bench's loader rows;
+- the CUDA-graph step's numerics: its losses over a few seeded steps against the eager step's;
 - dubbing end to end at 1080x1920 per mouth size (decoding as inference.py does: with NVDEC where it can), against
   ffmpeg encoding the same video alone with the same x264 settings (and the GPU's decoder where this ffmpeg has
   one, the faster of the two).
@@ -35,6 +36,7 @@ from .measure import STAGES, selected
 from .processes import ROOT
 
 TRAINING_SPEEDUP, REAL_RUN_SHARE, DUBBING_SHARE = 3.0, 0.9, 0.8  # the targets
+GRAPH_LOSS_TOLERANCE = 0.01  # the CUDA graph's losses against the eager step's, relative
 REAL_RUN = dict(mouth=64, batch=24, workers=None)  # training's default workers
 QUICK_REAL_RUN = dict(mouth=64, batch=2, workers=1)
 
@@ -109,6 +111,31 @@ def real_training_run(opt, folder, bench_rows, device, compile="off"):
     return row
 
 
+def graph_numerics(device, steps=6, batch=4):
+    """The frame stage at mouth 64 on one seeded synthetic batch for `steps` steps, eagerly twice (the device's own
+    run-to-run difference) and with --compile reduce-overhead (eager warm-up steps, then captured and replayed): the
+    largest relative difference of a loss from the first eager run's, in a row."""
+    from engine.distributed import Runtime
+    from engine.graphs import StepRunner
+
+    from .training import training_stage
+    runs = {}
+    for name, mode in (("eager", "off"), ("eager again", "off"), ("graph", "reduce-overhead")):
+        torch.manual_seed(0)
+        stage, data = training_stage("train_frame", 64, batch, device, "fp32", True, "lab1", mode)
+        runner = StepRunner(stage, Runtime(device), mode, say=lambda line: None)
+        counters = torch.zeros(2, device=device)
+        losses = []
+        for _ in range(steps):
+            names, values, counters, _ = runner(data, counters)
+            losses.append(values[:len(names)].tolist())
+        runs[name] = torch.tensor(losses, dtype=torch.float64)
+    difference = lambda name: ((runs[name] - runs["eager"]).abs() / runs["eager"].abs().clamp_min(1e-6)).max().item()
+    return dict(task="graph_numerics", mouth=64, batch=batch, steps=steps, compiled="reduce-overhead",
+                cuda_graph=runner.graph is not None, loss_difference=difference("graph"),
+                eager_loss_difference=difference("eager again"))
+
+
 def count_lines(path):
     try:
         with open(path) as f:
@@ -159,9 +186,9 @@ def targets(rows, opt):
     """One line per target: what it asks, what was measured, and whether it is met (None: not measured)."""
     lines = []
 
-    def line(target, value, goal, measured):
-        lines.append(dict(target=target, measured=measured() if value else "not measured", value=value,
-                          met=None if value is None else value >= goal))
+    def line(target, value, goal, measured, at_most=False):
+        lines.append(dict(target=target, measured="not measured" if value is None else measured(), value=value,
+                          met=None if value is None else value <= goal if at_most else value >= goal))
 
     for task, stages in (("train_frame", STAGES), ("train_clip", ((256, 3),))):
         for mouth, batch in stages:
@@ -180,6 +207,13 @@ def targets(rows, opt):
             line(f"a real frame-stage run{what} >= {REAL_RUN_SHARE:.0%} of bench's synthetic rate", share,
                  REAL_RUN_SHARE, lambda: f"{share:.0%} ({rate_text(real['samples_per_s'])} samples/s, "
                                          f"{real['num_workers']} workers)")
+    numerics = find(rows, task="graph_numerics")
+    if numerics:
+        line(f"the CUDA-graph step's losses within {GRAPH_LOSS_TOLERANCE:.0%} of the eager step's (frame 64, "
+             f"{numerics['steps']} steps on one seeded batch)",
+             numerics["loss_difference"] if numerics["cuda_graph"] else None, GRAPH_LOSS_TOLERANCE,
+             lambda: f"{numerics['loss_difference']:.2g} at most (eager against eager: "
+                     f"{numerics['eager_loss_difference']:.2g})", at_most=True)
     encode = find(rows, task="encode_alone")
     for mouth in (64,) if opt.quick else [mouth for mouth, _ in selected(STAGES, opt.mouths)]:  # dubbing's sizes
         row = find(rows, task="inference", mouth=mouth)
@@ -209,7 +243,7 @@ def markdown(rows, lines, device_name, part_seconds):
             continue
         rate = row.get("samples_per_s", row.get("frames_per_s"))
         cell = lambda key, spec: format(row[key], spec) if row.get(key) is not None else ""
-        text.append(f"| {name} | {row.get('mouth', '')} | {row.get('batch', '')} | {rate_text(rate)} | "
+        text.append(f"| {name} | {row.get('mouth', '')} | {row.get('batch', '')} | {rate_text(rate) if rate else ''} | "
                     f"{cell('seconds_per_iter', '.4f')} | {cell('achieved_gflops_per_s', '.0f')} | "
                     f"{format(row['mfu'], '.1%') if 'mfu' in row else ''} | {cell('peak_memory_gb', '.1f')} |")
     stages = [row for row in rows if "stage_seconds" in row]  # where dubbing's time went, busy seconds per stage
@@ -278,6 +312,7 @@ def gpu_check(opt, run, tasks, dubbing):
         if device.type == "cuda" or not opt.quick:  # elsewhere the step runs without CUDA graphs: the same rows again
             for task in ("train_frame", "train_clip"):
                 result, table = part(f"{task} (CUDA graph)", measure_rows(tasks=task, compile="reduce-overhead"))
+            result, table = part("graph_numerics", lambda: rows.append(graph_numerics(device)))
             result, table = part("real_run (CUDA graph)", lambda: real_run("reduce-overhead"))
         if find(rows, task="inference", decoder="cuda"):  # dubbing decoded with NVDEC: software's row beside it
             result, table = part("inference (software decoding)",

@@ -56,3 +56,19 @@ def test_gpu_check_measures_every_target_writes_its_tables_and_a_failing_part_co
     assert f"- mouth 64 {dubbing['precision']}, {dubbing['frames']} frames" in stages
     assert "host threads 1, software decoding" in stages
     assert all(stage in stages for stage in ("decode", "references", "crops", "generator", "blend", "encode"))
+
+
+def test_graph_numerics_compares_seeded_runs_and_a_graph_not_used_is_not_counted_as_met():
+    """Where the step cannot be a CUDA graph (here, a CPU) the three runs are the same eager steps: equal to the bit,
+    and the target says it was not measured rather than met."""
+    import argparse
+
+    import torch
+
+    from benchmark.gpu_check import graph_numerics, markdown, targets
+    row = graph_numerics(torch.device("cpu"), steps=2, batch=1)
+    assert row["loss_difference"] == row["eager_loss_difference"] == 0 and not row["cuda_graph"]
+    lines = targets([row], argparse.Namespace(quick=True, video=(256, 256), mouths={64}))
+    line = next(line for line in lines if line["target"].startswith("the CUDA-graph step's losses"))
+    assert line["met"] is None and line["measured"] == "not measured"
+    assert "| graph_numerics (CUDA graph asked for, not used) | 64 | 1 |" in markdown([row], lines, "cpu", {})
