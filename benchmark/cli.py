@@ -178,7 +178,7 @@ def build_parser():
                         help="measure every speed target in one run (an estimated 5-9 minutes on one GPU; its own "
                              "choice of rows and settings, with --quick a tiny one) and write OUT/gpu_check.json and "
                              ".md after every part")
-    parser.add_argument("--real_run_seconds", type=number(1), default=30.0,
+    parser.add_argument("--real_run_seconds", type=number(1), default=20.0,
                         help="--gpu_check: seconds each real training run is timed for, after its first 10 steps")
     parser.add_argument("--in_process", action="store_true", help=argparse.SUPPRESS)  # a training row's own process
     parser.add_argument("--stage", default=None, help=argparse.SUPPRESS)  # its stage, of the baseline's two
