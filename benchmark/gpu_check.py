@@ -1,9 +1,10 @@
 """`bench.py --gpu_check OUT`: every speed target measured in one run (an estimated 5-9 minutes on one H100/H200, not
 yet timed on one), written to OUT/gpu_check.json (rows and targets) and OUT/gpu_check.md (the tables) after every
 part, in this order: bench's training rows, the loader, dubbing and the encoder alone, the real run, the CUDA-graph
-rows, the graph's numerics and the real run as a CUDA graph, and where dubbing decoded with the GPU's decoder
-(NVDEC), dubbing at mouth 64 with ffmpeg's software decoder. With --quick the same rows, tiny, at mouth 64 (a CPU
-test runs it so that it cannot rot; on a CPU it leaves out the CUDA-graph parts).
+rows, the graph's numerics and the real run as a CUDA graph, where dubbing decoded with the GPU's decoder (NVDEC)
+dubbing at mouth 64 with ffmpeg's software decoder, and last the frame step under the profiler. With --quick the
+same rows, tiny, at mouth 64 (a CPU test runs it so that it cannot rot; on a CPU it leaves out the CUDA-graph
+parts).
 
 - training, fp32: the published iteration and ours (eager, and the step as one CUDA graph: --compile reduce-overhead)
   at frame 64/bs24, 128/bs12, 256/bs4 and clip 256/bs3, samples/s, ours against the published, MFU on a known GPU;
@@ -136,6 +137,40 @@ def graph_numerics(device, steps=6, batch=4):
                 eager_loss_difference=difference("eager again"))
 
 
+def profile_step(opt, device, mode="off"):
+    """Where a training step's time goes (frame 64/bs24, tiny with --quick): a few steps under torch.profiler after
+    the warm-up (and the capture, as a CUDA graph); in a row, the device's busy share of their wall time (its kernels'
+    time over it: low means it waits on launches or the host); the operations by time in OUT/profile_<mode>.txt."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from engine.distributed import Runtime
+    from engine.graphs import WARMUP_STEPS, StepRunner
+
+    from .training import training_stage
+    batch, steps, on_gpu = (QUICK_REAL_RUN if opt.quick else REAL_RUN)["batch"], 2 if opt.quick else 10, \
+        device.type == "cuda"
+    stage, data = training_stage("train_frame", 64, batch, device, "fp32", True, "lab1", mode)
+    runner = StepRunner(stage, Runtime(device), mode, say=lambda line: None)
+    counters = torch.zeros(2, device=device)
+    synchronize = torch.cuda.synchronize if on_gpu else lambda: None
+    for _ in range(WARMUP_STEPS + 2):  # as a graph: the eager warm-up, the capture and a replay
+        runner(data, counters)
+    synchronize()
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])) as profiler:
+        started = time.perf_counter()
+        for _ in range(steps):
+            runner(data, counters)
+        synchronize()
+        seconds = time.perf_counter() - started
+    averages = profiler.key_averages()
+    name = f"profile_{mode}.txt"
+    table = averages.table(sort_by="self_device_time_total" if on_gpu else "self_cpu_time_total", row_limit=30)
+    write_atomically(os.path.join(opt.gpu_check, name), lambda f: f.write(table), mode="w")
+    busy = sum(event.self_device_time_total for event in averages) / 1e6 / seconds if on_gpu else None
+    return dict(task="profile", mouth=64, batch=batch, compiled=mode, cuda_graph=runner.graph is not None,
+                steps=steps, seconds_per_iter=seconds / steps, device_busy=busy, operations=name)
+
+
 def count_lines(path):
     try:
         with open(path) as f:
@@ -253,6 +288,11 @@ def markdown(rows, lines, device_name, part_seconds):
              f"{' (NVDEC failed: %s)' % row['hardware_failure'] if row.get('hardware_failure') else ''}: " +
              ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in row["stage_seconds"].items() if stage != "total")
              for row in stages]
+    profiles = [row for row in rows if row["task"] == "profile" and "error" not in row]
+    text += ["", "Under the profiler (frame 64): " + "; ".join(
+        f"{'the CUDA graph' if row['cuda_graph'] else 'eager'} {1000 * row['seconds_per_iter']:.1f} ms a step, "
+        + (f"the GPU busy {row['device_busy']:.0%} of it" if row["device_busy"] is not None else "no GPU")
+        + f" (operations by time: {row['operations']})" for row in profiles)] if profiles else []
     text += ["", f"The check took {sum(part_seconds.values()):.0f} s: " +
              ", ".join(f"{label} {seconds:.0f} s" for label, seconds in part_seconds.items())]
     return "\n".join(text) + "\n"
@@ -317,5 +357,8 @@ def gpu_check(opt, run, tasks, dubbing):
         if find(rows, task="inference", decoder="cuda"):  # dubbing decoded with NVDEC: software's row beside it
             result, table = part("inference (software decoding)",
                                  measure_rows(tasks="inference", mouths={64}, dub_decoder="software"))
+        # where the step's time goes, to act on a missed target without another session
+        for mode in ("off", "reduce-overhead") if device.type == "cuda" or not opt.quick else ("off",):
+            result, table = part(f"profile ({mode})", lambda: rows.append(profile_step(opt, device, mode)))
     print(table)
     return result

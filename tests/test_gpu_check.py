@@ -49,13 +49,20 @@ def test_gpu_check_measures_every_target_writes_its_tables_and_a_failing_part_co
     assert "| target | measured | met |" in table and "real_run" in table
     assert "| loader |  | | failed: RuntimeError: CUDA error" in table
     # what each part cost, the failed one included, to fit the check to a GPU session's minutes
-    parts = ["baseline", "train_frame", "train_clip", "loader", "inference", "encode_alone", "real_run"]
+    parts = ["baseline", "train_frame", "train_clip", "loader", "inference", "encode_alone", "real_run",
+             "profile (off)"]
     assert list(result["part_seconds"]) == parts and result["part_seconds"]["real_run"] > 1
     assert f"The check took {sum(result['part_seconds'].values()):.0f} s: baseline " in table
     stages = table.split("Dubbing's stages")[1]  # where dubbing waited, to see on the GPU what it waits for
     assert f"- mouth 64 {dubbing['precision']}, {dubbing['frames']} frames" in stages
     assert "host threads 1, software decoding" in stages
     assert all(stage in stages for stage in ("decode", "references", "crops", "generator", "blend", "encode"))
+    # where a training step's time goes: its operations by time, and here no GPU to be busy
+    profile = rows[("profile", 64, False, "off")]
+    assert profile["device_busy"] is None and profile["seconds_per_iter"] > 0
+    assert "aten::convolution" in (out / profile["operations"]).read_text()
+    assert f"eager {1000 * profile['seconds_per_iter']:.1f} ms a step, no GPU (operations by time: profile_off.txt)" \
+        in table
 
 
 def test_graph_numerics_compares_seeded_runs_and_a_graph_not_used_is_not_counted_as_met():
