@@ -104,28 +104,34 @@ def real_training_run(opt, folder, bench_rows, device, compile="off"):
                num_workers=loader_workers(setting["workers"], device), samples_per_s=rate, steps=last[1] - first[1],
                seconds=last[0] - first[0])
     if compile == "reduce-overhead":  # it says so in its log where it trained without the graph
+        from engine.graphs import WITHOUT_GRAPHS
         with open(os.path.join(result, "log.txt")) as f:
-            row["cuda_graph"] = "training without CUDA graphs" not in f.read()
+            row["cuda_graph"] = WITHOUT_GRAPHS not in f.read()
     bench = find(bench_rows, task="train_frame", mouth=setting["mouth"], baseline=False, compiled=compile)
     if bench:
         row["share_of_bench"] = rate / bench["samples_per_s"]
     return row
 
 
-def graph_numerics(device, steps=6, batch=4):
-    """The frame stage at mouth 64 on one seeded synthetic batch for `steps` steps, eagerly twice (the device's own
-    run-to-run difference) and with --compile reduce-overhead (eager warm-up steps, then captured and replayed): the
-    largest relative difference of a loss from the first eager run's, in a row."""
+def frame_step(device, batch, mode):
+    """(runner, batch, counters): the frame stage at mouth 64 from seed 0 on a synthetic batch, as bench's rows build
+    it, and its step as training runs it under --compile `mode`, quietly."""
     from engine.distributed import Runtime
     from engine.graphs import StepRunner
 
     from .training import training_stage
+    torch.manual_seed(0)
+    stage, data = training_stage("train_frame", 64, batch, device, "fp32", True, "lab1", mode)
+    return StepRunner(stage, Runtime(device), mode, say=lambda line: None), data, torch.zeros(2, device=device)
+
+
+def graph_numerics(device, steps=6, batch=4):
+    """The frame stage at mouth 64 on one seeded synthetic batch for `steps` steps, eagerly twice (the device's own
+    run-to-run difference) and with --compile reduce-overhead (eager warm-up steps, then captured and replayed): the
+    largest relative difference of a loss from the first eager run's, in a row."""
     runs = {}
     for name, mode in (("eager", "off"), ("eager again", "off"), ("graph", "reduce-overhead")):
-        torch.manual_seed(0)
-        stage, data = training_stage("train_frame", 64, batch, device, "fp32", True, "lab1", mode)
-        runner = StepRunner(stage, Runtime(device), mode, say=lambda line: None)
-        counters = torch.zeros(2, device=device)
+        runner, data, counters = frame_step(device, batch, mode)
         losses = []
         for _ in range(steps):
             names, values, counters, _ = runner(data, counters)
@@ -143,15 +149,10 @@ def profile_step(opt, device, mode="off"):
     time over it: low means it waits on launches or the host); the operations by time in OUT/profile_<mode>.txt."""
     from torch.profiler import ProfilerActivity, profile
 
-    from engine.distributed import Runtime
-    from engine.graphs import WARMUP_STEPS, StepRunner
-
-    from .training import training_stage
-    batch, steps, on_gpu = (QUICK_REAL_RUN if opt.quick else REAL_RUN)["batch"], 2 if opt.quick else 10, \
-        device.type == "cuda"
-    stage, data = training_stage("train_frame", 64, batch, device, "fp32", True, "lab1", mode)
-    runner = StepRunner(stage, Runtime(device), mode, say=lambda line: None)
-    counters = torch.zeros(2, device=device)
+    from engine.graphs import WARMUP_STEPS
+    batch, steps = (QUICK_REAL_RUN if opt.quick else REAL_RUN)["batch"], 2 if opt.quick else 10
+    on_gpu = device.type == "cuda"
+    runner, data, counters = frame_step(device, batch, mode)
     synchronize = torch.cuda.synchronize if on_gpu else lambda: None
     for _ in range(WARMUP_STEPS + 2):  # as a graph: the eager warm-up, the capture and a replay
         runner(data, counters)
@@ -288,7 +289,7 @@ def markdown(rows, lines, device_name, part_seconds):
              f"{' (NVDEC failed: %s)' % row['hardware_failure'] if row.get('hardware_failure') else ''}: " +
              ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in row["stage_seconds"].items() if stage != "total")
              for row in stages]
-    profiles = [row for row in rows if row["task"] == "profile" and "error" not in row]
+    profiles = [row for row in rows if row["task"] == "profile"]  # a failed part's row is named by its part
     text += ["", "Under the profiler (frame 64): " + "; ".join(
         f"{'the CUDA graph' if row['cuda_graph'] else 'eager'} {1000 * row['seconds_per_iter']:.1f} ms a step, "
         + (f"the GPU busy {row['device_busy']:.0%} of it" if row["device_busy"] is not None else "no GPU")
@@ -349,7 +350,8 @@ def gpu_check(opt, run, tasks, dubbing):
             result, table = part(task, measure_rows(tasks=task))
         result, table = part("encode_alone", encoder)
         result, table = part("real_run", real_run)
-        if device.type == "cuda" or not opt.quick:  # elsewhere the step runs without CUDA graphs: the same rows again
+        graphs = device.type == "cuda" or not opt.quick  # elsewhere the step runs without them: the same rows again
+        if graphs:
             for task in ("train_frame", "train_clip"):
                 result, table = part(f"{task} (CUDA graph)", measure_rows(tasks=task, compile="reduce-overhead"))
             result, table = part("graph_numerics", lambda: rows.append(graph_numerics(device)))
@@ -358,7 +360,7 @@ def gpu_check(opt, run, tasks, dubbing):
             result, table = part("inference (software decoding)",
                                  measure_rows(tasks="inference", mouths={64}, dub_decoder="software"))
         # where the step's time goes, to act on a missed target without another session
-        for mode in ("off", "reduce-overhead") if device.type == "cuda" or not opt.quick else ("off",):
+        for mode in ("off", "reduce-overhead") if graphs else ("off",):
             result, table = part(f"profile ({mode})", lambda: rows.append(profile_step(opt, device, mode)))
     print(table)
     return result

@@ -11,6 +11,7 @@ import torch
 from .trainer import train_step
 
 WARMUP_STEPS = 3  # eager steps before the capture: cuDNN's algorithm choice and lazy initialisations done
+WITHOUT_GRAPHS = "training without CUDA graphs"  # how the log says the run gave them up
 
 
 def unsupported(stage, runtime):
@@ -38,7 +39,7 @@ class StepRunner:
         self.graph = None
 
     def give_up(self, why):
-        self.say(f"--compile reduce-overhead: {why}; training without CUDA graphs")
+        self.say(f"--compile reduce-overhead: {why}; {WITHOUT_GRAPHS}")
         self.graphed = False
 
     def __call__(self, batch, counters):
