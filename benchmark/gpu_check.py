@@ -30,7 +30,7 @@ import imageio_ffmpeg
 import torch
 
 from common.errors import UserError
-from common.files import check_writable, write_atomically
+from common.files import make_folder, write_atomically
 from media.encoder import DEFAULT_PRESET, FAST_MOTION_SEARCH
 
 from .measure import STAGES, selected
@@ -304,9 +304,8 @@ def gpu_check(opt, run, tasks, dubbing):
     DubbingBench), the training rows again as CUDA graphs, the real run and the encoder alone. A part that fails
     costs that part alone (a row with its error); OUT/gpu_check.* are rewritten after every part, so a check stopped
     early keeps what it measured. Returns the result written."""
-    check_writable(opt.gpu_check, "--gpu_check")
+    make_folder(opt.gpu_check, "--gpu_check")
     configure(opt)
-    os.makedirs(opt.gpu_check, exist_ok=True)
     started = time.perf_counter()
     device = torch.device(opt.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -359,7 +358,7 @@ def gpu_check(opt, run, tasks, dubbing):
         if find(rows, task="inference", decoder="cuda"):  # dubbing decoded with NVDEC: software's row beside it
             result, table = part("inference (software decoding)",
                                  measure_rows(tasks="inference", mouths={64}, dub_decoder="software"))
-        # where the step's time goes, to act on a missed target without another session
+        # where the step's time goes, to act on a missed target without another check
         for mode in ("off", "reduce-overhead") if graphs else ("off",):
             result, table = part(f"profile ({mode})", lambda: rows.append(profile_step(opt, device, mode)))
     print(table)

@@ -107,13 +107,25 @@ def _why_not_writable(folder, error=None):
     return None if error is None else (error.strerror or type(error).__name__)
 
 
-def check_writable(folder, flag, shown=None):
+def check_writable(folder, flag, shown=None, error=None):
     """Raise a UserError naming `flag` (and `shown`, the value given, default `folder`) when `folder` could not be
-    created or written. Checked before any work, so a long run does not fail at its end; creates nothing."""
-    reason = _why_not_writable(folder)
+    created or written (`error`: the OS's refusal to create it). Checked before any work, so a long run does not fail
+    at its end; creates nothing."""
+    reason = _why_not_writable(folder, error)
     if reason:
         where = "a path in a folder" if shown else "a folder"
         raise UserError(f"{flag} {shown or folder}: cannot write there ({reason}); pass {where} you can write to")
+
+
+def make_folder(folder, flag):
+    """Create `folder` (given as `flag`), or end in check_writable's one line, also where only trying tells (root on
+    a read-only file system)."""
+    check_writable(folder, flag)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        check_writable(folder, flag, error=error)
+        raise
 
 
 def _remove(path):

@@ -48,7 +48,7 @@ def test_gpu_check_measures_every_target_writes_its_tables_and_a_failing_part_co
     table = (out / "gpu_check.md").read_text()
     assert "| target | measured | met |" in table and "real_run" in table
     assert "| loader |  | | failed: RuntimeError: CUDA error" in table
-    # what each part cost, the failed one included, to fit the check to a GPU session's minutes
+    # what each part cost, the failed one included, to fit the check to the minutes a GPU is lent for
     parts = ["baseline", "train_frame", "train_clip", "loader", "inference", "encode_alone", "real_run",
              "profile (off)"]
     assert list(result["part_seconds"]) == parts and result["part_seconds"]["real_run"] > 1
@@ -79,3 +79,12 @@ def test_graph_numerics_compares_seeded_runs_and_a_graph_not_used_is_not_counted
     line = next(line for line in lines if line["target"].startswith("the CUDA-graph step's losses"))
     assert line["met"] is None and line["measured"] == "not measured"
     assert "| graph_numerics (CUDA graph asked for, not used) | 64 | 1 |" in markdown([row], lines, "cpu", {})
+
+
+def test_gpu_check_into_a_folder_that_cannot_be_made_ends_in_one_line_naming_the_flag(monkeypatch):
+    """/proc takes no new folder, even from root (for whom permissions alone do not tell)."""
+    from benchmark import cli
+    monkeypatch.setattr(sys, "argv", ["bench.py", "--gpu_check", "/proc/dub-gpu-check", "--quick", "--device", "cpu"])
+    with pytest.raises(UserError, match="^--gpu_check /proc/dub-gpu-check: cannot write there .*; pass a folder you "
+                                        "can write to$"):
+        cli.main()
