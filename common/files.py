@@ -11,6 +11,7 @@ import errno
 import glob
 import os
 import shutil
+import tempfile
 
 from .errors import UserError
 
@@ -96,7 +97,8 @@ def remove_stale_temporaries(folder):
 
 def _why_not_writable(folder, error=None):
     """Why `folder` cannot be made or written, or None when it can: a file standing where a folder of its path
-    should be, no write permission where it would be created, or the OS's reason (`error`)."""
+    should be, no write permission where it would be created, or the OS's reason (`error`, else that of making
+    and removing an empty folder there)."""
     path = os.path.abspath(folder)
     while not os.path.exists(path) and os.path.dirname(path) != path:
         path = os.path.dirname(path)
@@ -104,13 +106,18 @@ def _why_not_writable(folder, error=None):
         return f"{path} is a file, not a folder"
     if not os.access(path, os.W_OK | os.X_OK):
         return f"no permission to write in {path}"
+    if error is None:
+        try:  # only trying tells where root's permissions pass but the OS refuses (/proc, a read-only mount)
+            os.rmdir(tempfile.mkdtemp(prefix=".write-check-", dir=path))
+        except OSError as refused:
+            return f"making a folder in {path} failed: {refused.strerror or type(refused).__name__}"
     return None if error is None else (error.strerror or type(error).__name__)
 
 
 def check_writable(folder, flag, shown=None, error=None):
     """Raise a UserError naming `flag` (and `shown`, the value given, default `folder`) when `folder` could not be
     created or written (`error`: the OS's refusal to create it). Checked before any work, so a long run does not fail
-    at its end; creates nothing."""
+    at its end; leaves nothing behind."""
     reason = _why_not_writable(folder, error)
     if reason:
         where = "a path in a folder" if shown else "a folder"
@@ -118,8 +125,7 @@ def check_writable(folder, flag, shown=None, error=None):
 
 
 def make_folder(folder, flag):
-    """Create `folder` (given as `flag`), or end in check_writable's one line, also where only trying tells (root on
-    a read-only file system)."""
+    """Create `folder` (given as `flag`), or end in check_writable's one line."""
     check_writable(folder, flag)
     try:
         os.makedirs(folder, exist_ok=True)

@@ -82,6 +82,9 @@ CASES = [
     ("frame", "--device gpu", "--device gpu", "cuda, cuda:N or cpu"),
     ("frame", "--result_path {a_file}/run", "--result_path {a_file}/run: cannot write there",
      "pass a folder you can write to"),
+    # /proc takes no new folder even from root, whose permissions pass everywhere: only trying tells
+    ("frame", "--result_path /proc/dub-run", "--result_path /proc/dub-run: cannot write there (",
+     "pass a folder you can write to"),
     # ---- train_DINet_frame.py: the checkpoint a run starts from
     ("frame", "--coarse2fine", "--coarse2fine needs --coarse_model_path PATH", "netG_model_epoch_N.pth"),
     ("frame", "--coarse2fine --coarse_model_path {tmp}/none.pth",
@@ -170,6 +173,8 @@ CASES = [
     ("inference", "--device gpu", "--device gpu: not a device", "pass cuda, cuda:N or cpu"),
     ("inference", "--res_video_dir {a_file}/out", "--res_video_dir {a_file}/out: cannot write there",
      "pass a folder you can write to"),
+    ("inference", "--res_video_dir /proc/dub-out", "--res_video_dir /proc/dub-out: cannot write there (",
+     "pass a folder you can write to"),
     # ---- evaluate.py
     ("evaluate", "--videos {tmp}/none.mp4", "{tmp}/none.mp4: no such video", "--videos"),
     ("evaluate", "--videos {not_video}", "{not_video}: not a readable video", "re-encode it with ffmpeg"),
@@ -185,6 +190,8 @@ CASES = [
      "--inception_weights {tmp}/inception.pth: no such file", "leave the flag out"),
     ("evaluate", "--device gpu", "--device gpu: not a device", "pass cuda, cuda:N or cpu"),
     ("evaluate", "--csv {a_file}/scores.csv", "--csv {a_file}/scores.csv: cannot write there ({a_file} is a file",
+     "pass a path in a folder you can write to"),
+    ("evaluate", "--csv /proc/dub/scores.csv", "--csv /proc/dub/scores.csv: cannot write there (",
      "pass a path in a folder you can write to"),
     # ---- data_processing.py (run from a scratch folder: it writes under ./asserts/training_data)
     ("data", "--all --source_video_dir {tmp}/none", "{tmp}/none: directory not found", "pass --source_video_dir"),
@@ -216,6 +223,8 @@ CASES = [
     ("compare", "--labs lab1 --train_data {tiny_json} --out_dir {a_file}/comparison",
      "--out_dir {a_file}/comparison: cannot write there ({a_file} is a file, not a folder)",
      "pass a folder you can write to"),
+    ("compare", "--labs lab1 --train_data {tiny_json} --out_dir /proc/dub-comparison",
+     "--out_dir /proc/dub-comparison: cannot write there (", "pass a folder you can write to"),
     # ---- bench.py
     ("bench", "--tasks generator,nonsense", "--tasks: nonsense unknown", "pass a comma list of generator"),
     ("bench", "--precision fp64", "--precision: fp64 unknown", "pass a comma list of fp32, bf16"),
