@@ -207,10 +207,23 @@ def describe(plan, opt, layout):
     print("\n".join(lines), flush=True)
 
 
+def check_own_folder(layout, given):
+    """Refuse a --result_path that holds other files than a run of this command: a run writes (and a rerun
+    replaces) its own files throughout that folder."""
+    if os.path.isfile(layout.path("plan.json")) or not os.path.isdir(layout.root):
+        return
+    others = sorted(name for name in os.listdir(layout.root) if not name.startswith("."))
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise UserError(f"--result_path {given}: holds other files ({shown}), not a run of train_person.py; pass a "
+                        f"new or empty folder")
+
+
 def main(argv=None):
     opt = build_parser().parse_args(argv)
     layout = Layout(os.path.abspath(opt.result_path))
     check_writable(layout.root, "--result_path")
+    check_own_folder(layout, opt.result_path)
     device = choose_device(opt.device)
     plan = load_or_make_plan(opt, layout, device)
     describe(plan, opt, layout)

@@ -89,6 +89,19 @@ def test_a_bad_init_checkpoint_is_named_before_any_work(tmp_path):
     assert message.startswith(f"--init {not_a_checkpoint}") and not (tmp_path / "run").exists()
 
 
+def test_a_result_path_holding_other_files_is_refused_and_left_as_it_was(tmp_path):
+    """The footage's own folder as --result_path: a run would write its data, training and videos among them."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    video = write_footage(str(mine / "me.mp4"), *talking_face(0, 9))
+    (mine / "notes.txt").write_text("mine")
+    before = sorted(os.listdir(mine))
+    message = refusal(["--videos", video, "--result_path", str(mine), "--device", "cpu"])
+    assert message == f"--result_path {mine}: holds other files (me.mp4, notes.txt), not a run of train_person.py; " \
+                      f"pass a new or empty folder"
+    assert sorted(os.listdir(mine)) == before
+
+
 def test_refusal_as_a_process_is_one_line_without_traceback(tmp_path):
     frames, wav = talking_face(0, 5)
     video = write_footage(str(tmp_path / "short.mp4"), frames, wav)
