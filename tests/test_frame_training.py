@@ -8,12 +8,14 @@ import sys
 
 import pytest
 import torch
+from torch.optim import Adam
 
 from common.errors import UserError
 from conftest import ROOT, write_dinet_json
 from config.config import training_parser
 from data.training_json import load_training_json
 from engine.run_log import format_log_line
+from engine import trainer
 from engine.trainer import FrameStage, train
 from models.checkpoint import atomic_save, load_checkpoint
 
@@ -213,6 +215,21 @@ def test_a_gpu_runs_checkpoint_resumes_on_a_cpu_with_the_cpus_adam_on_the_same_l
     for a, b in zip(full, metrics(part)):
         for key in ("Loss_DI", "Loss_GI", "Loss_perception"):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+
+
+def test_a_cpu_runs_checkpoint_resumes_with_the_fused_adam_of_a_gpu_run(tiny_json, lab2_run, tmp_path, monkeypatch):
+    """On a GPU the run's Adam is fused and is handed the skip flag, which the loop kernel a CPU run's checkpoint
+    names refuses; the GPU's choice emulated here with the fused kernel a CPU has too."""
+    monkeypatch.setattr(trainer, "adam", lambda parameters, lr: Adam(list(parameters), lr=lr, fused=True))
+    part = tmp_path / "part"
+    run_frame(tiny_json, part, "--resume", str(lab2_run / "netG_model_epoch_1.pth"))
+    for state in load_checkpoint(str(part / "netG_model_epoch_2.pth"))["optimizer"].values():
+        assert all(group["fused"] for group in state["param_groups"])
+    full = [m for m in metrics(lab2_run) if m["epoch"] == 2]
+    assert [m["step"] for m in metrics(part)] == [m["step"] for m in full]
+    for a, b in zip(full, metrics(part)):  # the fused kernel rounds apart from the loop
+        for key in ("Loss_DI", "Loss_GI", "Loss_perception"):
+            assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-4), key
 
 
 def test_audio_channel_is_read_from_the_data_and_a_disagreeing_flag_is_an_error(tmp_path):
