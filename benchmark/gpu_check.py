@@ -12,7 +12,8 @@ parts).
   default loader workers, no crop cache: every JPEG decoded, as on a data set larger than the cache) for
   --real_run_seconds, its samples/s from its log as it grows, stopped by SIGTERM, against the bench row's rate; the
   same with --compile reduce-overhead against the CUDA-graph row; and bench's loader rows;
-- the CUDA-graph step's numerics: its losses over a few seeded steps against the eager step's;
+- the CUDA-graph step's numerics: its losses over a few seeded steps, and a few more recaptured at a new learning
+  rate, against the eager step's; its peak memory over the first capture and the recapture;
 - dubbing end to end at 1080x1920 per mouth size (decoding as inference.py does: with NVDEC where it can), against
   ffmpeg encoding the same video alone with the same x264 settings (and the GPU's decoder where this ffmpeg has
   one, the faster of the two).
@@ -125,22 +126,34 @@ def frame_step(device, batch, mode):
     return StepRunner(stage, Runtime(device), mode, say=lambda line: None), data, torch.zeros(2, device=device)
 
 
-def graph_numerics(device, steps=6, batch=4):
-    """The frame stage at mouth 64 on one seeded synthetic batch for `steps` steps, eagerly twice (the device's own
-    run-to-run difference) and with --compile reduce-overhead (eager warm-up steps, then captured and replayed): the
-    largest relative difference of a loss from the first eager run's, in a row."""
-    runs = {}
+def graph_numerics(device, steps=6, batch=4, decayed=3):
+    """The frame stage at mouth 64 on one seeded synthetic batch for `steps` steps, then `decayed` more at half the
+    learning rates (a new rate: a new capture, as each epoch of DINet's decay makes), eagerly twice (the device's
+    own run-to-run difference) and with --compile reduce-overhead (eager warm-up steps, then captured and replayed):
+    the largest relative difference of a loss from the first eager run's, and on a GPU the graph run's peak memory
+    up to the first capture's replays and over the recapture's, in a row."""
+    runs, on_gpu = {}, device.type == "cuda"
     for name, mode in (("eager", "off"), ("eager again", "off"), ("graph", "reduce-overhead")):
         runner, data, counters = frame_step(device, batch, mode)
         losses = []
-        for _ in range(steps):
+        for step in range(steps + decayed):
+            if step in (0, steps) and on_gpu:  # at `steps`: the peak up to the first capture's replays
+                peak = torch.cuda.max_memory_allocated(device) / 1e9
+                torch.cuda.reset_peak_memory_stats(device)
+            if step == steps:
+                for optimizer in runner.stage.optimizers.values():
+                    for group in optimizer.param_groups:
+                        group["lr"] /= 2
             names, values, counters, _ = runner(data, counters)
             losses.append(values[:len(names)].tolist())
         runs[name] = torch.tensor(losses, dtype=torch.float64)
     difference = lambda name: ((runs[name] - runs["eager"]).abs() / runs["eager"].abs().clamp_min(1e-6)).max().item()
-    return dict(task="graph_numerics", mouth=64, batch=batch, steps=steps, compiled="reduce-overhead",
-                cuda_graph=runner.graph is not None, loss_difference=difference("graph"),
-                eager_loss_difference=difference("eager again"))
+    row = dict(task="graph_numerics", mouth=64, batch=batch, steps=steps, decayed_steps=decayed,
+               compiled="reduce-overhead", cuda_graph=runner.graph is not None, loss_difference=difference("graph"),
+               eager_loss_difference=difference("eager again"))
+    if on_gpu and row["cuda_graph"]:  # the graph run's
+        row.update(capture_peak_gb=peak, recapture_peak_gb=torch.cuda.max_memory_allocated(device) / 1e9)
+    return row
 
 
 def profile_step(opt, device, mode="off"):
@@ -246,10 +259,13 @@ def targets(rows, opt):
     numerics = find(rows, task="graph_numerics")
     if numerics:
         line(f"the CUDA-graph step's losses within {GRAPH_LOSS_TOLERANCE:.0%} of the eager step's (frame 64, "
-             f"{numerics['steps']} steps on one seeded batch)",
+             f"{numerics['steps']} steps on one seeded batch, {numerics['decayed_steps']} more recaptured at half "
+             f"the learning rate)",
              numerics["loss_difference"] if numerics["cuda_graph"] else None, GRAPH_LOSS_TOLERANCE,
              lambda: f"{numerics['loss_difference']:.2g} at most (eager against eager: "
-                     f"{numerics['eager_loss_difference']:.2g})", at_most=True)
+                     f"{numerics['eager_loss_difference']:.2g}); peak memory {numerics['capture_peak_gb']:.2f} GB "
+                     f"to the first capture's replays, {numerics['recapture_peak_gb']:.2f} GB over the recapture at "
+                     f"half the learning rate", at_most=True)
     encode = find(rows, task="encode_alone")
     for mouth in (64,) if opt.quick else [mouth for mouth, _ in selected(STAGES, opt.mouths)]:  # dubbing's sizes
         row = find(rows, task="inference", mouth=mouth)

@@ -82,8 +82,9 @@ class StepRunner:
     def capture(self, batch, counters):
         """Record train_step on static copies of the batch and counters; the graph writes its new counters back into
         its own, so each replay continues from the last. Learning rates are baked in: a new one is a new capture."""
-        self.graph = None
-        torch.cuda.synchronize()
+        self.graph = self.inputs = self.outputs = None  # a recapture (each new learning rate) frees the last graph's
+        torch.cuda.synchronize()                         # memory first: two graphs of the clip stage would not fit
+        torch.cuda.empty_cache()
         self.inputs = {key: value.clone() for key, value in batch.items()}
         self.counters = counters.clone()
         for optimizer in self.stage.optimizers.values():

@@ -73,12 +73,18 @@ def test_graph_numerics_compares_seeded_runs_and_a_graph_not_used_is_not_counted
     import torch
 
     from benchmark.gpu_check import graph_numerics, markdown, targets
-    row = graph_numerics(torch.device("cpu"), steps=2, batch=1)
+    row = graph_numerics(torch.device("cpu"), steps=2, batch=1, decayed=1)
     assert row["loss_difference"] == row["eager_loss_difference"] == 0 and not row["cuda_graph"]
     lines = targets([row], argparse.Namespace(quick=True, video=(256, 256), mouths={64}))
     line = next(line for line in lines if line["target"].startswith("the CUDA-graph step's losses"))
     assert line["met"] is None and line["measured"] == "not measured"
     assert "| graph_numerics (CUDA graph asked for, not used) | 64 | 1 |" in markdown([row], lines, "cpu", {})
+    on_a_gpu = dict(row, cuda_graph=True, loss_difference=0.002, capture_peak_gb=1.8, recapture_peak_gb=1.9)
+    line = next(line for line in targets([on_a_gpu], argparse.Namespace(quick=True, video=(256, 256), mouths={64}))
+                if line["target"].startswith("the CUDA-graph step's losses"))
+    assert line["met"] and line["measured"] == ("0.002 at most (eager against eager: 0); peak memory 1.80 GB to the "
+                                                "first capture's replays, 1.90 GB over the recapture at half the "
+                                                "learning rate")
 
 
 def test_gpu_check_into_a_folder_that_cannot_be_made_ends_in_one_line_naming_the_flag(monkeypatch):
