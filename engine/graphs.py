@@ -82,13 +82,15 @@ class StepRunner:
     def capture(self, batch, counters):
         """Record train_step on static copies of the batch and counters; the graph writes its new counters back into
         its own, so each replay continues from the last. Learning rates are baked in: a new one is a new capture."""
-        self.graph = self.inputs = self.outputs = None  # a recapture (each new learning rate) frees the last graph's
-        torch.cuda.synchronize()                         # memory first: two graphs of the clip stage would not fit
+        # a recapture (each new learning rate) frees the last graph's memory first, its gradients too: two graphs of
+        # the clip stage would not fit one card
+        self.graph = self.inputs = self.outputs = None
+        for optimizer in self.stage.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
         torch.cuda.empty_cache()
         self.inputs = {key: value.clone() for key, value in batch.items()}
         self.counters = counters.clone()
-        for optimizer in self.stage.optimizers.values():
-            optimizer.zero_grad(set_to_none=True)
         self.set_capturable(True)  # the step counts stay on the device, as a capture needs
         self.stage.precision.autocast_cache = False  # cached weight casts would not outlive the capture
         graph = torch.cuda.CUDAGraph()
