@@ -37,6 +37,17 @@ def metrics(result_path):
         return [json.loads(line) for line in f]
 
 
+def assert_resumed_as_epoch_2(whole, part, rel=1e-5, abs=1e-6):
+    """The run in `part`, resumed from `whole`'s first checkpoint, logged `whole`'s epoch 2: its steps, and its
+    losses and learning rate to `rel` / `abs`."""
+    full = [m for m in metrics(whole) if m["epoch"] == 2]
+    resumed = metrics(part)
+    assert [m["step"] for m in resumed] == [m["step"] for m in full] == [2, 3]
+    for a, b in zip(full, resumed):
+        for key in ("Loss_DI", "Loss_GI", "Loss_perception", "lr_g"):
+            assert a[key] == pytest.approx(b[key], rel=rel, abs=abs), key
+
+
 def test_log_line_is_dinets_format():
     line = format_log_line(10, 53, 54, {"Loss_DI": 0.24094, "Loss_GI": 0.31071, "Loss_perception": 5.16621}, 1e-4)
     assert line == "===> Epoch[10](53/54):  Loss_DI: 0.2409 Loss_GI: 0.3107 Loss_perception: 5.1662 lr_g = 0.0001000 "
@@ -189,12 +200,7 @@ def test_coarse_checkpoint_of_another_lab_is_rejected(tiny_json, lab2_run, tmp_p
 
 def test_resume_continues_the_loss_trajectory_of_an_uninterrupted_run(tiny_json, lab2_run, tmp_path):
     run_frame(tiny_json, tmp_path, "--resume", str(lab2_run / "netG_model_epoch_1.pth"))
-    full = [m for m in metrics(lab2_run) if m["epoch"] == 2]
-    resumed = metrics(tmp_path)
-    assert [m["step"] for m in resumed] == [m["step"] for m in full] == [2, 3]
-    for a, b in zip(full, resumed):
-        for key in ("Loss_DI", "Loss_GI", "Loss_perception", "lr_g"):
-            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+    assert_resumed_as_epoch_2(lab2_run, tmp_path)
     # the resumed run rebuilt lab2 from the checkpoint alone
     assert torch.load(tmp_path / "netG_model_epoch_2.pth", weights_only=False)[
         "generator_config"]["extra_same_block"]
@@ -210,11 +216,7 @@ def test_a_gpu_runs_checkpoint_resumes_on_a_cpu_with_the_cpus_adam_on_the_same_l
     run_frame(tiny_json, part, "--resume", str(tmp_path / "gpu.pth"))
     for state in load_checkpoint(str(part / "netG_model_epoch_2.pth"))["optimizer"].values():
         assert all(not group["fused"] and not group["capturable"] for group in state["param_groups"])
-    full = [m for m in metrics(whole) if m["epoch"] == 2]
-    assert [m["step"] for m in metrics(part)] == [m["step"] for m in full]
-    for a, b in zip(full, metrics(part)):
-        for key in ("Loss_DI", "Loss_GI", "Loss_perception"):
-            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+    assert_resumed_as_epoch_2(whole, part)
 
 
 def test_a_cpu_runs_checkpoint_resumes_with_the_fused_adam_of_a_gpu_run(tiny_json, lab2_run, tmp_path, monkeypatch):
@@ -225,11 +227,7 @@ def test_a_cpu_runs_checkpoint_resumes_with_the_fused_adam_of_a_gpu_run(tiny_jso
     run_frame(tiny_json, part, "--resume", str(lab2_run / "netG_model_epoch_1.pth"))
     for state in load_checkpoint(str(part / "netG_model_epoch_2.pth"))["optimizer"].values():
         assert all(group["fused"] for group in state["param_groups"])
-    full = [m for m in metrics(lab2_run) if m["epoch"] == 2]
-    assert [m["step"] for m in metrics(part)] == [m["step"] for m in full]
-    for a, b in zip(full, metrics(part)):  # the fused kernel rounds apart from the loop
-        for key in ("Loss_DI", "Loss_GI", "Loss_perception"):
-            assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-4), key
+    assert_resumed_as_epoch_2(lab2_run, part, rel=1e-3, abs=1e-4)  # the fused kernel rounds apart from the loop
 
 
 def test_audio_channel_is_read_from_the_data_and_a_disagreeing_flag_is_an_error(tmp_path):

@@ -73,15 +73,16 @@ def test_graph_numerics_compares_seeded_runs_and_a_graph_not_used_is_not_counted
     import torch
 
     from benchmark.gpu_check import graph_numerics, markdown, targets
+    opt = argparse.Namespace(quick=True, video=(256, 256), mouths={64})
+    numerics_line = lambda lines: next(line for line in lines if line["target"].startswith("the CUDA-graph step's"))
     row = graph_numerics(torch.device("cpu"), steps=2, batch=1, decayed=1)
     assert row["loss_difference"] == row["eager_loss_difference"] == 0 and not row["cuda_graph"]
-    lines = targets([row], argparse.Namespace(quick=True, video=(256, 256), mouths={64}))
-    line = next(line for line in lines if line["target"].startswith("the CUDA-graph step's losses"))
+    lines = targets([row], opt)
+    line = numerics_line(lines)
     assert line["met"] is None and line["measured"] == "not measured"
     assert "| graph_numerics (CUDA graph asked for, not used) | 64 | 1 |" in markdown([row], lines, "cpu", {})
     on_a_gpu = dict(row, cuda_graph=True, loss_difference=0.002, capture_peak_gb=1.8, recapture_peak_gb=1.9)
-    line = next(line for line in targets([on_a_gpu], argparse.Namespace(quick=True, video=(256, 256), mouths={64}))
-                if line["target"].startswith("the CUDA-graph step's losses"))
+    line = numerics_line(targets([on_a_gpu], opt))
     assert line["met"] and line["measured"] == ("0.002 at most (eager against eager: 0); peak memory 1.80 GB to the "
                                                 "first capture's replays, 1.90 GB over the recapture at half the "
                                                 "learning rate")
