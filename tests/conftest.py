@@ -25,6 +25,8 @@ def pytest_configure(config):
                                        "(skipped, and listed at the end of the run, where one is missing)")
     config.addinivalue_line("markers", "slow: takes minutes; skipped unless -m names it (pytest -m slow)")
     config.addinivalue_line("markers", "xdist_group(name): run in one worker under -n N (known without xdist too)")
+    config.addinivalue_line("markers", "long: half a minute or more on 2 cores; under -n N it starts among the first, "
+                                       "so that it does not end the run alone")
     # -n N: the tests of one xdist_group run in one worker (tests/test_app.py's share one app process), the rest as
     # xdist's "load" spreads them: the controller schedules by group, the workers put the group in each test's id
     if getattr(config.option, "dist", None) == "load":
@@ -33,15 +35,27 @@ def pytest_configure(config):
         config.option.loadgroup = True
 
 
+def uses_module_fixture(item):
+    """Whether `item` uses a module-scoped fixture (built once in each worker that runs one of its users)."""
+    info = getattr(item, "_fixtureinfo", None)
+    return any(definitions and definitions[-1].scope == "module" for definitions in
+               (info.name2fixturedefs.values() if info else ()))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
     run_slow = "slow" in (config.getoption("markexpr") or "")
     for item in items:
+        if not item.get_closest_marker("xdist_group") and uses_module_fixture(item):  # -n N: built in one worker
+            item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}-fixtures"))
         if item.get_closest_marker("slow") and not run_slow:
             item.add_marker(pytest.mark.skip(reason="slow: run it with -m slow"))
         for marker in item.iter_markers("needs_shared"):
             missing = [path for path in marker.args if not os.path.exists(os.path.join(SHARED, path))]
             if missing:
                 item.add_marker(pytest.mark.skip(reason=f"{SHARED_MISSING}{missing[0]}, which this checkout lacks"))
+    if hasattr(config, "workerinput"):  # the long tests and the groups go out first; the short ones even out the end
+        items.sort(key=lambda item: not (item.get_closest_marker("long") or item.get_closest_marker("xdist_group")))
 
 
 def pytest_terminal_summary(terminalreporter):

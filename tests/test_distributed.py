@@ -41,6 +41,7 @@ def test_each_process_takes_its_slice_of_the_single_process_global_batch():
     assert list(resumed) == batches[8:] and len(resumed) == 12
 
 
+@pytest.mark.long
 def test_two_gloo_processes_reach_the_losses_of_one_process_with_the_same_global_batch(tiny_json, tmp_path):
     """Same losses to 5e-4 relative. fp32 alone separates them by up to ~2e-4 (oneDNN blocks a batch of 2 and
     of 4 differently, and the random VGG19 perception sums many such differences); half the global batch on one

@@ -8,6 +8,7 @@ import pytest
 from common.errors import UserError
 
 
+@pytest.mark.long
 def test_gpu_check_measures_every_target_writes_its_tables_and_a_failing_part_costs_that_part_alone(tmp_path,
                                                                                                      monkeypatch):
     """The command as a user runs it (its main), the loader's part failing as a CUDA error would: device time is

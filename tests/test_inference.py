@@ -464,6 +464,7 @@ def run_bench(tmp_path, *args):
     return json.loads(path.read_text()), result.stdout, wall
 
 
+@pytest.mark.long
 def test_bench_quick_reports_end_to_end_dubbing_and_the_loader(tmp_path):
     """bench.py --quick: the published loop's row, the inference rows (fp32, and bf16 with its PSNR against fp32)
     with their speed-up over it, and the loader row."""
@@ -517,6 +518,7 @@ def test_bench_baseline_runs_the_published_layers():
     assert network_flops(network, inputs) == flops == pytest.approx(22.4e9, rel=2e-3)
 
 
+@pytest.mark.long
 def test_bench_training_rows_each_in_a_process_of_their_own(tmp_path):
     """bench.py --quick training rows: the published way (fp32, NCHW, 3-D AdaAT, its iteration) and ours in
     fp32 and (where the CPU has native bf16) bf16, each measured in a process of its own and written as JSON."""
@@ -552,6 +554,7 @@ def test_bench_generator_rows_and_model_flop_utilisation(tmp_path):
     assert peak_tflops(None, torch.device("cpu")) == {}
 
 
+@pytest.mark.long
 def test_bench_inference_repeats_interleave_with_the_published_loop_and_give_medians(tmp_path):
     """--inference_repeats 2: the published loop and ours run twice each, in turn; the rows hold every run's rate
     and the median run's (the lower middle one for an even count), and the speed-up is the ratio of those."""

@@ -194,6 +194,7 @@ def test_resumed_syncnet_run_continues_the_uninterrupted_one(syncnet_run, tmp_pa
         assert a["Loss_sync"] == pytest.approx(b["Loss_sync"], rel=1e-5, abs=1e-6)
 
 
+@pytest.mark.long
 def test_train_syncnet_command_learns_lip_sync_on_the_demo_data(tmp_path):
     """The demo-size SyncNet (embedding, mouths read at 32 x 32, 150 steps of 16 windows, under a minute on 2
     cores) tells in-sync from off-sync windows of 2 held-out videos well above chance (half are in sync)."""

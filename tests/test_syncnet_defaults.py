@@ -68,6 +68,7 @@ def test_a_run_at_chance_for_several_epochs_says_so_with_a_hint(tmp_path, flags,
     assert log.index(warnings[0]) > max(i for i, line in enumerate(log) if line.startswith("===> Epoch[3] held-out"))
 
 
+@pytest.mark.long
 def test_the_defaults_learn_lip_sync_in_a_few_epochs_without_a_chance_warning(tmp_path):
     """Every SyncNet flag at its default, at mouth 32 (read at 32 x 32) and a short schedule: 150 steps of 16
     windows from 7 training videos tell the held-out video's in-sync windows from its off-sync ones."""
