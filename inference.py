@@ -179,7 +179,7 @@ def run(opt, generator=None, progress=True):
     if face_path:
         print(f"wrote {face_path}")
     if result.hardware_failure:
-        print(f"note: decoded on the CPU: the GPU's decoder (NVDEC) could not start ({result.hardware_failure})")
+        print(f"note: decoded on the CPU, not by the GPU's decoder (NVDEC): {result.hardware_failure}")
     elif result.decoder == "cuda":
         print("decoded by the GPU's decoder (NVDEC)")
     return result

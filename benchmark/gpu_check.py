@@ -302,7 +302,7 @@ def markdown(rows, lines, device_name, part_seconds):
     text += ["", "Dubbing's stages (seconds each was busy; they overlap):", ""] if stages else []
     text += [f"- mouth {row['mouth']} {row['precision']}, {row['frames']} frames in {row['seconds']:.2f} s, "
              f"host threads {row.get('host_threads', 1)}, {row.get('decoder', 'software')} decoding"
-             f"{' (NVDEC failed: %s)' % row['hardware_failure'] if row.get('hardware_failure') else ''}: " +
+             f"{' (not NVDEC: %s)' % row['hardware_failure'] if row.get('hardware_failure') else ''}: " +
              ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in row["stage_seconds"].items() if stage != "total")
              for row in stages]
     profiles = [row for row in rows if row["task"] == "profile"]  # a failed part's row is named by its part

@@ -52,7 +52,7 @@ from data.openface_csv import read_openface_csv
 from media.convert import extract_audio
 from media.decoder import DecodedVideo, scratch_folder
 from media.encoder import DEFAULT_PRESET, VideoEncoder
-from media.ffmpeg import hardware_decoders
+from media.ffmpeg import hardware_decoders, no_cuda_decoder
 from media.yuv import rgb_region
 from models import DINet
 from models.checkpoint import generator_config_of, load_checkpoint, load_network
@@ -246,7 +246,7 @@ class DubResult:
     faces: tuple = ()            # whom it dubbed, per shot
     shots: int = 1
     decoder: str = "software"    # what decoded the source: "cuda" (the GPU's NVDEC) or ffmpeg's "software" decoder
-    hardware_failure: str = None  # why NVDEC, asked for, could not decode it (ffmpeg's message)
+    hardware_failure: str = None  # why NVDEC did not decode it on a GPU: ffmpeg's message, or that ffmpeg has none
 
 
 # On CPU a generator call's activations should stay around this many face-crop pixels per call: past it, a
@@ -409,8 +409,10 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
     times["total"] = time.perf_counter() - started
     if timings is not None:
         timings.update(times)
+    nvdec_wanted = device.type == "cuda" and decoder == "auto"
     return DubResult(output_path, len(index), len(passed), face_video_path, batch_size, passed_ranges,
-                     tuple(track.chosen), int(track.shot.max()) + 1, video.decoder, video.hardware_failure)
+                     tuple(track.chosen), int(track.shot.max()) + 1, video.decoder,
+                     video.hardware_failure or (no_cuda_decoder() if nvdec_wanted else None))
 
 
 def nvdec_device(device):

@@ -142,6 +142,14 @@ def hardware_decoders():
         return frozenset(listed[3:]) if ffmpeg.wait() == 0 else frozenset()
 
 
+def no_cuda_decoder():
+    """Why this ffmpeg cannot decode with the GPU's decoder, where it was built without one; None where it has one."""
+    if "cuda" in hardware_decoders():
+        return None
+    return (f"{imageio_ffmpeg.get_ffmpeg_exe()} lists no CUDA decoder (ffmpeg -hwaccels): imageio-ffmpeg 0.8 or newer "
+            "ships an ffmpeg with one")
+
+
 def cuda_decoding(device_index):
     """ffmpeg's input options that decode on CUDA device `device_index`'s hardware decoder (NVDEC), the frames copied
     back to memory for the filters and the output."""

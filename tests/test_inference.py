@@ -293,6 +293,23 @@ def test_decoding_on_the_gpus_decoder_gives_the_software_decoders_frames_or_fall
         asked.close()
 
 
+def test_an_ffmpeg_built_without_a_cuda_decoder_is_named_with_the_package_that_has_one(tmp_path, monkeypatch):
+    """The ffmpeg that requirements.txt installs lists CUDA's decoder; one that does not (imageio-ffmpeg 0.7's,
+    answering -hwaccels as below) is why dubbing on a GPU decodes in software, and the reason names it and the fix."""
+    from media.ffmpeg import hardware_decoders, no_cuda_decoder
+    assert no_cuda_decoder() is None, no_cuda_decoder()
+    older = tmp_path / "ffmpeg"
+    older.write_text("#!/bin/sh\nprintf 'Hardware acceleration methods:\\nvdpau\\n\\n'\n")
+    older.chmod(0o755)
+    monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(older))
+    hardware_decoders.cache_clear()
+    try:
+        assert hardware_decoders() == {"vdpau"}
+        assert str(older) in no_cuda_decoder() and "imageio-ffmpeg 0.8" in no_cuda_decoder()
+    finally:
+        hardware_decoders.cache_clear()
+
+
 def test_frames_that_fill_the_scratch_folder_stop_decoding_naming_it_and_leave_nothing(tmp_path):
     """A raw H.264 stream gives no duration, so the folder is chosen for 11 s of frames: 20 s fill it (2 MB of its
     own, in a user and mount namespace), as another program filling the disk meanwhile would. ffmpeg's messages go
