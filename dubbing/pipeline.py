@@ -52,7 +52,7 @@ from data.openface_csv import read_openface_csv
 from media.convert import extract_audio
 from media.decoder import DecodedVideo, scratch_folder
 from media.encoder import DEFAULT_PRESET, VideoEncoder
-from media.ffmpeg import hardware_decoders, no_cuda_decoder
+from media.ffmpeg import no_cuda_decoder
 from media.yuv import rgb_region
 from models import DINet
 from models.checkpoint import generator_config_of, load_checkpoint, load_network
@@ -286,9 +286,10 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
     times = Timings()
     geometry = CropGeometry(generator.mouth_size)
     batch_size = frames_per_call(batch_size, geometry, device)
+    nvdec_wanted = device.type == "cuda" and decoder == "auto"
     with scratch_folder("work") as work_dir:
         video = DecodedVideo(source_video_path, background=True, pixel_format="yuv420p",  # decodes in the background
-                             cuda_device=nvdec_device(device) if decoder == "auto" else None)
+                             cuda_device=nvdec_device(device) if nvdec_wanted else None)
         try:
             with times("generator"):  # meanwhile: on CPU its compiled kernels load in the background
                 network = (generator.network if isinstance(generator.network, OnnxGenerator)  # runs as exported
@@ -409,7 +410,6 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
     times["total"] = time.perf_counter() - started
     if timings is not None:
         timings.update(times)
-    nvdec_wanted = device.type == "cuda" and decoder == "auto"
     return DubResult(output_path, len(index), len(passed), face_video_path, batch_size, passed_ranges,
                      tuple(track.chosen), int(track.shot.max()) + 1, video.decoder,
                      video.hardware_failure or (no_cuda_decoder() if nvdec_wanted else None))
@@ -419,7 +419,7 @@ def nvdec_device(device):
     """The CUDA device whose hardware decoder (NVDEC) decodes the source when dubbing on `device`: on a GPU, where
     this ffmpeg can decode with CUDA, the same GPU (its decoder frees the CPU cores the encoder needs); else None,
     ffmpeg's software decoder."""
-    if device.type != "cuda" or "cuda" not in hardware_decoders():
+    if device.type != "cuda" or no_cuda_decoder():
         return None
     return torch.cuda.current_device() if device.index is None else device.index
 
