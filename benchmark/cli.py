@@ -19,8 +19,8 @@ from .dubbing import DubbingBench
 from .generator import bench_generator
 from .gpu_check import gpu_check
 from .loader import bench_loader
-from .measure import CLIP_STAGES, STAGES, selected
-from .processes import ROOT
+from .measure import CLIP_STAGES, STAGES, out_of_time, seconds_left, selected
+from .processes import ROOT, run_within
 from .training import bench_baseline, bench_train_clip, bench_train_frame
 
 # the stages (frame or clip) and their (mouth, batch) rows of each training task, each row measured in a process of
@@ -41,7 +41,11 @@ def training_row_in_process(opt, task, stage, precision, mouth):
         command = [sys.executable, "-m", "benchmark", *sys.argv[1:], "--tasks", task, "--precision", precision,
                    "--mouths", str(mouth), "--train_iterations", str(opt.train_iterations), "--train_warmup",
                    str(opt.train_warmup), "--compile", opt.compile, "--stage", stage, "--json", path, "--in_process"]
-        done = subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            done = run_within(command, seconds_left(opt), cwd=ROOT)
+        except subprocess.TimeoutExpired:
+            return [dict(task=stage, mouth=mouth, precision=precision, baseline=task == "baseline",
+                         not_measured=out_of_time(opt))]
         if done.returncode == 0:
             with open(path) as f:
                 return json.load(f)
@@ -95,9 +99,10 @@ def print_table(rows, peaks):
         header += f"{'MFU':>7}"
     print(header)
     for row in rows:
-        if "error" in row:
+        if "error" in row or "not_measured" in row:
             how = row["precision"] + (" (published way)" if row.get("baseline") else "")
-            print(f"{row['task']:<12}{row['mouth']:>6}{'':>6}{how:>21}  failed: {row['error']}", flush=True)
+            why = f"failed: {row['error']}" if "error" in row else row["not_measured"]
+            print(f"{row['task']:<12}{row['mouth']:>6}{'':>6}{how:>21}  {why}", flush=True)
             continue
         rate = row.get("samples_per_s", row.get("frames_per_s"))
         how = row["precision"] + "".join(tag for tag, on in (
@@ -175,9 +180,12 @@ def build_parser():
                         "one number, or per precision as bf16=989,fp32=494.5 (known for H100, H200, A100)")
     parser.add_argument("--json", default=None, help="also write the rows here")
     parser.add_argument("--gpu_check", default=None, metavar="OUT",
-                        help="measure every speed target in one run (an estimated 5-9 minutes on one GPU; its own "
-                             "choice of rows and settings, with --quick a tiny one) and write OUT/gpu_check.json and "
-                             ".md after every part")
+                        help="measure every speed target in one run (its own choice of rows and settings, with --quick "
+                             "a tiny one) and write OUT/gpu_check.json and .md after every part")
+    parser.add_argument("--gpu_check_minutes", type=number(above=0), default=6.0,
+                        help="--gpu_check's budget: a part starts only while time is left, a row's process still "
+                             "running when it is spent is stopped, and the rows left out are named (every part: an "
+                             "estimated 5-9 minutes on one GPU, each target's rows first)")
     parser.add_argument("--real_run_seconds", type=number(1), default=20.0,
                         help="--gpu_check: seconds each real training run is timed for, after its first 10 steps")
     parser.add_argument("--in_process", action="store_true", help=argparse.SUPPRESS)  # a training row's own process
@@ -233,7 +241,7 @@ def run(opt, tasks, rows=None):
             else:
                 new_rows = tasks[task](opt, device, precision, opt.lab)
             for row in new_rows:
-                published = next((old for old in rows if old.get("baseline") and "error" not in old and all(
+                published = next((old for old in rows if old.get("baseline") and "samples_per_s" in old and all(
                     old.get(key) == row.get(key) for key in ("task", "mouth", "batch"))), None)
                 if published and not row.get("baseline") and "samples_per_s" in row:
                     row["speedup_vs_published"] = row["samples_per_s"] / published["samples_per_s"]

@@ -12,7 +12,8 @@ import torch
 from engine.compare import lab_config
 from models import DINet
 
-from .measure import STAGES, generator_inputs, network_flops, reference_once_flops, selected
+from .measure import (STAGES, generator_inputs, network_flops, out_of_time, reference_once_flops, seconds_left,
+                      selected)
 from .processes import ROOT, run_job
 from .published import published_way
 
@@ -119,7 +120,7 @@ class DubbingBench:
         if row is not None and len(row["runs_frames_per_s"]) > repeat:
             return None, row
         frames = 12 if self.opt.quick else PUBLISHED_LOOP_FRAMES[job["mouth"]]
-        done = run_job("published", dict(job, frames=frames))
+        done = run_job("published", dict(job, frames=frames), seconds=seconds_left(self.opt))
         new = None
         if row is None:
             network = published_way(DINet.from_config(config).eval())
@@ -142,49 +143,59 @@ class DubbingBench:
         from media.ffmpeg import probe
         config = lab_config(lab, 80, "mel")
         self.prepare(config)
-        folder = self.folder.name
-        video, audio, landmarks, description = self.inputs
-        info = probe(video)
+        info = probe(self.inputs[0])
         network = DINet.from_config(config).eval()
         network.load_state_dict(torch.load(self.weights, weights_only=True))
         rows = []
         mouths = (64,) if opt.quick else [mouth for mouth, _ in selected(STAGES, opt.mouths)]
         for mouth_size in mouths:
-            job = dict(config=config.to_dict(), weights=self.weights, device=str(device), video=video, audio=audio,
-                       landmarks=landmarks, mouth=mouth_size, batch=opt.inference_batch,
-                       amp="bf16" if precision == "bf16" else "off", decoder=opt.dub_decoder,
-                       output=os.path.join(folder, f"out_{mouth_size}_{precision}.mp4"))
-            published, runs = None, []
-            for repeat in range(opt.inference_repeats):  # the published loop and ours in turn
-                if opt.published_loop == "on":
-                    new, published = self.published_row(job, config, lab, description, repeat)
-                    rows += [new] if new else []
-                runs.append(dub_in_process(job))
-            rates = [run["frames"] / run["timings"]["total"] for run in runs]
-            done = runs[rates.index(statistics.median_low(rates))]  # the median run, with its stages
-            seconds, frames = done["timings"]["total"], done["frames"]
-            inputs = generator_inputs(mouth_size, 1, config.audio_channel, torch.device("cpu"))
-            flops = reference_once_flops(network, inputs)  # per frame, the reference branch not counted
-            row = dict(task="inference", lab=lab, mouth=mouth_size, batch=done["batch"], precision=precision,
-                       host_threads=done["host_threads"], decoder=done["decoder"],
-                       **({"hardware_failure": done["hardware_failure"]} if done["hardware_failure"] else {}),
-                       frames_per_s=frames / seconds, end_to_end=True, frames=frames, video=description,
-                       seconds=seconds, gflops_per_sample=flops / 1e9,
-                       achieved_gflops_per_s=flops * frames / seconds / 1e9,
-                       stage_seconds={stage: round(value, 3) for stage, value in done["timings"].items()},
-                       runs_frames_per_s=rates)
-            if published:
-                row["speedup_vs_published"] = row["frames_per_s"] / published["frames_per_s"]
-            if precision == "bf16":
-                reference = os.path.join(folder, f"out_{mouth_size}_fp32.mp4")
-                if not os.path.isfile(reference):  # no fp32 row in this run: make its output, untimed
-                    dub_in_process(dict(job, amp="off", output=reference))
-                row["psnr_vs_fp32"] = video_psnr(job["output"], reference)
-                boxes = face_boxes(landmarks, (info["width"], info["height"]), frames)
-                row["face_psnr_vs_fp32"] = video_psnr(job["output"], reference, boxes)
-            rows.append(row)
+            try:
+                rows += self.mouth_rows(opt, device, precision, lab, config, network, info, mouth_size)
+            except subprocess.TimeoutExpired:  # the check's budget ran out in this row's run
+                rows.append(dict(task="inference", lab=lab, mouth=mouth_size, precision=precision,
+                                 not_measured=out_of_time(opt)))
+        return rows
+
+    def mouth_rows(self, opt, device, precision, lab, config, network, info, mouth_size):
+        """The rows of one mouth size: the published loop's where it is new, then dubbing's."""
+        folder = self.folder.name
+        video, audio, landmarks, description = self.inputs
+        rows = []
+        job = dict(config=config.to_dict(), weights=self.weights, device=str(device), video=video, audio=audio,
+                   landmarks=landmarks, mouth=mouth_size, batch=opt.inference_batch,
+                   amp="bf16" if precision == "bf16" else "off", decoder=opt.dub_decoder,
+                   output=os.path.join(folder, f"out_{mouth_size}_{precision}.mp4"))
+        published, runs = None, []
+        for repeat in range(opt.inference_repeats):  # the published loop and ours in turn
+            if opt.published_loop == "on":
+                new, published = self.published_row(job, config, lab, description, repeat)
+                rows += [new] if new else []
+            runs.append(dub_in_process(job, seconds_left(opt)))
+        rates = [run["frames"] / run["timings"]["total"] for run in runs]
+        done = runs[rates.index(statistics.median_low(rates))]  # the median run, with its stages
+        seconds, frames = done["timings"]["total"], done["frames"]
+        inputs = generator_inputs(mouth_size, 1, config.audio_channel, torch.device("cpu"))
+        flops = reference_once_flops(network, inputs)  # per frame, the reference branch not counted
+        row = dict(task="inference", lab=lab, mouth=mouth_size, batch=done["batch"], precision=precision,
+                   host_threads=done["host_threads"], decoder=done["decoder"],
+                   **({"hardware_failure": done["hardware_failure"]} if done["hardware_failure"] else {}),
+                   frames_per_s=frames / seconds, end_to_end=True, frames=frames, video=description,
+                   seconds=seconds, gflops_per_sample=flops / 1e9,
+                   achieved_gflops_per_s=flops * frames / seconds / 1e9,
+                   stage_seconds={stage: round(value, 3) for stage, value in done["timings"].items()},
+                   runs_frames_per_s=rates)
+        if published:
+            row["speedup_vs_published"] = row["frames_per_s"] / published["frames_per_s"]
+        if precision == "bf16":
+            reference = os.path.join(folder, f"out_{mouth_size}_fp32.mp4")
+            if not os.path.isfile(reference):  # no fp32 row in this run: make its output, untimed
+                dub_in_process(dict(job, amp="off", output=reference), seconds_left(opt))
+            row["psnr_vs_fp32"] = video_psnr(job["output"], reference)
+            boxes = face_boxes(landmarks, (info["width"], info["height"]), frames)
+            row["face_psnr_vs_fp32"] = video_psnr(job["output"], reference, boxes)
+        rows.append(row)
         return rows
 
 
-def dub_in_process(job):
-    return run_job("dub", job, dict(os.environ, OMP_WAIT_POLICY="PASSIVE"))
+def dub_in_process(job, seconds=None):
+    return run_job("dub", job, dict(os.environ, OMP_WAIT_POLICY="PASSIVE"), seconds)

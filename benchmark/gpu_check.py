@@ -1,5 +1,7 @@
 """`bench.py --gpu_check OUT`: every speed target measured in one run (an estimated 5-9 minutes on one H100/H200, not
-yet timed on one), written to OUT/gpu_check.json (rows and targets) and OUT/gpu_check.md (the tables) after every
+yet timed on one), within a budget (--gpu_check_minutes, 6 by default: a part starts only while time is left, a
+row's process still running when it is spent is stopped with every process it started, and the rows and parts left
+out are named), written to OUT/gpu_check.json (rows and targets) and OUT/gpu_check.md (the tables) after every
 part, in this order: bench's training rows, the loader, dubbing and the encoder alone, the real run, the CUDA-graph
 rows, the graph's numerics and the real run as a CUDA graph, where dubbing decoded with the GPU's decoder (NVDEC)
 dubbing at mouth 64 with ffmpeg's software decoder, and last the frame step under the profiler. With --quick the
@@ -34,8 +36,8 @@ from common.errors import UserError
 from common.files import make_folder, write_atomically
 from media.encoder import DEFAULT_PRESET, FAST_MOTION_SEARCH
 
-from .measure import STAGES, selected
-from .processes import ROOT
+from .measure import STAGES, out_of_time, seconds_left, selected
+from .processes import ROOT, run_within
 
 TRAINING_SPEEDUP, REAL_RUN_SHARE, DUBBING_SHARE = 3.0, 0.9, 0.8  # the targets
 GRAPH_LOSS_TOLERANCE = 0.01  # the CUDA graph's losses against the eager step's, relative
@@ -78,11 +80,12 @@ def real_training_run(opt, folder, bench_rows, device, compile="off"):
     metrics = os.path.join(result, "metrics.jsonl")
     warm_steps, window = (2, 5.0) if opt.quick else (10, opt.real_run_seconds)
     errors = os.path.join(folder, "real_run.stderr")  # a file, not a pipe: its progress bar would fill one and stall it
-    with open(errors, "w") as stderr:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+    with open(errors, "w") as stderr:  # its own process group: its loader workers go with it if it must be killed
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr,
+                                   start_new_session=True)
     first = last = None  # (time, steps logged)
     try:
-        while process.poll() is None:
+        while process.poll() is None and seconds_left(opt) != 0:
             steps = count_lines(metrics)
             now = time.perf_counter()
             if first is None and steps >= warm_steps:
@@ -95,7 +98,13 @@ def real_training_run(opt, folder, bench_rows, device, compile="off"):
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)  # it stops after a checkpoint, as a user's Ctrl-C would
-        process.wait(timeout=300)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    if (first is None or last[1] <= first[1]) and seconds_left(opt) == 0:
+        raise subprocess.TimeoutExpired(command, window)  # the check's budget ran out first
     if first is None or last[1] <= first[1]:
         with open(errors) as f:
             raise UserError(f"the real training run logged too few steps: {f.read().strip()[-2000:]}")
@@ -193,7 +202,7 @@ def count_lines(path):
         return 0
 
 
-def encode_alone(video, folder, device):
+def encode_alone(opt, video, folder, device):
     """ffmpeg decoding `video` and encoding it with dubbing's x264 settings and nothing else, frames/s: with the
     software decoder, and with CUDA's where this ffmpeg has it and the device is a GPU; the faster one."""
     from dubbing.pipeline import encoder_threads, nvdec_device
@@ -210,7 +219,7 @@ def encode_alone(video, folder, device):
                    "-map", "0:v", "-c:v", "libx264", "-preset", DEFAULT_PRESET, "-pix_fmt", "yuv420p", "-crf", "18",
                    "-x264-params", FAST_MOTION_SEARCH, *(["-threads", str(threads)] if threads else []), output]
         started = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True)
+        done = run_within(command, seconds_left(opt))
         seconds = time.perf_counter() - started
         if done.returncode == 0:
             rows.append(dict(task="encode_alone", decoder=name, frames=frames, seconds=seconds,
@@ -222,7 +231,8 @@ def encode_alone(video, folder, device):
 
 def find(rows, **fields):
     """The fastest row with these fields (None: none measured)."""
-    found = [row for row in rows if "error" not in row and all(row.get(k) == v for k, v in fields.items())]
+    found = [row for row in rows if "error" not in row and "not_measured" not in row and
+             all(row.get(k) == v for k, v in fields.items())]
     return max(found, key=lambda row: row.get("samples_per_s", row.get("frames_per_s", 0)), default=None)
 
 
@@ -290,8 +300,9 @@ def markdown(rows, lines, device_name, part_seconds):
                  f"{row['num_workers']} workers; cache warm, every JPEG decoded "
                  f"{rate_text(row['decoded_samples_per_s'])}/s" if "decoded_samples_per_s" in row else None]
         name = row["task"] + "".join(f" ({note})" for note in notes if note)
-        if "error" in row:
-            text.append(f"| {name} | {row.get('mouth', '')} | | failed: {row['error']} | | | | |")
+        if "error" in row or "not_measured" in row:
+            why = f"failed: {row['error']}" if "error" in row else row["not_measured"]
+            text.append(f"| {name} | {row.get('mouth', '')} | | {why} | | | | |")
             continue
         rate = row.get("samples_per_s", row.get("frames_per_s"))
         cell = lambda key, spec: format(row[key], spec) if row.get(key) is not None else ""
@@ -312,7 +323,17 @@ def markdown(rows, lines, device_name, part_seconds):
         + f" (operations by time: {row['operations']})" for row in profiles)] if profiles else []
     text += ["", f"The check took {sum(part_seconds.values()):.0f} s: " +
              ", ".join(f"{label} {seconds:.0f} s" for label, seconds in part_seconds.items())]
+    left_out = not_measured(rows)
+    text += ["", left_out] if left_out else []
     return "\n".join(text) + "\n"
+
+
+def not_measured(rows):
+    """One line naming the rows and parts the budget left out (None: none)."""
+    names = [" ".join(str(row[key]) for key in ("task", "mouth") if key in row)
+             for row in rows if "not_measured" in row]
+    return f"Not measured, the budget spent: {', '.join(names)}; --gpu_check_minutes gives the check more." \
+        if names else None
 
 
 def gpu_check(opt, run, tasks, dubbing):
@@ -323,6 +344,7 @@ def gpu_check(opt, run, tasks, dubbing):
     make_folder(opt.gpu_check, "--gpu_check")
     configure(opt)
     started = time.perf_counter()
+    opt.deadline = started + 60 * opt.gpu_check_minutes  # the budget: seconds_left(opt)
     device = torch.device(opt.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     rows = []
@@ -332,7 +354,12 @@ def gpu_check(opt, run, tasks, dubbing):
     def part(label, measure):
         part_started = time.perf_counter()
         try:
+            if seconds_left(opt) == 0:
+                raise subprocess.TimeoutExpired(label, 0)
             measure()
+        except subprocess.TimeoutExpired:  # the budget ran out before or during it: the rows it measured are kept
+            rows.append(dict(task=label, not_measured=out_of_time(opt)))
+            print(f"{label}: {rows[-1]['not_measured']}", flush=True)
         except Exception as error:  # any failure: reported as its part's row, the other parts still measured
             message = (str(error).strip().splitlines() or [""])[-1]
             rows.append(dict(task=label, error=f"{type(error).__name__}: {message}"[:300]))
@@ -357,7 +384,7 @@ def gpu_check(opt, run, tasks, dubbing):
         def encoder():
             from .dubbing import inference_inputs
             video = dubbing.inputs[0] if dubbing.inputs else inference_inputs(opt, folder)[0]  # what dubbing dubbed
-            rows.append(encode_alone(video, folder, device))
+            rows.append(encode_alone(opt, video, folder, device))
             print(f"ffmpeg encoding alone: {rows[-1]['frames_per_s']:.1f} frames/s ({rows[-1]['decoder']} decoding)",
                   flush=True)
         # each target's rows as early as they can come, the CUDA graph rows (an alternative) last

@@ -20,6 +20,17 @@ def selected(stages, mouths):
     return [(mouth, batch) for mouth, batch in stages if mouth in mouths]
 
 
+def seconds_left(opt):
+    """Seconds left of --gpu_check's budget (--gpu_check_minutes); None outside the check: no limit."""
+    deadline = getattr(opt, "deadline", None)
+    return None if deadline is None else max(0.0, deadline - time.perf_counter())
+
+
+def out_of_time(opt):
+    """Why a row or part was not measured: the check's budget ran out."""
+    return f"not measured: the check's {opt.gpu_check_minutes:g}-minute budget (--gpu_check_minutes) ran out"
+
+
 def timed(function, device, iterations, warmup):
     """Seconds per call of function(), after `warmup` calls."""
     for _ in range(warmup):

@@ -4,8 +4,10 @@
     python -m benchmark.processes dub JOB_JSON         # dubbing as inference.py runs it
     python -m benchmark.processes published JOB_JSON   # DINet's published inference loop
 """
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -57,10 +59,26 @@ def published_job(job):
 JOBS = {"dub": dub_job, "published": published_job}
 
 
-def run_job(kind, job, environment=None):
-    """Run JOBS[kind](job) in a fresh Python process; its result."""
-    done = subprocess.run([sys.executable, "-m", "benchmark.processes", kind, json.dumps(job)], cwd=ROOT,
-                          env=environment, capture_output=True, text=True)
+def run_within(command, seconds=None, **options):
+    """subprocess.run(command, capture_output=True, text=True, **options) in a process group of its own: past
+    `seconds` (None: no limit), or when this process is interrupted, the command and every process it started (its
+    ffmpegs, its loader workers) are killed; past `seconds` subprocess.TimeoutExpired is raised."""
+    with subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          **options) as process:
+        try:
+            output, errors = process.communicate(timeout=seconds)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):  # its group: out of the terminal's, which Ctrl-C reaches
+                os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, output, errors)
+
+
+def run_job(kind, job, environment=None, seconds=None):
+    """Run JOBS[kind](job) in a fresh Python process, stopped past `seconds` (run_within); its result."""
+    done = run_within([sys.executable, "-m", "benchmark.processes", kind, json.dumps(job)], seconds, cwd=ROOT,
+                      env=environment)
     if done.returncode != 0:
         raise UserError(f"dubbing at mouth {job['mouth']} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -96,3 +96,60 @@ def test_gpu_check_into_a_folder_that_cannot_be_made_ends_in_one_line_naming_the
     with pytest.raises(UserError, match="^--gpu_check /proc/dub-gpu-check: cannot write there .*; pass a folder you "
                                         "can write to$"):
         cli.main()
+
+
+def test_a_process_past_its_time_is_stopped_with_every_process_it_started():
+    """The check's rows run in processes that start others (ffmpeg, loader workers); stopped at the budget, none
+    may go on using the device's time, nor hold the pipe it is read through."""
+    import os
+    import subprocess
+    import time
+
+    from benchmark.processes import run_within
+    marker = "31.4159"  # a sleep no other process runs
+    started = time.perf_counter()
+    with pytest.raises(subprocess.TimeoutExpired):
+        run_within(["bash", "-c", f"sleep {marker} & sleep {marker}; wait"], 1.0)
+    assert time.perf_counter() - started < 10
+
+    def sleeping():
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    found += [pid] if f.read().split(b"\0")[:2] == [b"sleep", marker.encode()] else []
+            except OSError:  # ended meanwhile
+                pass
+        return found
+    deadline = time.perf_counter() + 5
+    while sleeping() and time.perf_counter() < deadline:  # SIGKILL is delivered, not waited for
+        time.sleep(0.05)
+    assert not sleeping()
+    assert run_within([sys.executable, "-c", "print('done')"], 30).stdout == "done\n"
+
+
+def test_the_check_keeps_to_its_budget_and_names_what_it_left_out(tmp_path, monkeypatch, capsys):
+    """A budget shorter than the first row: that row's process is stopped when it is spent, no later part starts,
+    the tables name every row and part left out, and the check ends without an error (nothing failed)."""
+    import time
+
+    from benchmark import cli
+    out = tmp_path / "check"
+    monkeypatch.setattr(sys, "argv", ["bench.py", "--gpu_check", str(out), "--quick", "--device", "cpu",
+                                      "--gpu_check_minutes", "0.05"])
+    started = time.perf_counter()
+    cli.main()
+    seconds = time.perf_counter() - started
+    result = json.loads((out / "gpu_check.json").read_text())
+    assert result["seconds"] < 3 + 10 and seconds < 3 + 30  # 3 s of budget, then the check ends
+    why = "not measured: the check's 0.05-minute budget (--gpu_check_minutes) ran out"
+    assert result["rows"][0] == dict(task="train_frame", mouth=64, precision="fp32", baseline=True, not_measured=why)
+    assert [row["task"] for row in result["rows"][1:]] == ["train_frame", "train_clip", "loader", "inference",
+                                                           "encode_alone", "real_run", "profile (off)"]
+    assert all(row == dict(task=row["task"], not_measured=why) for row in result["rows"][1:])
+    assert all(line["measured"] == "not measured" and line["met"] is None for line in result["targets"])
+    table = (out / "gpu_check.md").read_text()
+    assert f"| train_frame (published) | 64 | | {why} |" in table
+    assert ("Not measured, the budget spent: train_frame 64, train_frame, train_clip, loader, inference, "
+            "encode_alone, real_run, profile (off); --gpu_check_minutes gives the check more.") in table
+    assert "real_run: " + why in capsys.readouterr().out
