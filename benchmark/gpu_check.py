@@ -3,13 +3,14 @@ yet timed on one), within a budget (--gpu_check_minutes, 6 by default: a part st
 row's process still running when it is spent is stopped with every process it started, and the rows and parts left
 out are named), written to OUT/gpu_check.json (rows and targets) and OUT/gpu_check.md (the tables) after every
 part, in this order: bench's training rows, the loader, dubbing and the encoder alone, the real run, the CUDA-graph
-rows, the graph's numerics and the real run as a CUDA graph, where dubbing decoded with the GPU's decoder (NVDEC)
-dubbing at mouth 64 with ffmpeg's software decoder, and last the frame step under the profiler. With --quick the
-same rows, tiny, at mouth 64 (a CPU test runs it so that it cannot rot; on a CPU it leaves out the CUDA-graph
-parts).
+rows, the graph's numerics, the real run as a CUDA graph and the clip stage's graph in bf16, where dubbing decoded
+with the GPU's decoder (NVDEC) dubbing at mouth 64 with ffmpeg's software decoder, and last the frame step under the
+profiler. With --quick the same rows, tiny, at mouth 64 (a CPU test runs it so that it cannot rot; on a CPU it leaves
+out the CUDA-graph parts).
 
 - training, fp32: the published iteration and ours (eager, and the step as one CUDA graph: --compile reduce-overhead)
-  at frame 64/bs24, 128/bs12, 256/bs4 and clip 256/bs3, samples/s, ours against the published, MFU on a known GPU;
+  at frame 64/bs24, 128/bs12, 256/bs4 and clip 256/bs3, samples/s, ours against the published (the fastest of ours,
+  named), MFU on a known GPU; and the clip stage's CUDA graph in bf16 too;
 - a real training run: `data_processing.py --make_demo_data`, then `train_DINet_frame.py` (mouth 64, batch 24, its
   default loader workers, no crop cache: every JPEG decoded, as on a data set larger than the cache) for
   --real_run_seconds, its samples/s from its log as it grows, stopped by SIGTERM, against the bench row's rate; the
@@ -257,7 +258,8 @@ def targets(rows, opt):
             line(f"{'frame' if task == 'train_frame' else 'clip'} {mouth}/bs{batch}: ours >= {TRAINING_SPEEDUP:g}x the "
                  f"published iteration's samples/s", ratio, TRAINING_SPEEDUP,
                  lambda: f"{ratio:.2f}x ({rate_text(ours['samples_per_s'])} against "
-                         f"{rate_text(published['samples_per_s'])} samples/s"
+                         f"{rate_text(published['samples_per_s'])} samples/s; ours {ours['precision']}, "
+                         f"{'a CUDA graph' if ours.get('cuda_graph') else 'eager'}"
                          f"{', MFU %.1f%%' % (100 * ours['mfu']) if 'mfu' in ours else ''})")
     for compiled, what in (("off", ""), ("reduce-overhead", " with --compile reduce-overhead")):
         real = find(rows, task="real_run", compiled=compiled)
@@ -296,7 +298,8 @@ def markdown(rows, lines, device_name, part_seconds):
     for row in rows:
         graph = "CUDA graph" if row.get("cuda_graph") else "CUDA graph asked for, not used" \
             if row.get("compiled") == "reduce-overhead" else None
-        notes = ["published" if row.get("baseline") else None, graph, row.get("decoder"),
+        notes = ["published" if row.get("baseline") else None, "bf16" if row.get("precision") == "bf16" else None,
+                 graph, row.get("decoder"),
                  f"{row['num_workers']} workers; cache warm, every JPEG decoded "
                  f"{rate_text(row['decoded_samples_per_s'])}/s" if "decoded_samples_per_s" in row else None]
         name = row["task"] + "".join(f" ({note})" for note in notes if note)
@@ -398,6 +401,9 @@ def gpu_check(opt, run, tasks, dubbing):
                 result, table = part(f"{task} (CUDA graph)", measure_rows(tasks=task, compile="reduce-overhead"))
             result, table = part("graph_numerics", lambda: rows.append(graph_numerics(device)))
             result, table = part("real_run (CUDA graph)", lambda: real_run("reduce-overhead"))
+            # the clip stage is the most compute-bound: where bf16 beats TF32 there, the target's line counts it
+            result, table = part("train_clip (bf16, CUDA graph)",
+                                 measure_rows(tasks="train_clip", precision="bf16", compile="reduce-overhead"))
         if find(rows, task="inference", decoder="cuda"):  # dubbing decoded with NVDEC: software's row beside it
             result, table = part("inference (software decoding)",
                                  measure_rows(tasks="inference", mouths={64}, dub_decoder="software"))

@@ -153,3 +153,25 @@ def test_the_check_keeps_to_its_budget_and_names_what_it_left_out(tmp_path, monk
     assert ("Not measured, the budget spent: train_frame 64, train_frame, train_clip, loader, inference, "
             "encode_alone, real_run, profile (off); --gpu_check_minutes gives the check more.") in table
     assert "real_run: " + why in capsys.readouterr().out
+
+
+def test_a_training_target_counts_the_fastest_of_our_rows_and_names_it():
+    """The clip stage is measured in fp32 eagerly, as a CUDA graph and as one in bf16: its line is the fastest's,
+    saying which it is, and the rows table tells the bf16 row from the fp32 one."""
+    import argparse
+
+    from benchmark.gpu_check import markdown, targets
+    opt = argparse.Namespace(quick=False, video=(1080, 1920), mouths={256})
+    row = dict(task="train_clip", mouth=256, batch=3, precision="fp32", seconds_per_iter=0.5)
+    rows = [dict(row, baseline=True, samples_per_s=6.0),
+            dict(row, baseline=False, compiled="off", cuda_graph=False, samples_per_s=12.0, mfu=0.23),
+            dict(row, baseline=False, compiled="reduce-overhead", cuda_graph=True, samples_per_s=15.0, mfu=0.29),
+            dict(row, baseline=False, precision="bf16", compiled="reduce-overhead", cuda_graph=True,
+                 samples_per_s=19.5, mfu=0.19)]
+    lines = targets(rows, opt)
+    clip = next(line for line in lines if line["target"].startswith("clip 256/bs3"))
+    assert clip["value"] == 19.5 / 6.0 and clip["met"]
+    assert clip["measured"] == "3.25x (19.5 against 6 samples/s; ours bf16, a CUDA graph, MFU 19.0%)"
+    table = markdown(rows, lines, "NVIDIA H200", {})
+    assert "| train_clip (bf16) (CUDA graph) | 256 | 3 | 19.5 |" in table
+    assert "| train_clip (CUDA graph) | 256 | 3 | 15 |" in table
