@@ -40,7 +40,8 @@ def training_row_in_process(opt, task, stage, precision, mouth):
         # argparse keeps the last of a repeated flag: the row's own settings override the command line's
         command = [sys.executable, "-m", "benchmark", *sys.argv[1:], "--tasks", task, "--precision", precision,
                    "--mouths", str(mouth), "--train_iterations", str(opt.train_iterations), "--train_warmup",
-                   str(opt.train_warmup), "--compile", opt.compile, "--stage", stage, "--json", path, "--in_process"]
+                   str(opt.train_warmup), "--compile", opt.compile, "--stage", stage, "--json", path, "--in_process",
+                   "--flops_counted", opt.flops_counted]
         try:
             done = run_within(command, seconds_left(opt), cwd=ROOT)
         except subprocess.TimeoutExpired:
@@ -190,12 +191,15 @@ def build_parser():
                         help="--gpu_check: seconds each real training run is timed for, after its first 10 steps")
     parser.add_argument("--in_process", action="store_true", help=argparse.SUPPRESS)  # a training row's own process
     parser.add_argument("--stage", default=None, help=argparse.SUPPRESS)  # its stage, of the baseline's two
+    parser.add_argument("--flops_counted", default=None, help=argparse.SUPPRESS)  # the FLOPs its run's rows counted
     return parser
 
 
 def main():
     opt = build_parser().parse_args()
-    with closing(DubbingBench(opt)) as dubbing:
+    with closing(DubbingBench(opt)) as dubbing, tempfile.TemporaryDirectory(prefix="bench-flops-") as folder:
+        if not opt.in_process:  # the training rows' processes count each stage's FLOPs once
+            opt.flops_counted = os.path.join(folder, "flops.json")
         tasks = dict(TASKS, inference=dubbing.rows)
         if opt.gpu_check and not opt.in_process:
             rows = gpu_check(opt, run, tasks, dubbing)["rows"]

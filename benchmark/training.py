@@ -1,9 +1,12 @@
 """Training iterations on synthetic batches: this repository's stages, and the published iteration on the same
 modules (the baseline rows)."""
+import json
+import os
 from functools import cache
 
 import torch
 
+from common.files import write_atomically
 from config.config import clip_training_parser, training_parser
 from engine.compare import lab_config
 from engine.distributed import Runtime
@@ -55,10 +58,22 @@ def training_stage(task, mouth_size, batch, device, precision, channels_last, la
 
 
 @cache
-def training_flops(task, mouth_size, device, lab):
-    """FLOPs of one training sample, counted on a batch of one (they scale with the batch)."""
-    stage, data = training_stage(task, mouth_size, 1, device, "fp32", False, lab)
-    return count_flops(lambda: stage.step(data), stage.net_g)
+def training_flops(task, mouth_size, device, lab, counted_path=None):
+    """FLOPs of one training sample, counted on a batch of one (they scale with the batch). With `counted_path`, a
+    JSON file the row processes of one bench run share, each stage is counted once: its rows (the published
+    iteration's, each precision's) all count the same network, and a count runs a whole step (70 s for the clip
+    stage on 2 CPU cores)."""
+    key = f"{task} {mouth_size} {lab}"
+    counted = {}
+    if counted_path and os.path.exists(counted_path):
+        with open(counted_path) as f:
+            counted = json.load(f)
+    if key not in counted:
+        stage, data = training_stage(task, mouth_size, 1, device, "fp32", False, lab)
+        counted[key] = count_flops(lambda: stage.step(data), stage.net_g)
+        if counted_path:
+            write_atomically(counted_path, lambda f: json.dump(counted, f), mode="w")
+    return counted[key]
 
 
 def bench_train(opt, device, precision, lab, task, stages, baseline=False):
@@ -79,7 +94,7 @@ def bench_train(opt, device, precision, lab, task, stages, baseline=False):
             iteration = lambda: run_step(data, counters)
         seconds = timed(iteration, device, opt.train_iterations, opt.train_warmup)
         memory = peak_memory_gb(device)  # before the FLOP count's fp32 pass adds its own
-        flops = training_flops(task, mouth_size, device, lab)
+        flops = training_flops(task, mouth_size, device, lab, getattr(opt, "flops_counted", None))
         graph = {} if baseline else {"cuda_graph": run_step.graph is not None}
         rows.append(dict(task=task, lab=lab, mouth=mouth_size, batch=batch, **setting, **graph, baseline=baseline,
                          samples_per_s=batch / seconds, iters_per_s=1 / seconds, seconds_per_iter=seconds,

@@ -175,3 +175,24 @@ def test_a_training_target_counts_the_fastest_of_our_rows_and_names_it():
     table = markdown(rows, lines, "NVIDIA H200", {})
     assert "| train_clip (bf16) (CUDA graph) | 256 | 3 | 19.5 |" in table
     assert "| train_clip (CUDA graph) | 256 | 3 | 15 |" in table
+
+
+def test_a_bench_run_counts_each_training_stages_flops_once_for_all_its_row_processes(tmp_path, monkeypatch):
+    """Every row of a stage (the published iteration's, each precision's, eager or a CUDA graph) counts the same
+    network, and a count runs a whole step: the first row's process counts it, the later ones read it."""
+    import torch
+
+    from benchmark import training
+    counted = tmp_path / "flops.json"
+    training.training_flops.cache_clear()
+    flops = training.training_flops("train_frame", 64, torch.device("cpu"), "lab1", str(counted))
+    assert 100e9 < flops < 120e9 and json.loads(counted.read_text()) == {"train_frame 64 lab1": flops}
+
+    def counting(*args):
+        raise AssertionError("counted again")
+    monkeypatch.setattr(training, "count_flops", counting)
+    training.training_flops.cache_clear()  # as in a new process
+    assert training.training_flops("train_frame", 64, torch.device("cpu"), "lab1", str(counted)) == flops
+    with pytest.raises(AssertionError, match="counted again"):
+        training.training_flops("train_frame", 128, torch.device("cpu"), "lab1", str(counted))
+    training.training_flops.cache_clear()
