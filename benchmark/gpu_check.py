@@ -356,6 +356,8 @@ def gpu_check(opt, run, tasks, dubbing):
 
     def part(label, measure):
         part_started = time.perf_counter()
+        print(f"--gpu_check: {label}, {seconds_left(opt) / 60:.1f} of {opt.gpu_check_minutes:g} minutes left",
+              flush=True)
         try:
             if seconds_left(opt) == 0:
                 raise subprocess.TimeoutExpired(label, 0)
