@@ -19,7 +19,7 @@ from .dubbing import DubbingBench
 from .generator import bench_generator
 from .gpu_check import gpu_check
 from .loader import bench_loader
-from .measure import CLIP_STAGES, STAGES, out_of_time, seconds_left, selected
+from .measure import CLIP_STAGES, STAGES, out_of_time, seconds_left, selected, unmeasured
 from .processes import ROOT, run_within
 from .training import bench_baseline, bench_train_clip, bench_train_frame
 
@@ -100,10 +100,9 @@ def print_table(rows, peaks):
         header += f"{'MFU':>7}"
     print(header)
     for row in rows:
-        if "error" in row or "not_measured" in row:
+        if unmeasured(row):
             how = row["precision"] + (" (published way)" if row.get("baseline") else "")
-            why = f"failed: {row['error']}" if "error" in row else row["not_measured"]
-            print(f"{row['task']:<12}{row['mouth']:>6}{'':>6}{how:>21}  {why}", flush=True)
+            print(f"{row['task']:<12}{row['mouth']:>6}{'':>6}{how:>21}  {unmeasured(row)}", flush=True)
             continue
         rate = row.get("samples_per_s", row.get("frames_per_s"))
         how = row["precision"] + "".join(tag for tag, on in (

@@ -37,8 +37,8 @@ from common.errors import UserError
 from common.files import make_folder, write_atomically
 from media.encoder import DEFAULT_PRESET, FAST_MOTION_SEARCH
 
-from .measure import STAGES, out_of_time, seconds_left, selected
-from .processes import ROOT, run_within
+from .measure import STAGES, out_of_time, seconds_left, selected, unmeasured
+from .processes import ROOT, kill_group, run_within
 
 TRAINING_SPEEDUP, REAL_RUN_SHARE, DUBBING_SHARE = 3.0, 0.9, 0.8  # the targets
 GRAPH_LOSS_TOLERANCE = 0.01  # the CUDA graph's losses against the eager step's, relative
@@ -102,11 +102,11 @@ def real_training_run(opt, folder, bench_rows, device, compile="off"):
         try:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+            kill_group(process)
             process.wait()
-    if (first is None or last[1] <= first[1]) and seconds_left(opt) == 0:
-        raise subprocess.TimeoutExpired(command, window)  # the check's budget ran out first
     if first is None or last[1] <= first[1]:
+        if seconds_left(opt) == 0:
+            raise subprocess.TimeoutExpired(command, window)  # the check's budget ran out first
         with open(errors) as f:
             raise UserError(f"the real training run logged too few steps: {f.read().strip()[-2000:]}")
     rate = (last[1] - first[1]) * setting["batch"] / (last[0] - first[0])
@@ -232,8 +232,7 @@ def encode_alone(opt, video, folder, device):
 
 def find(rows, **fields):
     """The fastest row with these fields (None: none measured)."""
-    found = [row for row in rows if "error" not in row and "not_measured" not in row and
-             all(row.get(k) == v for k, v in fields.items())]
+    found = [row for row in rows if not unmeasured(row) and all(row.get(k) == v for k, v in fields.items())]
     return max(found, key=lambda row: row.get("samples_per_s", row.get("frames_per_s", 0)), default=None)
 
 
@@ -303,9 +302,8 @@ def markdown(rows, lines, device_name, part_seconds):
                  f"{row['num_workers']} workers; cache warm, every JPEG decoded "
                  f"{rate_text(row['decoded_samples_per_s'])}/s" if "decoded_samples_per_s" in row else None]
         name = row["task"] + "".join(f" ({note})" for note in notes if note)
-        if "error" in row or "not_measured" in row:
-            why = f"failed: {row['error']}" if "error" in row else row["not_measured"]
-            text.append(f"| {name} | {row.get('mouth', '')} | | {why} | | | | |")
+        if unmeasured(row):
+            text.append(f"| {name} | {row.get('mouth', '')} | | {unmeasured(row)} | | | | |")
             continue
         rate = row.get("samples_per_s", row.get("frames_per_s"))
         cell = lambda key, spec: format(row[key], spec) if row.get(key) is not None else ""

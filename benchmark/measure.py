@@ -31,6 +31,11 @@ def out_of_time(opt):
     return f"not measured: the check's {opt.gpu_check_minutes:g}-minute budget (--gpu_check_minutes) ran out"
 
 
+def unmeasured(row):
+    """Why a row holds no measurement ("failed: ..." or out_of_time's), or None where it holds one."""
+    return f"failed: {row['error']}" if "error" in row else row.get("not_measured")
+
+
 def timed(function, device, iterations, warmup):
     """Seconds per call of function(), after `warmup` calls."""
     for _ in range(warmup):

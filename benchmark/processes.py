@@ -68,11 +68,17 @@ def run_within(command, seconds=None, **options):
         try:
             output, errors = process.communicate(timeout=seconds)
         except BaseException:
-            with contextlib.suppress(ProcessLookupError):  # its group: out of the terminal's, which Ctrl-C reaches
-                os.killpg(process.pid, signal.SIGKILL)
+            kill_group(process)  # its group is out of the terminal's, which Ctrl-C reaches
             process.communicate()
             raise
     return subprocess.CompletedProcess(command, process.returncode, output, errors)
+
+
+def kill_group(process):
+    """Kill a process started with start_new_session=True and every process it started (its ffmpegs, its loader
+    workers)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def run_job(kind, job, environment=None, seconds=None):
