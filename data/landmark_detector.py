@@ -17,6 +17,7 @@ import contextlib
 import importlib
 import os
 import sys
+import threading
 import warnings
 
 import cv2
@@ -73,20 +74,35 @@ def ibug68_from_mesh(mesh_points):
     return a + (b - a) * _WEIGHT_B
 
 
-@contextlib.contextmanager
-def _quiet_native_stderr():
-    """Silence stderr at the file-descriptor level: mediapipe's C++ start-up logs several INFO and WARNING
-    lines per process (one set per worker) that say nothing to a user. Python errors still surface as
-    exceptions once stderr is back."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+class _NativeStderr:
+    """Silence stderr at the file-descriptor level while mediapipe starts: its C++ start-up logs several INFO and
+    WARNING lines per process (one set per worker) that say nothing to a user. File descriptor 2 is the process's,
+    so threads starting detectors at once share one silence, which ends when the last of them has started."""
+
+    def __init__(self):
+        self.lock, self.starting, self.saved = threading.Lock(), 0, None
+
+    @contextlib.contextmanager
+    def quiet(self):
+        with self.lock:
+            if not self.starting:
+                sys.stderr.flush()
+                self.saved = os.dup(2)
+                with open(os.devnull, "w") as devnull:
+                    os.dup2(devnull.fileno(), 2)
+            self.starting += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.starting -= 1
+                if not self.starting:
+                    os.dup2(self.saved, 2)
+                    os.close(self.saved)
+
+
+_quiet_native_stderr = _NativeStderr().quiet
+BLANK = np.zeros((64, 64, 3), np.uint8)  # mediapipe logs its start-up on the first frame: one given while quiet
 
 
 def _face_mesh():
@@ -99,14 +115,11 @@ def _face_mesh():
 @contextlib.contextmanager
 def face_mesh():
     """A started face mesh in video mode (one face, tracked from frame to frame), for `mesh_landmarks`."""
-    with warnings.catch_warnings():
-        # protobuf 4 warns that mediapipe 0.10 uses a deprecated call: not ours to fix, nor the user's
-        warnings.filterwarnings("ignore", message="SymbolDatabase.GetPrototype", category=UserWarning)
-        with _quiet_native_stderr():
-            mesh = _face_mesh()
-            mesh.process(np.zeros((64, 64, 3), np.uint8))  # mediapipe logs its start-up on the first frame
-        with mesh:
-            yield mesh
+    with _quiet_native_stderr():
+        mesh = _face_mesh()
+        mesh.process(BLANK)
+    with mesh:
+        yield mesh
 
 
 def mesh_landmarks(mesh, image):
@@ -122,13 +135,17 @@ def mesh_landmarks(mesh, image):
 def _mediapipe_solution(module, name):
     """A class of mediapipe's solutions, or one line saying how to install mediapipe."""
     try:
-        return getattr(importlib.import_module(f"mediapipe.python.solutions.{module}"), name)
+        solution = getattr(importlib.import_module(f"mediapipe.python.solutions.{module}"), name)
     except ImportError:
         raise UserError("mediapipe is not installed, so landmarks cannot be detected: run "
                          "`pip install mediapipe==0.10.14`, or pass --openface_landmark_dir with OpenFace CSVs")
     except TypeError as error:  # what protobuf >= 5 raises inside mediapipe 0.10's generated code
         raise UserError(f"mediapipe cannot be imported ({error}); it needs protobuf<5: "
                          f"run `pip install -r requirements.txt`")
+    # protobuf 4 warns, on each frame with a face, that mediapipe 0.10 uses a deprecated call: not ours to fix, nor
+    # the user's. Process-wide, as detectors run on several threads (a scoped filter is not thread-safe).
+    warnings.filterwarnings("ignore", message="SymbolDatabase.GetPrototype", category=UserWarning)
+    return solution
 
 
 @contextlib.contextmanager
@@ -138,19 +155,22 @@ def face_detector():
     full-range one (smaller faces). Boxes span brows to chin; the face mesh follows one face only, so this is how
     several are told apart."""
     solution = _mediapipe_solution("face_detection", "FaceDetection")
-    with warnings.catch_warnings(), _quiet_native_stderr():
-        warnings.filterwarnings("ignore", message="SymbolDatabase.GetPrototype", category=UserWarning)
-        # at mediapipe's default 0.5 the short-range model took a lap for a face (0.51-0.55; faces measured 0.63-0.95)
-        with solution(model_selection=0, min_detection_confidence=0.6) as near, \
-                solution(model_selection=1, min_detection_confidence=0.6) as far:
-            def boxes(image):
-                image = np.ascontiguousarray(image)
-                detections = near.process(image).detections or far.process(image).detections or []
-                height, width = image.shape[:2]
-                found = [(box.xmin, box.ymin, box.xmin + box.width, box.ymin + box.height)
-                         for box in (d.location_data.relative_bounding_box for d in detections)]
-                return np.array(found, np.float32).reshape(-1, 4) * np.array([width, height, width, height], np.float32)
-            yield boxes
+    with contextlib.ExitStack() as started:
+        with _quiet_native_stderr():
+            # at mediapipe's default 0.5 the short-range model took a lap for a face (0.51-0.55; faces measured
+            # 0.63-0.95)
+            near, far = (started.enter_context(solution(model_selection=model, min_detection_confidence=0.6))
+                         for model in (0, 1))
+            near.process(BLANK), far.process(BLANK)
+
+        def boxes(image):
+            image = np.ascontiguousarray(image)
+            detections = near.process(image).detections or far.process(image).detections or []
+            height, width = image.shape[:2]
+            found = [(box.xmin, box.ymin, box.xmin + box.width, box.ymin + box.height)
+                     for box in (d.location_data.relative_bounding_box for d in detections)]
+            return np.array(found, np.float32).reshape(-1, 4) * np.array([width, height, width, height], np.float32)
+        yield boxes
 
 
 def count_faces(frames):

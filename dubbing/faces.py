@@ -12,7 +12,10 @@ usable frames, never across a cut or a gap. No identity is known across a cut: t
 """
 import bisect
 import contextlib
+import itertools
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import cv2
@@ -273,31 +276,18 @@ def _fill_gaps(landmarks, reason, shot):
             reason[start:stop] = "face"
 
 
-def find_face(video, choice=FaceChoice(), timings=None, progress=False):
+def find_face(video, choice=FaceChoice(), timings=None, progress=False, threads=1):
     """The FaceTrack of the face `choice` picks in a DecodedVideo, frames read as they decode. `timings(stage)`
     (dubbing's Timings) times `shots`, `tracking` and `landmarks`; two passes over the frames (with `progress`, each
-    with a progress bar): small copies for cuts and face boxes, then the mesh on the chosen face's box."""
+    with a progress bar): small copies for cuts and face boxes, on `threads` threads side by side, then the mesh on
+    the chosen face's box."""
     timed = timings or (lambda stage: contextlib.nullcontext())
     width, height = video.size
     scale = min(1.0, THUMBNAIL_SIDE / max(width, height))
-    boxes, shot, previous = [], [], None
-    bar = tqdm(total=video.expected_frames, desc="finding faces", unit="frame", disable=not progress, leave=False)
-    with face_detector() as detect, bar:
-        frame = 0
-        while True:
-            video.wait_for(frame)
-            if frame >= len(video.frames):
-                break
-            with timed("shots"):
-                thumbnail = video.thumbnail(frame, scale) if scale < 1 else video.rgb(frame)
-                signature = colour_signature(thumbnail)
-                shot.append(shot[-1] + is_cut(previous, signature) if shot else 0)
-                previous = signature
-            with timed("landmarks"):
-                boxes.append(detect(thumbnail))
-            frame += 1
-            bar.update()
-    shot = np.array(shot, int)
+    signatures, boxes = _look_at_frames(video, scale, timed, progress, threads)
+    with timed("shots"):
+        shot = np.zeros(len(signatures), int)
+        shot[1:] = np.cumsum([is_cut(a, b) for a, b in zip(signatures, signatures[1:])])
     count = len(shot)
     landmarks = np.zeros((count, NUM_POINTS, 2), np.float32)
     found = np.zeros(count, bool)
@@ -306,26 +296,30 @@ def find_face(video, choice=FaceChoice(), timings=None, progress=False):
         chosen = choose_tracks(tracks, choice, scale) if tracks else {}
     if not chosen:
         return FaceTrack(landmarks, np.full(count, "none", dtype=object), shot)
-    bar = tqdm(total=sum(track.last + 1 - track.first for track in chosen.values()), desc="landmarks", unit="frame",
-               disable=not progress, leave=False)
+    bar = _Bar(total=sum(track.last + 1 - track.first for track in chosen.values()), desc="landmarks",
+               disable=not progress)
+
+    def mesh_shot(track, stop):
+        with face_mesh() as mesh:  # a new mesh per shot: its tracking must not carry across a cut
+            for frame in range(track.first, track.last + 1):
+                if stop.is_set():
+                    return
+                bar.update()
+                box = track.box(frame)
+                if box is None:
+                    continue
+                left, top, right, bottom = face = [value / scale for value in box]
+                margin = MESH_MARGIN * max(right - left, bottom - top)
+                left, top = max(0, int(left - margin)), max(0, int(top - margin))
+                right, bottom = min(width, int(right + margin)), min(height, int(bottom + margin))
+                points = mesh_landmarks(mesh, video.region(frame, top, bottom, left, right))
+                nose = points[30] + (left, top) if points is not None else None
+                # the mesh sees a margin around the face: a neighbour's face there is not the chosen one
+                if nose is not None and face[0] <= nose[0] <= face[2] and face[1] <= nose[1] <= face[3]:
+                    landmarks[frame] = points + np.array([left, top], np.float32)
+                    found[frame] = True
     with timed("landmarks"), bar:
-        for number, track in chosen.items():
-            with face_mesh() as mesh:  # a new mesh per shot: its tracking must not carry across a cut
-                for frame in range(track.first, track.last + 1):
-                    bar.update()
-                    box = track.box(frame)
-                    if box is None:
-                        continue
-                    left, top, right, bottom = face = [value / scale for value in box]
-                    margin = MESH_MARGIN * max(right - left, bottom - top)
-                    left, top = max(0, int(left - margin)), max(0, int(top - margin))
-                    right, bottom = min(width, int(right + margin)), min(height, int(bottom + margin))
-                    points = mesh_landmarks(mesh, video.region(frame, top, bottom, left, right))
-                    nose = points[30] + (left, top) if points is not None else None
-                    # the mesh sees a margin around the face: a neighbour's face there is not the chosen one
-                    if nose is not None and face[0] <= nose[0] <= face[2] and face[1] <= nose[1] <= face[3]:
-                        landmarks[frame] = points + np.array([left, top], np.float32)
-                        found[frame] = True
+        _side_by_side(mesh_shot, list(chosen.values()), threads, "dub-mesh")  # shots share nothing
     with timed("tracking"):
         reason = _checked(landmarks, found, shot)
         _fill_gaps(landmarks, reason, shot)
@@ -336,6 +330,53 @@ def find_face(video, choice=FaceChoice(), timings=None, progress=False):
                  for number, track in sorted(chosen.items())]
     return FaceTrack(landmarks, reason, shot, described)
 
+
+def _look_at_frames(video, scale, timed, progress, threads):
+    """Per frame of a DecodedVideo, in order: its colour signature and face boxes (`face_detector`), found on its
+    small copy as it decodes. Each of `threads` threads takes every `threads`-th frame with a detector of its own:
+    the detector keeps nothing from frame to frame, so the boxes are the same for any number of threads."""
+    looks = {}
+    bar = _Bar(total=video.expected_frames, desc="finding faces", disable=not progress)
+
+    def look(first, stop):
+        with face_detector() as detect:
+            for frame in itertools.count(first, threads):
+                video.wait_for(frame)
+                if stop.is_set() or frame >= len(video.frames):
+                    return
+                with timed("shots"):
+                    thumbnail = video.thumbnail(frame, scale) if scale < 1 else video.rgb(frame)
+                    signature = colour_signature(thumbnail)
+                with timed("landmarks"):
+                    looks[frame] = signature, detect(thumbnail)
+                bar.update()
+    with bar:
+        _side_by_side(look, range(threads), threads, "dub-faces")
+    return tuple(zip(*(looks[frame] for frame in range(len(looks))))) or ((), ())
+
+
+def _side_by_side(work, items, threads, name):
+    """work(item, stop) for every item, on up to `threads` threads. The first error is raised; then, or on Ctrl-C,
+    `stop` is set, which each `work` looks at between frames."""
+    stop = threading.Event()
+    with ThreadPoolExecutor(max(1, min(threads, len(items))), name) as pool:
+        try:
+            for future in [pool.submit(work, item, stop) for item in items]:
+                future.result()
+        finally:
+            stop.set()
+
+
+class _Bar(tqdm):
+    """A frame counter that threads update together."""
+
+    def __init__(self, **options):
+        super().__init__(unit="frame", leave=False, **options)
+        self._count_lock = threading.Lock()
+
+    def update(self, n=1):
+        with self._count_lock:
+            return super().update(n)
 
 # ---------------------------------------------------------------------------------------------- output frames
 

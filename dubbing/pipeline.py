@@ -12,8 +12,8 @@ bf16; or an ONNX export in onnxruntime, dubbing/onnx_generator.py, when the Dubb
 batches at once, each on half the threads, `generator_streams`; on a GPU one, cropping the next batch while the
 GPU computes this one), and a writer thread streams the frames, in order, to the encoder (media/encoder.py, x264
 `veryfast`), the faces blended into them on its own thread on a CPU and a few frames ahead on `host_threads` on a
-GPU, where the crops are spread over as many. Frames stay 4:2:0 YUV from decoder to encoder (media/yuv.py): only
-face boxes are converted to RGB and back.
+GPU, where the crops are spread over as many (and, without a landmark CSV, the search for the faces first).
+Frames stay 4:2:0 YUV from decoder to encoder (media/yuv.py): only face boxes are converted to RGB and back.
 `timings` (a dict) collects the seconds each stage was busy (summed over the generator streams): decode, features,
 landmarks, references (their crops, once decoded), crops, generator, blend, encode (waiting on ffmpeg), total.
 `batch_size` is the most frames per generator call; on CPU, large mouths get fewer (`frames_per_call`).
@@ -301,7 +301,7 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
                 raise UserError(f"{driving_audio_path}: {len(features) * 40} ms of audio; dubbing needs at least "
                                  f"{AUDIO_WINDOW * 40} ms ({AUDIO_WINDOW} video frames); pass a longer "
                                  f"--driving_audio_path")
-            track = _face_track(video, landmark_csv, source_video_path, face, times, progress)
+            track = _face_track(video, landmark_csv, source_video_path, face, times, progress, host_threads(device))
             index = output_index(length, len(track.reason), len(features))
             radii = crop_radii(track.landmarks[index], video.size, segments(track)[index])
             reason = track.reason[index]
@@ -432,9 +432,11 @@ def encoder_threads(device):
 
 
 def host_threads(device):
-    """Threads that crop frames and blend faces beside the generator. On a CPU one: the crops stay in the generator
-    streams and the blend in the writer, as the cores are the generator's. On a GPU, where the host's crops and
-    blends are what dubbing waits for, a quarter of the cores (x264's threads need the rest), 2 to 8."""
+    """Threads that crop frames and blend faces beside the generator, and that find the faces before it (without a
+    landmark CSV). On a CPU one: the crops stay in the generator streams and the blend in the writer, as the cores
+    are the generator's (and the decoder's, which the face detector keeps pace with there). On a GPU, where the
+    host's crops and blends are what dubbing waits for, a quarter of the cores (x264's threads need the rest), 2 to
+    8."""
     if device.type == "cpu":
         return 1
     return max(2, min(8, usable_cores() // 4))
@@ -479,11 +481,11 @@ class _SourceFrames:
                              f"frames at 25 fps; run the landmark step on the same 25 fps video, or drop the flag")
 
 
-def _face_track(video, landmark_csv, source_video_path, face, times, progress):
+def _face_track(video, landmark_csv, source_video_path, face, times, progress, threads):
     if landmark_csv:
         with times("landmarks"):
             return FaceTrack.whole(read_openface_csv(landmark_csv))  # rows checked against the frames as they decode
-    track = find_face(video, face, times, progress)
+    track = find_face(video, face, times, progress, threads)
     if not (track.reason != "none").any():
         raise UserError(f"{source_video_path}: no face found in any frame; use a video with one visible, "
                          f"frontal face")

@@ -1,4 +1,5 @@
 """Dubbing: one frame per 40 ms of audio, audio in the file, the source's resolution, the face pasted back softly."""
+import contextlib
 import os
 import subprocess
 import sys
@@ -348,6 +349,21 @@ def test_faces_found_as_the_video_decodes_are_those_of_the_decoded_video(demo):
     assert streamed.usable.all() and np.array_equal(streamed.landmarks, again.landmarks)
     # the mesh run on a box around the face finds the face it finds in the whole frame
     assert found.all() and np.abs(streamed.landmarks - whole_frames).mean() < 1.0
+
+
+def test_mediapipe_is_silenced_only_while_it_starts_even_when_threads_start_it_together(capfd):
+    """stderr is the process's file descriptor 2 (a terminal's progress bars write there, as below)."""
+    from data.landmark_detector import _quiet_native_stderr, face_detector
+    with face_detector():
+        os.write(2, b"while faces are found\n")  # where the first pass's progress bar writes
+    with contextlib.ExitStack() as second:
+        with _quiet_native_stderr():  # two threads start detectors; the first is done first
+            second.enter_context(_quiet_native_stderr())
+        os.write(2, b"while the second starts\n")
+    os.write(2, b"after both\n")
+    err = capfd.readouterr().err
+    assert "while faces are found" in err and "after both" in err and "while the second starts" not in err
+    assert "XNNPACK" not in err  # mediapipe's start-up line
 
 
 def test_bf16_dubbing_stays_near_fp32_and_writes_the_face_video(demo, audio_driven_checkpoint, tmp_path):

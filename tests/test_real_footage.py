@@ -131,6 +131,20 @@ def test_a_cut_starts_a_shot_with_its_own_landmarks_and_references(clips, genera
     assert not untouched(written, decoded(path)[0]).any()  # both shots dubbed, no fade at the cut
 
 
+def test_faces_found_on_several_threads_are_those_found_on_one(clips):
+    """The first pass's frames shared out over threads as they decode, each shot's mesh on a thread of its own:
+    the same track, to the bit, as one thread finds."""
+    path, cut = clips["cut"]
+    tracks = []
+    for threads in (1, 3):
+        video = DecodedVideo(path, background=True, pixel_format="yuv420p")
+        tracks.append(find_face(video, threads=threads))
+        video.close()
+    one, three = tracks
+    assert np.flatnonzero(np.diff(three.shot)).tolist() == [cut - 1] and np.array_equal(one.shot, three.shot)
+    assert np.array_equal(one.reason, three.reason) and np.array_equal(one.landmarks, three.landmarks)
+
+
 def test_silent_speech_holds_the_mouth_at_a_closed_reference(generator, tmp_path, monkeypatch):
     clip, speech = str(tmp_path / "clip.mp4"), str(tmp_path / "speech.wav")
     footage.short_clip(clip, seconds=4)
