@@ -68,6 +68,9 @@ REFERENCE_SHOTS = 4     # shots whose reference state dubbing keeps at once (pin
 CROP_SCALE = 1.1
 # where the references sit among a shot's ranked openings: one in each fifth, leaning closed (0.05, 0.25, ..., 0.85)
 REFERENCE_QUANTILES = (np.arange(NUM_REFERENCES) + 0.25) / NUM_REFERENCES
+# of a shot's frames, each side of a reference's place among the ranked openings: the earliest frame this near in
+# opening is taken, so that dubbing waits for the decoder to reach a shot's first frames, not frames from all of it
+REFERENCE_WINDOW = 0.025
 
 
 @dataclass
@@ -210,14 +213,16 @@ def segments(track):
 
 
 def choose_references(landmarks, candidates):
-    """NUM_REFERENCES of the output frames `candidates` (landmarks (len, 68, 2) theirs), ranked by mouth opening (a
-    turned face ranks as more open): those at REFERENCE_QUANTILES, the most closed first. Training draws each
-    reference at random from a whole video, so its references span the video's openings; five closed ones gave
-    mouths that opened far less, five random ones a result that varied with the draw (docs/results.md)."""
+    """NUM_REFERENCES of the output frames `candidates` (ascending; landmarks (len, 68, 2) theirs), ranked by mouth
+    opening (a turned face ranks as more open): at each of REFERENCE_QUANTILES the earliest frame within
+    REFERENCE_WINDOW of it, the most closed first. Training draws each reference at random from a whole video, so its
+    references span the video's openings; five closed ones gave mouths that opened far less, five random ones a
+    result that varied with the draw (docs/results.md)."""
     face_height = np.maximum(landmarks[:, 8, 1] - landmarks[:, 27, 1], 1e-6)
     opening = np.linalg.norm(landmarks[:, 66] - landmarks[:, 62], axis=1) / face_height
     ranked = np.asarray(candidates)[np.argsort(opening + 0.2 * turn(landmarks), kind="stable")]
-    return ranked[np.round(REFERENCE_QUANTILES * (len(ranked) - 1)).astype(int)]
+    places, reach = np.round(REFERENCE_QUANTILES * (len(ranked) - 1)).astype(int), round(REFERENCE_WINDOW * len(ranked))
+    return np.array([ranked[max(0, place - reach):place + reach + 1].min() for place in places])
 
 
 def face_crop(frame, landmarks, radius, geometry, colour=None):

@@ -643,3 +643,17 @@ def test_references_span_the_openings_of_the_video_the_most_closed_first(demo):
     rank = np.argsort(np.argsort(opening)) / (len(opening) - 1)  # each frame's place among the openings, 0 to 1
     assert rank[chosen[0]] <= 0.1 and rank[chosen].max() >= 0.75
     assert np.all(np.diff(opening[chosen]) >= -0.01)  # ascending, but for the turned-face penalty
+
+
+def test_references_come_from_the_first_frames_that_open_as_far(demo):
+    """The references are the frames dubbing waits for before its first output frame: a video that says the same
+    thing four times over gives them from its first saying, each as open as the frames of its place among them."""
+    from dubbing.pipeline import REFERENCE_QUANTILES, choose_references
+    face = read_openface_csv(str(demo / "split_video_25fps_landmark_openface" / "demo_000.csv"))[0]
+    saying = np.random.default_rng(0).permutation(60) * 0.4  # px between the inner lips, in no order
+    landmarks = np.repeat(face[None], 4 * len(saying), axis=0)
+    landmarks[:, 66] = landmarks[:, 62] + np.stack([np.zeros(len(landmarks)), np.tile(saying, 4)], axis=1)
+    chosen = choose_references(landmarks, np.arange(len(landmarks)))
+    assert chosen.max() < len(saying)
+    rank = np.argsort(np.argsort(saying)) / (len(saying) - 1)  # in the first saying, 0 (closed) to 1
+    assert np.abs(rank[chosen] - REFERENCE_QUANTILES).max() <= 0.05
