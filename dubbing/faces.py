@@ -280,7 +280,7 @@ def find_face(video, choice=FaceChoice(), timings=None, progress=False, threads=
     """The FaceTrack of the face `choice` picks in a DecodedVideo, frames read as they decode. `timings(stage)`
     (dubbing's Timings) times `shots`, `tracking` and `landmarks`; two passes over the frames (with `progress`, each
     with a progress bar): small copies for cuts and face boxes, on `threads` threads side by side, then the mesh on
-    the chosen face's box."""
+    the chosen face's box, a shot to a thread."""
     timed = timings or (lambda stage: contextlib.nullcontext())
     width, height = video.size
     scale = min(1.0, THUMBNAIL_SIDE / max(width, height))
@@ -377,6 +377,7 @@ class _Bar(tqdm):
     def update(self, n=1):
         with self._count_lock:
             return super().update(n)
+
 
 # ---------------------------------------------------------------------------------------------- output frames
 

@@ -111,7 +111,9 @@ def test_inference_dubs_with_the_onnx_export_alone_as_pytorch_does(tmp_path, mon
                                          for path in (str(output), str(tmp_path / "torch.mp4"), clip))
     assert onnx_frames.shape == torch_frames.shape == (40, *source.shape[1:])
     difference = np.abs(onnx_frames - torch_frames)
-    assert difference[0].max() <= 2  # the same first frame, up to a rounding of the generator's float faces
+    # the same first frame, up to a rounding of the generator's float faces (which can turn a decision of x264's,
+    # changing a block by a few levels): 75 dB apart where they were measured, the dubbed mouths 35 dB from the source
+    assert 10 * np.log10(255 ** 2 / max(np.mean(difference[0] ** 2), 1e-12)) > 60
     assert difference.mean() < 0.25  # later frames predict from earlier ones: x264 carries such a rounding on
     assert np.abs(onnx_frames[:25] - source).max() > 50        # and the generator's mouths in it
 
