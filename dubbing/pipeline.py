@@ -306,7 +306,8 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
                 raise UserError(f"{driving_audio_path}: {len(features) * 40} ms of audio; dubbing needs at least "
                                  f"{AUDIO_WINDOW * 40} ms ({AUDIO_WINDOW} video frames); pass a longer "
                                  f"--driving_audio_path")
-            track = _face_track(video, landmark_csv, source_video_path, face, times, progress, host_threads(device))
+            threads = host_threads(device)  # that find the faces, crop and blend
+            track = _face_track(video, landmark_csv, source_video_path, face, times, progress, threads)
             index = output_index(length, len(track.reason), len(features))
             radii = crop_radii(track.landmarks[index], video.size, segments(track)[index])
             reason = track.reason[index]
@@ -361,7 +362,6 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
                 encoders[0].abort()
                 raise
             mask = paste_mask(geometry)
-            threads = host_threads(device)
             writer = _Writer(source, index, FaceBlender(mask, video.colour), times, threads, *encoders)
             # on a GPU the host's crops are what the generator waits for: spread over `threads`
             cropper = ThreadPoolExecutor(threads, "dub-crop") if threads > 1 else None
