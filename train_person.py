@@ -22,7 +22,7 @@ from config.ranges import integer, number
 from media.ffmpeg import probe
 from person import footage as footage_checks
 from person.footage import (FACE_SAMPLES, FPS, HELD_OUT_SHARE, MIN_PART_FRAMES, MIN_VIDEO_SECONDS, SEGMENT_FRAMES,
-                            split_footage)
+                            shortest_alone, split_footage)
 from person.recipe import Layout, Plan, build_steps, foreign_speech, report
 from person.schedule import (BATCH, EPOCH_ITERATIONS, EPOCHS, MOUTHS, PASSES, Footage, fit_to_budget, measure_costs,
                              plan_schedule, training_seconds, validation_frames)
@@ -36,8 +36,10 @@ def sizes(batches):
             f"{'/'.join(map(str, batches['clip'].values()))} (clip stage), {batches['syncnet']} (SyncNet)")
 
 PARAGRAPHS = [
-    f"footage: videos with sound of one face in view, each at least {MIN_VIDEO_SECONDS} s (a face in at least half "
-    f"of {FACE_SAMPLES} frames looked at, several faces in fewer than a quarter; else it stops before any work). Of "
+    f"footage: videos with sound of one face in view, each at least {MIN_VIDEO_SECONDS} s and a video alone at least "
+    f"{shortest_alone()} s, so that the SyncNet has parts of it to train on once it holds its share out (a face in "
+    f"at least half of {FACE_SAMPLES} frames looked at, several faces in fewer than a quarter; else it stops before "
+    f"any work). Of "
     f"each video the last {100 * HELD_OUT_SHARE:.0f}% (at least {MIN_PART_FRAMES / FPS:.1f} s) is held out, cut off "
     f"frame-exactly and never trained on: validation keeps each stage's best epoch by it (netG_best.pth, by "
     f"lmd_mouth), and the run ends by dubbing and scoring it. The rest is trained on, in parts of about "
@@ -136,6 +138,7 @@ def make_plan(opt, settings, device, layout):
     lab = check_init(opt.init) if opt.init else "lab1"
     speech = check_speech(os.path.abspath(opt.speech)) if opt.speech else None
     parts = split_footage({os.path.abspath(path): info["frames"] for path, info in infos.items()})
+    footage_checks.check_syncnet_footage(parts)
     held_out = [part for part in parts if part.held_out]
     training_frames = sum(part.stop - part.start for part in parts if not part.held_out)
     held_out_frames = sum(part.stop - part.start for part in held_out)

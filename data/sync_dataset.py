@@ -25,12 +25,14 @@ import torch
 from torch.utils.data import Dataset
 
 from common.errors import UserError
-from common.geometry import AUDIO_FRAMES, MOUTH_FRAMES, CropGeometry
+from common.geometry import AUDIO_FRAMES, CLIP_LENGTH, MOUTH_FRAMES, CropGeometry
 from models.syncnet import resize_mouths
 
 from .dataset import FrameCache, to_tensor
 
 ISLAND = 10 ** 7   # position offset of clips whose frame names give no frame numbers: never adjacent
+# fewer did not learn lip sync from the demo data (held-out accuracy under 0.7 after 30 epochs; README, SyncNet)
+MIN_TRAINING_VIDEOS, MIN_TRAINING_WINDOWS = 2, 100
 
 
 @dataclass
@@ -88,10 +90,37 @@ def split_videos(training_set, held_out_fraction, seed):
     if len(names) < 2:
         raise UserError(f"{training_set.path}: SyncNet training holds out whole videos to measure accuracy, "
                          f"and this JSON has {len(names)}; prepare at least 2 videos")
+    return draw_held_out(names, held_out_fraction, seed)
+
+
+def check_enough_data(path, training_timelines, held_out_videos,
+                      fix="prepare more or longer videos (python data_processing.py)"):
+    """Refuse, before any work, a training split too small to learn lip sync from."""
+    windows = sum(len(timeline.windows()) for timeline in training_timelines)
+    if len(training_timelines) < MIN_TRAINING_VIDEOS or windows < MIN_TRAINING_WINDOWS:
+        raise UserError(f"{path}: too small to train a SyncNet on: {len(training_timelines)} training video(s) with "
+                         f"{windows} windows (5 frames and their audio) once {held_out_videos} held out; it needs at "
+                         f"least {MIN_TRAINING_VIDEOS} videos and {MIN_TRAINING_WINDOWS} windows (fewer did not learn "
+                         f"lip sync from the demo data); {fix}")
+
+
+def draw_held_out(names, held_out_fraction, seed):
+    """split_videos' draw of two or more video names, also made before the videos are prepared."""
+    names = sorted(names)
     held_out_count = min(len(names) - 1, max(1, round(held_out_fraction * len(names))))
     shuffled = names[:]
     random.Random(seed).shuffle(shuffled)
     return sorted(shuffled[held_out_count:]), sorted(shuffled[:held_out_count])
+
+
+def windows_of(frames):
+    """The windows a video of `frames` frames gives once prepared (an estimate made before): those of each whole
+    clip of CLIP_LENGTH frames, less those at either end whose audio window reaches past the video."""
+    clips = frames // CLIP_LENGTH
+    if not clips:
+        return 0
+    mouth_half, audio_half = MOUTH_FRAMES // 2, AUDIO_FRAMES // 2
+    return clips * (CLIP_LENGTH - 2 * mouth_half) - 2 * (audio_half - mouth_half)
 
 
 class SyncDataset(Dataset):

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from common.errors import UserError
 from config.config import SYNCNET_LR
-from data.sync_dataset import SyncDataset, pair_labels, split_videos, video_timelines
+from data.sync_dataset import SyncDataset, check_enough_data, pair_labels, split_videos, video_timelines
 from data.training_json import check_audio_channel
 from models.checkpoint import atomic_save, syncnet_config_of
 from models.syncnet import SyncNetConfig, build_syncnet, default_input_size
@@ -26,19 +26,7 @@ from . import distributed
 from .trainer import GRID_SAMPLES, Stage, adam, check_data_compatible
 
 THRESHOLD = 0.5  # a score above it says "in sync", for both architectures
-# fewer did not learn lip sync from the demo data (held-out accuracy under 0.7 after 30 epochs; README, SyncNet)
-MIN_TRAINING_VIDEOS, MIN_TRAINING_WINDOWS = 2, 100
 CHANCE_EPOCHS, CHANCE_STEPS = 3, 100  # at chance this many epochs in a row and steps: the log says so
-
-
-def check_enough_data(path, training_timelines, held_out_videos):
-    """Refuse, before any work, a training split too small to learn lip sync from."""
-    windows = sum(len(timeline.windows()) for timeline in training_timelines)
-    if len(training_timelines) < MIN_TRAINING_VIDEOS or windows < MIN_TRAINING_WINDOWS:
-        raise UserError(f"{path}: too small to train a SyncNet on: {len(training_timelines)} training video(s) with "
-                         f"{windows} windows (5 frames and their audio) once {held_out_videos} held out; it needs at "
-                         f"least {MIN_TRAINING_VIDEOS} videos and {MIN_TRAINING_WINDOWS} windows (fewer did not learn "
-                         f"lip sync from the demo data); prepare more or longer videos (python data_processing.py)")
 
 
 def default_syncnet_path(mouth_region_size):

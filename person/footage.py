@@ -4,8 +4,9 @@ part.
 Of each video the last 10% (and at least MIN_PART_FRAMES) is held out: validation keeps the best checkpoint by it,
 and the run ends by dubbing and scoring it. It is never trained on: the cut is frame-exact (media.convert.cut_video).
 The rest is cut into parts of about SEGMENT_FRAMES, each prepared as a video of its own, so that every stretch of
-the footage is drawn from alike, and the SyncNet, which holds whole videos out to measure its accuracy, gets two
-parts or more even from one video.
+the footage is drawn from alike, and the SyncNet, which holds whole videos out to measure its accuracy, gets three
+parts or more even from one video: it trains on two or more once it has held its share out. Footage that would leave
+it too little to learn from is refused before any work.
 """
 import math
 import os
@@ -15,6 +16,7 @@ import numpy as np
 
 from common.errors import UserError
 from common.geometry import CLIP_LENGTH, NUM_REFERENCES
+from data.sync_dataset import MIN_TRAINING_VIDEOS, MIN_TRAINING_WINDOWS, draw_held_out, windows_of
 from media.convert import cut_video
 from media.ffmpeg import FFmpeg, probe
 
@@ -24,7 +26,10 @@ HELD_OUT_SHARE = 0.1
 # 9k + 9, data/prepare.py); one more spares a clip the detector loses
 MIN_PART_FRAMES = (NUM_REFERENCES + 2) * CLIP_LENGTH + 1  # 64 frames, 2.6 s
 SEGMENT_FRAMES = 10 * FPS
-MIN_VIDEO_SECONDS = 8  # a held-out part and two training parts of MIN_PART_FRAMES each (one video alone)
+# train_syncnet.py's held-out share of the training parts and its seed, as the recipe runs it: the draw is made here
+# too, to refuse footage that would leave it too little before any work
+SYNCNET_HELD_OUT, SYNCNET_SEED = 0.2, 456
+MIN_VIDEO_SECONDS = 8  # a held-out part and two training parts of MIN_PART_FRAMES each (alone it needs more)
 FACE_SAMPLES = 16      # frames looked at per video before any work (a seek each: about a second)
 MIN_FACE_SHARE = 0.5   # of those, at least this share must show a face
 SEVERAL_SHARE = 0.25   # and fewer than this share more than one
@@ -54,21 +59,57 @@ def video_name(path):
 
 def split_footage(frame_counts):
     """The parts of the videos ({path: frames at 25 fps}, in order): each video's training parts, then its held-out
-    part (the last HELD_OUT_SHARE, at least MIN_PART_FRAMES). Training parts are about SEGMENT_FRAMES long; when
-    the videos give one training part in all, it is cut in two."""
+    part (the last HELD_OUT_SHARE, at least MIN_PART_FRAMES). Training parts are about SEGMENT_FRAMES long; while
+    the videos give fewer than the SyncNet needs (MIN_TRAINING_VIDEOS once it holds one out), the longest parts
+    are cut into more, none shorter than MIN_PART_FRAMES."""
     held_out = {path: max(math.ceil(HELD_OUT_SHARE * frames), MIN_PART_FRAMES) for path, frames in frame_counts.items()}
-    counts = {path: max(1, round((frames - held_out[path]) / SEGMENT_FRAMES)) for path, frames in frame_counts.items()}
-    if sum(counts.values()) == 1:
-        counts = {path: 2 for path in counts}
+    training = {path: frames - held_out[path] for path, frames in frame_counts.items()}
+    counts = {path: max(1, round(frames / SEGMENT_FRAMES)) for path, frames in training.items()}
+    while sum(counts.values()) < MIN_TRAINING_VIDEOS + 1:
+        path = max(counts, key=lambda path: training[path] / (counts[path] + 1))
+        if training[path] / (counts[path] + 1) < MIN_PART_FRAMES:
+            break
+        counts[path] += 1
     parts = []
     for path, frames in frame_counts.items():
-        training = frames - held_out[path]
-        edges = [round(k * training / counts[path]) for k in range(counts[path] + 1)]
+        edges = [round(k * training[path] / counts[path]) for k in range(counts[path] + 1)]
         name = video_name(path)
         parts += [Part(path, f"{name}_train{k}", start, stop, False)
                   for k, (start, stop) in enumerate(zip(edges, edges[1:]))]
-        parts.append(Part(path, f"{name}_held_out", training, frames, True))
+        parts.append(Part(path, f"{name}_held_out", training[path], frames, True))
     return parts
+
+
+def syncnet_share(parts):
+    """(training parts, held-out parts, windows) of the SyncNet's draw from the training parts, the windows
+    estimated from the parts' frames."""
+    frames = {part.name: part.stop - part.start for part in parts if not part.held_out}
+    trained, held = draw_held_out(frames, SYNCNET_HELD_OUT, SYNCNET_SEED) if len(frames) > 1 else (list(frames), [])
+    return trained, held, sum(windows_of(frames[name]) for name in trained)
+
+
+def enough_for_syncnet(parts):
+    trained, _, windows = syncnet_share(parts)
+    return len(trained) >= MIN_TRAINING_VIDEOS and windows >= MIN_TRAINING_WINDOWS
+
+
+def check_syncnet_footage(parts, flag="--videos"):
+    """Refuse, before any work, footage whose training parts leave the SyncNet too little to learn from once it
+    holds its share out: train_syncnet.py would refuse it only after the frame stages."""
+    if enough_for_syncnet(parts):
+        return
+    trained, held, windows = syncnet_share(parts)
+    seconds = sum(part.stop - part.start for part in parts) / FPS
+    raise UserError(f"{flag}: {seconds:.1f} s of footage in all leaves the SyncNet {len(trained)} training part(s) "
+                    f"with about {windows} windows (5 frames and their audio) once it holds {len(held)} out to "
+                    f"measure its accuracy, and it needs {MIN_TRAINING_VIDEOS} parts and {MIN_TRAINING_WINDOWS} "
+                    f"windows; record more: one video of at least {shortest_alone()} s, or more videos")
+
+
+def shortest_alone():
+    """The fewest whole seconds a video alone needs to leave the SyncNet enough."""
+    return next(seconds for seconds in range(MIN_VIDEO_SECONDS, 3600)
+                if enough_for_syncnet(split_footage({"one.mp4": seconds * FPS})))
 
 
 def sample_frames(path, info, count=FACE_SAMPLES):

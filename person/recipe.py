@@ -28,16 +28,17 @@ from common.errors import UserError
 from common.files import atomic_output, write_atomically
 from common.geometry import NUM_REFERENCES
 from config.config import VALIDATION_METRICS
+from data.sync_dataset import check_enough_data, split_videos, video_timelines
 from data.training_json import load_training_json
 
 from . import results
-from .footage import MIN_FACE_SHARE, Part, cut_parts, part_path
+from .footage import MIN_FACE_SHARE, SYNCNET_HELD_OUT, SYNCNET_SEED, Part, cut_parts, part_path
 from .schedule import Footage, Stage, media_seconds, training_seconds
 from .steps import Step
 
 # train_syncnet.py's defaults are the recipe; a fifth of the parts is held out to measure it, as one person's
-# footage gives few videos
-SYNCNET = ["--held_out_fraction=0.2"]
+# footage gives few videos (the footage was checked to leave it enough with this draw)
+SYNCNET = [f"--held_out_fraction={SYNCNET_HELD_OUT}", f"--seed={SYNCNET_SEED}"]
 SAVE_EVERY = 100  # iterations between the checkpoints a resumed stage continues from
 
 
@@ -134,17 +135,27 @@ def prepare_command(python, layout, kind, workers):
 
 
 def check_prepared(json_path, parts):
-    """Every part made it into the prepared data, each held-out one with the clips validation needs; else the JSON
-    is removed (so a rerun prepares again) and one line names the part."""
-    videos = load_training_json(json_path, check_files=False).videos
+    """Every part made it into the prepared data, each held-out one with the clips validation needs, and the
+    training parts hold what the SyncNet needs once it holds its share out (faces lost to the detector can leave it
+    less than the footage promised): else the JSON is removed (so a rerun prepares again) and one line says why,
+    now rather than after the frame stages."""
+    training_set = load_training_json(json_path, check_files=False)
     for part in parts:
-        clips = len(videos.get(part.name, []))
+        clips = len(training_set.videos.get(part.name, []))
         if clips == 0 or (part.held_out and clips <= NUM_REFERENCES):
             os.remove(json_path)
             why = ("could not be used (data_processing.py's report above says why)" if clips == 0 else
                    f"gave {clips} usable clips, and validation needs {NUM_REFERENCES + 1}")
             raise UserError(f"{part.video}: its part {part.describe()} {why}; use footage with your whole face in "
                             f"view throughout")
+    if not any(part.held_out for part in parts):
+        trained, held = split_videos(training_set, SYNCNET_HELD_OUT, SYNCNET_SEED)
+        try:
+            check_enough_data(json_path, video_timelines(training_set, trained), len(held),
+                              fix="give train_person.py more footage (--videos) and a new --result_path")
+        except UserError:
+            os.remove(json_path)
+            raise
 
 
 def schedule_flags(stage, items_per_augment):

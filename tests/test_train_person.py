@@ -18,14 +18,16 @@ import numpy as np
 import pytest
 import torch
 
-from common.errors import run_command
-from conftest import ROOT
+from common.errors import UserError, run_command
+from conftest import ROOT, write_dinet_json
 from data.procedural_faces import FPS, FaceStyle, _write_wav, mouth_openings, render_talking_face, synthesize_speech
 from media.decoder import read_video_frames
 from media.encoder import write_video
 from media.ffmpeg import probe
-from person.footage import Part, cut_parts, part_path, split_footage
-from person.recipe import Layout, Plan, build_steps
+from data.sync_dataset import MIN_TRAINING_WINDOWS, video_timelines, windows_of
+from data.training_json import load_training_json
+from person.footage import Part, cut_parts, part_path, split_footage, syncnet_share
+from person.recipe import Layout, Plan, build_steps, check_prepared
 from person.schedule import Footage, fit_to_budget, plan_schedule
 from person.steps import Step, progress_line
 
@@ -123,9 +125,47 @@ def test_the_last_tenth_of_each_video_is_held_out_and_the_rest_trained_on():
         assert mine[-1].stop - mine[-1].start == held
 
 
-def test_one_video_alone_still_gives_the_syncnet_two_training_parts():
-    parts = split_footage({"me.mp4": 200})
-    assert sum(not part.held_out for part in parts) == 2
+def test_one_video_alone_leaves_the_syncnet_two_training_parts_once_it_holds_one_out():
+    parts = split_footage({"me.mp4": 15 * FPS})
+    trained, held, windows = syncnet_share(parts)
+    assert sum(not part.held_out for part in parts) == 3 and len(trained) == 2 and len(held) == 1
+    assert windows >= MIN_TRAINING_WINDOWS
+
+
+def test_the_windows_foreseen_from_a_parts_frames_are_those_its_prepared_clips_give(tmp_path):
+    for clips in (1, 5, 12):
+        json_path = write_dinet_json(str(tmp_path / str(clips)), videos=1, clips=clips)
+        timeline, = video_timelines(load_training_json(json_path, check_files=False), ["video0"])
+        assert windows_of(9 * clips + 8) == len(timeline.windows())  # the frames short of a clip give none
+
+
+def test_footage_that_would_leave_the_syncnet_too_little_is_refused_before_any_work(tmp_path):
+    """A video alone of 12 s passes every check of a video, but once the SyncNet holds one of its three training
+    parts out, the two left give it fewer windows than it learns from: refused now, not after the frame stages."""
+    video = write_footage(str(tmp_path / "me.mp4"), *talking_face(0, 12))
+    result = tmp_path / "run"
+    message = refusal(["--videos", video, "--result_path", str(result), "--mouth_region_size", "64",
+                       "--device", "cpu"])
+    assert message.startswith("--videos: 12.0 s of footage in all leaves the SyncNet 2 training part(s)"), message
+    assert "one video of at least 15 s" in message
+    assert not result.exists()
+
+
+def test_prepared_parts_that_leave_the_syncnet_too_little_stop_the_run_before_the_frame_stages(tmp_path):
+    """Faces lost to the detector can leave fewer windows than the footage promised: the check after preparing
+    the training parts finds it, removes the JSON (a rerun prepares again) and names what to give."""
+    for clips, enough in ((5, False), (12, True)):
+        json_path = write_dinet_json(str(tmp_path / str(clips)), videos=3, clips=clips)
+        parts = [Part("me.mp4", f"video{k}", 0, 9 * clips, False) for k in range(3)]
+        if enough:
+            check_prepared(json_path, parts)
+            assert os.path.exists(json_path)
+            continue
+        with pytest.raises(UserError) as refused:
+            check_prepared(json_path, parts)
+        assert "too small to train a SyncNet on: 2 training video(s) with 42 windows" in str(refused.value)
+        assert str(refused.value).endswith("give train_person.py more footage (--videos) and a new --result_path")
+        assert not os.path.exists(json_path)
 
 
 def test_cut_parts_hold_every_frame_of_the_video_exactly_once(tmp_path):
@@ -255,7 +295,7 @@ def test_from_init_one_frame_stage_fine_tunes_it(tmp_path):
 @pytest.fixture(scope="module")
 def person_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("person")
-    video = write_footage(str(folder / "me.mp4"), *talking_face(3, 9))
+    video = write_footage(str(folder / "me.mp4"), *talking_face(3, 15))
     argv = ["--videos", video, "--result_path", str(folder / "run"), "--mouth_region_size", "64",
             "--schedule_scale", "0.00001", "--device", "cpu", "--workers", "1"]
     done = subprocess.run([sys.executable, "train_person.py", *argv], cwd=ROOT, capture_output=True, text=True)
