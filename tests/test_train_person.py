@@ -21,11 +21,11 @@ import torch
 from common.errors import UserError, run_command
 from conftest import ROOT, write_dinet_json
 from data.procedural_faces import FPS, FaceStyle, _write_wav, mouth_openings, render_talking_face, synthesize_speech
+from data.sync_dataset import MIN_TRAINING_WINDOWS, video_timelines, windows_of
+from data.training_json import load_training_json
 from media.decoder import read_video_frames
 from media.encoder import write_video
 from media.ffmpeg import probe
-from data.sync_dataset import MIN_TRAINING_WINDOWS, video_timelines, windows_of
-from data.training_json import load_training_json
 from person.footage import Part, cut_parts, part_path, split_footage, syncnet_share
 from person.recipe import Layout, Plan, build_steps, check_prepared
 from person.schedule import Footage, fit_to_budget, plan_schedule
