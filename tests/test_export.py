@@ -15,6 +15,7 @@ from common.geometry import CropGeometry
 from conftest import ROOT, refusal
 from config.labs import LAB_PRESETS, generator_config
 from dubbing.pipeline import dub, load_generator
+from evaluation.reconstruction import psnr
 from footage import SOURCES, short_clip, speech
 from media.decoder import read_video_frames
 from media.ffmpeg import probe
@@ -113,7 +114,7 @@ def test_inference_dubs_with_the_onnx_export_alone_as_pytorch_does(tmp_path, mon
     difference = np.abs(onnx_frames - torch_frames)
     # the same first frame, up to a rounding of the generator's float faces (which can turn a decision of x264's,
     # changing a block by a few levels): 75 dB apart where they were measured, the dubbed mouths 35 dB from the source
-    assert 10 * np.log10(255 ** 2 / max(np.mean(difference[0] ** 2), 1e-12)) > 60
+    assert psnr(*(torch.from_numpy(frames[:1] / 255) for frames in (onnx_frames, torch_frames))).item() > 60
     assert difference.mean() < 0.25  # later frames predict from earlier ones: x264 carries such a rounding on
     assert np.abs(onnx_frames[:25] - source).max() > 50        # and the generator's mouths in it
 
