@@ -76,7 +76,8 @@ def build_parser():
                                          f"--make_demo_data --demo_dir DIR)")
     add("--faces", nargs="+", default=None, help=f"with --protocol {PROCEDURAL}: 3 or more of its videos the "
                                                  f"checkpoint never trained on (demo_008 demo_009 ...)")
-    add("--sources", nargs="+", default=None, help="without --protocol: the source of each video, in the same order")
+    add("--sources", nargs="+", default=None, help="without --protocol: the source of each video, in the same order "
+                                                   "(compared over their first frames, as many as the shorter has)")
     add("--checkpoint", default=None, help="with --protocol: the generator checkpoint (clip or frame stage)")
     add("--mouth_region_size", type=int, default=None, help="for checkpoints that do not record it (DINet's: 256)")
     add("--syncnet_path", default=None, help="a SyncNet of this repository (train_syncnet.py), for LSE-D/C repo")
@@ -291,16 +292,18 @@ def as_batch(frames, device, side=None):
 
 
 def reconstruction(video, source, scorers):
-    """PSNR, SSIM, LPIPS over whole frames of two DecodedVideos, and their Inception features (or empty lists)."""
+    """PSNR, SSIM, LPIPS over whole frames of two DecodedVideos, their first frames as far as the shorter goes (a
+    dub as long as its speech may be longer or shorter than its source), and their Inception features (or [])."""
     count = min(len(video), len(source))
     sums = {"PSNR": 0.0, "SSIM": 0.0, "LPIPS": 0.0}
     fake_features, real_features = [], []
     with torch.no_grad():
         for start in range(0, count, CHUNK):
-            fake, real = (as_batch(v.frames[start:start + CHUNK], scorers.device) for v in (video, source))
+            stop = min(start + CHUNK, count)
+            fake, real = (as_batch(v.frames[start:stop], scorers.device) for v in (video, source))
             sums["PSNR"] += float(psnr(fake, real).sum())
             sums["SSIM"] += float(ssim(fake, real).sum())
-            small_fake, small_real = (as_batch(v.frames[start:start + CHUNK], scorers.device, LPIPS_SIDE)
+            small_fake, small_real = (as_batch(v.frames[start:stop], scorers.device, LPIPS_SIDE)
                                       for v in (video, source))
             sums["LPIPS"] += float(scorers.lpips(small_fake, small_real).sum())
             if scorers.inception is not None:

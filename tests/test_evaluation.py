@@ -79,14 +79,16 @@ def run_evaluate(*args):
 def test_evaluate_scores_each_video_by_its_own_audio_and_writes_the_table(demo, tmp_path):
     """The source's frames with a silent track: every audio window is the same, so no offset can stand out
     (LSE-C 0), while the source itself, scored by its own speech, has one that does; the frames, and so the mouths,
-    are the same."""
+    are the same. The source given is the first 17 of its 25 frames, losslessly: a dub as long as its speech is
+    longer or shorter than its source, and the two are compared over the frames both have."""
     folder, syncnet = demo
     source = str(folder / "split_video_25fps" / "demo_000.mp4")
-    silent = str(tmp_path / "silent.mp4")
-    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-i", source, "-f", "lavfi", "-i",
-                    "anullsrc=r=16000:cl=mono", "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac",
-                    "-shortest", silent], check=True)
-    result = run_evaluate("--videos", silent, "--sources", source, "--syncnet_path", syncnet,
+    silent, cut = str(tmp_path / "silent.mp4"), str(tmp_path / "cut.mp4")
+    ffmpeg = [imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-i", source]
+    subprocess.run([*ffmpeg, "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-map", "0:v", "-map", "1:a",
+                    "-c:v", "copy", "-c:a", "aac", "-shortest", silent], check=True)
+    subprocess.run([*ffmpeg, "-frames:v", "17", "-c:v", "libx264", "-qp", "0", "-c:a", "copy", cut], check=True)
+    result = run_evaluate("--videos", silent, "--sources", cut, "--syncnet_path", syncnet,
                           "--lpips_weights", "random", "--csv", str(tmp_path / "scores.csv"), "--device", "cpu")
     assert result.returncode == 0, result.stderr[-2000:]
     with open(tmp_path / "scores.csv") as f:
@@ -94,7 +96,8 @@ def test_evaluate_scores_each_video_by_its_own_audio_and_writes_the_table(demo, 
     assert int(row["frames"]) == 25
     assert float(row["PSNR"]) > 90 and float(row["SSIM"]) > 0.999 and float(row["LPIPS"]) < 1e-3
     assert abs(float(row["LSE-C repo"])) < 1e-6 < float(row["source LSE-C repo"])
-    assert float(row["lmd_mouth"]) < 1e-6 and float(row["mouth_open_corr"]) > 1 - 1e-6  # the same mouth
+    # the same mouths; landmarks are smoothed over time, so near the cut's end the cut's differ a little
+    assert float(row["lmd_mouth"]) < 0.005 and float(row["mouth_open_corr"]) > 0.99
 
 
 @pytest.mark.parametrize("args,message", [
