@@ -85,7 +85,7 @@ def add_data_and_schedule_flags(parser, result_path, epochs):
     add("--start_epoch", default=1, type=integer(1), help="start epoch in training stage")
     add("--non_decay", default=epochs, type=integer(0), help="epochs with fixed learning rate")
     add("--decay", default=epochs, type=integer(0), help="epochs of linear learning-rate decay")
-    add("--checkpoint", type=integer(1), default=2, help="save a checkpoint every N epochs")
+    add("--checkpoint", type=integer(1), default=2, help="save a checkpoint every N epochs, and after the last")
     add("--result_path", type=str, default=result_path, help="folder for checkpoints, logs and samples")
 
 

@@ -774,7 +774,7 @@ def train(opt, stage_class=FrameStage):
                    else stalled(opt, validator, epoch))
             # `why` from patience is the main process's (it alone validates): every process stops with it
             stop_early = epoch < last_epoch and distributed.any_rank(why, runtime)
-            if epoch % opt.checkpoint == 0 or stop_early:
+            if epoch % opt.checkpoint == 0 or stop_early or epoch == last_epoch:
                 checkpointer.save(epoch, iterations, global_step, whole_epoch=True)
             if stop_early:
                 log.line(f"stopped after epoch {epoch} of {last_epoch} ({(time.perf_counter() - run_started) / 60:.1f} "

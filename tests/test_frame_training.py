@@ -192,6 +192,12 @@ def test_coarse_checkpoint_initialises_finer_stage(tiny_json, lab2_run, tmp_path
     assert torch.equal(coarse["adaAT.scale.0.weight"], fine["adaAT.scale.0.weight"])
 
 
+def test_a_run_whose_last_epoch_is_not_a_multiple_of_checkpoint_still_saves_it(tiny_json, tmp_path):
+    run_frame(tiny_json, tmp_path, "--decay", "0", "--augment_num", "1", "--checkpoint", "2")
+    assert sorted(path.name for path in tmp_path.glob("*.pth")) == ["netG_model_epoch_1.pth"]
+    assert load_checkpoint(str(tmp_path / "netG_model_epoch_1.pth"))["epoch"] == 2  # the epoch to start from
+
+
 def test_coarse_checkpoint_of_another_lab_is_rejected(tiny_json, lab2_run, tmp_path):
     with pytest.raises(UserError, match=r"netG_model_epoch_2.pth: trained as \[extra_same_block=True.*builds \[DINet"):
         run_frame(tiny_json, tmp_path, "--mouth_region_size", "128", "--coarse2fine",
