@@ -49,7 +49,8 @@ def build_parser():
     add("--res_video_dir", default="./asserts/inference_result", help="folder of the results")
     add("--mouth_region_size", type=int, default=None,
         help="needed for checkpoints that do not record it (DINet's: 256 for clip_training_DINet_256mouth.pth)")
-    add("--audio_feature_path", default="", help="precomputed features of the driving audio (.npy/.txt, T x C)")
+    add("--audio_feature_path", default="", help="precomputed features of the driving audio (.npy/.txt, T x C, "
+                                                    "25 rows per second of it)")
     add("--face_video", action="store_true", help="also write the generated face crops as a video")
     add("--batch_size", type=integer(1), default=16, help="most frames per generator call (on CPU: 12 at mouth 64, 3 at 128, 1 at 256)")
     add("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")

@@ -52,7 +52,7 @@ from data.openface_csv import read_openface_csv
 from media.convert import extract_audio
 from media.decoder import DecodedVideo, scratch_folder
 from media.encoder import DEFAULT_PRESET, VideoEncoder
-from media.ffmpeg import no_cuda_decoder
+from media.ffmpeg import no_cuda_decoder, probe
 from media.yuv import rgb_region
 from models import DINet
 from models.checkpoint import generator_config_of, load_checkpoint, load_network
@@ -62,6 +62,8 @@ from .blend import FaceBlender
 from .faces import FaceChoice, FaceTrack, describe_ranges, fade_weights, find_face, runs, turn
 from .onnx_generator import OnnxGenerator
 
+FPS = 25                # of the dubbed video, and of audio features
+FEATURE_SLACK_S = 0.2   # --audio_feature_path rows may differ from the driving audio's length by this much
 REFERENCE_SHOTS = 4     # shots whose reference state dubbing keeps at once (ping-pong comes back to the last ones)
 # the crop's scale: the middle of training's [1.05, 1.15). DINet's inference took 1.05, the edge, where a model of
 # ours opened the mouth half as far as in its training crops (docs/results.md)
@@ -123,6 +125,17 @@ def load_audio_features(driving_audio_path, feature, feature_path, work_dir):
             raise UserError(f"--audio_feature_path {feature_path}: shape {features.shape}, but the checkpoint "
                              f"expects (frames, {width}) {feature} features; pass {feature} features of the "
                              f"driving audio, 25 per second, or drop the flag")
+        finite = np.isfinite(features).all(axis=1) if np.issubdtype(features.dtype, np.number) \
+            else np.zeros(len(features), bool)
+        if not finite.all():
+            raise UserError(f"--audio_feature_path {feature_path}: row {np.flatnonzero(~finite)[0]} holds values that "
+                             f"are NaN, infinite or not numbers; compute the features of the driving audio again, or "
+                             f"drop the flag")
+        seconds = probe(driving_audio_path, "audio file")["duration"]
+        if abs(len(features) / FPS - seconds) > FEATURE_SLACK_S:  # features of other audio: the lips would not follow
+            raise UserError(f"--audio_feature_path {feature_path}: {len(features)} rows are {len(features) / FPS:.2f} "
+                             f"s at {FPS} per second, but {driving_audio_path} lasts {seconds:.2f} s; pass the "
+                             f"features of this audio, or drop the flag")
         return features.astype(np.float32)
     if feature == "deepspeech" or feature is None:
         raise UserError("this checkpoint takes DeepSpeech features, which need TensorFlow: compute them for the "

@@ -167,6 +167,13 @@ CASES = [
     ("inference", "--audio_feature_path {features_29}",
      "--audio_feature_path {features_29}: shape (50, 29), but the checkpoint expects (frames, 80) mel features",
      "or drop the flag"),
+    ("inference", "--audio_feature_path {features_nan}",
+     "--audio_feature_path {features_nan}: row 7 holds values that are NaN, infinite or not numbers",
+     "compute the features of the driving audio again, or drop the flag"),
+    ("inference", "--audio_feature_path {features_2s}",
+     "--audio_feature_path {features_2s}: 50 rows are 2.00 s at 25 per second, but {speech_wav} lasts 1.00 s",
+     "pass the features of this audio"),
+    ("inference", "--audio_feature_path {features_1s}", "{grey_mp4}: no face found in any frame"),  # they pass
     ("inference", "--audio_feature_path {not_audio}", "--audio_feature_path {not_audio}: cannot read it",
      "pass a .npy or .txt array"),
     ("inference", "--batch_size 0", "argument --batch_size: must be an integer >= 1, got 0"),
@@ -299,6 +306,13 @@ def assets(tmp_path_factory, tiny_json, clip_assets, checkpoint):  # noqa: F811
                                    audio_feature="mel", mouth_region_size=64)
     a.features_29 = str(folder / "features_29.npy")
     np.save(a.features_29, np.zeros((50, 29), np.float32))
+    a.features_nan, a.features_2s = str(folder / "features_nan.npy"), str(folder / "features_2s.npy")
+    nan = np.zeros((25, 80), np.float32)
+    nan[7, 3] = np.nan
+    np.save(a.features_nan, nan)
+    np.save(a.features_2s, np.zeros((50, 80), np.float32))
+    a.features_1s = str(folder / "features_1s.txt")
+    np.savetxt(a.features_1s, np.ones((26, 80)))
 
     # media: 1 s, 128 x 128, a flat grey picture (no face) with or without a tone; files that are not media
     grey = ["-f", "lavfi", "-i", "color=c=gray:s=128x128:r=25:d=1"]
