@@ -58,6 +58,10 @@ def read_openface_csv(path, with_success=False):
         raise UserError(f"{path}: a row is not numbers or has the wrong number of columns; "
                          f"the file is damaged, make it again")
     landmarks = np.stack([table[:, x_index], table[:, y_index]], axis=2)  # (T, 68, 2)
+    finite = np.isfinite(landmarks).all(axis=(1, 2))
+    if not finite.all():  # OpenFace writes zeros, not NaN, where it found no face
+        raise UserError(f"{path}: the landmarks of frame {np.flatnonzero(~finite)[0] + 1} (its row under the header) are "
+                         f"not all finite numbers; the file is damaged, make it again")
     if not with_success:
         return landmarks
     success = table[:, header.index("success")] > 0 if "success" in header else np.ones(len(table), dtype=bool)

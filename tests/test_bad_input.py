@@ -164,6 +164,8 @@ CASES = [
      "--source_openface_landmark_path {tmp}/none.csv: no such file", "check the path"),
     ("inference", "--source_openface_landmark_path {short_csv}",
      "--source_openface_landmark_path {short_csv}: 10 rows for 25 frames", "or drop the flag"),
+    ("inference", "--source_openface_landmark_path {nan_csv}",
+     "{nan_csv}: the landmarks of frame 11 (its row under the header) are not all finite numbers", "make it again"),
     ("inference", "--audio_feature_path {features_29}",
      "--audio_feature_path {features_29}: shape (50, 29), but the checkpoint expects (frames, 80) mel features",
      "or drop the flag"),
@@ -329,6 +331,9 @@ def assets(tmp_path_factory, tiny_json, clip_assets, checkpoint):  # noqa: F811
     (folder / "not_audio.wav").write_text("a text file named like audio\n")
     a.short_csv = str(folder / "short.csv")
     write_openface_csv(a.short_csv, np.random.default_rng(0).uniform(20, 100, (10, 68, 2)))
+    a.nan_csv, points = str(folder / "nan.csv"), np.random.default_rng(0).uniform(20, 100, (25, 68, 2))
+    points[10, 48] = np.nan
+    write_openface_csv(a.nan_csv, points)
 
     # video folders for data_processing.py, each with one kind of unusable video
     for name, source, target in (("videos_silent", a.silent_mp4, "silent.mp4"),
