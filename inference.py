@@ -33,6 +33,8 @@ from dubbing.pipeline import LENGTHS, dub, load_generator
 from media.decoder import even_size
 from media.ffmpeg import probe
 
+DEFAULT_CHECKPOINT = "./asserts/clip_training_DINet_256mouth.pth"  # where DINet's README puts its generator
+
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
@@ -42,8 +44,7 @@ def build_parser():
         help="video or photograph (jpg, png, webp) to dub; any fps and codec")
     add("--source_openface_landmark_path", default="", help="OpenFace CSV of the source at 25 fps (default: detect)")
     add("--driving_audio_path", default="./asserts/examples/driving_audio_1.wav", help="speech to dub with")
-    add("--pretrained_clip_DINet_path", default="./asserts/clip_training_DINet_256mouth.pth",
-        help="generator checkpoint (clip or frame stage)")
+    add("--pretrained_clip_DINet_path", default=DEFAULT_CHECKPOINT, help="generator checkpoint (clip or frame stage)")
     add("--onnx", default="", help="run this ONNX export of the generator (python export.py) in onnxruntime, in "
                                    "float32, instead of the checkpoint in PyTorch")
     add("--res_video_dir", default="./asserts/inference_result", help="folder of the results")
@@ -113,6 +114,9 @@ def check_inputs(opt):
             torch.device(opt.device)
         except RuntimeError:
             raise UserError(f"--device {opt.device}: not a device; pass cuda, cuda:N or cpu") from None
+    if opt.onnx and opt.pretrained_clip_DINet_path != DEFAULT_CHECKPOINT:
+        raise UserError(f"--onnx {opt.onnx} and --pretrained_clip_DINet_path {opt.pretrained_clip_DINet_path}: both "
+                        f"name the generator; pass one of them")
     if opt.onnx and opt.amp == "bf16":
         raise UserError("--amp bf16: an ONNX export runs in float32 as exported; drop --amp, or dub without --onnx")
     check_writable(opt.res_video_dir, "--res_video_dir")
@@ -141,7 +145,11 @@ def load_dubbing_model(opt, device):
     """The generator the options name: the --onnx export in onnxruntime, or the checkpoint in PyTorch."""
     if opt.onnx:
         from dubbing.onnx_generator import load_onnx_generator
-        return load_onnx_generator(opt.onnx, device)
+        model = load_onnx_generator(opt.onnx, device)
+        if opt.mouth_region_size not in (None, model.mouth_size):
+            raise UserError(f"--onnx {opt.onnx}: exported at mouth {model.mouth_size}, but --mouth_region_size is "
+                            f"{opt.mouth_region_size}; drop --mouth_region_size (it is read from the export)")
+        return model
     return load_generator(opt.pretrained_clip_DINet_path, device, opt.mouth_region_size)
 
 

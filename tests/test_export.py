@@ -97,6 +97,12 @@ def test_inference_dubs_with_the_onnx_export_alone_as_pytorch_does(tmp_path, mon
     clip, audio = str(tmp_path / "clip.mp4"), str(tmp_path / "speech.wav")
     short_clip(clip, seconds=1)
     seconds = speech(audio, seconds=1.6)
+    given = ["--onnx", str(tmp_path / "g.onnx"), "--source_video_path", clip, "--driving_audio_path", audio,
+             "--res_video_dir", str(tmp_path / "refused"), "--device", "cpu"]
+    assert "exported at mouth 64, but --mouth_region_size is 128" in refusal(
+        "inference.py", [*given, "--mouth_region_size", "128"], monkeypatch, capsys)
+    assert "both name the generator; pass one of them" in refusal(
+        "inference.py", [*given, "--pretrained_clip_DINet_path", checkpoint], monkeypatch, capsys)
     os.rename(checkpoint, tmp_path / "kept.pth")  # the export alone dubs
     run = subprocess.run([sys.executable, "inference.py", "--onnx", str(tmp_path / "g.onnx"), "--source_video_path",
                           clip, "--driving_audio_path", audio, "--res_video_dir", str(tmp_path / "onnx"),
