@@ -420,15 +420,32 @@ def find_resume(opt, stage_class, runtime):
     if not opt.resume:
         return None, None
     if opt.resume != "auto":
-        return opt.resume, load_checkpoint(opt.resume, "--resume", needs=stage_class.checkpoint_networks[0],
-                                           expected=f"a {stage_class.checkpoint_prefix}_N.pth of this kind of run")
-    path, checkpoint = newest_valid_checkpoint(opt.result_path, stage_class.checkpoint_prefix,
-                                               report=print if runtime.is_main else lambda text: None)
-    if runtime.is_main:
-        print(f"--resume auto: continuing from {path}" if path else
-              f"--resume auto: no checkpoint in {opt.result_path} yet, starting from the beginning")
-    opt.resume = path or ""  # what the stages check the data and architecture against
+        path, checkpoint = opt.resume, load_checkpoint(opt.resume, "--resume", needs=stage_class.checkpoint_networks[0],
+                                                       expected=f"a {stage_class.checkpoint_prefix}_N.pth of this kind "
+                                                                f"of run")
+    else:
+        path, checkpoint = newest_valid_checkpoint(opt.result_path, stage_class.checkpoint_prefix,
+                                                   report=print if runtime.is_main else lambda text: None)
+        if runtime.is_main:
+            print(f"--resume auto: continuing from {path}" if path else
+                  f"--resume auto: no checkpoint in {opt.result_path} yet, starting from the beginning")
+        opt.resume = path or ""  # what the stages check the data and architecture against
+    if checkpoint is not None:
+        check_same_stage(checkpoint, path, stage_class)
     return path, checkpoint
+
+
+def check_same_stage(checkpoint, path, stage_class):
+    """The frame and clip stages name their checkpoints alike; one stage's does not continue the other's run."""
+    clip_run, clip_checkpoint = ("net_dV" in names for names in (stage_class.checkpoint_networks,
+                                                                  checkpoint["state_dict"]))
+    if "net_g" not in stage_class.checkpoint_networks or clip_run == clip_checkpoint:
+        return
+    if clip_run:
+        raise UserError(f"--resume {path}: a frame stage checkpoint (no net_dV), and this is the clip stage; to "
+                        f"start the clip stage from it, pass it as --pretrained_frame_DINet_path instead")
+    raise UserError(f"--resume {path}: a clip stage checkpoint (it holds net_dV), and this is the frame stage; "
+                    f"continue it with train_DINet_clip.py, or pass a frame stage checkpoint")
 
 
 def train_step(stage, batch, counters, runtime):

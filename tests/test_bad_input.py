@@ -24,7 +24,7 @@ import torch
 
 from conftest import ROOT, write_dinet_json
 from data.openface_csv import write_openface_csv
-from models.checkpoint import atomic_save
+from models.checkpoint import atomic_save, load_checkpoint
 from models.syncnet import SyncNetConfig, build_syncnet
 from test_clip_training import clip_assets  # noqa: F401  (fixture: 29-d data, a lab2 frame checkpoint, a SyncNet)
 from test_inference import checkpoint  # noqa: F401  (fixture: an untrained mel generator at mouth 64)
@@ -99,8 +99,12 @@ CASES = [
     ("frame", "--mouth_region_size 128 --coarse2fine --coarse_model_path {syncnet_64}",
      "--coarse_model_path {syncnet_64}: not a generator checkpoint", "netG_model_epoch_N.pth"),
     ("frame", "--resume {tmp}/none.pth", "--resume {tmp}/none.pth: no such checkpoint file", "check the path"),
+    ("frame", "--resume {clip_64}", "--resume {clip_64}: a clip stage checkpoint (it holds net_dV), and this is the "
+     "frame stage", "continue it with train_DINet_clip.py"),
     # ---- train_DINet_clip.py
     ("clip", "--pretrained_frame_DINet_path=", "--pretrained_frame_DINet_path is empty", "netG_model_epoch_N.pth"),
+    ("clip", "--resume {lab2_64}", "--resume {lab2_64}: a frame stage checkpoint (no net_dV), and this is the clip "
+     "stage", "pass it as --pretrained_frame_DINet_path instead"),
     ("clip", "--pretrained_frame_DINet_path {truncated_pth}",
      "--pretrained_frame_DINet_path {truncated_pth}: cannot read this checkpoint", "use an earlier checkpoint"),
     ("clip", "--pretrained_frame_DINet_path {syncnet_64}",
@@ -294,6 +298,10 @@ def assets(tmp_path_factory, tiny_json, clip_assets, checkpoint):  # noqa: F811
             f.write(b"not a jpeg")
 
     # checkpoints: unreadable, not DINet's, or of other data
+    a.clip_64 = str(folder / "clip_64.pth")  # as the clip stage writes it: the frame stage's networks and net_dV
+    clip = load_checkpoint(lab2_64)
+    clip["state_dict"]["net_dV"] = clip["state_dict"]["net_dI"]  # stands in: the refusal reads which networks it holds
+    atomic_save(clip, a.clip_64)
     a.truncated_pth = str(folder / "truncated.pth")
     with open(lab2_64, "rb") as source, open(a.truncated_pth, "wb") as f:
         f.write(source.read(4096))
