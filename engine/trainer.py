@@ -38,8 +38,8 @@ from data.dataset import FrameDataset
 from data.training_json import check_audio_channel, load_training_json
 from models import DINet, Discriminator, Vgg19
 from models.checkpoint import (atomic_save, check_generator_config, check_syncnet_fits, checkpoint_name,
-                               generator_config_of, load_checkpoint, load_network, load_syncnet,
-                               newest_valid_checkpoint, prune_step_checkpoints)
+                               checkpoints_newest_first, generator_config_of, load_checkpoint, load_network,
+                               load_syncnet, newest_valid_checkpoint, prune_step_checkpoints)
 
 from . import distributed
 from .losses import GANLoss, PerceptualLoss, mouth_l1
@@ -418,6 +418,10 @@ def find_resume(opt, stage_class, runtime):
     """(path, checkpoint) to resume from: --resume PATH, or with --resume auto the newest checkpoint in
     --result_path that loads and passes its checksum (None, None when there is none yet: a fresh start)."""
     if not opt.resume:
+        earlier = checkpoints_newest_first(opt.result_path, stage_class.checkpoint_prefix)
+        if earlier:  # a fresh run would mix its log and checkpoints with that run's
+            raise UserError(f"--result_path {opt.result_path}: already holds a run ({os.path.basename(earlier[0][1])});"
+                            f" continue it with --resume auto, or pass another --result_path")
         return None, None
     if opt.resume != "auto":
         path, checkpoint = opt.resume, load_checkpoint(opt.resume, "--resume", needs=stage_class.checkpoint_networks[0],

@@ -99,6 +99,8 @@ CASES = [
     ("frame", "--mouth_region_size 128 --coarse2fine --coarse_model_path {syncnet_64}",
      "--coarse_model_path {syncnet_64}: not a generator checkpoint", "netG_model_epoch_N.pth"),
     ("frame", "--resume {tmp}/none.pth", "--resume {tmp}/none.pth: no such checkpoint file", "check the path"),
+    ("frame", "--result_path {a_run}", "--result_path {a_run}: already holds a run (netG_model_epoch_1.pth)",
+     "continue it with --resume auto, or pass another --result_path"),
     ("frame", "--resume {clip_64}", "--resume {clip_64}: a clip stage checkpoint (it holds net_dV), and this is the "
      "frame stage", "continue it with train_DINet_clip.py"),
     # ---- train_DINet_clip.py
@@ -302,6 +304,9 @@ def assets(tmp_path_factory, tiny_json, clip_assets, checkpoint):  # noqa: F811
     clip = load_checkpoint(lab2_64)
     clip["state_dict"]["net_dV"] = clip["state_dict"]["net_dI"]  # stands in: the refusal reads which networks it holds
     atomic_save(clip, a.clip_64)
+    a.a_run = str(folder / "a_run")
+    os.makedirs(a.a_run)
+    shutil.copy(lab2_64, os.path.join(a.a_run, "netG_model_epoch_1.pth"))
     a.truncated_pth = str(folder / "truncated.pth")
     with open(lab2_64, "rb") as source, open(a.truncated_pth, "wb") as f:
         f.write(source.read(4096))
