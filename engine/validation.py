@@ -115,7 +115,7 @@ class Validator:
         self.real_landmarks = [self.landmarks(video["real"]) for video in self.videos]
         self.paste = torch.from_numpy(paste_mask(self.geometry))  # what dubbing keeps of a generated crop
         from models.lpips_loss import LPIPS
-        self.lpips = LPIPS(opt.val_lpips_weights).to(runtime.device)
+        self.lpips = LPIPS(opt.val_lpips_weights, flag="--val_lpips_weights").to(runtime.device)
         if self.syncnet is not None:
             self.sync_real = self.sync_scores([video["real"] for video in self.videos])
 

@@ -32,7 +32,7 @@ def _trunk_state(vgg16_state):
 class LPIPS(nn.Module):
     """Frozen LPIPS-VGG distance per image pair: inputs (N, 3, H, W) in [0, 1] -> (N,)."""
 
-    def __init__(self, weights="pretrained", spatial=False):
+    def __init__(self, weights="pretrained", spatial=False, flag="--lpips_weights"):
         super().__init__()
         import lpips  # imports torchvision (2-3 s): only where LPIPS is used
         from torchvision import models
@@ -41,12 +41,12 @@ class LPIPS(nn.Module):
             # pnet_rand: lpips builds a random trunk instead of downloading; its linear layers still load
             self.metric = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False, spatial=spatial)
         if weights != "random":
-            trunk = _trunk_state(pretrained_state(weights, models.VGG16_Weights.IMAGENET1K_V1, "--lpips_weights",
-                                                          "torchvision VGG16 (ImageNet)"))
+            trunk = _trunk_state(pretrained_state(weights, models.VGG16_Weights.IMAGENET1K_V1, flag,
+                                                  "torchvision VGG16 (ImageNet)"))
             try:
                 self.metric.net.load_state_dict(trunk)
             except RuntimeError as error:
-                raise UserError(f"--lpips_weights {weights}: not a torchvision VGG16 state dict "
+                raise UserError(f"{flag} {weights}: not a torchvision VGG16 state dict "
                                  f"({str(error).splitlines()[0]})") from None
         self.requires_grad_(False)
         self.eval()

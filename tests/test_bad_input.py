@@ -126,6 +126,8 @@ CASES = [
      "deepspeech features", "train one on this data: python train_syncnet.py"),
     ("clip", "--pretrained_syncnet_path {lab2_64}", "--pretrained_syncnet_path {lab2_64}: not a SyncNet checkpoint",
      "train_syncnet.py"),
+    ("frame", "--val_fraction 0.5 --val_lpips_weights {tmp}/vgg16.pth", "--val_lpips_weights {tmp}/vgg16.pth: no "
+     "such file", "random"),
     ("clip", "--loss_preset latentsync --lpips_weights {tmp}/vgg16.pth",
      "--lpips_weights {tmp}/vgg16.pth: no such file", "random"),
     # ---- train_syncnet.py
