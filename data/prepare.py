@@ -148,20 +148,23 @@ def _write_jpg(path, image):
         f.write(data)
 
 
-def list_videos(source_video_dir):
-    """{name: path} of the videos in `source_video_dir`; where two share a name, the .mp4 (a resampled copy
-    written beside its original) wins."""
+def list_videos(source_video_dir, copies_beside=False):
+    """({name: path}, [(path, kept path)]) of the videos in `source_video_dir`: where two share a name, the .mp4
+    is prepared and the others are left out, to be reported unless `copies_beside` (resampled copies are written
+    into this folder, so the .mp4 is the copy of the other)."""
     _require_dir(source_video_dir, "pass --source_video_dir, the folder of talking-head videos")
-    videos = {}
+    named = {}
     for name in sorted(os.listdir(source_video_dir)):
         stem, extension = os.path.splitext(name)
-        if name.startswith(".") or extension.lower() not in VIDEO_EXTENSIONS:
-            continue
-        if stem not in videos or extension.lower() == ".mp4":
-            videos[stem] = os.path.join(source_video_dir, name)
-    if not videos:
+        if not name.startswith(".") and extension.lower() in VIDEO_EXTENSIONS:
+            named.setdefault(stem, []).append(os.path.join(source_video_dir, name))
+    if not named:
         raise UserError(f"{source_video_dir}: no videos ({', '.join(VIDEO_EXTENSIONS)}) found; put the videos there")
-    return videos
+    videos = {stem: next((path for path in paths if path.lower().endswith(".mp4")), paths[0])
+              for stem, paths in named.items()}
+    left_out = [] if copies_beside else [(path, videos[stem]) for stem, paths in named.items() for path in paths
+                                         if path != videos[stem]]
+    return videos, left_out
 
 
 def feature_path(feature_dir, video_name, feature_name):
@@ -409,8 +412,11 @@ def _prepare_or_skip(name, source_path, layout, settings, steps, progress):
 def prepare_videos(layout, settings, steps, workers=1):
     """Run `steps` on every video of layout.source_video_dir; return their VideoReports, sorted by name."""
     steps = [step for step in VIDEO_STEPS if step in steps]
-    videos = list_videos(layout.source_video_dir)
-    reports = []
+    videos, left_out = list_videos(layout.source_video_dir, copies_beside=os.path.abspath(layout.source_video_dir)
+                                   == os.path.abspath(layout.split_video_dir))
+    reports = [VideoReport(os.path.basename(path), skipped=f"{path}: has the name of {kept}, which is prepared under "
+                                                           f"it; rename one of the two to prepare both")
+               for path, kept in left_out]
     with tqdm(total=len(videos), desc="videos", unit="video") as bar:
         if workers <= 1:
             for name, source_path in videos.items():

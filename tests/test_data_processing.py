@@ -3,6 +3,7 @@ over a folder of good and bad videos, DeepSpeech features made elsewhere, and `-
 ../shared/data are used only where present."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -128,6 +129,7 @@ def prepared(tmp_path_factory):
         _write_video(source / f"{name}.mp4", frames, wav)
     resample_video(str(source / "talk_a.mp4"), str(source / "talk_a.mkv"), fps=30)  # any rate, any container
     os.remove(source / "talk_a.mp4")
+    shutil.copy(source / "talk_b.mp4", source / "talk_b.mov")  # two videos of one name: one is left out, and said
     frames, _, wav = _talking_face(2, seconds=1.0)
     _write_video(source / "silent.mp4", frames)
     _write_video(source / "short.mp4", frames[:5], wav[:3200])
@@ -145,11 +147,12 @@ def test_all_steps_prepare_good_videos_and_skip_bad_ones_with_a_reason(prepared)
     work, result = prepared
     assert result.returncode == 0, result.stderr[-2000:]
     report = {line.split(":")[0].strip(): line for line in result.stdout.splitlines() if line.startswith("  ")}
-    assert "2 of 7 videos ready, 5 skipped" in result.stdout
+    assert "2 of 8 videos ready, 6 skipped" in result.stdout
     assert "75 frames, face in 100.0% (detected), 8/8 clips" in report["talk_a"]
     assert "face in 100.0% (detected), 8/8 clips" in report["talk_b"]
     for name, reason in [("silent", "no audio stream"), ("short", "too short"), ("broken", "not a readable video"),
-                         ("no_face", "a face in only 0% of frames"), ("at_the_edge", "beyond DINet's limits")]:
+                         ("no_face", "a face in only 0% of frames"), ("at_the_edge", "beyond DINet's limits"),
+                         ("talk_b.mov", "has the name of " + str(work / "videos" / "talk_b.mp4"))]:
         assert "skipped:" in report[name] and reason in report[name], report[name]
 
 
@@ -181,7 +184,7 @@ def test_rerun_skips_finished_work(prepared):
                data / "split_video_25fps" / "talk_a.mp4", data / "split_video_25fps_mel" / "talk_a_mel.npy"]
     before = [os.path.getmtime(path) for path in outputs]
     result = _data_processing("--all", "--source_video_dir", str(work / "videos"), cwd=work)
-    assert result.returncode == 0 and "2 of 7 videos ready" in result.stdout
+    assert result.returncode == 0 and "2 of 8 videos ready" in result.stdout
     assert [os.path.getmtime(path) for path in outputs] == before
 
 
