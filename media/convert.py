@@ -10,13 +10,14 @@ from .ffmpeg import probe, run
 
 
 def extract_audio(video_path, wav_path, sample_rate=16000):
-    """Write the video's audio as mono 16-bit wav at `sample_rate` (16 kHz: what every audio feature expects)."""
+    """Write the video's first audio track as mono 16-bit wav at `sample_rate` (16 kHz: what every audio feature
+    expects), from the file's start: a track that starts late is preceded by silence, as it plays."""
     if not probe(video_path)["has_audio"]:
         raise UserError(f"{video_path}: video has no audio stream; training needs each video's speech, "
                         f"so mux it in (ffmpeg -i video.mp4 -i speech.wav -c:v copy -c:a aac out.mp4)")
     with atomic_output(wav_path) as partial:
-        run(["-i", video_path, "-vn", "-ac", "1", "-ar", str(sample_rate), "-c:a", "pcm_s16le", "-f", "wav", partial],
-            video_path, wav_path)
+        run(["-i", video_path, "-map", "0:a:0", "-af", "aresample=first_pts=0", "-ac", "1", "-ar", str(sample_rate),
+             "-c:a", "pcm_s16le", "-f", "wav", partial], video_path, wav_path)
 
 
 VIDEO_CODEC = ["-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p"]

@@ -47,7 +47,7 @@ class VideoEncoder:
         streams = ["-map", "0:v"]
         if audio_path is not None:
             inputs += [*(["-t", f"{audio_seconds:.3f}"] if audio_seconds else []), "-i", audio_path]
-            streams += ["-map", "1:a", "-c:a", "aac", "-b:a", "128k"]
+            streams += ["-map", "1:a:0", "-c:a", "aac", "-b:a", "128k"]  # the track the lips were made from
         # yuv420p needs even sizes: pad odd ones by a pixel on the right/bottom, which moves no landmark
         pad = ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"] if width % 2 or height % 2 else []
         video_codec = [*pad, "-c:v", "libx264", "-preset", preset, "-pix_fmt", "yuv420p", "-crf", str(crf),

@@ -8,10 +8,11 @@ import sys
 
 import numpy as np
 import pytest
+import soundfile
 
 import footage
 from conftest import ROOT, refusal
-from media.convert import VIDEO_CODEC
+from media.convert import VIDEO_CODEC, extract_audio
 from media.decoder import read_video_frames
 from media.ffmpeg import FFmpeg, probe, run
 from test_inference import checkpoint  # noqa: F401  (fixture: an untrained mel generator at mouth 64)
@@ -107,6 +108,25 @@ def test_a_videos_own_soundtrack_is_speech_to_dub_with(material, checkpoint, tmp
     footage.short_clip(video, seconds=1)
     output = dub(material / "face.png", video, checkpoint, tmp_path / "out", monkeypatch)
     assert_dubbed_for_as_long_as(output, video)
+
+
+def test_a_driving_video_dubs_with_its_first_audio_track_from_where_that_track_starts(
+        material, checkpoint, tmp_path, monkeypatch):  # noqa: F811
+    """Speech as a video's first audio track, starting 0.6 s into the file, and a 1 kHz tone as a second track in
+    stereo (ffmpeg's own pick): the lips are made, and the output sounds, from the first track as it plays."""
+    drive, late = tmp_path / "drive.mp4", 0.6
+    footage.speech(tmp_path / "speech.wav", seconds=0.83)
+    run(["-f", "lavfi", "-i", "color=c=gray:s=64x64:d=2", "-itsoffset", str(late), "-i", str(tmp_path / "speech.wav"),
+         "-f", "lavfi", "-i", "sine=frequency=1000:duration=2", "-map", "0:v", "-map", "1:a", "-map", "2:a",
+         *VIDEO_CODEC, "-c:a", "aac", "-ac:a:1", "2", "-ar:a:1", "44100", str(drive)], "lavfi", str(drive))
+    output = dub(material / "face.png", drive, checkpoint, tmp_path / "out", monkeypatch)
+    kinds = streams(output)
+    assert len(kinds) == 2 and "Audio: aac" in kinds[1] and "mono" in kinds[1], kinds
+    frames = sum(1 for _ in read_video_frames(output))
+    assert abs(frames - (late + 0.83) * 25) <= 1, frames  # the tone's 2 s would give 50; the speech from 0 s, 21
+    extract_audio(output, str(tmp_path / "heard.wav"))
+    heard, rate = soundfile.read(tmp_path / "heard.wav")
+    assert np.abs(heard[:int(0.5 * rate)]).max() < 0.01 < np.abs(heard[int(late * rate):]).max()
 
 
 def test_a_text_file_named_jpg_is_one_line_naming_it_and_nothing_is_written(
