@@ -65,7 +65,7 @@ def build_parser():
     add("--length", choices=LENGTHS, default="pingpong",
         help="when audio and video differ in length: the output has the audio's length, the video played forwards "
              "and backwards (pingpong, DINet's), from the start again (loop) or holding its last frame (pad); or "
-             "cut: as long as the shorter, the audio cut to the video")
+             "cut: as long as the shorter, the audio cut to the video (a photograph is held as long as the speech)")
     add("--close_on_silence", action="store_true",
         help="where the speech is silent for 160 ms or more, show the closed mouth of a reference frame instead of "
              "the generated one (fading over 4 frames)")

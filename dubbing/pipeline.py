@@ -321,7 +321,8 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
                                  f"--driving_audio_path")
             threads = host_threads(device)  # that find the faces, crop and blend
             track = _face_track(video, landmark_csv, source_video_path, face, times, progress, threads)
-            index = output_index(length, len(track.reason), len(features))
+            # a photograph (one frame) is held for the speech's length whatever --length says
+            index = output_index("pad" if len(track.reason) == 1 else length, len(track.reason), len(features))
             radii = crop_radii(track.landmarks[index], video.size, segments(track)[index])
             reason = track.reason[index]
             reason[[t for t, radius in enumerate(radii) if radius is None and reason[t] == "face"]] = "crop"

@@ -21,12 +21,12 @@ from test_inference_e2e import face_box
 pytestmark = pytest.mark.needs_shared(*footage.SOURCES)
 
 
-def dub(source, audio, checkpoint, out_dir, monkeypatch):  # noqa: F811
+def dub(source, audio, checkpoint, out_dir, monkeypatch, *flags):  # noqa: F811
     """`python inference.py` on `source` and `audio`, run in this process from the repository; the dubbed file."""
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sys, "argv", ["inference.py", "--source_video_path", str(source), "--driving_audio_path",
                                       str(audio), "--pretrained_clip_DINet_path", checkpoint, "--res_video_dir",
-                                      str(out_dir), "--device", "cpu"])
+                                      str(out_dir), "--device", "cpu", *flags])
     handlers = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGHUP)}
     try:
         runpy.run_path(os.path.join(ROOT, "inference.py"), run_name="__main__")
@@ -64,13 +64,14 @@ def material(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("extension,turned", [("jpg", False), ("png", False), ("webp", False), ("jpg", True)],
-                         ids=["jpg", "png", "webp", "phone_jpg_turned_by_exif"])
+@pytest.mark.parametrize("extension,turned,length", [("jpg", False, "pingpong"), ("png", False, "cut"),
+                                                     ("webp", False, "pingpong"), ("jpg", True, "pingpong")],
+                         ids=["jpg", "png_length_cut", "webp", "phone_jpg_turned_by_exif"])
 def test_a_photograph_is_dubbed_upright_into_a_video_as_long_as_the_speech(
-        extension, turned, material, checkpoint, tmp_path, monkeypatch):  # noqa: F811
+        extension, turned, length, material, checkpoint, tmp_path, monkeypatch):  # noqa: F811
     photo = tmp_path / f"face.{extension}"
     footage.still(photo, turned=turned)
-    output = dub(photo, material / "speech.wav", checkpoint, tmp_path / "out", monkeypatch)
+    output = dub(photo, material / "speech.wav", checkpoint, tmp_path / "out", monkeypatch, "--length", length)
     assert_dubbed_for_as_long_as(output, material / "speech.wav")
     assert (probe(output)["width"], probe(output)["height"]) == (footage.WIDTH, footage.HEIGHT)
     picture = next(read_video_frames(str(photo))).astype(np.float32)  # as ffmpeg shows it: upright
