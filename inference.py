@@ -92,7 +92,8 @@ def check_inputs(opt):
                        ("--source_openface_landmark_path", opt.source_openface_landmark_path),
                        ("--audio_feature_path", opt.audio_feature_path)):
         if path and not os.path.isfile(path):
-            raise UserError(f"{flag} {path}: no such file; check the path")
+            raise UserError(f"{flag} {path}: " + ("a folder; pass a file in it" if os.path.isdir(path)
+                                                  else "no such file; check the path"))
     for flag, path, kind, stream, fix in (
             ("--source_video_path", opt.source_video_path, "video", "has_video", "pass a video of the face to dub"),
             ("--driving_audio_path", opt.driving_audio_path, "audio file", "has_audio",

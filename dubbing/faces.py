@@ -199,7 +199,7 @@ def same_faces(tracks, shot):
 
 def _where(box, scale):
     left, top, right, bottom = (value / scale for value in box)
-    return f"x {left:.0f}-{right:.0f}, y {top:.0f}-{bottom:.0f}"
+    return f"x {left:.0f} to {right:.0f}, y {top:.0f} to {bottom:.0f}"  # a box past the left edge: x -7 to 194
 
 
 def choose_tracks(tracks, choice, scale):

@@ -168,6 +168,7 @@ CASES = [
      "use 64, 128 or 256"),
     ("inference", "--mouth_region_size 128", "trained at mouth 64, but --mouth_region_size is 128",
      "drop --mouth_region_size"),
+    ("inference", "--source_video_path {tmp}", "--source_video_path {tmp}: a folder; pass a file in it"),
     ("inference", "--source_openface_landmark_path {tmp}/none.csv",
      "--source_openface_landmark_path {tmp}/none.csv: no such file", "check the path"),
     ("inference", "--source_openface_landmark_path {short_csv}",

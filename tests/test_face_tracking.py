@@ -54,7 +54,7 @@ def test_the_choice_picks_the_largest_the_nth_from_the_left_or_the_face_at_a_poi
 
 def test_a_face_that_is_not_there_names_how_many_were_found_and_where():
     tracks = track_faces([np.array([box(10, 10, 30), box(300, 10, 80)])] * 3, np.zeros(3, int))
-    with pytest.raises(UserError, match=r"--face 3: .*2 face\(s\) found in frame 0 \(1: x 10-40, y 10-40; 2: x 300"):
+    with pytest.raises(UserError, match=r"--face 3: .*2 face\(s\) found in frame 0 \(1: x 10 to 40, y 10 to 40; 2: x 300"):
         choose_tracks(tracks, FaceChoice("index", 3), 1.0)
     with pytest.raises(UserError, match="--face 200,200: .*2 face"):
         choose_tracks(tracks, FaceChoice("point", point=(200, 200)), 1.0)
