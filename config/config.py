@@ -107,7 +107,7 @@ def add_running_flags(parser, image_every=200):
                        help="autocast precision; auto: bf16 on CPUs with AMX or AVX512-BF16, fp32 (TF32 tensor cores) "
                             "on GPUs and other CPUs, each measured fastest at the lab's batch sizes. fp16 adds a "
                             "gradient scaler")
-    group.add_argument("--channels_last", type=on_off, default=True, metavar="{on,off}",
+    group.add_argument("--channels_last", type=on_off, default="on", metavar="{on,off}",
                        help="NHWC memory format for the networks and image batches (measured faster)")
     group.add_argument("--compile", nargs="?", const="default", default="off", choices=COMPILE_MODES,
                        help="default (or the bare flag): torch.compile the generator (minutes of compiling on a CPU); "
@@ -217,7 +217,8 @@ def syncnet_parser(description, result_path):
     add("--batch_size", type=integer(1), default=16, help="windows per batch (each also meets the others' audio)")
     add("--lr", type=number(0), default=SYNCNET_LR, help="initial learning rate (Adam; 0 freezes the network)")
     add("--syncnet_path", default="",
-        help="where the trained SyncNet goes (default ./asserts/syncnet_{m}mouth.pth, where the clip stage looks)")
+        help="where the trained SyncNet goes (default ./asserts/syncnet_{m}mouth.pth); pass it to the clip stage "
+             "as --pretrained_syncnet_path")
     group = parser.add_argument_group("SyncNet")
     group.add_argument("--syncnet_arch", default="embedding", choices=ARCHITECTURES,
                        help="embedding: cosine of embeddings + BCE (Wav2Lip, LatentSync); dinet: DINet's score map "
@@ -225,7 +226,7 @@ def syncnet_parser(description, result_path):
     group.add_argument("--syncnet_input_size", type=integer(FACE_STRIDE), default=None,
                        help=f"resize the m x m mouths to this before the face encoder (a multiple of 32; default "
                             f"{DEFAULT_INPUT_SIZE}, or 32 for mouths under {DEFAULT_INPUT_SIZE})")
-    group.add_argument("--syncnet_centre_window", type=on_off, default=True, metavar="{on,off}",
+    group.add_argument("--syncnet_centre_window", type=on_off, default="on", metavar="{on,off}",
                        help="subtract each window's mean mouth crop and audio vector first (who speaks is not "
                             "evidence of sync; off reads raw inputs, as DINet's published SyncNet does)")
     group.add_argument("--held_out_fraction", type=number(0, 1), default=0.1,
