@@ -203,6 +203,10 @@ class FrameStage(Stage):
         if opt.coarse2fine and resume is None:
             coarse = load_checkpoint(opt.coarse_model_path, "--coarse_model_path", needs="net_g",
                                      expected="the coarser stage's netG_model_epoch_N.pth")
+            if coarse.get("mouth_region_size", 0) > opt.mouth_region_size:
+                raise UserError(f"--coarse_model_path {opt.coarse_model_path}: trained at mouth "
+                                f"{coarse['mouth_region_size']}, finer than this run's {opt.mouth_region_size}; "
+                                f"coarse to fine goes 64 -> 128 -> 256: pass the coarser stage's checkpoint")
             check_generator_config(coarse, generator_cfg, opt.coarse_model_path, "--coarse_model_path")
             load_network(distributed.unwrap(stage.net_g), coarse, "net_g", opt.coarse_model_path, "--coarse_model_path")
         return stage

@@ -101,6 +101,8 @@ CASES = [
     ("frame", "--resume {tmp}/none.pth", "--resume {tmp}/none.pth: no such checkpoint file", "check the path"),
     ("frame", "--result_path {a_run}", "--result_path {a_run}: already holds a run (netG_model_epoch_1.pth)",
      "continue it with --resume auto, or pass another --result_path"),
+    ("frame", "--coarse2fine --coarse_model_path {lab2_128}", "--coarse_model_path {lab2_128}: trained at mouth 128, "
+     "finer than this run's 64", "pass the coarser stage's checkpoint"),
     ("frame", "--resume {clip_64}", "--resume {clip_64}: a clip stage checkpoint (it holds net_dV), and this is the "
      "frame stage", "continue it with train_DINet_clip.py"),
     # ---- train_DINet_clip.py
@@ -307,6 +309,8 @@ def assets(tmp_path_factory, tiny_json, clip_assets, checkpoint):  # noqa: F811
     clip = load_checkpoint(lab2_64)
     clip["state_dict"]["net_dV"] = clip["state_dict"]["net_dI"]  # stands in: the refusal reads which networks it holds
     atomic_save(clip, a.clip_64)
+    a.lab2_128 = str(folder / "lab2_128.pth")  # stands in for a mouth 128 checkpoint: the refusal reads the size
+    atomic_save({**load_checkpoint(lab2_64), "mouth_region_size": 128}, a.lab2_128)
     a.a_run = str(folder / "a_run")
     os.makedirs(a.a_run)
     shutil.copy(lab2_64, os.path.join(a.a_run, "netG_model_epoch_1.pth"))
