@@ -305,9 +305,12 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
     geometry = CropGeometry(generator.mouth_size)
     batch_size = frames_per_call(batch_size, geometry, device)
     nvdec_wanted = device.type == "cuda" and decoder == "auto"
+    # every --length shows the video's first frames only, as many as the speech lasts: none past them is decoded
+    seconds = probe(driving_audio_path, "audio file")["duration"]
+    shown = int(np.ceil((seconds + FEATURE_SLACK_S) * FPS)) + 1 if seconds else None
     with scratch_folder("work") as work_dir:
         video = DecodedVideo(source_video_path, background=True, pixel_format="yuv420p",  # decodes in the background
-                             cuda_device=nvdec_device(device) if nvdec_wanted else None)
+                             cuda_device=nvdec_device(device) if nvdec_wanted else None, max_frames=shown)
         try:
             with times("generator"):  # meanwhile: on CPU its compiled kernels load in the background
                 network = (generator.network if isinstance(generator.network, OnnxGenerator)  # runs as exported

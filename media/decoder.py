@@ -125,7 +125,7 @@ def read_video_frames(video_path, fps=None):
 
 
 class DecodedVideo:
-    def __init__(self, video_path, fps=25, background=False, pixel_format="rgb24", cuda_device=None):
+    def __init__(self, video_path, fps=25, background=False, pixel_format="rgb24", cuda_device=None, max_frames=None):
         info = probe(video_path)
         if not info["has_video"] or info["width"] is None:
             raise UserError(f"{video_path}: no video stream; use a video file")
@@ -147,6 +147,9 @@ class DecodedVideo:
         # second more; a photograph is one frame
         self.expected_frames = int(math.ceil(info["duration"] * fps)) if info["duration"] else None
         self.expected_frames = 1 if info["still"] else self.expected_frames
+        self._max_frames = max_frames  # the first frames only (None: all)
+        if max_frames is not None:
+            self.expected_frames = min(self.expected_frames or max_frames, max_frames)
         expected_bytes = (1 if info["still"] else (self.expected_frames or 10 * fps) + fps) * self._frame_bytes
         self._folder = scratch_folder("frames", expected_bytes, video_path)
         self._raw_path = os.path.join(self._folder.name, "frames.raw")
@@ -174,7 +177,8 @@ class DecodedVideo:
         if self.yuv and self._colour_filter:
             filters.append(self._colour_filter)
         pixels = ["-pix_fmt", "yuv420p", "-color_range", "tv"] if self.yuv else ["-pix_fmt", "rgb24"]
-        output = ["-vf", ",".join(filters), "-f", "rawvideo", *pixels, self._raw_path]
+        first = ["-frames:v", str(self._max_frames)] if self._max_frames is not None else []
+        output = ["-vf", ",".join(filters), *first, "-f", "rawvideo", *pixels, self._raw_path]
         try:
             # NVDEC's frames come back to memory as the software decoder's would (the same pixels: decoding is
             # exact); where it cannot start (no driver, no video library), ffmpeg stops at once and software decodes

@@ -131,6 +131,16 @@ def test_a_cut_starts_a_shot_with_its_own_landmarks_and_references(clips, genera
     assert not untouched(written, decoded(path)[0]).any()  # both shots dubbed, no fade at the cut
 
 
+def test_speech_shorter_than_the_video_has_only_the_frames_it_shows_decoded_and_looked_at(clips, generator, tmp_path,
+                                                                                           monkeypatch):
+    path, cut = clips["cut"]
+    speech = str(tmp_path / "speech.wav")
+    footage.speech(speech, seconds=1.2)
+    result, written, _ = dub_and_record(path, generator, tmp_path, monkeypatch, audio=speech)
+    assert result.frames == len(written) == 30 < cut
+    assert result.shots == 1  # the cut lies past the speech's end: never seen
+
+
 def test_faces_found_on_several_threads_are_those_found_on_one(clips):
     """The first pass's frames shared out over threads as they decode, each shot's mesh on a thread of its own:
     the same track, to the bit, as one thread finds."""
