@@ -104,6 +104,10 @@ def check_inputs(opt):
             raise UserError(f"{flag} {error}") from None
         if not info[stream]:
             raise UserError(f"{flag} {path}: no {stream[len('has_'):]} stream; {fix}")
+        if stream == "has_video" and not info["square_pixels"] and not info["still"]:  # viewers ignore a photo's
+            raise UserError(f"{flag} {path}: its pixels are not square (SAR {info['sar']}), so faces would be found "
+                            f"and dubbed squeezed; make them square first: ffmpeg -i {path} -vf "
+                            f"scale=iw*sar:ih,setsar=1 square.mp4")
     if opt.mouth_region_size is not None:
         try:
             CropGeometry(opt.mouth_region_size)

@@ -191,6 +191,10 @@ def video_at_25fps(name, source_path, layout, settings):
     if not info["has_audio"]:
         raise SkipVideo(f"{source_path}: no audio stream, and training needs each video's speech; mux it in "
                         f"(ffmpeg -i video -i speech.wav -c:v copy -c:a aac out.mp4)")
+    if not info["square_pixels"]:
+        raise SkipVideo(f"{source_path}: its pixels are not square (SAR {info['sar']}), so its faces would be cropped "
+                        f"squeezed; make them square first: ffmpeg -i {source_path} -vf scale=iw*sar:ih,setsar=1 "
+                        f"square.mp4")
     if info["duration"] is not None and info["duration"] * FPS < settings.clip_length + 1:
         raise SkipVideo(f"{source_path}: {info['duration']:.2f} s, too short for one {settings.clip_length}-frame "
                         f"clip; use videos of a second or more")

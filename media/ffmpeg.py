@@ -176,8 +176,8 @@ def _decoded_video_line(path):
 
 def probe(video_path, kind="video"):
     """What a media file holds: {"width", "height", "fps", "duration", "still", "has_video", "has_audio", "rotation",
-    "colour", "pixel_format"}; colour is (matrix, primaries, transfer) as ffmpeg names them, None where the file
-    does not say; pixel_format is ffmpeg's name of the video's ("yuv420p", "gbrp", "rgb24", ...), None without video.
+    "colour", "pixel_format", "square_pixels", "sar"}; colour is (matrix, primaries, transfer) as ffmpeg names them,
+    None where the file does not say; pixel_format is ffmpeg's name of the video's ("yuv420p", "gbrp", "rgb24", ...), None without video.
 
     Parsed from `ffmpeg -i` (imageio-ffmpeg ships no ffprobe), and for a photograph from its first picture decoded;
     width/height/fps are None without video.
@@ -215,6 +215,8 @@ def probe(video_path, kind="video"):
     colour = tuple(None if name in (None, "unknown", "reserved") else name for name in colour) or (None, None, None)
     if rotation in (90, 270) and not photograph:
         width, height = height, width
+    sar = re.search(r"\[SAR (\d+):(\d+) DAR", video_line)  # anamorphic video shows its pixels wider or narrower
+    square = not sar or sar.group(1) == sar.group(2) or "0" in (sar.group(1), sar.group(2))
     return {
         "width": width,  # as decoded: after a video's rotation or a photograph's EXIF orientation
         "height": height,
@@ -227,4 +229,6 @@ def probe(video_path, kind="video"):
         "rotation": rotation,
         "colour": colour,
         "pixel_format": pixel_format.group(1) if pixel_format else None,
+        "square_pixels": square,  # False: a pixel is shown SAR wide by 1 high ("sar", as "a:b")
+        "sar": f"{sar.group(1)}:{sar.group(2)}" if sar else "1:1",
     }

@@ -171,6 +171,8 @@ CASES = [
     ("inference", "--mouth_region_size 128", "trained at mouth 64, but --mouth_region_size is 128",
      "drop --mouth_region_size"),
     ("inference", "--source_video_path {tmp}", "--source_video_path {tmp}: a folder; pass a file in it"),
+    ("inference", "--source_video_path {anamorphic_mp4}", "--source_video_path {anamorphic_mp4}: its pixels are "
+     "not square (SAR 2:1)", "make them square first: ffmpeg -i {anamorphic_mp4} -vf scale=iw*sar:ih,setsar=1"),
     ("inference", "--source_openface_landmark_path {tmp}/none.csv",
      "--source_openface_landmark_path {tmp}/none.csv: no such file", "check the path"),
     ("inference", "--source_openface_landmark_path {short_csv}",
@@ -219,6 +221,8 @@ CASES = [
     ("data", "--all --source_video_dir {videos_silent}", "{videos_silent}/silent.mp4: no audio stream", "mux it in"),
     ("data", "--all --source_video_dir {videos_broken}", "{videos_broken}/broken.mp4: not a readable video",
      "re-encode it with ffmpeg"),
+    ("data", "--all --source_video_dir {videos_anamorphic}", "its pixels are not square (SAR 2:1)",
+     "make them square first"),
     ("data", "--all --source_video_dir {videos_no_face}", "a face in only 0% of frames",
      "use a video where one face stays in view"),
     ("data", "--generate_training_json --crop_face_dir {tmp}/no_crops", "{tmp}/no_crops: directory not found",
@@ -343,6 +347,9 @@ def assets(tmp_path_factory, tiny_json, clip_assets, checkpoint):  # noqa: F811
     a.grey_mp4, a.silent_mp4 = str(folder / "grey.mp4"), str(folder / "silent.mp4")
     ffmpeg(*grey, *tone[:3], tone[3].format(1), *h264, "-c:a", "aac", "-shortest", a.grey_mp4)
     ffmpeg(*grey, "-an", *h264, a.silent_mp4)
+    a.anamorphic_mp4 = str(folder / "anamorphic.mp4")  # each pixel shown twice as wide as high
+    ffmpeg(*grey, *tone[:3], tone[3].format(1), "-vf", "setsar=2/1", *h264, "-c:a", "aac", "-shortest",
+           a.anamorphic_mp4)
     a.speech_wav, a.short_wav = str(folder / "speech.wav"), str(folder / "short.wav")
     ffmpeg(*tone[:3], tone[3].format(1), a.speech_wav)
     ffmpeg(*tone[:3], tone[3].format(0.1), a.short_wav)
@@ -359,6 +366,7 @@ def assets(tmp_path_factory, tiny_json, clip_assets, checkpoint):  # noqa: F811
     for name, source, target in (("videos_silent", a.silent_mp4, "silent.mp4"),
                                  ("videos_broken", a.not_video, "broken.mp4"),
                                  ("videos_no_face", a.grey_mp4, "grey.mp4"),
+                                 ("videos_anamorphic", a.anamorphic_mp4, "anamorphic.mp4"),
                                  ("videos_none", a.not_video, "notes.txt")):
         os.makedirs(folder / name)
         shutil.copy(source, folder / name / target)
