@@ -114,8 +114,8 @@ def read_video_frames(video_path, fps=None):
     if not info["has_video"] or info["width"] is None:
         raise UserError(f"{video_path}: no video stream; remove it from the video directory")
     filters = ["-vf", f"fps={fps}"] if fps else []
-    with FFmpeg(["-i", video_path, *filters, "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], video_path,
-                stdout=True) as ffmpeg:  # a caller that stops early stops ffmpeg
+    with FFmpeg(["-i", video_path, "-map", info["video_stream"], *filters, "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+                video_path, stdout=True) as ffmpeg:  # a caller that stops early stops ffmpeg
         while True:
             frame = np.empty((info["height"], info["width"], 3), np.uint8)
             if not ffmpeg.read_into(memoryview(frame).cast("B")):
@@ -130,6 +130,7 @@ class DecodedVideo:
         if not info["has_video"] or info["width"] is None:
             raise UserError(f"{video_path}: no video stream; use a video file")
         self.path = video_path
+        self._stream = info["video_stream"]  # the stream whose size was read, by name: not ffmpeg's choice anew
         self.fps = fps
         self.shape = (info["height"], info["width"], 3)             # as decoded, after any rotation
         self.yuv = pixel_format == "yuv420p"
@@ -178,7 +179,7 @@ class DecodedVideo:
             filters.append(self._colour_filter)
         pixels = ["-pix_fmt", "yuv420p", "-color_range", "tv"] if self.yuv else ["-pix_fmt", "rgb24"]
         first = ["-frames:v", str(self._max_frames)] if self._max_frames is not None else []
-        output = ["-vf", ",".join(filters), *first, "-f", "rawvideo", *pixels, self._raw_path]
+        output = ["-map", self._stream, "-vf", ",".join(filters), *first, "-f", "rawvideo", *pixels, self._raw_path]
         try:
             # NVDEC's frames come back to memory as the software decoder's would (the same pixels: decoding is
             # exact); where it cannot start (no driver, no video library), ffmpeg stops at once and software decodes

@@ -176,8 +176,9 @@ def _decoded_video_line(path):
 
 def probe(video_path, kind="video"):
     """What a media file holds: {"width", "height", "fps", "duration", "still", "has_video", "has_audio", "rotation",
-    "colour", "pixel_format", "square_pixels", "sar"}; colour is (matrix, primaries, transfer) as ffmpeg names them,
-    None where the file does not say; pixel_format is ffmpeg's name of the video's ("yuv420p", "gbrp", "rgb24", ...), None without video.
+    "colour", "pixel_format", "square_pixels", "sar", "video_stream"}; colour is (matrix, primaries, transfer) as
+    ffmpeg names them, None where the file does not say; pixel_format is ffmpeg's name of the video's ("yuv420p",
+    "gbrp", "rgb24", ...), None without video; video_stream ("0:1") names the stream the others describe.
 
     Parsed from `ffmpeg -i` (imageio-ffmpeg ships no ffprobe), and for a photograph from its first picture decoded;
     width/height/fps are None without video.
@@ -188,7 +189,9 @@ def probe(video_path, kind="video"):
     with FFmpeg(["-i", video_path], video_path, loglevel="info") as ffmpeg:
         ffmpeg.wait()  # it prints the streams and exits 1 for want of an output file
         info = "\n".join(ffmpeg.messages())
-    video_line = next((line for line in info.splitlines() if "Video:" in line), "")
+    # of several video streams, the one ffmpeg would pick, the largest (cover art aside); decoders map it by name
+    videos = [line for line in info.splitlines() if "Video:" in line and "(attached pic)" not in line]
+    video_line = max(videos, key=_area, default="")
     size = re.search(SIZE, video_line)
     lines = info.strip().splitlines() or ["no streams"]
     complaint = None
@@ -231,4 +234,10 @@ def probe(video_path, kind="video"):
         "pixel_format": pixel_format.group(1) if pixel_format else None,
         "square_pixels": square,  # False: a pixel is shown SAR wide by 1 high ("sar", as "a:b")
         "sar": f"{sar.group(1)}:{sar.group(2)}" if sar else "1:1",
+        "video_stream": re.search(r"Stream #(\d+:\d+)", video_line).group(1) if video_line else None,  # "0:1"
     }
+
+
+def _area(video_line):
+    size = re.search(SIZE, video_line)
+    return int(size.group(1)) * int(size.group(2)) if size else 0

@@ -130,6 +130,20 @@ def test_a_driving_video_dubs_with_its_first_audio_track_from_where_that_track_s
     assert np.abs(heard[:int(0.5 * rate)]).max() < 0.01 < np.abs(heard[int(late * rate):]).max()
 
 
+def test_of_two_video_streams_the_larger_is_dubbed_though_it_comes_second(
+        material, checkpoint, tmp_path, monkeypatch):  # noqa: F811
+    clip, both = tmp_path / "clip.mp4", tmp_path / "two_streams.mkv"
+    footage.short_clip(clip, seconds=1)
+    run(["-f", "lavfi", "-i", "testsrc=size=320x320:rate=25:duration=1", "-i", str(clip), "-map", "0:v", "-map",
+         "1:v", "-map", "1:a", *VIDEO_CODEC, "-c:a", "copy", str(both)], "lavfi", str(both))
+    output = dub(both, material / "speech.wav", checkpoint, tmp_path / "out", monkeypatch)
+    assert (probe(output)["width"], probe(output)["height"]) == (footage.WIDTH, footage.HEIGHT)
+    dubbed, source = (np.stack(list(read_video_frames(str(path))))[:20].astype(np.float32) for path in (output, clip))
+    top, bottom, left, right = face_box(source[0].astype(np.uint8), scale=1)
+    change = np.abs(dubbed - source).mean(axis=3)
+    assert change[:, :top].mean() < 3 < change[:, top + 2 * (bottom - top) // 3:bottom].mean()  # the clip, dubbed
+
+
 def test_a_text_file_named_jpg_is_one_line_naming_it_and_nothing_is_written(
         checkpoint, tmp_path, monkeypatch, capsys):  # noqa: F811
     photo = tmp_path / "face.jpg"
