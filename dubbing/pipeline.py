@@ -498,7 +498,8 @@ class _SourceFrames:
 
     def check_count(self):
         count = self.video.wait_all()
-        if self.landmark_csv and count != self.expected:
+        whole = self.video.max_frames is None or count < self.video.max_frames  # else it stopped at the speech's end
+        if self.landmark_csv and (count != self.expected if whole else count > self.expected):
             raise UserError(f"--source_openface_landmark_path {self.landmark_csv}: {self.expected} rows for {count} "
                              f"frames at 25 fps; run the landmark step on the same 25 fps video, or drop the flag")
 

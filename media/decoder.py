@@ -148,7 +148,7 @@ class DecodedVideo:
         # second more; a photograph is one frame
         self.expected_frames = int(math.ceil(info["duration"] * fps)) if info["duration"] else None
         self.expected_frames = 1 if info["still"] else self.expected_frames
-        self._max_frames = max_frames  # the first frames only (None: all)
+        self.max_frames = max_frames  # the first frames only (None: all)
         if max_frames is not None:
             self.expected_frames = min(self.expected_frames or max_frames, max_frames)
         expected_bytes = (1 if info["still"] else (self.expected_frames or 10 * fps) + fps) * self._frame_bytes
@@ -178,7 +178,7 @@ class DecodedVideo:
         if self.yuv and self._colour_filter:
             filters.append(self._colour_filter)
         pixels = ["-pix_fmt", "yuv420p", "-color_range", "tv"] if self.yuv else ["-pix_fmt", "rgb24"]
-        first = ["-frames:v", str(self._max_frames)] if self._max_frames is not None else []
+        first = ["-frames:v", str(self.max_frames)] if self.max_frames is not None else []
         output = ["-map", self._stream, "-vf", ",".join(filters), *first, "-f", "rawvideo", *pixels, self._raw_path]
         try:
             # NVDEC's frames come back to memory as the software decoder's would (the same pixels: decoding is

@@ -97,7 +97,7 @@ def test_only_the_chosen_of_two_faces_changes_in_every_frame(clips, generator, t
         out, src = luma(written), luma(source)
         assert np.array_equal(out[kept], src[kept])  # the other face, exactly as decoded
         assert all((o != s).any() for o, s in zip(out[changed], src[changed]))  # the chosen one, in every frame
-    with pytest.raises(UserError, match=r"--face 3: .*2 face\(s\) found in frame 0 \(1: x \d+-\d+, y \d+-\d+; 2: x"):
+    with pytest.raises(UserError, match=r"--face 3: .*2 face\(s\) found in frame 0 \(1: x \d+ to \d+, y \d+ to \d+; 2: x"):
         dub(path, path, generator, str(tmp_path / "three.mp4"), CPU, progress=False, face=FaceChoice("index", 3))
     assert not os.path.exists(tmp_path / "three.mp4")
 
