@@ -31,7 +31,7 @@ from config.ranges import integer
 from dubbing.faces import FaceChoice, parse_face
 from dubbing.pipeline import LENGTHS, dub, load_generator
 from media.decoder import even_size
-from media.ffmpeg import probe
+from media.ffmpeg import probe, squeezed
 
 DEFAULT_CHECKPOINT = "./asserts/clip_training_DINet_256mouth.pth"  # where DINet's README puts its generator
 
@@ -105,9 +105,7 @@ def check_inputs(opt):
         if not info[stream]:
             raise UserError(f"{flag} {path}: no {stream[len('has_'):]} stream; {fix}")
         if stream == "has_video" and not info["square_pixels"] and not info["still"]:  # viewers ignore a photo's
-            raise UserError(f"{flag} {path}: its pixels are not square (SAR {info['sar']}), so faces would be found "
-                            f"and dubbed squeezed; make them square first: ffmpeg -i {path} -vf "
-                            f"scale=iw*sar:ih,setsar=1 square.mp4")
+            raise UserError(f"{flag} {squeezed(path, info)}")
     if opt.mouth_region_size is not None:
         try:
             CropGeometry(opt.mouth_region_size)

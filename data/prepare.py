@@ -38,7 +38,7 @@ from common.files import NotWritten, atomic_output
 from common.geometry import CLIP_LENGTH, NUM_REFERENCES, CropGeometry, compute_crop_radius, crop_box, sizing_frames
 from media.convert import extract_audio as extract_wav, extract_frames, resample_video
 from media.decoder import read_video_frames
-from media.ffmpeg import probe
+from media.ffmpeg import probe, squeezed
 
 from .audio_features import FEATURE_WIDTHS, compute_audio_feature, deepspeech_sources, read_deepspeech
 from .openface_csv import read_openface_csv, write_openface_csv
@@ -192,9 +192,7 @@ def video_at_25fps(name, source_path, layout, settings):
         raise SkipVideo(f"{source_path}: no audio stream, and training needs each video's speech; mux it in "
                         f"(ffmpeg -i video -i speech.wav -c:v copy -c:a aac out.mp4)")
     if not info["square_pixels"]:
-        raise SkipVideo(f"{source_path}: its pixels are not square (SAR {info['sar']}), so its faces would be cropped "
-                        f"squeezed; make them square first: ffmpeg -i {source_path} -vf scale=iw*sar:ih,setsar=1 "
-                        f"square.mp4")
+        raise SkipVideo(squeezed(source_path, info))
     if info["duration"] is not None and info["duration"] * FPS < settings.clip_length + 1:
         raise SkipVideo(f"{source_path}: {info['duration']:.2f} s, too short for one {settings.clip_length}-frame "
                         f"clip; use videos of a second or more")

@@ -49,6 +49,7 @@ from common.geometry import (
 )
 from data.audio_features import FEATURE_WIDTHS, SAMPLE_RATE, compute_audio_feature, load_wav
 from data.openface_csv import read_openface_csv
+from data.prepare import FPS
 from media.convert import extract_audio
 from media.decoder import DecodedVideo, scratch_folder
 from media.encoder import DEFAULT_PRESET, VideoEncoder
@@ -62,7 +63,6 @@ from .blend import FaceBlender
 from .faces import FaceChoice, FaceTrack, describe_ranges, fade_weights, find_face, runs, turn
 from .onnx_generator import OnnxGenerator
 
-FPS = 25                # of the dubbed video, and of audio features
 FEATURE_SLACK_S = 0.2   # --audio_feature_path rows may differ from the driving audio's length by this much
 REFERENCE_SHOTS = 4     # shots whose reference state dubbing keeps at once (ping-pong comes back to the last ones)
 # the crop's scale: the middle of training's [1.05, 1.15). DINet's inference took 1.05, the edge, where a model of
@@ -131,11 +131,6 @@ def load_audio_features(driving_audio_path, feature, feature_path, work_dir):
             raise UserError(f"--audio_feature_path {feature_path}: row {np.flatnonzero(~finite)[0]} holds values that "
                              f"are NaN, infinite or not numbers; compute the features of the driving audio again, or "
                              f"drop the flag")
-        seconds = probe(driving_audio_path, "audio file")["duration"]
-        if abs(len(features) / FPS - seconds) > FEATURE_SLACK_S:  # features of other audio: the lips would not follow
-            raise UserError(f"--audio_feature_path {feature_path}: {len(features)} rows are {len(features) / FPS:.2f} "
-                             f"s at {FPS} per second, but {driving_audio_path} lasts {seconds:.2f} s; pass the "
-                             f"features of this audio, or drop the flag")
         return features.astype(np.float32)
     if feature == "deepspeech" or feature is None:
         raise UserError("this checkpoint takes DeepSpeech features, which need TensorFlow: compute them for the "
@@ -318,6 +313,11 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
             with times("features"):
                 features = load_audio_features(driving_audio_path, generator.audio_feature, audio_feature_path,
                                                work_dir)
+            # features of other audio: the lips would not follow it
+            if audio_feature_path and seconds and abs(len(features) / FPS - seconds) > FEATURE_SLACK_S:
+                raise UserError(f"--audio_feature_path {audio_feature_path}: {len(features)} rows are "
+                                 f"{len(features) / FPS:.2f} s at {FPS} per second, but {driving_audio_path} lasts "
+                                 f"{seconds:.2f} s; pass the features of this audio, or drop the flag")
             if len(features) < AUDIO_WINDOW:
                 raise UserError(f"{driving_audio_path}: {len(features) * 40} ms of audio; dubbing needs at least "
                                  f"{AUDIO_WINDOW * 40} ms ({AUDIO_WINDOW} video frames); pass a longer "

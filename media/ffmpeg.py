@@ -238,6 +238,12 @@ def probe(video_path, kind="video"):
     }
 
 
+def squeezed(path, info):
+    """Why the video of `path`, whose probe `info` says its pixels are not square, cannot be cropped as it is."""
+    return (f"{path}: its pixels are not square (SAR {info['sar']}), so its faces would be found and cropped squeezed; "
+            f"make them square first: ffmpeg -i {path} -vf scale=iw*sar:ih,setsar=1 square.mp4")
+
+
 def _area(video_line):
     size = re.search(SIZE, video_line)
     return int(size.group(1)) * int(size.group(2)) if size else 0
