@@ -152,8 +152,8 @@ def _mediapipe_solution(module, name):
 def face_detector():
     """`boxes(image)` -> (k, 4) float32 (left, top, right, bottom) pixel boxes of the faces mediapipe's face detectors
     find in an (H, W, 3) uint8 RGB image: the short-range model (faces within about 2 m), and where it finds none the
-    full-range one (smaller faces). Boxes span brows to chin; the face mesh follows one face only, so this is how
-    several are told apart."""
+    full-range one (smaller faces); `boxes(image, small=True)` the full-range one only, whose boxes are tighter.
+    Boxes span brows to chin; the face mesh follows one face only, so this is how several are told apart."""
     solution = _mediapipe_solution("face_detection", "FaceDetection")
     with contextlib.ExitStack() as started:
         with _quiet_native_stderr():
@@ -163,9 +163,9 @@ def face_detector():
                          for model in (0, 1))
             near.process(BLANK), far.process(BLANK)
 
-        def boxes(image):
+        def boxes(image, small=False):
             image = np.ascontiguousarray(image)
-            detections = near.process(image).detections or far.process(image).detections or []
+            detections = (not small and near.process(image).detections) or far.process(image).detections or []
             height, width = image.shape[:2]
             found = [(box.xmin, box.ymin, box.xmin + box.width, box.ymin + box.height)
                      for box in (d.location_data.relative_bounding_box for d in detections)]

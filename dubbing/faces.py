@@ -1,7 +1,8 @@
 """Whom to dub, and in which frames: shots, faces tracked across frames, the chosen face's landmarks.
 
     frames -> shots (a colour-histogram cut detector on small copies of the frames)
-           -> face boxes per frame (mediapipe's face detectors) -> tracks within each shot (kept by position and size)
+           -> face boxes per frame (mediapipe's face detectors; where a shot's faces are small, again in windows of
+              the full frame) -> tracks within each shot (kept by position and size)
            -> the chosen track per shot (--face: largest, N-th from the left, or the face at x,y)
            -> its 68 landmarks (the face mesh run on a box around that face only), checked frame by frame
            -> `FaceTrack`: landmarks, which frames have a usable face (and why not), the shot of each frame.
@@ -37,6 +38,10 @@ MIN_CROP_RADIUS = 12    # px: a smaller face is passed through (its crop would b
 MAX_YAW = 0.5           # nose tip off the eyes' midpoint, over the eyes' distance: beyond it, too far in profile
 MAX_JUMP = 0.25         # of the face's size: a frame whose face is further than this from its neighbours' is not it
 FILL_GAP = 2            # missing frames between usable ones in a shot that are filled from both sides
+ZOOM_WINDOW = 540       # px of the full frame a closer look covers: the detectors shrink what they see to 128-192 px
+                        # and find faces from about a ninth of it: faces from 60 px, the smallest worth dubbing
+SMALL_FACE = 1 / 8      # of the frame's longer side: faces this large are found in whole frames, so a shot whose
+                        # faces are smaller (or unseen) gets closer looks where none was found
 REASONS = {"face": "", "none": "no face found", "small": "face too small", "profile": "face in profile",
            "jump": "face unlike its neighbours", "crop": "face crop leaves the picture"}
 
@@ -149,17 +154,23 @@ class Track:
         return tuple(a + (b - a) * weight for a, b in zip(self.boxes[before], self.boxes[after]))
 
 
+def distinct(boxes):
+    """Boxes largest first, less those overlapping a larger one by over TRACK_OVERLAP: the detector's duplicates."""
+    taken = []
+    for box in sorted(map(tuple, boxes), key=lambda b: -(b[2] - b[0]) * (b[3] - b[1])):
+        if all(overlap(box, other) <= TRACK_OVERLAP for other in taken):
+            taken.append(box)
+    return taken
+
+
 def track_faces(boxes_per_frame, shot_per_frame):
-    """Tracks of face boxes: each frame's boxes continue the tracks of the same shot they overlap most (seen within
-    TRACK_GAP frames), largest first; a box overlapping one already taken in its frame is the detector's duplicate."""
+    """Tracks of face boxes: each frame's distinct boxes continue the tracks of the same shot they overlap most (seen
+    within TRACK_GAP frames), largest first."""
     tracks, open_tracks = [], []
     for frame, (boxes, shot) in enumerate(zip(boxes_per_frame, shot_per_frame)):
         open_tracks = [track for track in open_tracks if track.shot == shot and frame - track.last <= TRACK_GAP]
-        taken, continued = [], set()
-        for box in sorted(map(tuple, boxes), key=lambda b: -(b[2] - b[0]) * (b[3] - b[1])):
-            if any(overlap(box, other) > TRACK_OVERLAP for other in taken):
-                continue
-            taken.append(box)
+        continued = set()
+        for box in distinct(boxes):
             scores = [(overlap(box, track.boxes[track.last]), i) for i, track in enumerate(open_tracks)
                       if i not in continued]
             best = max(scores, default=(0.0, None))
@@ -288,6 +299,8 @@ def find_face(video, choice=FaceChoice(), timings=None, progress=False, threads=
     with timed("shots"):
         shot = np.zeros(len(signatures), int)
         shot[1:] = np.cumsum([is_cut(a, b) for a, b in zip(signatures, signatures[1:])])
+    with timed("landmarks"):
+        boxes = _look_closer(video, list(boxes), shot, scale, progress, threads)
     count = len(shot)
     landmarks = np.zeros((count, NUM_POINTS, 2), np.float32)
     found = np.zeros(count, bool)
@@ -353,6 +366,70 @@ def _look_at_frames(video, scale, timed, progress, threads):
     with bar:
         _side_by_side(look, range(threads), threads, "dub-faces")
     return tuple(zip(*(looks[frame] for frame in range(len(looks))))) or ((), ())
+
+
+def _windows(frame_size, boxes, scale):
+    """Full-frame (top, bottom, left, right) windows of at least ZOOM_WINDOW px (4 face sizes for a larger face),
+    centred on thumbnail `boxes` and kept inside the picture; tiles overlapping by half over the whole frame where
+    `boxes` is None."""
+    width, height = frame_size
+    if boxes is None:
+        side = min(ZOOM_WINDOW, width, height)
+        corners = [(top, left) for top in np.linspace(0, height - side, int(np.ceil(2 * (height - side) / side)) + 1)
+                   for left in np.linspace(0, width - side, int(np.ceil(2 * (width - side) / side)) + 1)]
+        return [(int(top), int(top) + side, int(left), int(left) + side) for top, left in corners]
+    windows = []
+    for left, top, right, bottom in np.asarray(boxes) / scale:
+        side = int(min(max(ZOOM_WINDOW, 4 * max(right - left, bottom - top)), width, height))
+        x = int(np.clip((left + right - side) / 2, 0, width - side))
+        y = int(np.clip((top + bottom - side) / 2, 0, height - side))
+        windows.append((y, y + side, x, x + side))
+    return windows
+
+
+def _look_closer(video, boxes, shot, scale, progress, threads):
+    """Faces too small for the detectors to find in every whole frame, found in windows of the full frame. A shot
+    with frames without a face, whose faces are all smaller than SMALL_FACE (or which has none), is looked at again,
+    each frame in windows around the faces found in the frame before it (or after it, before the first), starting
+    where whole frames showed a face; a shot with none is first searched in tiles, on a frame every 5 s. Its boxes
+    are then all the full-range detector's, whose boxes are tighter than the short-range one's: one detector's boxes
+    follow each other from frame to frame. Frames smaller than two windows are left as they are."""
+    width, height = video.size
+    if max(width, height) < 2 * ZOOM_WINDOW:
+        return boxes
+    small = SMALL_FACE * max(width, height) * scale
+    shots = [np.flatnonzero(shot == number) for number in range(shot[-1] + 1)] if len(shot) else []
+    shots = [frames for frames in shots if any(not len(boxes[f]) for f in frames)
+             and all(max(b[2] - b[0], b[3] - b[1]) < small for f in frames for b in boxes[f])]
+    bar = _Bar(total=sum(map(len, shots)), desc="looking closer", disable=not progress)
+
+    def look(frames, stop):
+        with face_detector() as detect:
+            def around(frame, near):
+                found = [detect(video.region(frame, top, bottom, left, right), small=True) + (left, top, left, top)
+                         for top, bottom, left, right in _windows(video.size, near, scale)]
+                return np.array(distinct(np.concatenate(found) * scale), np.float32).reshape(-1, 4)
+            seen = {i: boxes[f] for i, f in enumerate(frames) if len(boxes[f])}
+            for i in range(min(62, len(frames) // 2), len(frames), 125) if not seen else ():  # every 5 s
+                tiles = around(frames[i], None)
+                seen.update({i: tiles} if len(tiles) else {})
+            if not seen:
+                return bar.update(len(frames))
+            first, closer = min(seen), {}
+            for order in (range(first, len(frames)), range(first, -1, -1)):  # onwards, then back
+                near = seen[first]
+                for i in order:
+                    if stop.is_set():
+                        return
+                    if i not in closer:
+                        closer[i] = around(frames[i], near)
+                        bar.update()
+                    near = closer[i] if len(closer[i]) else seen.get(i, near)
+            for i, frame in enumerate(frames):
+                boxes[frame] = closer[i]
+    with bar:
+        _side_by_side(look, shots, threads, "dub-closer")
+    return boxes
 
 
 def _side_by_side(work, items, threads, name):

@@ -63,6 +63,19 @@ def pan_clip(path):
     return range(2 * FPS, 3 * FPS + 1)
 
 
+def wide_shot(path, size=(2560, 1440), person=240, seconds=1.2):
+    """A wide shot: clip A shrunk to `person` px wide (its face about 60 px) on a `size` picture of the trees above
+    her head, two thirds of the way across and a third of the way down (25 fps, A's sound); the person's box
+    (left, top, right, bottom) in pixels. person=0: the trees alone."""
+    width, height = size
+    trees = f"[0:v]crop=1080:550:0:0,scale={width}:{height},setsar=1,fps={FPS}"
+    left, top = width * 2 // 3, height // 3
+    ffmpeg(path, ["-t", str(seconds), "-i", shared(CLIP_A)],
+           f"{trees}[v]" if not person else
+           f"{trees}[bg];[0:v]scale={person}:-2,fps={FPS}[fg];[bg][fg]overlay={left}:{top}:shortest=1[v]")
+    return left, top, left + person, top + person * 1920 // 1080
+
+
 def cut_clip(path, seconds=(2, 2)):
     """Clip A for seconds[0], then a hard cut to clip B for seconds[1] (scaled and padded to the same size), each
     with its own sound; the first frame of B."""

@@ -155,6 +155,24 @@ def test_faces_found_on_several_threads_are_those_found_on_one(clips):
     assert np.array_equal(one.reason, three.reason) and np.array_equal(one.landmarks, three.landmarks)
 
 
+def test_a_small_face_in_a_wide_shot_is_found_in_every_frame_and_a_shot_of_trees_has_none(tmp_path):
+    """A face of about 60 px in a 2560x1440 frame, too small a share of it for the detectors on the whole frame,
+    is found on a closer look in each frame, where it is; the same trees without her give no face at all."""
+    tracks, boxes = {}, {}
+    for person in (240, 0):
+        path = str(tmp_path / f"wide_{person}.mp4")
+        boxes[person] = footage.wide_shot(path, person=person)
+        video = DecodedVideo(path, background=True, pixel_format="yuv420p")
+        tracks[person] = find_face(video)
+        video.close()
+    track = tracks[240]
+    assert track.usable.all(), track.reason
+    left, top, right, bottom = boxes[240]
+    mouths = track.landmarks[:, 48:68].mean(axis=1)
+    assert ((left < mouths[:, 0]) & (mouths[:, 0] < right) & (top < mouths[:, 1]) & (mouths[:, 1] < bottom)).all()
+    assert (tracks[0].reason == "none").all()
+
+
 def test_silent_speech_holds_the_mouth_at_a_closed_reference(generator, tmp_path, monkeypatch):
     clip, speech = str(tmp_path / "clip.mp4"), str(tmp_path / "speech.wav")
     footage.short_clip(clip, seconds=4)
