@@ -2,6 +2,8 @@
 import cv2
 import numpy as np
 
+GREY = 2  # chroma levels off neutral within which a face is black and white (colour faces measured reach 36 and 49)
+
 
 def _block_means(image):
     """The mean of each 2x2 block of an (h, w[, c]) float image of even size: OpenCV's area halving is that, and
@@ -54,6 +56,8 @@ class FaceBlender:
         region[...] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
         chroma_rows = slice((top % 2 + support_rows.start) // 2, (top % 2 + support_rows.stop) // 2)
         chroma_cols = slice((left + support_cols.start) // 2, (left + support_cols.stop) // 2)
+        if all(np.abs(plane[chroma_rows, chroma_cols].astype(np.int16) - 128).max() <= GREY for plane in (u, v)):
+            return  # black and white footage: the generator draws in colour, the frame keeps none
         weighted = _block_means(weight[..., None] * yuv[..., 1:])                          # (h/2, w/2, 2)
         for plane, channel in ((u, 0), (v, 1)):
             region = plane[chroma_rows, chroma_cols]

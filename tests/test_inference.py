@@ -229,6 +229,27 @@ def test_pasting_reads_no_crop_row_above_the_first_pasted_row(box_height, box_wi
     assert all(np.array_equal(a, b) for a, b in zip(*pasted))
 
 
+@pytest.mark.parametrize("chroma", [128, 110])
+def test_a_black_and_white_frame_gets_a_black_and_white_mouth(chroma):
+    """The generator draws in colour; pasted into black and white footage (neutral chroma) the frame keeps its chroma
+    and takes the face's luma, pasted into colour footage it takes both."""
+    from dubbing.blend import FaceBlender
+    from media.yuv import Colour, frame_bytes, planes
+    geometry = CropGeometry(64)
+    rng = np.random.default_rng(0)
+    y, u, v = planes(rng.integers(16, 236, frame_bytes(400, 300), dtype=np.uint8), 400, 300)
+    u[:], v[:] = chroma, 128 + (128 - chroma)
+    face = np.zeros((geometry.height, geometry.width, 3), np.float32)
+    face[..., 0] = 230  # a red mouth
+    box = (40, 40 + geometry.height, 20, 20 + geometry.width)
+    rows = tuple(np.array(plane[box[0]:box[1]] if i == 0 else plane[box[0] // 2:box[1] // 2])
+                 for i, plane in enumerate((y, u, v)))
+    before = tuple(plane.copy() for plane in rows)
+    FaceBlender(paste_mask(geometry), Colour("bt709")).paste(rows, face, box)
+    assert not np.array_equal(rows[0], before[0])
+    assert all(np.array_equal(a, b) for a, b in zip(rows[1:], before[1:])) == (chroma == 128)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="F_SETPIPE_SZ is Linux's")
 def test_pipes_to_and_from_ffmpeg_hold_a_megabyte():
     import fcntl
