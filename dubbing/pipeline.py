@@ -319,7 +319,8 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
                                  f"{len(features) / FPS:.2f} s at {FPS} per second, but {driving_audio_path} lasts "
                                  f"{seconds:.2f} s; pass the features of this audio, or drop the flag")
             if len(features) < AUDIO_WINDOW:
-                raise UserError(f"{driving_audio_path}: {len(features) * 40} ms of audio; dubbing needs at least "
+                heard = round(seconds * 1000) if seconds else len(features) * 40  # the features round up
+                raise UserError(f"{driving_audio_path}: {heard} ms of audio; dubbing needs at least "
                                  f"{AUDIO_WINDOW * 40} ms ({AUDIO_WINDOW} video frames); pass a longer "
                                  f"--driving_audio_path")
             threads = host_threads(device)  # that find the faces, crop and blend

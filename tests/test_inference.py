@@ -170,7 +170,7 @@ def test_dubbing_from_python_leaves_the_allocator_to_inference_py(demo, checkpoi
 def test_audio_shorter_than_five_frames_is_a_clear_error_and_writes_nothing(demo, checkpoint, tmp_path):
     audio = cut_audio(demo / "split_video_25fps_audio" / "demo_001.wav", 0.1, tmp_path / "short.wav")
     generator = load_generator(checkpoint, torch.device("cpu"))
-    with pytest.raises(UserError, match="short.wav: 120 ms of audio; dubbing needs at least 200 ms"):
+    with pytest.raises(UserError, match="short.wav: 100 ms of audio; dubbing needs at least 200 ms"):
         dub(str(demo / "split_video_25fps" / "demo_000.mp4"), audio, generator, str(tmp_path / "o.mp4"),
             torch.device("cpu"), landmark_csv=str(demo / "split_video_25fps_landmark_openface" / "demo_000.csv"))
     assert os.listdir(tmp_path) == ["short.wav"]
