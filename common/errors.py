@@ -17,6 +17,12 @@ class UserError(Exception):
         super().__init__(message)
 
 
+def permission_denied(path):
+    """The one line for a file this user may not read or write."""
+    return UserError(f"{path}: permission denied for this user; change its permissions (chmod, chown) or use "
+                     f"another path")
+
+
 class Stopped(Exception):
     """A run stopped on request (Ctrl-C, a scheduler's SIGTERM) after saving what it must; `status` is the exit
     status the command ends with (128 + the signal's number)."""
@@ -27,11 +33,15 @@ class Stopped(Exception):
 
 
 def run_command(main, *args, **kwargs):
-    """main(*args, **kwargs) as a command: a UserError ends it with its one line on stderr and exit status 1, a
-    Stopped with its status."""
+    """main(*args, **kwargs) as a command: a UserError (or a file this user may not read or write) ends it with its
+    one line on stderr and exit status 1, a Stopped with its status."""
     try:
         return main(*args, **kwargs)
     except UserError as error:
         raise SystemExit(str(error)) from None  # Python prints it to stderr and exits with status 1
+    except PermissionError as error:  # a file of the user's, read or written anywhere: theirs to fix, not a bug
+        if error.filename is None:
+            raise
+        raise SystemExit(str(permission_denied(error.filename))) from None
     except Stopped as stop:
         raise SystemExit(stop.status) from None

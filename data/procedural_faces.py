@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from scipy.signal import lfilter
 
-from common.errors import UserError
+from common.errors import UserError, permission_denied
 from common.files import write_atomically
 from media.encoder import write_video
 
@@ -334,6 +334,8 @@ def read_demo_record(demo_dir):
         with open(path) as f:
             record = json.load(f)
         return {"seed": int(record["seed"]), "seconds": float(record["seconds"]), "videos": list(record["videos"])}
+    except PermissionError:
+        raise permission_denied(path) from None
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise UserError(f"{path}: not a demo set's record ({type(error).__name__}); make the demo set with python "
                         f"data_processing.py --make_demo_data --demo_dir {demo_dir}") from None

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.errors import UserError
+from common.errors import UserError, permission_denied
 from common.files import write_atomically
 from common.geometry import CLIP_LENGTH
 
@@ -115,6 +115,8 @@ def read_training_json(path, clip_length=CLIP_LENGTH, check_files=True, flag="--
     try:
         with open(path) as f:
             raw = json.load(f)
+    except PermissionError:
+        return None, [str(permission_denied(path))]
     except (OSError, ValueError) as error:
         return None, [f"{path}: not valid JSON ({error}); {MAKE}"]
     if not isinstance(raw, dict) or not raw:

@@ -36,7 +36,7 @@ import torch
 from tqdm import tqdm
 
 from common.devices import usable_cores
-from common.errors import UserError
+from common.errors import UserError, permission_denied
 from common.geometry import (
     AUDIO_WINDOW,
     NUM_REFERENCES,
@@ -117,6 +117,8 @@ def load_audio_features(driving_audio_path, feature, feature_path, work_dir):
             raise UserError(f"--audio_feature_path {feature_path}: no such file")
         try:
             features = np.load(feature_path) if feature_path.endswith(".npy") else np.loadtxt(feature_path, ndmin=2)
+        except PermissionError:
+            raise permission_denied(f"--audio_feature_path {feature_path}") from None
         except (ValueError, OSError, EOFError) as error:
             raise UserError(f"--audio_feature_path {feature_path}: cannot read it ({type(error).__name__}); pass "
                              f"a .npy or .txt array of (frames, channels)") from None

@@ -15,7 +15,7 @@ import tempfile
 
 import imageio_ffmpeg
 
-from common.errors import UserError
+from common.errors import UserError, permission_denied
 from common.files import not_written
 
 PIPE_BYTES = 1 << 20  # Linux's default pipe-max-size for unprivileged processes
@@ -186,6 +186,8 @@ def probe(video_path, kind="video"):
     """
     if not os.path.isfile(video_path):
         raise UserError(f"{video_path}: file not found; check the path")
+    if not os.access(video_path, os.R_OK):  # ffmpeg would call it unreadable, as if the file were at fault
+        raise permission_denied(video_path)
     with FFmpeg(["-i", video_path], video_path, loglevel="info") as ffmpeg:
         ffmpeg.wait()  # it prints the streams and exits 1 for want of an output file
         info = "\n".join(ffmpeg.messages())

@@ -20,7 +20,7 @@ import zlib
 import numpy as np
 import torch
 
-from common.errors import UserError
+from common.errors import UserError, permission_denied
 from common.files import write_atomically
 
 from .dinet import GeneratorConfig
@@ -97,6 +97,8 @@ def load_checkpoint(path, flag="--resume", expected="a netG_model_epoch_N.pth", 
                 raise RefusedCheckpoint(f"{flag} {path}: refusing to unpickle it, it is not a plain weights file "
                                         f"({reason}); delete it and use a checkpoint of tensors and plain values "
                                         f"only, as this repository and DINet write") from None
+        except PermissionError:
+            raise permission_denied(f"{flag} {path}") from None
         except Exception:
             checkpoint = None
     if checkpoint is None:

@@ -5,7 +5,7 @@ import pickle
 
 import torch
 
-from common.errors import UserError
+from common.errors import UserError, permission_denied
 
 from .checkpoint import code_in
 
@@ -20,6 +20,8 @@ def read_state_dict(path, flag, fix):
         unsafe = code_in(path)
         why = f"it calls {', '.join(sorted(unsafe)[:3])}, which can run code" if unsafe else "not plain weights"
         raise UserError(f"{flag} {path}: refusing to unpickle it ({why}); {fix}") from None
+    except PermissionError:
+        raise permission_denied(f"{flag} {path}") from None
     except Exception as error:
         raise UserError(f"{flag} {path}: not a PyTorch file ({type(error).__name__}); {fix}") from None
     if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):

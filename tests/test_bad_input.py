@@ -443,3 +443,52 @@ def test_bad_input_from_the_shell_exits_nonzero_with_the_message_last_and_no_tra
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert expected.format(**values) in result.stderr.strip().splitlines()[-1], result.stderr[-3000:]
     assert_nothing_finished_left(tmp_path, command)
+
+
+DAC = "-dac_override,-dac_read_search"  # the capabilities by which root reads and writes any file
+
+
+@pytest.mark.parametrize("command, flag, asset", [
+    ("inference", "--source_video_path", "grey_mp4"),
+    ("inference", "--driving_audio_path", "speech_wav"),
+    ("inference", "--pretrained_clip_DINet_path", "mel_generator"),
+    ("frame", "--train_data", "tiny_json"),
+])
+def test_a_file_this_user_may_not_read_is_named_with_the_fix(assets, command, flag, asset, tmp_path):
+    """A file without read permission for the user is one line saying so and how to fix it, not a complaint about
+    its contents (an unreadable video, a damaged checkpoint). Root reads any file: as root, the command runs without
+    the capabilities that let it (util-linux's setpriv), so that permissions hold for it as for a user."""
+    locked = str(tmp_path / os.path.basename(assets[asset]))
+    shutil.copy(assets[asset], locked)
+    os.chmod(locked, 0)
+    wrap = []
+    if os.geteuid() == 0:
+        wrap = [shutil.which("setpriv") or "setpriv", f"--bounding-set={DAC}", f"--inh-caps={DAC}"]
+        try:
+            reads = subprocess.run([*wrap, "cat", locked], capture_output=True).returncode == 0
+        except OSError:
+            reads = True
+        if reads:
+            pytest.skip("running as root, and setpriv (util-linux) cannot drop root's right to read any file here")
+    script, base = COMMANDS[command]
+    values = {**assets, "tmp": str(tmp_path)}
+    result = subprocess.run([*wrap, sys.executable, os.path.join(ROOT, script), *fill(base, values), flag, locked],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    named = f"{flag} {locked}" if command == "inference" else locked
+    assert result.stderr.strip().splitlines()[-1] == (f"{named}: permission denied for this user; change its "
+                                                      f"permissions (chmod, chown) or use another path")
+    assert_nothing_finished_left(tmp_path / "out", command)
+
+
+def test_a_permission_error_anywhere_in_a_command_is_its_one_line():
+    """Whatever file a command reads or writes, a permission refused on it ends the command with the one line, not
+    a traceback; an error that names no file stays a bug's traceback."""
+    from common.errors import run_command
+
+    def refused(filename):
+        raise PermissionError(13, "Permission denied", filename)
+    with pytest.raises(SystemExit, match=r"^/data/clip\.mp4: permission denied for this user; change its perm"):
+        run_command(refused, "/data/clip.mp4")
+    with pytest.raises(PermissionError):
+        run_command(refused, None)
