@@ -100,7 +100,8 @@ def _check_clip(clip, where, clip_length, json_dir, check_files, problems):
         else:
             paths.append(_resolve(frame, json_dir))
             if check_files and not os.path.isfile(paths[-1]):
-                problems.append(f"{field}: {frame} does not exist")
+                moved = " (an absolute path: the data is not where it was when the JSON was made)"
+                problems.append(f"{field}: {frame} does not exist{moved if os.path.isabs(frame) else ''}")
     return Clip(paths, vectors) if len(problems) == found else None
 
 

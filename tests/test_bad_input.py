@@ -65,6 +65,8 @@ CASES = [
      "python data_processing.py"),
     ("frame", "--train_data {missing_frame_json}", "{missing_frame_json}: video1 clip 2, frame_path_list[4]: ",
      "does not exist", "make it again with `python data_processing.py --crop_face --generate_training_json`"),
+    ("frame", "--train_data {moved_json}", "{moved_json}: video0 clip 0, frame_path_list[0]: /gone/",
+     "does not exist (an absolute path: the data is not where it was", "make it again with"),
     ("frame", "--train_data {widths_json}", "{widths_json}: audio feature widths disagree ([29, 80])",
      "with one --audio_feature"),
     ("frame", "--train_data {few_clips_json}", "{few_clips_json}: no video has 6 or more 9-frame clips",
@@ -293,6 +295,14 @@ def assets(tmp_path_factory, tiny_json, clip_assets, checkpoint):  # noqa: F811
     a.missing_frame_json = write_dinet_json(str(folder / "missing_frame"), videos=2, clips=6)
     with open(a.missing_frame_json) as f:
         os.remove(json.load(f)["video1"]["clip_data_list"][2]["frame_path_list"][4])
+    a.moved_json = write_dinet_json(str(folder / "moved"), videos=2, clips=6)  # made where the data lay before
+    with open(a.moved_json) as f:
+        data = json.load(f)
+    for entry in data.values():
+        for clip in entry["clip_data_list"]:
+            clip["frame_path_list"] = ["/gone/" + path for path in clip["frame_path_list"]]
+    with open(a.moved_json, "w") as f:
+        json.dump(data, f)
     a.widths_json = write_dinet_json(str(folder / "widths"), videos=2, clips=6)
     with open(a.widths_json) as f:
         data = json.load(f)
