@@ -27,7 +27,7 @@ from contextlib import contextmanager
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry: the app may run without a network
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")         # as inference.py: the decoder and encoder need the cores
 
-from common.errors import UserError, run_command  # noqa: E402
+from common.errors import UserError, interrupt, run_command  # noqa: E402
 from config.ranges import integer  # noqa: E402
 
 NO_CHECKPOINT = ("no generator checkpoint under {folder}; make one with `python demo.py` (it writes "
@@ -279,10 +279,6 @@ def build_page(jobs, opt):
     return page
 
 
-def _stop(signum, frame):
-    raise KeyboardInterrupt(signum)
-
-
 def main():
     opt = build_parser().parse_args()
     credentials = check_options(opt)
@@ -293,7 +289,7 @@ def main():
     except ImportError:
         raise UserError("app.py needs gradio, which is not installed; pip install -r requirements-app.txt") from None
     # SIGTERM stops the server as Ctrl-C does, and the results folder is removed
-    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGTERM, interrupt)
     folder = tempfile.mkdtemp(prefix="dinet-app-")
     try:
         page = build_page(Jobs(opt, folder), opt)

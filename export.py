@@ -15,7 +15,7 @@ Needs onnx, onnxscript and onnxruntime (pip install -r requirements-app.txt).
 import argparse
 import os
 
-from common.errors import run_command
+from common.errors import UserError, run_command, stopped_without
 from common.files import check_writable
 from common.geometry import CropGeometry
 
@@ -41,7 +41,15 @@ def main():
     out = opt.out or os.path.splitext(opt.checkpoint)[0] + ".onnx"
     if opt.mouth_region_size is not None:
         CropGeometry.checked(opt.mouth_region_size)
+    if os.path.isdir(out):
+        raise UserError(f"--out {out}: a folder; pass the .onnx file to write, e.g. "
+                        f"{os.path.join(out, 'generator.onnx')}")
     check_writable(os.path.dirname(os.path.abspath(out)), "--out", shown=out)
+    with stopped_without(out):
+        export(opt, out)
+
+
+def export(opt, out):
     import torch
 
     from config.labs import lab_of

@@ -13,8 +13,6 @@ same pipeline; the checkpoint is then not read.
 """
 import argparse
 import os
-import signal
-import sys
 import time
 
 # Before torch loads OpenMP: its threads sleep instead of spinning when they wait, which leaves the cores to
@@ -24,7 +22,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch
 
 from common.devices import choose_device, resolve_amp
-from common.errors import UserError, run_command
+from common.errors import UserError, run_command, stopped_without
 from common.files import check_writable
 from common.geometry import CropGeometry
 from config.ranges import integer
@@ -140,10 +138,6 @@ def tune_cpu_allocator():
         pass
 
 
-def _stop(signum, frame):
-    raise KeyboardInterrupt(signum)
-
-
 def load_dubbing_model(opt, device):
     """The generator the options name: the --onnx export in onnxruntime, or the checkpoint in PyTorch."""
     if opt.onnx:
@@ -200,16 +194,8 @@ def run(opt, generator=None, progress=True):
 def main():
     opt = build_parser().parse_args()
     check_inputs(opt)
-    # a scheduler's SIGTERM and a closed terminal's SIGHUP stop as Ctrl-C does, through the cleanup of scratch
-    # folders and partial outputs
-    for number in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(number, _stop)
-    try:
+    with stopped_without(output_paths(opt)[0]):  # the scratch folders and the partial output removed on the way
         run(opt)
-    except KeyboardInterrupt as stop:  # the scratch and the partial output are removed by now
-        number = stop.args[0] if stop.args else signal.SIGINT
-        print(f"stopped by {signal.Signals(number).name}: {output_paths(opt)[0]} not written", file=sys.stderr)
-        sys.exit(128 + number)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ Library packages (models, data, media, engine, dubbing, evaluation) raise `UserE
 the file or flag and the fix; the command-line scripts run their `main` through `run_command`, which prints that
 line and exits non-zero. Tracebacks stay for bugs.
 """
+import contextlib
+import signal
+import sys
 
 
 class UserError(Exception):
@@ -30,6 +33,27 @@ class Stopped(Exception):
     def __init__(self, status):
         super().__init__(f"stopped, exit status {status}")
         self.status = status
+
+
+def interrupt(signum, frame):
+    """A signal handler: the signal stops the program as Ctrl-C does, through every cleanup on the way out."""
+    raise KeyboardInterrupt(signum)
+
+
+@contextlib.contextmanager
+def stopped_without(output):
+    """Ctrl-C, a scheduler's SIGTERM or a closed terminal's SIGHUP ends the block (its partial output removed on the
+    way out) with one line, `stopped by SIGINT: OUTPUT not written`, and exit status 128 + the signal's number."""
+    handlers = {number: signal.signal(number, interrupt) for number in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    except KeyboardInterrupt as stop:
+        number = stop.args[0] if stop.args else signal.SIGINT
+        print(f"stopped by {signal.Signals(number).name}: {output} not written", file=sys.stderr)
+        sys.exit(128 + number)
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
 
 
 def run_command(main, *args, **kwargs):
