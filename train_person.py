@@ -16,7 +16,7 @@ import textwrap
 from dataclasses import replace
 
 from common.devices import choose_device
-from common.errors import UserError, run_command
+from common.errors import UserError, run_command, stopped_without
 from common.files import check_writable, write_atomically
 from config.ranges import integer, number
 from media.ffmpeg import probe
@@ -228,7 +228,8 @@ def main(argv=None):
     check_writable(layout.root, "--result_path")
     check_own_folder(layout, opt.result_path)
     device = choose_device(opt.device)
-    plan = load_or_make_plan(opt, layout, device)
+    with stopped_without(layout.path("plan.json")):  # the footage checks and the speed measurement take a while
+        plan = load_or_make_plan(opt, layout, device)
     describe(plan, opt, layout)
     weights = pretrained_weights()
     device_flags = [f"--device={opt.device}"] if opt.device else []

@@ -57,18 +57,22 @@ def progress_line(index, steps, elapsed, measured):
 
 
 def run_process(command, cwd):
-    """Run `command` in `cwd` to its end; its exit status. Ctrl-C in a terminal reaches the command too (its process
-    group), which stops by itself, a training command after writing a checkpoint: wait for it. SIGTERM and SIGHUP
-    sent to this process alone are passed on."""
-    process = subprocess.Popen(command, cwd=cwd)
-    passed_on = {number: signal.signal(number, lambda received, frame: process.send_signal(received))
-                 for number in (signal.SIGTERM, signal.SIGHUP)}
+    """Run `command` in `cwd` to its end: (its exit status, the signal that reached this process meanwhile, or None).
+    Ctrl-C in a terminal reaches the command too (its process group), which stops by itself, a training command after
+    writing a checkpoint: wait for it. SIGTERM and SIGHUP sent to this process alone are passed on. A command may
+    end well although stopped, when the signal came as it finished: the caller stops after it all the same."""
+    process, received = subprocess.Popen(command, cwd=cwd), []
+
+    def pass_on(number, frame):
+        received.append(number)
+        process.send_signal(number)
+    passed_on = {number: signal.signal(number, pass_on) for number in (signal.SIGTERM, signal.SIGHUP)}
     try:
         while True:
             try:
-                return process.wait()
+                return process.wait(), next(iter(received), None)
             except KeyboardInterrupt:
-                continue
+                received.append(signal.SIGINT)
     finally:
         for number, handler in passed_on.items():
             signal.signal(number, handler)
@@ -92,10 +96,10 @@ class Recipe:
             if step.finished():
                 print(f"done already: {', '.join(step.outputs)}", flush=True)
                 continue
-            step_started = time.time()
+            step_started, stop = time.time(), None
             if step.command:
                 print("$ " + shlex.join(step.command), flush=True)
-                status = run_process(step.command, self.cwd)
+                status, stop = run_process(step.command, self.cwd)
                 if status != 0:
                     self.failed(step, status)
                 if step.after:
@@ -109,6 +113,9 @@ class Recipe:
             taken, estimated = taken + seconds, estimated + step.seconds
             self.times[step.name] = seconds
             write_atomically(self.record, lambda f: json.dump(self.times, f, indent=1), mode="w")
+            if stop:  # the step finished as the signal came: the run stops here all the same
+                print(f"stopped after {step.label}: run the same command again to continue from there", flush=True)
+                raise Stopped(128 + stop)
         return time.time() - started
 
     def failed(self, step, status):

@@ -12,6 +12,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import time
 
 import cv2
 import numpy as np
@@ -335,3 +336,33 @@ def test_the_same_result_path_with_other_settings_is_refused(person_run):
                        *argv[argv.index("--mouth_region_size") + 2:]])
     assert "--mouth_region_size: 64 there, 128 now" in message and "another --result_path" in message
 
+
+
+STOPPING_RECIPE = """
+import os, signal, sys, time
+from common.errors import run_command
+from person.steps import Recipe, Step
+folder = sys.argv[1]
+# a training stage that writes its checkpoint and ends well on SIGTERM, as one does when the signal comes at its end
+stage = ("import pathlib, signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: None); "
+         "pathlib.Path(sys.argv[1], 'started').touch(); time.sleep(3); pathlib.Path(sys.argv[1], 'stage').touch()")
+steps = [Step("stage", "the stage", [os.path.join(folder, "stage")], 1, command=[sys.executable, "-c", stage, folder]),
+         Step("next", "the next stage", [os.path.join(folder, "next")], 1,
+              action=lambda: open(os.path.join(folder, "next"), "w").close())]
+run_command(Recipe(steps, os.path.join(folder, "times.json"), folder).run)
+"""
+
+
+def test_a_signal_that_comes_as_a_step_ends_well_still_stops_the_run_after_it(tmp_path):
+    """SIGTERM (or Ctrl-C) reaching the run while a step's command finishes its work: the step is done, and the run
+    stops there with the line saying how to go on, instead of going on to the next step."""
+    process = subprocess.Popen([sys.executable, "-c", STOPPING_RECIPE, str(tmp_path)], cwd=ROOT, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    while not (tmp_path / "started").exists():
+        assert process.poll() is None, process.communicate()[0]
+        time.sleep(0.02)
+    process.terminate()
+    output = process.communicate(timeout=60)[0]
+    assert process.returncode == 128 + 15, output
+    assert "stopped after the stage: run the same command again to continue from there" in output
+    assert (tmp_path / "stage").exists() and not (tmp_path / "next").exists()
