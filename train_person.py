@@ -38,12 +38,12 @@ def sizes(batches):
 PARAGRAPHS = [
     f"footage: videos with sound of one face in view, each at least {MIN_VIDEO_SECONDS} s and a video alone at least "
     f"{shortest_alone()} s, so that the SyncNet has parts of it to train on once it holds its share out (a face in "
-    f"at least half of {FACE_SAMPLES} frames looked at, several faces in fewer than a quarter; else it stops before "
-    f"any work). Of "
+    f"at least half of {FACE_SAMPLES} frames looked at, upright in most, several faces in fewer than a quarter; else "
+    f"it stops before any work). Of "
     f"each video the last {100 * HELD_OUT_SHARE:.0f}% (at least {MIN_PART_FRAMES / FPS:.1f} s) is held out, cut off "
     f"frame-exactly and never trained on: validation keeps each stage's best epoch by it (netG_best.pth, by "
     f"lmd_mouth), and the run ends by dubbing and scoring it. The rest is trained on, in parts of about "
-    f"{SEGMENT_FRAMES // FPS} s.",
+    f"{SEGMENT_FRAMES // FPS} s; a part where data preparation finds no usable face is left out, saying so.",
     f"schedule: sized to the training footage: per training frame, {PASSES['frame', 64]} samples at frame stage 64, "
     f"{PASSES['frame', 128]} at 128, {PASSES['frame', 256]} at 256 (with --init: one frame stage at the final size, "
     f"{PASSES['init']}), {PASSES['syncnet']} SyncNet windows and {PASSES['clip']} clip samples of 5 frames; and to the "

@@ -149,11 +149,9 @@ def _mediapipe_solution(module, name):
 
 
 @contextlib.contextmanager
-def face_detector():
-    """`boxes(image)` -> (k, 4) float32 (left, top, right, bottom) pixel boxes of the faces mediapipe's face detectors
-    find in an (H, W, 3) uint8 RGB image: the short-range model (faces within about 2 m), and where it finds none the
-    full-range one (smaller faces); `boxes(image, small=True)` the full-range one only, whose boxes are tighter.
-    Boxes span brows to chin; the face mesh follows one face only, so this is how several are told apart."""
+def _detectors():
+    """mediapipe's two face detectors, started: the short-range model (faces within about 2 m) and the full-range one
+    (smaller faces)."""
     solution = _mediapipe_solution("face_detection", "FaceDetection")
     with contextlib.ExitStack() as started:
         with _quiet_native_stderr():
@@ -162,7 +160,16 @@ def face_detector():
             near, far = (started.enter_context(solution(model_selection=model, min_detection_confidence=0.6))
                          for model in (0, 1))
             near.process(BLANK), far.process(BLANK)
+        yield near, far
 
+
+@contextlib.contextmanager
+def face_detector():
+    """`boxes(image)` -> (k, 4) float32 (left, top, right, bottom) pixel boxes of the faces mediapipe's face detectors
+    find in an (H, W, 3) uint8 RGB image: the short-range model, and where it finds none the full-range one;
+    `boxes(image, small=True)` the full-range one only, whose boxes are tighter. Boxes span brows to chin; the face
+    mesh follows one face only, so this is how several are told apart."""
+    with _detectors() as (near, far):
         def boxes(image, small=False):
             image = np.ascontiguousarray(image)
             detections = (not small and near.process(image).detections) or far.process(image).detections or []
@@ -171,6 +178,20 @@ def face_detector():
                      for box in (d.location_data.relative_bounding_box for d in detections)]
             return np.array(found, np.float32).reshape(-1, 4) * np.array([width, height, width, height], np.float32)
         yield boxes
+
+
+def face_turns(frames):
+    """Per (H, W, 3) uint8 RGB frame, the quarter turns clockwise (0-3) that set its face upright: those under which
+    the detectors are surest of a face (they find faces on their side too, less surely: 0.77 against 0.94 measured);
+    None where they find none at any turn."""
+    turns = []
+    with _detectors() as detectors:
+        for frame in frames:
+            scores = [max((detection.score[0] for detector in detectors
+                           for detection in detector.process(np.ascontiguousarray(np.rot90(frame, -k))).detections
+                           or ()), default=0.0) for k in range(4)]
+            turns.append(int(np.argmax(scores)) if max(scores) else None)
+    return turns
 
 
 def count_faces(frames):

@@ -25,7 +25,8 @@ from scipy.ndimage import median_filter
 from tqdm import tqdm
 
 from common.errors import UserError
-from data.landmark_detector import NUM_POINTS, face_detector, face_mesh, mesh_landmarks, smooth_landmarks
+from data.landmark_detector import (NUM_POINTS, face_detector, face_mesh, face_turns, mesh_landmarks,
+                                    smooth_landmarks)
 
 THUMBNAIL_SIDE = 480    # px of the longer side at which frames are looked at for cuts and face boxes
 CUT_DISTANCE = 0.4      # Bhattacharyya distance between consecutive frames' colour histograms that is a cut:
@@ -43,6 +44,7 @@ ZOOM_WINDOW = 540       # px of the full frame a closer look covers: the detecto
 SMALL_FACE = 1 / 8      # of the frame's longer side: faces this large are found in whole frames, so a shot whose
                         # faces are smaller (or unseen) gets closer looks where none was found
 REASONS = {"face": "", "none": "no face found", "small": "face too small", "profile": "face in profile",
+           "turned": "face on its side or upside down",
            "jump": "face unlike its neighbours", "crop": "face crop leaves the picture"}
 
 
@@ -321,10 +323,8 @@ def find_face(video, choice=FaceChoice(), timings=None, progress=False, threads=
                 box = track.box(frame)
                 if box is None:
                     continue
-                left, top, right, bottom = face = [value / scale for value in box]
-                margin = MESH_MARGIN * max(right - left, bottom - top)
-                left, top = max(0, int(left - margin)), max(0, int(top - margin))
-                right, bottom = min(width, int(right + margin)), min(height, int(bottom + margin))
+                face = [value / scale for value in box]
+                top, bottom, left, right = _surroundings(box, scale, video.size)
                 points = mesh_landmarks(mesh, video.region(frame, top, bottom, left, right))
                 nose = points[30] + (left, top) if points is not None else None
                 # the mesh sees a margin around the face: a neighbour's face there is not the chosen one
@@ -333,8 +333,11 @@ def find_face(video, choice=FaceChoice(), timings=None, progress=False, threads=
                     found[frame] = True
     with timed("landmarks"), bar:
         _side_by_side(mesh_shot, list(chosen.values()), threads, "dub-mesh")  # shots share nothing
+        turned = [track for track in chosen.values() if not _upright(video, track, scale)]
     with timed("tracking"):
         reason = _checked(landmarks, found, shot)
+        for track in turned:  # the mesh fits an upright face to it all the same: its mouth would be elsewhere
+            reason[track.first:track.last + 1] = "turned"
         _fill_gaps(landmarks, reason, shot)
         for start, stop in runs(reason == "face", shot):
             landmarks[start:stop] = smooth_landmarks(landmarks[start:stop])
@@ -342,6 +345,25 @@ def find_face(video, choice=FaceChoice(), timings=None, progress=False, threads=
                  f"{_where(track.boxes[track.first], scale)} px in frame {track.first}"
                  for number, track in sorted(chosen.items())]
     return FaceTrack(landmarks, reason, shot, described)
+
+
+def _surroundings(box, scale, size):
+    """(top, bottom, left, right) of the full frame around a thumbnail face box, grown by MESH_MARGIN of its size on
+    each side and kept inside the picture: what the mesh looks at."""
+    width, height = size
+    left, top, right, bottom = (value / scale for value in box)
+    margin = MESH_MARGIN * max(right - left, bottom - top)
+    return (max(0, int(top - margin)), min(height, int(bottom + margin)), max(0, int(left - margin)),
+            min(width, int(right + margin)))
+
+
+def _upright(video, track, scale):
+    """Whether a track's face is upright, not on its side or upside down: in most of its first, middle and last
+    frames, the detectors are surest of it as it is, unturned (face_turns)."""
+    frames = sorted({track.first, track.frames[len(track.frames) // 2], track.last})
+    turns = [turn for turn in face_turns([video.region(frame, *_surroundings(track.boxes[frame], scale, video.size))
+                                          for frame in frames]) if turn is not None]
+    return sum(turn == 0 for turn in turns) >= len(turns) / 2
 
 
 def _look_at_frames(video, scale, timed, progress, threads):

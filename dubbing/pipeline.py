@@ -337,7 +337,7 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
             passed_ranges = describe_ranges(passed, reason[passed])
             if not dubbed.any():
                 raise UserError(f"{source_video_path}: no frame has a usable face ({passed_ranges}); use a video with "
-                                 f"one visible, frontal face, the whole lower face inside the picture")
+                                 f"one visible, upright, frontal face, the whole lower face inside the picture")
             if strict and len(passed):
                 raise UserError(f"--strict: {len(passed)} of {len(index)} frames have no usable face "
                                  f"({passed_ranges}); drop --strict to pass them through")

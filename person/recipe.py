@@ -135,19 +135,25 @@ def prepare_command(python, layout, kind, workers):
 
 
 def check_prepared(json_path, parts):
-    """Every part made it into the prepared data, each held-out one with the clips validation needs, and the
+    """Each held-out part made it into the prepared data with the clips validation needs, a training part at least
+    (one without a usable face, the face away or turned for its length, is left out with a line saying so), and the
     training parts hold what the SyncNet needs once it holds its share out (faces lost to the detector can leave it
     less than the footage promised): else the JSON is removed (so a rerun prepares again) and one line says why,
     now rather than after the frame stages."""
     training_set = load_training_json(json_path, check_files=False)
-    for part in parts:
-        clips = len(training_set.videos.get(part.name, []))
-        if clips == 0 or (part.held_out and clips <= NUM_REFERENCES):
-            os.remove(json_path)
-            why = ("could not be used (data_processing.py's report above says why)" if clips == 0 else
-                   f"gave {clips} usable clips, and validation needs {NUM_REFERENCES + 1}")
-            raise UserError(f"{part.video}: its part {part.describe()} {why}; use footage with your whole face in "
-                            f"view throughout")
+    clips = {part.name: len(training_set.videos.get(part.name, [])) for part in parts}
+    unused = [part for part in parts if not part.held_out and not clips[part.name]]
+    short = [part for part in parts if part.held_out and clips[part.name] <= NUM_REFERENCES]
+    if short or (unused and len(unused) == sum(not part.held_out for part in parts)):  # nothing to validate, or train
+        part = (short or unused)[0]
+        os.remove(json_path)
+        why = ("could not be used (data_processing.py's report above says why)" if clips[part.name] == 0 else
+               f"gave {clips[part.name]} usable clips, and validation needs {NUM_REFERENCES + 1}")
+        raise UserError(f"{part.video}: its part {part.describe()} {why}; use footage with your whole face in view "
+                        f"throughout")
+    for part in unused:
+        print(f"left out: {part.video}, its part {part.describe()}, where data_processing.py found no usable face "
+              f"(its report above says why)", flush=True)
     if not any(part.held_out for part in parts):
         trained, held = split_videos(training_set, SYNCNET_HELD_OUT, SYNCNET_SEED)
         try:

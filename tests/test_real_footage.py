@@ -173,6 +173,19 @@ def test_a_small_face_in_a_wide_shot_is_found_in_every_frame_and_a_shot_of_trees
     assert (tracks[0].reason == "none").all()
 
 
+@pytest.mark.parametrize("turn", ["transpose=clock", "hflip,vflip"])
+def test_a_face_on_its_side_or_upside_down_is_not_dubbed_and_the_run_says_why(turn, generator, tmp_path):
+    """The mesh fits an upright face to a face on its side or upside down all the same; a mouth drawn from that
+    would land elsewhere on the face."""
+    clip = str(tmp_path / "turned.mp4")
+    footage.ffmpeg(clip, ["-t", "2", "-i", footage.shared(footage.CLIP_A)], f"[0:v]{footage.SMALL},{turn}[v]")
+    video = DecodedVideo(clip, background=True, pixel_format="yuv420p")
+    assert (find_face(video).reason == "turned").all()
+    video.close()
+    with pytest.raises(UserError, match="face on its side or upside down.*one visible, upright, frontal face"):
+        dub(clip, clip, generator, str(tmp_path / "dubbed.mp4"), CPU, progress=False)
+
+
 def test_silent_speech_holds_the_mouth_at_a_closed_reference(generator, tmp_path, monkeypatch):
     clip, speech = str(tmp_path / "clip.mp4"), str(tmp_path / "speech.wav")
     footage.short_clip(clip, seconds=4)

@@ -65,20 +65,24 @@ def refusal(argv):
 
 # ------------------------------------------------------------------ bad footage, refused before any work
 
-@pytest.mark.parametrize("case", ["short", "silent", "faceless", "two_people"])
+@pytest.mark.parametrize("case", ["short", "silent", "faceless", "two_people", "on_its_side", "upside_down"])
 def test_bad_footage_is_refused_with_one_line_and_nothing_written(case, tmp_path):
     frames, wav = talking_face(0, 5 if case == "short" else 9)
     if case == "faceless":  # the face in the first 2 s only, then the empty backdrop
         frames[2 * FPS:] = frames[0, :8, :8].mean(axis=(0, 1)).astype(np.uint8)
     if case == "two_people":
         frames = np.concatenate([frames, talking_face(1, 9)[0]], axis=2)
+    if case in ("on_its_side", "upside_down"):  # a quarter (half) turn clockwise, as a phone held wrong records
+        frames = np.ascontiguousarray(np.rot90(frames, -1 if case == "on_its_side" else 2, axes=(1, 2)))
     video = write_footage(str(tmp_path / f"{case}.mp4"), frames, None if case == "silent" else wav)
     result = tmp_path / "run"
     message = refusal(["--videos", video, "--result_path", str(result), "--mouth_region_size", "64",
                        "--device", "cpu"])
     expected = {"short": ["5.0 s of footage", "at least 8 s"], "silent": ["no audio track", "record with sound"],
                 "faceless": ["a face in", "at least half the frames"],
-                "two_people": ["several faces", "crop the video to yours"]}[case]
+                "two_people": ["several faces", "crop the video to yours"],
+                "on_its_side": ["the face is on its side in", "-vf transpose=cclock "],
+                "upside_down": ["the face is upside down in", "-vf hflip,vflip "]}[case]
     assert message.startswith(video) and all(piece in message for piece in expected), message
     assert not result.exists()
 
@@ -167,6 +171,20 @@ def test_prepared_parts_that_leave_the_syncnet_too_little_stop_the_run_before_th
         assert "too small to train a SyncNet on: 2 training video(s) with 42 windows" in str(refused.value)
         assert str(refused.value).endswith("give train_person.py more footage (--videos) and a new --result_path")
         assert not os.path.exists(json_path)
+
+
+def test_a_training_part_without_a_usable_face_is_left_out_saying_so_unless_none_is_left(tmp_path, capsys):
+    """A stretch where the face is away (or turned) for a whole training part gives it no clips: the run trains on
+    the other parts, and says which it left out; with no part left it stops, the JSON removed."""
+    json_path = write_dinet_json(str(tmp_path / "data"), videos=3, clips=12)
+    parts = [Part("me.mp4", f"video{k}", 108 * k, 108 * (k + 1), False) for k in range(4)]  # video3: not prepared
+    check_prepared(json_path, parts)
+    assert capsys.readouterr().out == ("left out: me.mp4, its part me.mp4 13.0-17.3 s, where data_processing.py "
+                                       "found no usable face (its report above says why)\n")
+    assert os.path.exists(json_path)
+    with pytest.raises(UserError, match="its part me.mp4 0.0-4.3 s could not be used"):
+        check_prepared(json_path, [Part("me.mp4", "away", 0, 108, False)])
+    assert not os.path.exists(json_path)
 
 
 def test_cut_parts_hold_every_frame_of_the_video_exactly_once(tmp_path):
