@@ -6,6 +6,7 @@ offline with `random` or a local file.
 """
 import warnings
 
+import torch
 from torch import nn
 
 from common.errors import UserError
@@ -36,8 +37,11 @@ class LPIPS(nn.Module):
         super().__init__()
         import lpips  # imports torchvision (2-3 s): only where LPIPS is used
         from torchvision import models
-        with warnings.catch_warnings():  # lpips builds its trunk with torchvision's deprecated `pretrained=`
+        # lpips builds its trunk with torchvision's deprecated `pretrained=`; a random trunk is drawn from a seed of
+        # its own, so that scores with `random` compare across runs, and the caller's random numbers are left alone
+        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
             warnings.simplefilter("ignore")
+            torch.manual_seed(0)
             # pnet_rand: lpips builds a random trunk instead of downloading; its linear layers still load
             self.metric = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False, spatial=spatial)
         if weights != "random":

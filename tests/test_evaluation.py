@@ -110,3 +110,17 @@ def test_bad_evaluation_input_is_one_line_and_nonzero_exit(demo, args, message):
     result = run_evaluate(*base, *args)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(message)
+
+
+def test_lpips_with_a_random_trunk_scores_alike_in_every_run_and_draws_none_of_the_callers_numbers():
+    """Offline, `--lpips_weights random` is the choice left: its trunk is drawn from a seed of its own, so a table
+    made today compares with one made tomorrow, and building it moves no random number of the run that builds it."""
+    from models.lpips_loss import LPIPS
+    fake, real = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)).unbind(0)
+    torch.manual_seed(5)
+    drawn = torch.rand(3)
+    torch.manual_seed(5)
+    first = LPIPS("random")(fake[None], real[None])
+    assert torch.equal(torch.rand(3), drawn)
+    torch.manual_seed(6)  # another run's seed
+    assert torch.equal(LPIPS("random")(fake[None], real[None]), first)
