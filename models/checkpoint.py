@@ -102,8 +102,11 @@ def load_checkpoint(path, flag="--resume", expected="a netG_model_epoch_N.pth", 
         except Exception:
             checkpoint = None
     if checkpoint is None:
-        raise UserError(f"{flag} {path}: cannot read this checkpoint; it is truncated or not a PyTorch file, "
-                         f"use an earlier checkpoint")
+        with open(path, "rb") as f:
+            zip_start = f.read(4) == b"PK\x03\x04"  # torch.save writes a zip archive; its index comes last
+        raise UserError(f"{flag} {path}: cannot read this checkpoint; " + (
+            "it is truncated or damaged (a save or copy that did not finish), use an earlier checkpoint or copy it "
+            "again" if zip_start else f"it is not a PyTorch file, pass {expected}"))
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise UserError(f"{flag} {path}: not a DINet checkpoint (no 'state_dict'); pass {expected}")
     check_integrity(checkpoint, path, flag)

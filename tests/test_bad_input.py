@@ -165,7 +165,7 @@ CASES = [
     ("inference", "--pretrained_clip_DINet_path {tmp}/none.pth",
      "--pretrained_clip_DINet_path {tmp}/none.pth: no such checkpoint file", "check the path"),
     ("inference", "--pretrained_clip_DINet_path {text_pth}",
-     "--pretrained_clip_DINet_path {text_pth}: cannot read this checkpoint", "not a PyTorch file"),
+     "--pretrained_clip_DINet_path {text_pth}: cannot read this checkpoint", "it is not a PyTorch file, pass a "),
     ("inference", "--pretrained_clip_DINet_path {syncnet_64}",
      "--pretrained_clip_DINet_path {syncnet_64}: not a generator checkpoint", "netG_model_epoch_N.pth"),
     ("inference", "--mouth_region_size 60", "--mouth_region_size 60: DINet's crop geometry needs a multiple of 8",

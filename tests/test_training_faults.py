@@ -56,7 +56,7 @@ def test_resume_auto_skips_a_corrupt_newest_checkpoint_and_truncation_is_named(t
     assert "netG_model_epoch_2.pth" in reports[0]
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes((tmp_path / "netG_model_epoch_1.pth").read_bytes()[:100000])
-    with pytest.raises(UserError, match="truncated or not a PyTorch file, use an earlier checkpoint"):
+    with pytest.raises(UserError, match=r"truncated or damaged \(a save or copy that did not finish\), use an earlier"):
         load_checkpoint(str(truncated))
 
 
