@@ -25,6 +25,7 @@ import argparse
 import csv
 import math
 import os
+import sys
 
 # Before torch loads OpenMP, as inference.py: its threads sleep while the decoder and encoder need the cores
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -38,6 +39,7 @@ from common.devices import choose_device, resolve_amp
 from common.errors import UserError, run_command
 from common.files import check_writable, write_atomically
 from common.geometry import CropGeometry
+from data.procedural_faces import read_demo_record
 from evaluation.baselines import reencode, reference_copy
 from evaluation.lip_shape import lip_shape_scores
 from evaluation.procedural import OPENINGS_PLOT, check_faces, finite_mean, procedural_truth, verdict
@@ -54,7 +56,7 @@ from evaluation.protocol import (
 from evaluation.reconstruction import InceptionFeatures, frechet_distance, psnr, ssim
 from evaluation.sync import check_length
 from media.ffmpeg import probe
-from models.checkpoint import load_syncnet
+from models.checkpoint import load_checkpoint, load_syncnet
 
 LPIPS_SIDE = 512
 CHUNK = 16
@@ -267,6 +269,14 @@ def procedural(opt, generator, device, amp):
 
     def dub_with(source, audio, output, landmarks):
         dub(source, audio, generator, output, device, landmark_csv=landmarks, amp=amp, progress=False)
+    held_out = load_checkpoint(opt.checkpoint, "--checkpoint").get("validation_split", {}).get("videos", [])
+    record = read_demo_record(opt.demo_dir)
+    known = [face for face in opt.faces if face not in held_out] if set(held_out) <= set(record["videos"]) else []
+    warning = (f"--faces {' '.join(known)}: the checkpoint held out {', '.join(held_out)} of a demo set like this "
+               f"one (its validation split) and so may have trained on these; the scores of faces it learned do not "
+               f"say how it dubs a face it never saw: pass {' '.join(held_out)}") if held_out and known else None
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     rows = procedural_truth(opt.demo_dir, opt.faces, dub_with, opt.out_dir, device, generator.mouth_size)
     _, line = verdict({row["kind"]: row for row in rows if row["face"].startswith("mean")})
     notes = [f"- checkpoint: {opt.checkpoint} (mouth {generator.mouth_size}), dubbed on {device} with amp {amp}",
@@ -276,6 +286,7 @@ def procedural(opt, generator, device, amp):
              "offset opening_pearson (does the mouth open when the true one does) and opening_scale (how far: 1 as "
              "far, 0.5 half as far)",
              f"- the openings over time, true face and made ones: {os.path.join(opt.out_dir, OPENINGS_PLOT)}"]
+    notes += [f"- **warning**: {warning}"] if warning else []
     write_tables(rows, os.path.join(opt.out_dir, f"{PROCEDURAL}.csv"), "Dubbing against the true face", notes)
     print(line)
 

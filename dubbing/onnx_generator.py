@@ -149,7 +149,7 @@ def load_onnx_generator(path, device, flag="--onnx"):
     names = [node.name for node in runtime.get_inputs()]
     if names != list(INPUTS) or METADATA + "mouth_region_size" not in metadata:
         raise UserError(f"{flag} {path}: not a generator export.py wrote (inputs {', '.join(names)}, no mouth size "
-                        f"in its metadata); export one with python export.py --checkpoint CHECKPOINT --out {path}")
+                        f"in its metadata); export one with python export.py --checkpoint CHECKPOINT --out generator.onnx")
     return DubbingModel(OnnxGenerator(runtime, device), int(metadata[METADATA + "mouth_region_size"]),
                         metadata.get(METADATA + "audio_feature") or None)
 

@@ -13,6 +13,7 @@ from test_inference import checkpoint  # noqa: F401  (fixture: an untrained mel 
 
 from data.procedural_faces import DEMO_RECORD, demo_video, make_demo_data, read_demo_record, write_talking_face
 from evaluation.procedural import DUBBED, MISMATCHED, REFERENCE, procedural_truth
+from models.checkpoint import atomic_save, load_checkpoint
 
 FACES = ["demo_000", "demo_001", "demo_002"]
 COLUMNS = ["face", "kind", "speech", "truth speech", "frames", "lmd_mouth", "mouth_open_corr", "offset",
@@ -58,11 +59,18 @@ def test_a_dubber_that_draws_the_true_face_scores_near_one_and_both_baselines_fa
 
 
 def test_evaluate_dubs_with_a_checkpoint_and_writes_the_table_and_the_verdict(demo_dir, checkpoint, tmp_path):  # noqa: F811
-    out = tmp_path / "out"
+    """The checkpoint says it held out demo_001 and demo_002 of a demo set like this one (as training with
+    validation records): demo_000, which it may have trained on, is scored with a warning in the output and table."""
+    out, held_out = tmp_path / "out", str(tmp_path / "netG_best.pth")
+    atomic_save({**load_checkpoint(checkpoint), "validation_split": {"val_data": "held_out.json",
+                                                                     "videos": ["demo_001", "demo_002"]}}, held_out)
     result = subprocess.run([sys.executable, "evaluate.py", "--protocol", "procedural", "--demo_dir", demo_dir,
-                             "--faces", *FACES, "--checkpoint", checkpoint, "--out_dir", str(out), "--device", "cpu"],
+                             "--faces", *FACES, "--checkpoint", held_out, "--out_dir", str(out), "--device", "cpu"],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    warning = ("--faces demo_000: the checkpoint held out demo_001, demo_002 of a demo set like this one (its "
+               "validation split) and so may have trained on these")
+    assert f"warning: {warning}" in result.stderr and warning in (out / "procedural.md").read_text()
     with open(out / "procedural.csv") as f:
         reader = csv.DictReader(f)
         assert reader.fieldnames == COLUMNS
