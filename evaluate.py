@@ -342,6 +342,10 @@ def score_as_they_are(opt, scorers):
                 fake_features += fakes
                 real_features += reals
                 count = min(len(video), len(source))
+                row["frames compared"] = count  # a dub as long as its speech may be longer or shorter
+                if len(video) != len(source):
+                    tqdm.write(f"{video_path}: {len(video)} frames, its source {len(source)}: compared over the "
+                               f"first {count}")
                 row.update(lip_shape_scores(video.landmarks[:count], source.landmarks[:count],
                                             video.found[:count] & source.found[:count]))
             rows.append(row)
@@ -376,7 +380,8 @@ def mean_row(rows, skipped):
             "frames": sum(row["frames"] for row in rows)}
     for key in rows[0]:
         values = [row.get(key) for row in rows]
-        if key not in mean and all(isinstance(value, (int, float)) for value in values):
+        # an offset is each video's own lag: their mean (of -15 and 14, -0.5) says nothing
+        if key not in mean and not key.startswith("offset") and all(isinstance(v, (int, float)) for v in values):
             mean[key] = finite_mean(values)
     return mean
 

@@ -93,7 +93,8 @@ def test_evaluate_scores_each_video_by_its_own_audio_and_writes_the_table(demo, 
     assert result.returncode == 0, result.stderr[-2000:]
     with open(tmp_path / "scores.csv") as f:
         row = next(csv.DictReader(f))
-    assert int(row["frames"]) == 25
+    assert int(row["frames"]) == 25 and int(row["frames compared"]) == 17
+    assert f"{silent}: 25 frames, its source 17: compared over the first 17" in result.stdout
     assert float(row["PSNR"]) > 90 and float(row["SSIM"]) > 0.999 and float(row["LPIPS"]) < 1e-3
     assert abs(float(row["LSE-C repo"])) < 1e-6 < float(row["source LSE-C repo"])
     # the same mouths; landmarks are smoothed over time, so near the cut's end the cut's differ a little
