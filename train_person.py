@@ -244,7 +244,9 @@ def main(argv=None):
     recipe = Recipe(steps, layout.path("steps.json"), ROOT)
     seconds = recipe.run()
     speech = foreign_speech(plan.parts, layout, plan.speech)
-    print(f"\ndone in {duration(seconds)}: {layout.report()}, the model {layout.model()}, "
+    total = sum(recipe.times.values())  # the steps' seconds, across the runs that continued one another
+    before = f" ({duration(total)} in all, with the runs before)" if total > seconds + 1 else ""
+    print(f"\ndone in {duration(seconds)}{before}: {layout.report()}, the model {layout.model()}, "
           f"{len(speech)} side-by-side video(s) and {layout.path('contact_sheet.png')}")
 
 

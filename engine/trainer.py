@@ -790,11 +790,13 @@ def train(opt, stage_class=FrameStage):
             if runtime.is_main:
                 stage.end_epoch(epoch, log, global_step)
             now = time.perf_counter()
+            # a whole epoch's seconds, from the iterations this one ran (fewer where it was resumed part way)
+            epoch_seconds = (now - epoch_started) * iterations / (iterations - first) if iterations > first else 0.0
             # another epoch like this one (validation included) would end past the budget
             out_of_time = opt.max_minutes is not None and distributed.any_rank(
-                (now - run_started) + (now - epoch_started) > opt.max_minutes * 60, runtime)
+                (now - run_started) + epoch_seconds > opt.max_minutes * 60, runtime)
             if validator and (epoch % opt.val_every == 0 or epoch == last_epoch or out_of_time):
-                validate(validator, stage, checkpointer, log, epoch, iterations, global_step, now - epoch_started)
+                validate(validator, stage, checkpointer, log, epoch, iterations, global_step, epoch_seconds)
             why = (f"--max_minutes {opt.max_minutes:g} would be over before another epoch ended" if out_of_time
                    else stalled(opt, validator, epoch))
             # `why` from patience is the main process's (it alone validates): every process stops with it

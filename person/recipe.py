@@ -7,8 +7,8 @@ repository's commands with every flag the recipe relies on spelled out, and the 
                                or from --init), validated on the held-out parts (--val_data)
     SyncNet                    train_syncnet.py on the training parts only
     clip stage                 train_DINet_clip.py from the last frame stage's netG_best.pth
-    the model                  model.pth: the clip stage's netG_best.pth, or the last frame stage's where that scored
-                               better held out (model.json says which)
+    the model                  model.pth: the generator of the clip stage's netG_best.pth, or of the last frame
+                               stage's where that scored better held out (model.json says which)
     evaluate                   evaluate.py --protocol self_reconstruction on the held-out parts (their own audio)
     foreign speech             inference.py on each held-out part with another's speech, evaluate.py scores its sync
     look                       side_by_side_<video>.mp4, contact_sheet.png, report.md
@@ -19,7 +19,6 @@ import glob
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -40,6 +39,9 @@ from .steps import Step
 # footage gives few videos (the footage was checked to leave it enough with this draw)
 SYNCNET = [f"--held_out_fraction={SYNCNET_HELD_OUT}", f"--seed={SYNCNET_SEED}"]
 SAVE_EVERY = 100  # iterations between the checkpoints a resumed stage continues from
+# what model.pth keeps of a training checkpoint beside the generator's weights: what dubbing and --init read of it
+MODEL_KEYS = ("mouth_region_size", "audio_feature", "generator_config", "lab", "epoch", "validation_best",
+              "validation_split")
 
 
 @dataclass
@@ -277,10 +279,10 @@ def build_steps(plan, layout, python="python", device_flags=(), weights=None, wo
 
 
 def choose_model(frame_best, clip_best, path):
-    """Copy to `path` the clip stage's best checkpoint, or the last frame stage's where it scored a better held-out
-    validation (a short clip stage, its SyncNet barely trained, can leave the generator worse than it found it);
-    the choice and both scores go to path's .json beside it."""
-    from models.checkpoint import load_checkpoint
+    """Write to `path` the generator of the clip stage's best checkpoint, or the last frame stage's where it scored a
+    better held-out validation (a short clip stage, its SyncNet barely trained, can leave the generator worse than it
+    found it); the choice and both scores go to path's .json beside it."""
+    from models.checkpoint import atomic_save, load_checkpoint
     scores = {name: load_checkpoint(best, "--result_path", needs="net_g").get("validation_best")
               for name, best in (("frame", frame_best), ("clip", clip_best))}
     frame, clip = scores["frame"], scores["clip"]
@@ -292,8 +294,10 @@ def choose_model(frame_best, clip_best, path):
     source = frame_best if chosen == "frame" else clip_best
     write_atomically(path.removesuffix(".pth") + ".json", lambda file: json.dump(
         {"chosen": chosen, "checkpoint": source, "validation_best": scores}, file, indent=1), mode="w")
-    with atomic_output(path) as partial:
-        shutil.copyfile(source, partial)
+    # the generator and what dubbing reads of it: no discriminators, optimizer or random state (a fifth of the size)
+    checkpoint = load_checkpoint(source, "--result_path", needs="net_g")
+    atomic_save({"state_dict": {"net_g": checkpoint["state_dict"]["net_g"]},
+                 **{key: checkpoint[key] for key in MODEL_KEYS if key in checkpoint}}, path)
 
 
 def training_step(stage, label, command, layout, costs, footage):
@@ -334,8 +338,11 @@ def report(plan, layout, command_line, times, weights):
     stages = [f"| {stage.name} | {stage.batch} | {stage.epochs} x {stage.per_epoch} | {stage.samples} | "
               f"{times.get(stage.name, float('nan')) / 60:.1f} |" for stage in plan.stages]
     steps = [f"| {name} | {seconds / 60:.1f} |" for name, seconds in times.items()]
-    budget = (f"--max_minutes {plan.settings['max_minutes']}: the schedule scaled to {100 * plan.factor:.0f}% of the "
-              f"full one" if plan.factor < 1 else "the full schedule")
+    budget = ("the full schedule" if plan.factor >= 1 else
+              f"--max_minutes {plan.settings['max_minutes']}: the schedule scaled to {100 * plan.factor:.1f}% of the "
+              f"full one" if plan.factor > 0 else
+              f"--max_minutes {plan.settings['max_minutes']}: one iteration per stage, the smallest schedule (even "
+              f"that takes longer)")
     lines = [
         f"# Personal model: {layout.root}", "",
         f"Command: `{command_line}`", "",

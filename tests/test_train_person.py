@@ -287,18 +287,22 @@ def test_planned_commands_train_on_the_training_parts_and_validate_on_the_held_o
 def test_the_model_is_the_clip_stages_best_unless_the_frame_stage_scored_better(tmp_path, frame_score, clip_score,
                                                                                   chosen):
     from models import DINet
-    from models.checkpoint import atomic_save
+    from models.checkpoint import atomic_save, load_checkpoint
     from person.recipe import choose_model
     paths = {}
     for name, score in (("frame", frame_score), ("clip", clip_score)):
         paths[name] = str(tmp_path / f"{name}.pth")
         torch.manual_seed(len(name))
-        atomic_save({"state_dict": {"net_g": DINet(3, 15, 80).state_dict()},
+        atomic_save({"state_dict": {"net_g": DINet(3, 15, 80).state_dict(), "net_dI": {"w": torch.ones(2)}},
+                     "optimizer": {"net_g": {"state": {}}},
                      "validation_best": {"metric": "lmd_mouth", "value": score, "epoch": 3}}, paths[name])
     model = str(tmp_path / "model.pth")
     choose_model(paths["frame"], paths["clip"], model)
-    with open(model, "rb") as copied, open(paths[chosen], "rb") as original:
-        assert copied.read() == original.read()
+    kept, original = load_checkpoint(model), load_checkpoint(paths[chosen])
+    assert all(torch.equal(kept["state_dict"]["net_g"][key], value)
+               for key, value in original["state_dict"]["net_g"].items())
+    assert list(kept["state_dict"]) == ["net_g"] and "optimizer" not in kept  # the generator alone
+    assert kept["validation_best"] == original["validation_best"]
     with open(tmp_path / "model.json") as file:
         assert json.load(file)["chosen"] == chosen
 
