@@ -61,8 +61,9 @@ PARAGRAPHS = [
     "plan.json; the same --result_path with other flags is refused.",
     "writes, under --result_path: report.md (the evaluate.py tables, the settings, the time per step), "
     "side_by_side_<video>.mp4 (its held-out part | that part dubbed with foreign speech, with the speech), "
-    "contact_sheet.png (held-out mouths, real | generated), model.pth (the model, for inference.py: the clip "
-    "stage's netG_best.pth, or the last frame stage's where that scored better held out; model.json says which), "
+    "contact_sheet.png (held-out mouths, real | generated), model.pth (the model, for inference.py: the "
+    "generator of the clip stage's netG_best.pth, or of the last frame stage's where that scored better held out; "
+    "model.json says which), "
     "syncnet.pth, evaluation/, dubbed/, and the prepared data and checkpoints.",
 ]
 
