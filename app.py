@@ -65,6 +65,9 @@ def check_options(opt):
                         f"stay on 127.0.0.1")
     if opt.checkpoint and not os.path.isfile(opt.checkpoint):
         raise UserError(f"--checkpoint {opt.checkpoint}: no such file; check the path")
+    if opt.checkpoint and not holds(opt.checkpoint, "net_g"):
+        raise UserError(f"--checkpoint {opt.checkpoint}: holds no generator (net_g); pass a generator checkpoint, "
+                        f"e.g. netG_best.pth or train_person.py's model.pth")
     return credentials
 
 
@@ -109,8 +112,9 @@ class Jobs:
 
     def generator_choices(self):
         paths = checkpoints_in(self.opt.checkpoint_dir)
-        if self.opt.checkpoint:
-            paths = [self.opt.checkpoint] + [path for path in paths if not os.path.samefile(path, self.opt.checkpoint)]
+        if self.opt.checkpoint and os.path.isfile(self.opt.checkpoint):  # it may be deleted while the app runs
+            first = os.path.realpath(self.opt.checkpoint)  # compared by name: a file deleted meanwhile is no error
+            paths = [self.opt.checkpoint] + [path for path in paths if os.path.realpath(path) != first]
         return [(self.label(path), path) for path in paths]
 
     def syncnet_choices(self):
@@ -129,6 +133,9 @@ class Jobs:
     def generator(self, path):
         """The DubbingModel of `path`, kept while the file is unchanged (the next job with it loads nothing)."""
         from common.devices import choose_device
+        if not os.path.isfile(path):  # deleted since the page listed it
+            raise UserError(f"--pretrained_clip_DINet_path {path}: no such file (deleted since the list was made); "
+                            f"press Refresh")
         return self._generator(path, os.stat(path).st_mtime_ns, choose_device(self.opt.device))
 
     def describe(self, path):

@@ -206,3 +206,29 @@ def test_a_folder_without_generators_shows_how_to_make_one(tmp_path, checkpoint,
     (tmp_path / "run").mkdir()
     shutil.copy(checkpoint, tmp_path / "run" / "netG_best.pth")  # found in a folder below
     assert [path for _, path in jobs.generator_choices()] == [str(tmp_path / "run" / "netG_best.pth")]
+
+
+def test_a_checkpoint_deleted_while_the_app_runs_is_unlisted_and_refused(tmp_path, checkpoint, inputs,  # noqa: F811
+                                                                        monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    import gradio as gr
+
+    import app as web_app
+    from common.errors import UserError
+    (tmp_path / "notes.pth").write_text("not a checkpoint\n")  # and --checkpoint must hold a generator to start
+    with pytest.raises(UserError, match=r"--checkpoint \S+notes.pth: holds no generator \(net_g\); pass a generator"):
+        web_app.check_options(web_app.build_parser().parse_args(["--checkpoint", str(tmp_path / "notes.pth")]))
+    (tmp_path / "found").mkdir()
+    found, given = str(tmp_path / "found" / "netG_best.pth"), str(tmp_path / "given.pth")
+    shutil.copy(checkpoint, found)
+    shutil.copy(checkpoint, given)
+    opt = web_app.build_parser().parse_args(["--checkpoint", given, "--checkpoint_dir", str(tmp_path / "found")])
+    jobs = web_app.Jobs(opt, str(tmp_path))
+    assert [path for _, path in jobs.generator_choices()] == [given, found]
+    os.remove(given)
+    assert [path for _, path in jobs.generator_choices()] == [found]  # Refresh: the list without it
+    clip, audio, _, _ = inputs
+    with pytest.raises(gr.Error) as error:
+        jobs.dub(clip, audio, given, "off", "largest", "pingpong", False)
+    assert error.value.message == (f"--pretrained_clip_DINet_path {given}: no such file (deleted since the list was "
+                                   f"made); press Refresh")
