@@ -18,6 +18,7 @@ import os
 import pickletools
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -59,6 +60,11 @@ def check_options(opt):
         if not user or not password:
             raise UserError(f"--auth {opt.auth}: pass USER:PASS, both not empty")
         credentials = (user, password)
+    try:
+        socket.getaddrinfo(opt.host, opt.port)
+    except socket.gaierror as error:
+        raise UserError(f"--host {opt.host}: the name does not resolve ({error.strerror}); pass an "
+                        f"IP address (127.0.0.1, or 0.0.0.0 for every interface) or a name that resolves") from None
     if not is_loopback(opt.host) and credentials is None:
         raise UserError(f"--host {opt.host}: listening beyond this machine needs --auth USER:PASS (anyone who reaches "
                         f"the port could dub with your models and read the results); add --auth, or drop --host to "

@@ -184,6 +184,7 @@ def test_the_dub_endpoint_runs_one_job_at_a_time_and_returns_the_video(app, inpu
 @pytest.mark.parametrize("argv,message", [
     (["--host", "0.0.0.0"], "--host 0.0.0.0: listening beyond this machine needs --auth USER:PASS"),
     (["--host", "0.0.0.0", "--auth", "admin"], "--auth admin: pass USER:PASS"),
+    (["--host", "example.invalid", "--auth", "admin:secret"], "--host example.invalid: the name does not resolve ("),
 ])
 def test_listening_beyond_this_machine_needs_a_login(argv, message, monkeypatch, capsys):
     assert refusal("app.py", argv, monkeypatch, capsys).startswith(message)
