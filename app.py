@@ -189,8 +189,9 @@ class Jobs:
                     raise UserError(what)
             if not checkpoint:
                 raise UserError(NO_CHECKPOINT.format(folder=self.opt.checkpoint_dir))
+            # --face=VALUE: a value starting with '-' is the flag's, not another flag
             argv = ["--source_video_path", source, "--driving_audio_path", speech, "--res_video_dir", folder,
-                    "--pretrained_clip_DINet_path", checkpoint, "--amp", amp, "--face", face or "largest",
+                    "--pretrained_clip_DINet_path", checkpoint, "--amp", amp, f"--face={face or 'largest'}",
                     "--length", length, *(["--close_on_silence"] if close_on_silence else []),
                     *(["--device", self.opt.device] if self.opt.device else [])]
             parser = inference.build_parser()

@@ -62,7 +62,7 @@ class FaceChoice:
 
 
 def parse_face(text):
-    """argparse type of --face: `largest`, N or x,y."""
+    """argparse type of --face: `largest`, N or x,y (its error names the value; argparse adds the flag)."""
     text = text.strip()
     if text == "largest":
         return FaceChoice()
@@ -71,7 +71,7 @@ def parse_face(text):
     match = re.fullmatch(r"(\d+(?:\.\d*)?),(\d+(?:\.\d*)?)", text)
     if match:
         return FaceChoice("point", point=(float(match.group(1)), float(match.group(2))))
-    raise ValueError(f"--face {text}: use largest, N (the N-th face from the left, from 1) or x,y (pixels)")
+    raise ValueError(f"'{text}': use largest, N (the N-th face from the left, from 1) or x,y (pixels)")
 
 
 @dataclass

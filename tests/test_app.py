@@ -190,6 +190,19 @@ def test_listening_beyond_this_machine_needs_a_login(argv, message, monkeypatch,
     assert refusal("app.py", argv, monkeypatch, capsys).startswith(message)
 
 
+@pytest.mark.parametrize("face", ["0", "-h"])
+def test_a_bad_face_is_named_once(face, tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    import gradio as gr
+
+    import app as web_app
+    jobs = web_app.Jobs(web_app.build_parser().parse_args([]), str(tmp_path))
+    with pytest.raises(gr.Error) as error:  # the flags are read before the files
+        jobs.dub("clip.mp4", "speech.wav", "netG_best.pth", "off", face, "pingpong", False)
+    assert error.value.message == (f"argument --face: '{face}': use largest, N (the N-th face from the left, from 1) "
+                                   f"or x,y (pixels)")
+
+
 def test_a_folder_without_generators_shows_how_to_make_one(tmp_path, checkpoint, monkeypatch):  # noqa: F811
     """The SyncNet and the file that would run code are never offered (nor unpickled); the page says what to run."""
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))  # where gradio keeps its files from its import on

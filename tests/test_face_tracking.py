@@ -1,4 +1,7 @@
 """Whom dubbing dubs and where: face tracks across frames, the choice of face, fades at the edges of dubbed runs."""
+import argparse
+import re
+
 import numpy as np
 import pytest
 
@@ -68,8 +71,13 @@ def test_face_option_reads_largest_a_number_or_a_point(text, expected):
 
 @pytest.mark.parametrize("text", ["0", "left", "1,", "-3", "1,2,3"])
 def test_face_option_refuses_anything_else_naming_the_forms(text):
-    with pytest.raises(ValueError, match=f"--face {text}: use largest, N .* or x,y"):
-        parse_face(text)
+    import inference
+    parser = inference.build_parser()
+    parser.exit_on_error = False
+    with pytest.raises(argparse.ArgumentError) as error:  # the command line's message names --face once
+        parser.parse_args([f"--face={text}"])
+    assert re.fullmatch(f"argument --face: '{re.escape(text)}': use largest, N .* or x,y \\(pixels\\)",
+                        str(error.value))
 
 
 def test_dubbed_mouth_fades_in_and_out_beside_passed_frames_but_not_at_a_cut():
