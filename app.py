@@ -21,6 +21,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from contextlib import contextmanager
@@ -101,6 +102,21 @@ def checkpoints_in(folder, key="net_g", pattern=".pth"):
              if name.endswith(pattern) and not name.startswith(".") and (key is None or holds(os.path.join(root, name),
                                                                                                key))]
     return sorted(found, key=os.path.getmtime, reverse=True)
+
+
+def sweep(folder, age=86400, now=None):
+    """Remove the folders under `folder` unchanged for `age` seconds: the jobs' folders a day after, as Gradio's
+    delete_cache does for its own copies."""
+    now = time.time() if now is None else now
+    for entry in os.scandir(folder):
+        if entry.is_dir(follow_symlinks=False) and now - entry.stat().st_mtime > age:
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def sweep_hourly(folder):
+    while True:
+        time.sleep(3600)
+        sweep(folder)
 
 
 class Jobs:
@@ -305,6 +321,7 @@ def main():
     # SIGTERM stops the server as Ctrl-C does, and the results folder is removed
     signal.signal(signal.SIGTERM, interrupt)
     folder = tempfile.mkdtemp(prefix="dinet-app-")
+    threading.Thread(target=sweep_hourly, args=(folder,), daemon=True).start()  # a daemon: it ends with the app
     try:
         page = build_page(Jobs(opt, folder), opt)
         page.queue(default_concurrency_limit=1)

@@ -203,6 +203,18 @@ def test_a_bad_face_is_named_once(face, tmp_path, monkeypatch):
                                    f"or x,y (pixels)")
 
 
+def test_job_folders_are_deleted_a_day_after(tmp_path):
+    import app as web_app
+    (tmp_path / "old" / "sub").mkdir(parents=True)
+    (tmp_path / "new").mkdir()
+    (tmp_path / "old" / "sub" / "dubbed.mp4").write_bytes(b"video")
+    os.utime(tmp_path / "old", (time.time() - 86400 - 60,) * 2)
+    web_app.sweep(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["new"]
+    web_app.sweep(str(tmp_path), now=time.time() + 86400 + 60)
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_folder_without_generators_shows_how_to_make_one(tmp_path, checkpoint, monkeypatch):  # noqa: F811
     """The SyncNet and the file that would run code are never offered (nor unpickled); the page says what to run."""
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))  # where gradio keeps its files from its import on
