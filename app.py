@@ -253,13 +253,13 @@ def build_page(jobs, opt):
         with gr.Tab("Dub"):
             with gr.Row():
                 with gr.Column():
-                    source = gr.File(label="Face: a video or a photo", file_types=["video", "image"], type="filepath",
-                                     elem_id="source")
-                    speech = gr.File(label="Speech: an audio file, or a video's soundtrack",
+                    source = gr.File(label="Face: a video or a photo (--source_video_path)",
+                                     file_types=["video", "image"], type="filepath", elem_id="source")
+                    speech = gr.File(label="Speech: an audio file, or a video's soundtrack (--driving_audio_path)",
                                      file_types=["audio", "video"], type="filepath", elem_id="speech")
                     with gr.Row():
-                        checkpoint = gr.Dropdown(generators, value=first, label="Generator checkpoint", scale=4,
-                                                 elem_id="checkpoint")
+                        checkpoint = gr.Dropdown(generators, value=first, scale=4, elem_id="checkpoint",
+                                                 label="Generator checkpoint (--pretrained_clip_DINet_path)")
                         refresh = gr.Button("Refresh", scale=1)
                     about = gr.Markdown(jobs.describe(first), elem_id="about")
                     amp = gr.Radio(["auto", "off", "bf16"], value="auto", label="Precision (--amp)",
@@ -277,14 +277,18 @@ def build_page(jobs, opt):
         with gr.Tab("Score"):
             with gr.Row():
                 with gr.Column():
-                    videos = gr.File(label="Videos to score, with their sound", file_count="multiple",
+                    videos = gr.File(label="Videos to score, with their sound (--videos)", file_count="multiple",
                                      file_types=["video"], type="filepath")
-                    sources = gr.File(label="Their sources, in the same order (optional: PSNR, SSIM, LPIPS, lip "
-                                            "shape)", file_count="multiple", file_types=["video"], type="filepath")
-                    syncnet = gr.Dropdown(jobs.syncnet_choices(), value="", label="SyncNet trained here (LSE repo)")
+                    sources = gr.File(label="Their sources, in the same order, optional: PSNR, SSIM, LPIPS, lip "
+                                            "shape (--sources)", file_count="multiple", file_types=["video"],
+                                      type="filepath")
+                    syncnet = gr.Dropdown(jobs.syncnet_choices(), value="",
+                                          label="SyncNet trained here, LSE repo (--syncnet_path)")
                     lse_syncnet = gr.Dropdown(jobs.lse_choices(), value="",
-                                              label="syncnet_python's syncnet_v2.model (LSE syncnet_v2)")
-                    lpips_weights = gr.Radio(["pretrained", "random"], value="pretrained", label="LPIPS trunk",
+                                              label="syncnet_python's syncnet_v2.model, LSE syncnet_v2 "
+                                                    "(--lse_syncnet_path)")
+                    lpips_weights = gr.Radio(["pretrained", "random"], value="pretrained",
+                                             label="LPIPS trunk (--lpips_weights)",
                                              info="pretrained: torchvision's ImageNet VGG16, downloaded once")
                     score_button = gr.Button("Score", variant="primary")
                 with gr.Column():

@@ -226,9 +226,15 @@ def test_a_folder_without_generators_shows_how_to_make_one(tmp_path, checkpoint,
     opt = web_app.build_parser().parse_args(["--checkpoint_dir", str(tmp_path)])
     jobs = web_app.Jobs(opt, str(tmp_path))
     assert jobs.generator_choices() == []
-    about = next(block for block in web_app.build_page(jobs, opt).blocks.values()
+    page = web_app.build_page(jobs, opt)
+    about = next(block for block in page.blocks.values()
                  if getattr(block, "elem_id", None) == "about")
     assert about.value.startswith(f"no generator checkpoint under {tmp_path}; make one with `python demo.py`")
+    flags = {match for block in page.blocks.values() for match in re.findall(r"\((--\w+)\)$", getattr(block, "label",
+                                                                                                   None) or "")}
+    assert flags == {"--source_video_path", "--driving_audio_path", "--pretrained_clip_DINet_path", "--amp", "--face",
+                     "--length", "--close_on_silence", "--videos", "--sources", "--syncnet_path", "--lse_syncnet_path",
+                     "--lpips_weights"}  # every field names its flag: the errors name them
     (tmp_path / "run").mkdir()
     shutil.copy(checkpoint, tmp_path / "run" / "netG_best.pth")  # found in a folder below
     assert [path for _, path in jobs.generator_choices()] == [str(tmp_path / "run" / "netG_best.pth")]
