@@ -189,7 +189,7 @@ class Jobs:
             for path in (path for group in uploads for path in ([group] if isinstance(group, str) else group or ())):
                 message = message.replace(path, os.path.basename(path))
             log(f"refused: {message}")
-            raise gr.Error(message, print_exception=False) from None
+            raise gr.Error(message, duration=None, print_exception=False) from None  # shown until closed, not 10 s
         except BaseException as error:
             shutil.rmtree(folder, ignore_errors=True)
             log(f"failed: {type(error).__name__}: {error}")

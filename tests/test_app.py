@@ -130,6 +130,9 @@ def test_a_person_dubs_in_the_browser_and_a_bad_upload_shows_the_one_line_error(
         By.CSS_SELECTOR, ".toast-body.error [data-testid=toast-text]") if e.text])
     assert len(errors) == 1 and "\n" not in errors[0]
     assert errors[0].startswith("--source_video_path notes.mp4: not a readable video ("), errors
+    time.sleep(12)  # Gradio's toasts close after 10 s by default; this one stays until closed
+    shown = browser.find_elements(By.CSS_SELECTOR, ".toast-body.error [data-testid=toast-text]")
+    assert [e.text for e in shown] == errors
 
     browser.refresh()
     upload_and_dub(browser, clip, audio)
