@@ -16,7 +16,7 @@ import argparse
 import os
 
 from common.errors import UserError, run_command, stopped_without
-from common.files import check_writable
+from common.files import check_writable, folders_removed_on_failure
 from common.geometry import CropGeometry
 
 
@@ -45,7 +45,7 @@ def main():
         raise UserError(f"--out {out}: a folder; pass the .onnx file to write, e.g. "
                         f"{os.path.join(out, 'generator.onnx')}")
     check_writable(os.path.dirname(os.path.abspath(out)), "--out", shown=out)
-    with stopped_without(out):
+    with stopped_without(out), folders_removed_on_failure(out):
         export(opt, out)
 
 

@@ -56,14 +56,10 @@ def _failed_write(error, partial):
 @contextlib.contextmanager
 def atomic_output(path, what=None, rerun="run again"):
     """Yield the temporary path of `path` (partial_path); when the block ends it replaces `path`, when it fails it
-    is removed, with any folder made for it. Works for files and for folders. A full disk or a folder that cannot be
-    written ends in NotWritten naming `path`; `what` and `rerun` complete its message."""
+    is removed. Works for files and for folders. A full disk or a folder that cannot be written ends in NotWritten
+    naming `path`; `what` and `rerun` complete its message."""
     partial = partial_path(path)
     folder = os.path.dirname(partial)
-    made = folder  # the outermost of the folders made for `path`, removed again if the write fails
-    while not os.path.exists(os.path.dirname(made)) and os.path.dirname(made) != made:
-        made = os.path.dirname(made)
-    made = None if os.path.exists(made) else made
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as error:
@@ -77,15 +73,31 @@ def atomic_output(path, what=None, rerun="run again"):
         os.replace(partial, path)
     except BaseException as error:
         _remove(partial)
-        while made:  # the folders made for it, innermost first, each as far as it is empty
+        failed = _failed_write(error, partial)
+        if failed is not None:
+            raise not_written(path, failed.strerror, failed.errno in DISK_FULL, what, rerun) from None
+        raise
+
+
+@contextlib.contextmanager
+def folders_removed_on_failure(path):
+    """For a command that writes one file, `path`: when the block fails, remove again the folders made for it (the
+    outermost missing when the block began, and those inside it), each as far as it is empty. Not for work that
+    writes into a shared folder from several processes: another may be about to write where one removes."""
+    made = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(os.path.dirname(made)) and os.path.dirname(made) != made:
+        made = os.path.dirname(made)
+    made = None if os.path.exists(made) else made
+    try:
+        yield
+    except BaseException:
+        folder = os.path.dirname(os.path.abspath(path))
+        while made and os.path.isdir(folder):
             try:
                 os.rmdir(folder)
             except OSError:
                 break
             made, folder = (None if folder == made else made), os.path.dirname(folder)
-        failed = _failed_write(error, partial)
-        if failed is not None:
-            raise not_written(path, failed.strerror, failed.errno in DISK_FULL, what, rerun) from None
         raise
 
 

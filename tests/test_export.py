@@ -166,16 +166,17 @@ def test_a_generator_the_exporter_cannot_translate_is_refused_with_the_reason_an
 
 
 def test_an_export_into_a_folder_or_one_that_fails_leaves_no_folder_it_made(tmp_path, monkeypatch, capsys):
-    """--out naming a folder is refused before the export; a write that fails (here: a checkpoint that is no
-    generator is found only inside it) removes the folders made for it, those that were there stay."""
-    from common.files import atomic_output
+    """--out naming a folder is refused before the export; an export that fails (or is stopped) after making the
+    folders of --out removes them again, those that were there stay."""
+    from common.files import atomic_output, folders_removed_on_failure
     (tmp_path / "models").mkdir()
     message = refusal("export.py", ["--checkpoint", "missing.pth", "--out", str(tmp_path / "models")], monkeypatch,
                       capsys)
     assert message == f"--out {tmp_path / 'models'}: a folder; pass the .onnx file to write, e.g. " \
                       f"{tmp_path / 'models' / 'generator.onnx'}"
-    with pytest.raises(RuntimeError):
-        with atomic_output(str(tmp_path / "models" / "new" / "deeper" / "g.onnx")) as partial:
+    out = str(tmp_path / "models" / "new" / "deeper" / "g.onnx")
+    with pytest.raises(RuntimeError), folders_removed_on_failure(out):
+        with atomic_output(out) as partial:
             open(partial, "wb").close()
             raise RuntimeError("the exporter failed")
     assert os.listdir(tmp_path) == ["models"] and os.listdir(tmp_path / "models") == []
