@@ -41,8 +41,8 @@ MAX_JUMP = 0.25         # of the face's size: a frame whose face is further than
 FILL_GAP = 2            # missing frames between usable ones in a shot that are filled from both sides
 ZOOM_WINDOW = 540       # px of the full frame a closer look covers: the detectors shrink what they see to 128-192 px
                         # and find faces from about a ninth of it: faces from 60 px, the smallest worth dubbing
-SMALL_FACE = 1 / 8      # of the frame's longer side: faces this large are found in whole frames, so a shot whose
-                        # faces are smaller (or unseen) gets closer looks where none was found
+SMALL_FACE = 1 / 8      # of the frame's longer side: larger faces are found in whole frames, so only a shot that
+                        # misses faces in some frames and whose faces are smaller (or unseen) is looked at closer
 REASONS = {"face": "", "none": "no face found", "small": "face too small", "profile": "face in profile",
            "turned": "face on its side or upside down",
            "jump": "face unlike its neighbours", "crop": "face crop leaves the picture"}
@@ -333,7 +333,7 @@ def find_face(video, choice=FaceChoice(), timings=None, progress=False, threads=
                     found[frame] = True
     with timed("landmarks"), bar:
         _side_by_side(mesh_shot, list(chosen.values()), threads, "dub-mesh")  # shots share nothing
-        turned = [track for track in chosen.values() if not _upright(video, track, scale)]
+        turned = _turned(video, list(chosen.values()), scale)
     with timed("tracking"):
         reason = _checked(landmarks, found, shot)
         for track in turned:  # the mesh fits an upright face to it all the same: its mouth would be elsewhere
@@ -357,13 +357,19 @@ def _surroundings(box, scale, size):
             min(width, int(right + margin)))
 
 
-def _upright(video, track, scale):
-    """Whether a track's face is upright, not on its side or upside down: in most of its first, middle and last
-    frames, the detectors are surest of it as it is, unturned (face_turns)."""
-    frames = sorted({track.first, track.frames[len(track.frames) // 2], track.last})
-    turns = [turn for turn in face_turns([video.region(frame, *_surroundings(track.boxes[frame], scale, video.size))
-                                          for frame in frames]) if turn is not None]
-    return sum(turn == 0 for turn in turns) >= len(turns) / 2
+def _turned(video, tracks, scale):
+    """The tracks whose face is on its side or upside down: in most of their first, middle and last frames, the
+    detectors are surer of it turned upright than as it is (face_turns, one start of the detectors for them all)."""
+    looked = [(track, frame) for track in tracks
+              for frame in sorted({track.first, track.frames[len(track.frames) // 2], track.last})]
+    turns = face_turns([video.region(frame, *_surroundings(track.boxes[frame], scale, video.size))
+                        for track, frame in looked])
+    turned = []
+    for track in tracks:
+        seen = [turn for (owner, _), turn in zip(looked, turns) if owner is track and turn is not None]
+        if sum(turn > 0 for turn in seen) > len(seen) / 2:
+            turned.append(track)
+    return turned
 
 
 def _look_at_frames(video, scale, timed, progress, threads):
