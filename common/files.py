@@ -84,20 +84,17 @@ def folders_removed_on_failure(path):
     """For a command that writes one file, `path`: when the block fails, remove again the folders made for it (the
     outermost missing when the block began, and those inside it), each as far as it is empty. Not for work that
     writes into a shared folder from several processes: another may be about to write where one removes."""
-    made = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(os.path.dirname(made)) and os.path.dirname(made) != made:
-        made = os.path.dirname(made)
-    made = None if os.path.exists(made) else made
+    folder = os.path.dirname(os.path.abspath(path))
+    there = _nearest_existing(folder)
     try:
         yield
     except BaseException:
-        folder = os.path.dirname(os.path.abspath(path))
-        while made and os.path.isdir(folder):
+        while folder != there and os.path.isdir(folder):
             try:
                 os.rmdir(folder)
             except OSError:
                 break
-            made, folder = (None if folder == made else made), os.path.dirname(folder)
+            folder = os.path.dirname(folder)
         raise
 
 
@@ -117,13 +114,19 @@ def remove_stale_temporaries(folder):
         _remove(path)
 
 
+def _nearest_existing(path):
+    """`path` (absolute), or the nearest of the folders above it that exists."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
 def _why_not_writable(folder, error=None):
     """Why `folder` cannot be made or written, or None when it can: a file standing where a folder of its path
     should be, no write permission where it would be created, or the OS's reason (`error`, else that of making
     and removing an empty folder there)."""
-    path = os.path.abspath(folder)
-    while not os.path.exists(path) and os.path.dirname(path) != path:
-        path = os.path.dirname(path)
+    path = _nearest_existing(folder)
     if not os.path.isdir(path):
         return f"{path} is a file, not a folder"
     if not os.access(path, os.W_OK | os.X_OK):
