@@ -56,7 +56,7 @@ from evaluation.protocol import (
 from evaluation.reconstruction import InceptionFeatures, frechet_distance, psnr, ssim
 from evaluation.sync import check_length
 from media.ffmpeg import probe
-from models.checkpoint import load_checkpoint, load_syncnet
+from models.checkpoint import load_syncnet
 
 LPIPS_SIDE = 512
 CHUNK = 16
@@ -269,7 +269,7 @@ def procedural(opt, generator, device, amp):
 
     def dub_with(source, audio, output, landmarks):
         dub(source, audio, generator, output, device, landmark_csv=landmarks, amp=amp, progress=False)
-    held_out = load_checkpoint(opt.checkpoint, "--checkpoint").get("validation_split", {}).get("videos", [])
+    held_out = generator.held_out
     record = read_demo_record(opt.demo_dir)
     known = [face for face in opt.faces if face not in held_out] if set(held_out) <= set(record["videos"]) else []
     warning = (f"--faces {' '.join(known)}: the checkpoint held out {', '.join(held_out)} of a demo set like this "

@@ -78,10 +78,11 @@ REFERENCE_WINDOW = 0.025
 @dataclass
 class DubbingModel:
     """A trained generator with what dubbing needs to know of it: the crop size it was trained at and the audio
-    feature it reads."""
+    feature it reads; and the videos its training held out to validate on, which evaluation reads."""
     network: DINet
     mouth_size: int
     audio_feature: str
+    held_out: tuple = ()
 
 
 def load_generator(path, device, mouth_size=None, flag="--pretrained_clip_DINet_path"):
@@ -106,7 +107,8 @@ def load_generator(path, device, mouth_size=None, flag="--pretrained_clip_DINet_
         (name for name, width in FEATURE_WIDTHS.items() if width == config.audio_channel), None)
     network = DINet.from_config(config)
     load_network(network, checkpoint, "net_g", path, flag)
-    return DubbingModel(network.to(device).eval(), trained_size or mouth_size, feature)
+    held_out = tuple(checkpoint.get("validation_split", {}).get("videos", ()))
+    return DubbingModel(network.to(device).eval(), trained_size or mouth_size, feature, held_out)
 
 
 def load_audio_features(driving_audio_path, feature, feature_path, work_dir):
