@@ -12,6 +12,7 @@ What a stage provides beyond `step`: `create` (build it for this data and run, i
 `dataset`, and the hooks of the `Stage` base class below.
 """
 import copy
+import math
 import os
 import random
 import signal
@@ -666,8 +667,8 @@ def validate(validator, stage, checkpointer, log, epoch, iterations, global_step
 
 def stalled(opt, validator, epoch):
     """Why to stop early for want of progress on the held-out videos (--val_patience), or None."""
-    if not (validator and opt.val_patience and validator.best):
-        return None
+    if not (validator and opt.val_patience and validator.best) or math.isnan(validator.best["value"]):
+        return None  # nothing measured yet: no sign of progress to wait for
     since = (epoch - validator.best["epoch"]) // opt.val_every
     if since < opt.val_patience:
         return None

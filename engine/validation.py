@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from common.errors import UserError
 from common.geometry import AUDIO_WINDOW, CLIP_LENGTH, NUM_REFERENCES, CropGeometry, mask_mouth, paste_mask
-from config.config import VALIDATION_METRICS as METRICS
+from config.config import BEST_NAME, VALIDATION_METRICS as METRICS
 from data.clip_dataset import CLIP_FRAMES
 from data.dataset import FrameCache, to_tensor
 from data.training_json import TrainingSet, load_training_json
@@ -226,9 +226,9 @@ class Validator:
         """Whether these scores are the best so far by --val_metric (and remember them if so)."""
         metric = self.opt.val_metric
         value = scores.get(metric, math.nan)
-        # a score that could not be measured (no face found in the generated frames) is kept only until one can
-        better = self.best is None or (not math.isnan(value) and (
-            math.isnan(self.best["value"]) or (value > self.best["value"] if METRICS[metric] else value < self.best["value"])))
+        # while no score could be measured (no face found in the generated frames), the latest model stands in
+        better = self.best is None or math.isnan(self.best["value"]) or (not math.isnan(value) and (
+            value > self.best["value"] if METRICS[metric] else value < self.best["value"]))
         if better:
             self.best = {"metric": metric, "value": value, "epoch": epoch}
         return better
@@ -253,9 +253,13 @@ def format_scores(epoch, scores, best, seconds, epoch_seconds):
     shown = " ".join(f"{name}={scores[name]:.4g}" for name in (*METRICS, "sync_real") if name in scores)
     missed = f" ({scores['faces_missed']} frames without a detected face)" if scores.get("faces_missed") else ""
     share = f", {seconds / epoch_seconds:.0%} of the epoch" if epoch_seconds else ""
-    return (f"validation at epoch {epoch}: {shown}{missed}; best {best['metric']}={best['value']:.4g} at epoch "
-            f"{best['epoch']} [{seconds:.1f} s{share}]" if best else
-            f"validation at epoch {epoch}: {shown}{missed} [{seconds:.1f} s{share}]")
+    if not best:
+        kept = ""
+    elif math.isnan(best["value"]):
+        kept = f"; {best['metric']} not measured yet, so {BEST_NAME} is the latest epoch's"
+    else:
+        kept = f"; best {best['metric']}={best['value']:.4g} at epoch {best['epoch']}"
+    return f"validation at epoch {epoch}: {shown}{missed}{kept} [{seconds:.1f} s{share}]"
 
 
 def timed_run(validator, stage):

@@ -140,7 +140,7 @@ def test_the_clip_stage_validates_with_its_syncnet(clip_assets, tmp_path):
     with open(tmp_path / "metrics.jsonl") as f:
         scored = [json.loads(line) for line in f if '"val/sync"' in line]
     assert len(scored) == 1 and math.isfinite(scored[0]["val/sync"]) and math.isfinite(scored[0]["val/sync_real"])
-    assert (tmp_path / "netG_best.pth").is_file()  # nothing measurable yet: the first epoch is kept until it is
+    assert (tmp_path / "netG_best.pth").is_file()  # nothing measurable yet: the latest epoch stands in
 
 
 def test_a_syncnet_for_other_data_and_sync_without_a_syncnet_are_refused_before_training(data, clip_assets, tmp_path):
@@ -210,3 +210,20 @@ def test_a_json_split_holds_the_named_videos_and_the_rest_and_loads_beside_the_o
     other.mkdir()
     with pytest.raises(ValueError, match="beside it"):
         write_json_split(path, names[:1], trained, str(other / "x.json"))
+
+
+def test_while_no_score_can_be_measured_the_latest_model_is_kept_and_patience_waits():
+    """Validations whose metric is NaN (no face detected in any generated frame): netG_best.pth follows the latest
+    epoch, no early stop counts from them, and the first measured score takes over from there."""
+    from engine.trainer import stalled
+    from engine.validation import format_scores
+    opt = Namespace(val_metric="mouth_open_corr", val_patience=2, val_every=1)
+    validator = Validator.__new__(Validator)
+    validator.opt, validator.best = opt, None
+    kept = [validator.improved({"mouth_open_corr": math.nan}, epoch) for epoch in (1, 2, 3)]
+    assert kept == [True, True, True] and validator.best["epoch"] == 3
+    assert stalled(opt, validator, 3) is None
+    assert "not measured yet, so netG_best.pth is the latest epoch's" in format_scores(3, {}, validator.best, 1.0, 0)
+    assert validator.improved({"mouth_open_corr": 0.2}, 4) and not validator.improved({"mouth_open_corr": math.nan}, 5)
+    assert not validator.improved({"mouth_open_corr": 0.1}, 6) and validator.best["epoch"] == 4
+    assert "has not improved for 2 validations" in stalled(opt, validator, 6)
