@@ -194,6 +194,22 @@ def face_turns(frames):
     return turns
 
 
+TURNS = {1: "transpose=clock", 2: "hflip,vflip", 3: "transpose=cclock"}  # ffmpeg's quarter turns clockwise
+
+
+def not_upright(path, frames):
+    """Why the video at `path` cannot be learnt from, when the face is on its side or upside down in most of these
+    of its frames that show one (with the ffmpeg command that turns it upright); else None."""
+    faces = [turn for turn in face_turns(frames) if turn is not None]
+    turned = [turn for turn in faces if turn]  # quarter turns clockwise that set the face upright
+    if len(turned) <= len(faces) / 2:
+        return None
+    turn = max(set(turned), key=turned.count)
+    return (f"{path}: the face is {'upside down' if turn == 2 else 'on its side'} in {len(turned)} of {len(faces)} "
+            f"frames looked at, and the model learns upright faces; turn the video upright: "
+            f"ffmpeg -i {path} -vf {TURNS[turn]} -c:a copy upright.mp4")
+
+
 def count_faces(frames):
     """(T,) the number of faces found in each (H, W, 3) uint8 RGB frame (`face_detector`)."""
     with face_detector() as boxes:

@@ -53,6 +53,7 @@ VIDEO_STEPS = ("extract_video_frame", "extract_audio", "extract_audio_feature", 
 STEPS_READING_VIDEO = {"extract_video_frame", "extract_audio", "detect_landmarks"}
 MIN_CLIPS_FOR_TRAINING = NUM_REFERENCES + 1  # the frame dataset draws a source and its references' clips from one video
 DEBUG_FRAMES_PER_VIDEO = 4
+UPRIGHT_SAMPLES = 8  # frames spread over a video in which most faces must be upright
 DEBUG_MOUTH_SIZE = 256  # debug crops are shown at the finest training geometry
 
 
@@ -246,13 +247,23 @@ def _detect_landmarks(name, video_path, layout, progress):
     csv_path, source = landmark_csv(name, layout)
     if source == "openface" or _is_fresh(csv_path, video_path):
         return
-    from .landmark_detector import detect_landmarks  # mediapipe only when it is needed
+    from .landmark_detector import detect_landmarks, not_upright  # mediapipe only when it is needed
     expected = round((probe(video_path)["duration"] or 0) * FPS) or None
     frames = tqdm(read_video_frames(video_path, fps=FPS), total=expected, desc=f"{name} landmarks", unit="frame",
                   leave=False, disable=not progress)
-    landmarks, found = detect_landmarks(frames)  # (T, 68, 2), (T,)
+    every, looked_at = max(1, (expected or 10 * FPS * UPRIGHT_SAMPLES) // UPRIGHT_SAMPLES), {}
+
+    def keeping_some(frames):  # a few frames to check, later, that the face is upright
+        for index, frame in enumerate(frames):
+            if index % every == 0 and len(looked_at) < UPRIGHT_SAMPLES:
+                looked_at[index] = frame
+            yield frame
+    landmarks, found = detect_landmarks(keeping_some(frames))  # (T, 68, 2), (T,)
     if len(found) == 0:
         raise SkipVideo(f"{video_path}: no frames could be decoded; re-encode it with ffmpeg")
+    turned = not_upright(video_path, [frame for index, frame in looked_at.items() if found[index]])
+    if turned:  # the mesh fits an upright face to it all the same: crops of the wrong place
+        raise SkipVideo(turned)
     write_openface_csv(csv_path, landmarks, fps=FPS, found=found)
 
 

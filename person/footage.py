@@ -34,7 +34,6 @@ FACE_SAMPLES = 16      # frames looked at per video before any work (a seek each
 MIN_FACE_SHARE = 0.5   # of those, at least this share must show a face
 SEVERAL_SHARE = 0.25   # and fewer than this share more than one
 SAMPLE_SIDE = 640      # the sampled frames' longer side: enough for the face detector
-TURNS = {1: "transpose=clock", 2: "hflip,vflip", 3: "transpose=cclock"}  # ffmpeg's quarter turns clockwise
 
 
 @dataclass(frozen=True)
@@ -144,7 +143,7 @@ def check_video(path, flag="--videos"):
         raise UserError(f"{path}: {info['duration']:.1f} s of footage, and the recipe needs at least "
                         f"{MIN_VIDEO_SECONDS} s of each video (its last 10%, at least {MIN_PART_FRAMES / FPS:.1f} s, "
                         f"is held out; the rest is trained on); record longer")
-    from data.landmark_detector import count_faces, face_turns  # mediapipe only when videos are checked
+    from data.landmark_detector import count_faces, not_upright  # mediapipe only when videos are checked
     frames = sample_frames(path, info)
     faces = count_faces(frames)
     with_face, several = int((faces >= 1).sum()), int((faces >= 2).sum())
@@ -154,12 +153,9 @@ def check_video(path, flag="--videos"):
     if several >= SEVERAL_SHARE * FACE_SAMPLES:
         raise UserError(f"{path}: {several} of {FACE_SAMPLES} frames looked at show several faces, and the recipe "
                         f"learns one person; crop the video to yours (ffmpeg -i in.mp4 -vf crop=W:H:X:Y out.mp4)")
-    turned = [turn for turn in face_turns(frames) if turn]  # quarter turns clockwise that set the face upright
-    if len(turned) > with_face / 2:
-        turn = max(set(turned), key=turned.count)
-        raise UserError(f"{path}: the face is {'upside down' if turn == 2 else 'on its side'} in {len(turned)} of "
-                        f"{with_face} frames looked at, and the model learns upright faces; turn the video upright: "
-                        f"ffmpeg -i {path} -vf {TURNS[turn]} -c:a copy upright.mp4")
+    turned = not_upright(path, frames)
+    if turned:
+        raise UserError(turned)
     return {**info, "frames": int(info["duration"] * FPS)}
 
 
