@@ -298,6 +298,9 @@ def build_page(jobs, opt):
         def dub(source, speech, checkpoint, amp, face, length, silence, progress=gr.Progress(track_tqdm=True)):
             return jobs.dub(source, speech, checkpoint, amp, face, length, silence, progress)
 
+        def score(videos, sources, syncnet, lse_syncnet, lpips_weights, progress=gr.Progress(track_tqdm=True)):
+            return jobs.score(videos, sources, syncnet, lse_syncnet, lpips_weights)
+
         def rescan():
             choices = jobs.generator_choices()
             value = choices[0][1] if choices else None
@@ -306,7 +309,7 @@ def build_page(jobs, opt):
 
         button.click(dub, [source, speech, checkpoint, amp, face, length, silence], [video, done], api_name="dub",
                      concurrency_limit=1)
-        score_button.click(jobs.score, [videos, sources, syncnet, lse_syncnet, lpips_weights], [table, table_file],
+        score_button.click(score, [videos, sources, syncnet, lse_syncnet, lpips_weights], [table, table_file],
                            api_name="score", concurrency_limit=1)
         checkpoint.change(jobs.describe, checkpoint, about, api_visibility="private")
         refresh.click(rescan, None, [checkpoint, about, syncnet, lse_syncnet], api_visibility="private")

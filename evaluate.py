@@ -17,9 +17,10 @@ Writes D/self_reconstruction.csv and .md, and the three videos of each under D/v
         --syncnet_path S.pth [--lse_syncnet_path syncnet_v2.model] [--sources a.mp4 b.mp4] [--csv results.csv]
 
 scores videos as they are: LSE-D/C on each video's own audio track; with --sources (the source of each, in
-order: the videos taken as self-reconstructions), the sources' LSE beside them, PSNR, SSIM, LPIPS over whole
-frames (resized to at most 512 pixels a side for LPIPS), FID with --inception_weights, lmd_mouth and
-mouth_open_corr. Writes the table as CSV and as markdown beside it. Videos without a face are listed and skipped.
+order: the videos taken as self-reconstructions), the sources' LSE beside them and every score of the protocol,
+computed the same way (in the face crops of the source's frames): PSNR, SSIM, LPIPS of the mouth and of the face,
+FID with --inception_weights, lmd_mouth, mouth_open_corr and identity_cos with --identity_weights. Writes the
+table as CSV and as markdown beside it. Videos without a face are listed and skipped.
 """
 import argparse
 import csv
@@ -31,8 +32,6 @@ import sys
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from common.devices import choose_device, resolve_amp
@@ -41,7 +40,6 @@ from common.files import check_writable, write_atomically
 from common.geometry import CropGeometry
 from data.procedural_faces import read_demo_record
 from evaluation.baselines import reencode, reference_copy
-from evaluation.lip_shape import lip_shape_scores
 from evaluation.procedural import OPENINGS_PLOT, check_faces, finite_mean, procedural_truth, verdict
 from evaluation.protocol import (
     SCORE_GEOMETRY,
@@ -53,13 +51,11 @@ from evaluation.protocol import (
     sync_columns,
     timed_dub,
 )
-from evaluation.reconstruction import InceptionFeatures, frechet_distance, psnr, ssim
+from evaluation.reconstruction import InceptionFeatures, frechet_distance
 from evaluation.sync import check_length
 from media.ffmpeg import probe
 from models.checkpoint import load_syncnet
 
-LPIPS_SIDE = 512
-CHUNK = 16
 PROTOCOL, PROCEDURAL = "self_reconstruction", "procedural"
 DUBBED, REAL, REFERENCE = "dubbed", "real (re-encoded)", "reference copy"
 
@@ -121,9 +117,9 @@ def check_inputs(opt):
         if opt.checkpoint:
             raise UserError(f"--checkpoint: only --protocol {PROTOCOL} dubs videos; add that, or drop --checkpoint "
                             f"to score --videos as they are")
-        if opt.identity_weights:
-            raise UserError(f"--identity_weights: identity is scored by --protocol {PROTOCOL} (a face before and "
-                            f"after dubbing); add that, or drop --identity_weights")
+        if opt.identity_weights and not opt.sources:
+            raise UserError("--identity_weights: identity compares a face before and after dubbing; add --sources "
+                            "(the videos before), or drop --identity_weights")
         if not syncnets and not opt.sources:
             raise UserError("nothing to score: pass --syncnet_path and/or --lse_syncnet_path (lip sync), or "
                             "--sources (against the real videos)")
@@ -203,12 +199,12 @@ def load_scorers(opt, device):
     if opt.lse_syncnet_path:
         from models.lse_syncnet import load_lse_syncnet
         scorers.lse_syncnet = load_lse_syncnet(opt.lse_syncnet_path).to(device)
-    if opt.protocol and opt.identity_weights:
+    if opt.identity_weights:
         from models.face_recognition import load_face_recognition
         scorers.identity = load_face_recognition(opt.identity_weights).to(device)
     if opt.protocol or opt.sources:
         from models.lpips_loss import LPIPS
-        scorers.lpips = LPIPS(opt.lpips_weights, spatial=bool(opt.protocol)).to(device)
+        scorers.lpips = LPIPS(opt.lpips_weights, spatial=True).to(device)
         if opt.inception_weights:
             scorers.inception = InceptionFeatures(opt.inception_weights).to(device)
     return scorers
@@ -293,74 +289,36 @@ def procedural(opt, generator, device, amp):
 
 # ------------------------------------------------------------------ videos as they are
 
-def as_batch(frames, device, side=None):
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1], optionally resized so the longer side is `side`."""
-    batch = torch.from_numpy(np.array(frames)).to(device).permute(0, 3, 1, 2).float() / 255.0
-    if side and max(batch.shape[2:]) > side:
-        scale = side / max(batch.shape[2:])
-        batch = F.interpolate(batch, scale_factor=scale, mode="bilinear", antialias=True, align_corners=False)
-    return batch
-
-
-def reconstruction(video, source, scorers):
-    """PSNR, SSIM, LPIPS over whole frames of two DecodedVideos, their first frames as far as the shorter goes (a
-    dub as long as its speech may be longer or shorter than its source), and their Inception features (or [])."""
-    count = min(len(video), len(source))
-    sums = {"PSNR": 0.0, "SSIM": 0.0, "LPIPS": 0.0}
-    fake_features, real_features = [], []
-    with torch.no_grad():
-        for start in range(0, count, CHUNK):
-            stop = min(start + CHUNK, count)
-            fake, real = (as_batch(v.frames[start:stop], scorers.device) for v in (video, source))
-            sums["PSNR"] += float(psnr(fake, real).sum())
-            sums["SSIM"] += float(ssim(fake, real).sum())
-            small_fake, small_real = (as_batch(v.frames[start:stop], scorers.device, LPIPS_SIDE)
-                                      for v in (video, source))
-            sums["LPIPS"] += float(scorers.lpips(small_fake, small_real).sum())
-            if scorers.inception is not None:
-                fake_features.append(scorers.inception(fake).cpu().numpy())
-                real_features.append(scorers.inception(real).cpu().numpy())
-    return {name: total / count for name, total in sums.items()}, fake_features, real_features
-
-
 def score_as_they_are(opt, scorers):
     """Rows of the videos as given (and against --sources), the mean row, and the skipped videos with why."""
     rows, skipped, fake_features, real_features = [], [], [], []
     for index, video_path in enumerate(tqdm(opt.videos, desc="videos", unit="video")):
-        opened, path = [], video_path  # `path`: the one being opened, named if it has no face
+        path = opt.sources[index] if opt.sources else video_path  # named if it has no face
         try:
-            video = LandmarkedVideo.open(path)
-            opened.append(video)
-            row = {"video": os.path.basename(path), "frames": len(video), **sync_columns(video, scorers)}
-            if opt.sources:
-                path = opt.sources[index]
-                source = LandmarkedVideo.open(path)
-                opened.append(source)
-                row.update(sync_columns(source, scorers, prefix="source "))
-                metrics, fakes, reals = reconstruction(video.video, source.video, scorers)
-                row.update(metrics)
-                fake_features += fakes
-                real_features += reals
-                count = min(len(video), len(source))
-                row["frames compared"] = count  # a dub as long as its speech may be longer or shorter
-                if len(video) != len(source):
-                    tqdm.write(f"{video_path}: {len(video)} frames, its source {len(source)}: compared over the "
-                               f"first {count}")
-                row.update(lip_shape_scores(video.landmarks[:count], source.landmarks[:count],
-                                            video.found[:count] & source.found[:count]))
+            if opt.sources:  # the protocol's scores, against the source as the real video
+                real = RealVideo(path, scorers, own_sync="source ")
+                path = video_path
+                columns, features = score_against_real(video_path, real, scorers, need_face=True)
+                row = {"video": os.path.basename(video_path), **columns, **real.sync}
+                if features is not None:
+                    fake_features.append(features)
+                    real_features.append(real.inception[:len(features)])
+            else:
+                video = LandmarkedVideo.open(path)
+                try:
+                    row = {"video": os.path.basename(path), "frames": len(video), **sync_columns(video, scorers)}
+                finally:
+                    video.close()
             rows.append(row)
         except NoFace as why:
             skipped.append((path, str(why)))
             tqdm.write(f"skipped {path}: {why}")
-        finally:
-            for opened_video in opened:
-                opened_video.close()
     if not rows:
         raise all_skipped(skipped)
     if len(rows) > 1 or skipped:
         rows.append(mean_row(rows, skipped))
     if fake_features:
-        rows[-1]["FID"] = frechet_distance(np.concatenate(fake_features), np.concatenate(real_features))
+        rows[-1]["FID face"] = frechet_distance(np.concatenate(fake_features), np.concatenate(real_features))
     return rows, skipped
 
 
@@ -447,7 +405,7 @@ def main(argv=None):
     scorers = load_scorers(opt, device)
     notes = [f"- LSE repo: {opt.syncnet_path}" * bool(opt.syncnet_path),
              f"- LSE syncnet_v2: {opt.lse_syncnet_path}" * bool(opt.lse_syncnet_path),
-             f"- identity_cos: {opt.identity_weights}" * bool(opt.protocol and opt.identity_weights),
+             f"- identity_cos: {opt.identity_weights}" * bool(opt.identity_weights),
              f"- LPIPS: {opt.lpips_weights}" * bool(scorers.lpips is not None),
              f"- FID: {opt.inception_weights}" * bool(scorers.inception is not None)]
     if opt.protocol:

@@ -126,10 +126,12 @@ class RealVideo:
     face crops where dubbing places them (in the frames where a crop fits, `scored`: dubbing passes the others
     through), their Inception features and the face embeddings. The frames themselves are not kept."""
 
-    def __init__(self, path, scorers):
+    def __init__(self, path, scorers, own_sync=None):
+        """`own_sync`: a prefix under which to keep its own LSE columns (`sync`) too, read while it is decoded."""
         video = LandmarkedVideo.open(path, scorers.progress)
         try:
             self.path, self.landmarks, self.found = path, video.landmarks, video.found
+            self.sync = sync_columns(video, scorers, own_sync) if own_sync is not None else {}
             self.radii = crop_radii(video.landmarks, video.video.size)
             self.scored = [t for t, radius in enumerate(self.radii) if radius is not None]
             if not self.scored:
@@ -177,12 +179,15 @@ def _region_scores(fake_crops, real_crops, scorers):
     return {name: total / len(fake_crops) for name, total in sums.items()}
 
 
-def score_against_real(path, real, scorers):
+def score_against_real(path, real, scorers, need_face=False):
     """(columns, Inception features of its face crops or None) of the video at `path` made from `real` (a
-    RealVideo), its first frames against the real video's."""
-    video = LandmarkedVideo.open(path, scorers.progress, need_face=False)  # a generator's failure is a score
+    RealVideo), its first frames against the real video's (a dub as long as its speech may be longer or shorter).
+    Without `need_face`, a video with no face is scored (a generator's failure is a score), not NoFace."""
+    video = LandmarkedVideo.open(path, scorers.progress, need_face=need_face)
     try:
         count = min(len(video), len(real))
+        if len(video) != len(real):
+            tqdm.write(f"{path}: {len(video)} frames, its source {len(real)}: compared over the first {count}")
         fake_crops = real.face_crops(video.frames[:count])
         columns = {"frames": len(fake_crops)}
         columns.update(_region_scores(fake_crops, real.crops[:len(fake_crops)], scorers))

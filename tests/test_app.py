@@ -4,6 +4,7 @@ selenium) and a program (gradio_client) dub 1 s of talking_head_a.mp4 with 1.6 s
 
 The browser is Debian's chromium and chromium-driver, found on PATH; where they are missing they are installed with
 apt-get when this process may (root, apt-get present), else the browser test is skipped saying what to install."""
+import csv
 import os
 import re
 import shutil
@@ -182,6 +183,20 @@ def test_the_dub_endpoint_runs_one_job_at_a_time_and_returns_the_video(app, inpu
     with open(big, "rb") as file:  # and by the server, to any other client
         upload = requests.post(f"{url}gradio_api/upload", files={"files": file}, timeout=60)
     assert (upload.status_code, upload.text) == (413, "File size exceeded maximum allowed size of 1048576 bytes.")
+
+
+def test_the_score_endpoint_scores_a_video_against_its_source_as_the_protocol_does(app, inputs, tmp_path):
+    """A video scored against itself: the protocol's face-crop columns, perfect, in the table and its CSV."""
+    from gradio_client import Client, handle_file
+    url, _, _ = app
+    clip = inputs[0]
+    client = Client(url, verbose=False, download_files=str(tmp_path))
+    table, table_file = client.predict([handle_file(clip)], [handle_file(clip)], None, None, "random",
+                                       api_name="/score")
+    with open(table_file) as f:
+        row = next(csv.DictReader(f))
+    assert row["video"] == "clip.mp4" and int(row["frames"]) == 25 and "| PSNR mouth |" in table
+    assert float(row["PSNR face"]) > 90 and float(row["LPIPS mouth"]) < 1e-3 and float(row["mouth_open_corr"]) > 0.99
 
 
 @pytest.mark.parametrize("argv,message", [

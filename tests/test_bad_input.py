@@ -205,6 +205,8 @@ CASES = [
     ("evaluate", "--videos {silent_mp4}", "{silent_mp4}: no audio stream", "pass videos with their audio"),
     ("evaluate", "", "{grey_mp4}: no face found in any frame", "one visible, frontal face"),
     ("evaluate", "--sources {grey_mp4} {grey_mp4}", "--sources gives 2 videos for 1 --videos", "one per video"),
+    ("evaluate", "--identity_weights {tmp}/backbone.pth", "--identity_weights: identity compares a face before and "
+     "after dubbing", "add --sources"),
     ("evaluate", "--syncnet_path {tmp}/none.pth", "--syncnet_path {tmp}/none.pth: no such checkpoint file",
      "check the path"),
     ("evaluate", "--syncnet_path {lab2_64}", "--syncnet_path {lab2_64}: not a SyncNet checkpoint", "train_syncnet.py"),
