@@ -104,19 +104,20 @@ def checkpoints_in(folder, key="net_g", pattern=".pth"):
     return sorted(found, key=os.path.getmtime, reverse=True)
 
 
-def sweep(folder, age=86400, now=None):
-    """Remove the folders under `folder` unchanged for `age` seconds: the jobs' folders a day after, as Gradio's
-    delete_cache does for its own copies."""
+def sweep(folder, age=86400, now=None, running=()):
+    """Remove the folders under `folder` unchanged for `age` seconds, but those of `running` jobs: the jobs' folders
+    a day after, as Gradio's delete_cache does for its own copies."""
     now = time.time() if now is None else now
     for entry in os.scandir(folder):
-        if entry.is_dir(follow_symlinks=False) and now - entry.stat().st_mtime > age:
+        if (entry.is_dir(follow_symlinks=False) and now - entry.stat().st_mtime > age
+                and entry.path not in running):
             shutil.rmtree(entry.path, ignore_errors=True)
 
 
-def sweep_hourly(folder):
+def sweep_hourly(jobs):
     while True:
         time.sleep(3600)
-        sweep(folder)
+        sweep(jobs.folder, running=set(jobs.running))
 
 
 class Jobs:
@@ -125,7 +126,7 @@ class Jobs:
 
     def __init__(self, opt, folder):
         self.opt, self.folder = opt, folder
-        self.jobs = 0
+        self.jobs, self.running = 0, set()  # the folders of jobs under way, which the sweep leaves
 
     def label(self, path):
         """`path` as the page shows it: within --checkpoint_dir, relative to it."""
@@ -180,6 +181,7 @@ class Jobs:
         log = lambda what: print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {name}: {what}", file=sys.stderr, flush=True)
         log("started")
         folder = tempfile.mkdtemp(dir=self.folder)
+        self.running.add(folder)
         try:
             yield folder
             log(f"done in {time.perf_counter() - started:.1f} s")
@@ -194,6 +196,8 @@ class Jobs:
             shutil.rmtree(folder, ignore_errors=True)
             log(f"failed: {type(error).__name__}: {error}")
             raise
+        finally:
+            self.running.discard(folder)
 
     def dub(self, source, speech, checkpoint, amp, face, length, close_on_silence, progress=None):
         """(the dubbed video, what was dubbed), with inference.py's flags from the form."""
@@ -328,9 +332,10 @@ def main():
     # SIGTERM stops the server as Ctrl-C does, and the results folder is removed
     signal.signal(signal.SIGTERM, interrupt)
     folder = tempfile.mkdtemp(prefix="dinet-app-")
-    threading.Thread(target=sweep_hourly, args=(folder,), daemon=True).start()  # a daemon: it ends with the app
+    jobs = Jobs(opt, folder)
+    threading.Thread(target=sweep_hourly, args=(jobs,), daemon=True).start()  # a daemon: it ends with the app
     try:
-        page = build_page(Jobs(opt, folder), opt)
+        page = build_page(jobs, opt)
         page.queue(default_concurrency_limit=1)
         try:
             page.launch(server_name=opt.host, server_port=opt.port, auth=credentials, share=False,

@@ -221,7 +221,7 @@ def test_a_bad_face_is_named_once(face, tmp_path, monkeypatch):
                                    f"or x,y (pixels)")
 
 
-def test_job_folders_are_deleted_a_day_after(tmp_path):
+def test_job_folders_are_deleted_a_day_after_but_not_while_their_job_runs(tmp_path):
     import app as web_app
     (tmp_path / "old" / "sub").mkdir(parents=True)
     (tmp_path / "new").mkdir()
@@ -229,8 +229,12 @@ def test_job_folders_are_deleted_a_day_after(tmp_path):
     os.utime(tmp_path / "old", (time.time() - 86400 - 60,) * 2)
     web_app.sweep(str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == ["new"]
-    web_app.sweep(str(tmp_path), now=time.time() + 86400 + 60)
-    assert os.listdir(tmp_path) == []
+    jobs = web_app.Jobs(web_app.build_parser().parse_args([]), str(tmp_path))
+    with jobs.job("dub") as folder:  # a job under way for over a day
+        web_app.sweep(str(tmp_path), now=time.time() + 86400 + 60, running=set(jobs.running))
+        assert os.listdir(tmp_path) == [os.path.basename(folder)]
+    web_app.sweep(str(tmp_path), now=time.time() + 86400 + 60, running=set(jobs.running))
+    assert os.listdir(tmp_path) == []  # done: its folder goes with the rest
 
 
 def test_a_folder_without_generators_shows_how_to_make_one(tmp_path, checkpoint, monkeypatch):  # noqa: F811
