@@ -143,6 +143,13 @@ def check_inputs(opt):
                     check_length(int(info["duration"] * 25))
                 except ValueError as error:
                     raise UserError(f"{path}: {error}; pass longer videos to {flag}") from None
+    for video, source in zip(opt.videos or [], opt.sources or []):
+        sizes = [(probe(path)["width"], probe(path)["height"]) for path in (video, source)]
+        if sizes[0] != sizes[1]:  # the source's face crops would be cut from elsewhere in the video's frames
+            (width, height), (source_width, source_height) = sizes
+            raise UserError(f"{video}: {width}x{height}, and its source {source} {source_width}x{source_height}; the "
+                            f"scores compare their frames in the same place, so scale it to its source's size: "
+                            f"ffmpeg -i {video} -vf scale={source_width}:{source_height} scaled.mp4")
     if opt.inception_weights and not os.path.isfile(opt.inception_weights):
         raise UserError(f"--inception_weights {opt.inception_weights}: no such file; pass torchvision's Inception v3 "
                         f"state dict (.pth), or leave the flag out to skip FID")

@@ -205,6 +205,8 @@ CASES = [
     ("evaluate", "--videos {silent_mp4}", "{silent_mp4}: no audio stream", "pass videos with their audio"),
     ("evaluate", "", "{grey_mp4}: no face found in any frame", "one visible, frontal face"),
     ("evaluate", "--sources {grey_mp4} {grey_mp4}", "--sources gives 2 videos for 1 --videos", "one per video"),
+    ("evaluate", "--sources {grey_96_mp4}", "{grey_mp4}: 128x128, and its source {grey_96_mp4} 96x96",
+     "-vf scale=96:96 scaled.mp4"),
     ("evaluate", "--identity_weights {tmp}/backbone.pth", "--identity_weights: identity compares a face before and "
      "after dubbing", "add --sources"),
     ("evaluate", "--syncnet_path {tmp}/none.pth", "--syncnet_path {tmp}/none.pth: no such checkpoint file",
@@ -359,6 +361,8 @@ def assets(tmp_path_factory, tiny_json, clip_assets, checkpoint):  # noqa: F811
     a.grey_mp4, a.silent_mp4 = str(folder / "grey.mp4"), str(folder / "silent.mp4")
     ffmpeg(*grey, *tone[:3], tone[3].format(1), *h264, "-c:a", "aac", "-shortest", a.grey_mp4)
     ffmpeg(*grey, "-an", *h264, a.silent_mp4)
+    a.grey_96_mp4 = str(folder / "grey_96.mp4")  # the grey video made smaller, as some tools return a dub
+    ffmpeg("-i", a.grey_mp4, "-vf", "scale=96:96", *h264, "-c:a", "copy", a.grey_96_mp4)
     a.anamorphic_mp4 = str(folder / "anamorphic.mp4")  # each pixel shown twice as wide as high
     ffmpeg(*grey, *tone[:3], tone[3].format(1), "-vf", "setsar=2/1", *h264, "-c:a", "aac", "-shortest",
            a.anamorphic_mp4)
