@@ -87,11 +87,13 @@ def is_loopback(host):
 
 def holds(path, key):
     """Whether the torch.save file `path` has a `key` entry (e.g. a generator's "net_g"), read from its pickle's
-    opcodes without unpickling it; False for anything else."""
+    opcodes without unpickling it; False for anything else, a compressed pickle too (torch.save stores it as it is;
+    a crafted one could inflate to far more memory than the file's size)."""
     try:
         with zipfile.ZipFile(path) as archive:
-            pickled = next(name for name in archive.namelist() if name.endswith("/data.pkl"))
-            return any(argument == key for _, argument, _ in pickletools.genops(archive.read(pickled)))
+            pickled = next(info for info in archive.infolist() if info.filename.endswith("/data.pkl"))
+            return pickled.compress_type == zipfile.ZIP_STORED and any(
+                argument == key for _, argument, _ in pickletools.genops(archive.read(pickled)))
     except (OSError, zipfile.BadZipFile, StopIteration, ValueError):
         return False
 

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from common.errors import UserError
+from models.checkpoint import check_not_inflating
 
 
 def psnr(fake, real):
@@ -48,6 +49,7 @@ class InceptionFeatures(torch.nn.Module):
         if not os.path.isfile(weights_path):
             raise UserError(f"--inception_weights {weights_path}: no such file; pass torchvision's Inception v3 "
                              f"state dict (.pth), or leave the flag out to skip FID")
+        check_not_inflating(weights_path, "--inception_weights", "pass inception_v3_google-0cc3c7bd.pth")
         try:
             state = torch.load(weights_path, map_location="cpu", weights_only=True)
             network.load_state_dict(state.get("state_dict", state))

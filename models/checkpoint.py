@@ -84,6 +84,7 @@ def load_checkpoint(path, flag="--resume", expected="a netG_model_epoch_N.pth", 
     Unpickled with weights_only: tensors and plain values, never code."""
     if not os.path.isfile(path):
         raise UserError(f"{flag} {path}: no such checkpoint file; check the path")
+    check_not_inflating(path, flag, f"pass {expected}")
     with torch.serialization.safe_globals(LEGACY_RNG_GLOBALS):
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -122,6 +123,19 @@ def load_checkpoint(path, flag="--resume", expected="a netG_model_epoch_N.pth", 
             what = f"no {error}" if isinstance(error, KeyError) else f"{type(error).__name__}: {error}"
             raise UserError(f"{flag} {path}: its {needs} weights are not a {kind}'s ({what}); pass {expected}") from None
     return checkpoint
+
+
+def check_not_inflating(path, flag, fix):
+    """A RefusedCheckpoint "FLAG PATH: ...; FIX" when the torch.save file `path` holds compressed entries: torch.save
+    stores them as they are, and a crafted file's could inflate to far more memory than its size when read."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            compressed = any(info.compress_type != zipfile.ZIP_STORED for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):  # not a zip (older torch.save) or unreadable: the load says
+        return
+    if compressed:
+        raise RefusedCheckpoint(f"{flag} {path}: refusing to read it, its entries are compressed, which torch.save "
+                                f"never writes (a file crafted to inflate to far more memory than its size); {fix}")
 
 
 def code_in(path):

@@ -6,6 +6,8 @@ import torch
 
 from common.errors import UserError
 
+from .checkpoint import check_not_inflating
+
 
 def pretrained_state(weights, enum, flag, description, keyword="pretrained"):
     """The state dict for `weights` (`keyword` for torchvision's `enum`, or a path); exits naming `flag` and the fix."""
@@ -19,6 +21,7 @@ def pretrained_state(weights, enum, flag, description, keyword="pretrained"):
                              f"or {flag} random") from None
     if not os.path.isfile(weights):
         raise UserError(f"{flag} {weights}: no such file; pass {keyword}, random or a {description} .pth path")
+    check_not_inflating(weights, flag, f"pass a {description} .pth, {keyword} or random")
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as error:

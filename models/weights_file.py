@@ -7,11 +7,12 @@ import torch
 
 from common.errors import UserError, permission_denied
 
-from .checkpoint import code_in
+from .checkpoint import check_not_inflating, code_in
 
 
 def read_state_dict(path, flag, fix):
     """The state dict in the file at `path`, or UserError "FLAG PATH: why; FIX"."""
+    check_not_inflating(path, flag, fix)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

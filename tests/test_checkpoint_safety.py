@@ -6,6 +6,7 @@ import os
 import random
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -82,6 +83,51 @@ def test_checkpoint_with_code_in_it_is_refused_on_every_path(assets, tmp_path, c
     assert_one_line(result, f"{flag} {bad}: refusing to unpickle it, it is not a plain weights file",
                     "posix.system")
     assert outputs(tmp_path) == [str(bad)]  # nothing written
+
+
+def inflating(path, **saved):
+    """`saved`, torch.save'd to `path` with its zip entries compressed, which torch.save never does: zeros take a
+    few kilobytes on disk, and torch.load would inflate them back in memory, as a crafted file can to any size."""
+    torch.save(saved, path)
+    with zipfile.ZipFile(path) as archive:
+        entries = [(name, archive.read(name)) for name in archive.namelist()]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries:
+            archive.writestr(name, data)
+
+
+@pytest.mark.parametrize("command,flag,args", [
+    *EVERY_CHECKPOINT_FLAG,
+    case("frame", "--resume auto", "--resume auto"),
+    case("clip", "--pretrained_syncnet_path", "--pretrained_syncnet_path {bad}"),
+    case("evaluate", "--syncnet_path", "--syncnet_path {bad}"),
+])
+def test_checkpoint_whose_entries_inflate_is_refused_before_it_is_read_on_every_path(assets, tmp_path, command, flag,
+                                                                                     args):
+    bad = tmp_path / ("run" if flag == "--resume auto" else "downloaded") / "netG_model_epoch_5.pth"
+    bad.parent.mkdir()
+    inflating(bad, epoch=6, state_dict={"net_g": {"w": torch.zeros(1 << 22)}, "net": {"w": torch.zeros(1 << 22)}})
+    assert bad.stat().st_size < 100_000
+    result = run(command, args, {**assets, "tmp": str(tmp_path), "bad": str(bad)})
+    assert_one_line(result, f"{flag} {bad}: refusing to read it, its entries are compressed, which torch.save never "
+                            f"writes")
+    assert outputs(tmp_path) == [str(bad)]
+
+
+def test_weights_files_whose_entries_inflate_are_refused_before_they_are_read(tmp_path):
+    from app import holds
+    from evaluation.reconstruction import InceptionFeatures
+    from models.face_recognition import load_face_recognition
+    from models.lse_syncnet import load_lse_syncnet
+    from models.vgg19 import load_vgg19_features
+    bad = tmp_path / "weights.pth"
+    inflating(bad, **{"features.0.weight": torch.zeros(1 << 22)})
+    for flag, load in (("--lse_syncnet_path", load_lse_syncnet), ("--identity_weights", load_face_recognition),
+                       ("--vgg19_weights", load_vgg19_features), ("--inception_weights", InceptionFeatures)):
+        with pytest.raises(UserError, match=f"^{flag} {bad}: refusing to read it, its entries are compressed"):
+            load(str(bad))
+    inflating(bad, state_dict={"net_g": {}})
+    assert not holds(str(bad), "net_g")  # the app lists it not: reading its pickle would inflate it
 
 
 def earlier_checkpoint():
