@@ -105,9 +105,13 @@ def load_generator(path, device, mouth_size=None, flag="--pretrained_clip_DINet_
                          f"clip_training_DINet_256mouth.pth, else the size it was trained at")
     feature = checkpoint.get("audio_feature") or next(
         (name for name, width in FEATURE_WIDTHS.items() if width == config.audio_channel), None)
+    if feature is not None and FEATURE_WIDTHS.get(feature) != config.audio_channel:
+        raise UserError(f"{flag} {path}: records {feature!r} audio features, which its {config.audio_channel}-wide "
+                        f"audio input cannot read; pass a checkpoint that train_DINet_clip.py or train_DINet_frame.py "
+                        f"wrote")
     network = DINet.from_config(config)
     load_network(network, checkpoint, "net_g", path, flag)
-    held_out = tuple(checkpoint.get("validation_split", {}).get("videos", ()))
+    held_out = tuple((checkpoint.get("validation_split") or {}).get("videos", ()))
     return DubbingModel(network.to(device).eval(), trained_size or mouth_size, feature, held_out)
 
 

@@ -111,6 +111,10 @@ def load_checkpoint(path, flag="--resume", expected="a netG_model_epoch_N.pth", 
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise UserError(f"{flag} {path}: not a DINet checkpoint (no 'state_dict'); pass {expected}")
     check_integrity(checkpoint, path, flag)
+    try:
+        check_recorded(checkpoint)
+    except ValueError as error:
+        raise UserError(f"{flag} {path}: {error}; pass {expected}") from None
     if needs:
         kind, read_config = NETWORKS[needs]
         if needs not in checkpoint["state_dict"]:
@@ -123,6 +127,27 @@ def load_checkpoint(path, flag="--resume", expected="a netG_model_epoch_N.pth", 
             what = f"no {error}" if isinstance(error, KeyError) else f"{type(error).__name__}: {error}"
             raise UserError(f"{flag} {path}: its {needs} weights are not a {kind}'s ({what}); pass {expected}") from None
     return checkpoint
+
+
+# what a checkpoint records beside its weights that dubbing, training and the app read, and the type of each
+RECORDED = {"epoch": int, "iteration": int, "global_step": int, "mouth_region_size": int, "audio_feature": str,
+            "lab": str, "validation_split": dict, "validation_best": dict}
+LARGEST_MOUTH = 1024  # four times DINet's largest: a face crop of 1664 x 1280 pixels
+
+
+def check_recorded(checkpoint):
+    """A ValueError naming the first value recorded beside the weights that is not what this repository writes
+    there: a crafted file's would end in a traceback where it is read, or as a mouth size, in crops of any size."""
+    for key, kind in RECORDED.items():
+        value = checkpoint.get(key)
+        if value is not None and type(value) is not kind:
+            raise ValueError(f"its {key} ({str(value)[:40]}) is not {'an' if kind is int else 'a'} {kind.__name__}")
+    size = checkpoint.get("mouth_region_size")
+    if size is not None and not (16 <= size <= LARGEST_MOUTH and size % 8 == 0):
+        raise ValueError(f"its mouth_region_size {size} is not a multiple of 8 from 16 to {LARGEST_MOUTH}")
+    videos = (checkpoint.get("validation_split") or {}).get("videos", [])
+    if not isinstance(videos, list) or not all(isinstance(video, str) for video in videos):
+        raise ValueError("its validation_split's videos are not a list of names")
 
 
 def check_not_inflating(path, flag, fix):

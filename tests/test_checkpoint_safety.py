@@ -130,6 +130,25 @@ def test_weights_files_whose_entries_inflate_are_refused_before_they_are_read(tm
     assert not holds(str(bad), "net_g")  # the app lists it not: reading its pickle would inflate it
 
 
+@pytest.mark.parametrize("recorded,reason", [
+    ({"mouth_region_size": 1 << 20}, "its mouth_region_size 1048576 is not a multiple of 8 from 16 to 1024"),
+    ({"mouth_region_size": "64"}, r"its mouth_region_size \(64\) is not an int"),
+    ({"validation_split": "all"}, r"its validation_split \(all\) is not a dict"),
+    ({"validation_split": {"videos": 3}}, "its validation_split's videos are not a list of names"),
+    ({"audio_feature": "rot13"}, "records 'rot13' audio features, which its 80-wide audio input cannot read"),
+], ids=["mouth size of a million", "mouth size as text", "split as text", "split's videos as a number",
+        "unknown audio feature"])
+def test_what_a_checkpoint_records_beside_its_weights_is_checked_before_it_is_used(tmp_path, recorded, reason):
+    torch.manual_seed(0)
+    network = DINet(3, 15, 80)
+    config = {**network.config.to_dict(), **recorded.pop("generator_config", {})}
+    path = tmp_path / "netG_best.pth"
+    atomic_save({"epoch": 2, "state_dict": {"net_g": network.state_dict()}, "generator_config": config,
+                 "mouth_region_size": 64, "audio_feature": "mel", **recorded}, str(path))
+    with pytest.raises(UserError, match=f"^--pretrained_clip_DINet_path {path}: {reason}"):
+        load_generator(str(path), torch.device("cpu"))
+
+
 def earlier_checkpoint():
     """What this repository wrote before its checkpoints loaded as weights only: numpy's RNG state as an array
     (made here with the same seeds) and a CRC-32 of the tensors alone, the value its atomic_save wrote."""
