@@ -23,7 +23,7 @@ import torch
 from common.errors import UserError, permission_denied
 from common.files import write_atomically
 
-from .dinet import GeneratorConfig
+from .dinet import DINet, GeneratorConfig
 from .syncnet import SyncNetConfig, build_syncnet
 
 # numpy's reconstruction of uint32 arrays (earlier versions stored the RNG states so), under numpy 1's and 2's
@@ -116,11 +116,13 @@ def load_checkpoint(path, flag="--resume", expected="a netG_model_epoch_N.pth", 
     except ValueError as error:
         raise UserError(f"{flag} {path}: {error}; pass {expected}") from None
     if needs:
-        kind, read_config = NETWORKS[needs]
+        kind, read_config, build = NETWORKS[needs]
         if needs not in checkpoint["state_dict"]:
             raise UserError(f"{flag} {path}: not a {kind} checkpoint (no state_dict['{needs}']); pass {expected}")
         try:
-            read_config(checkpoint)
+            config = read_config(checkpoint)
+            with torch.device("meta"):  # allocates nothing: a configuration its weights do not fit is refused unbuilt
+                load_network(build(config), checkpoint, needs, path, flag, assign=True)
         except ValueError as error:  # a recorded configuration this version cannot build
             raise UserError(f"{flag} {path}: {error}; pass {expected}") from None
         except (KeyError, IndexError, AttributeError, TypeError) as error:
@@ -241,12 +243,13 @@ def generator_config_of(checkpoint):
     )
 
 
-def load_network(network, checkpoint, name, path, flag):
-    """Load state_dict[name] into `network` (strict), or exit naming the file and the mismatch."""
+def load_network(network, checkpoint, name, path, flag, assign=False):
+    """Load state_dict[name] into `network` (strict; `assign`: its tensors taken in, as a network on the meta device
+    needs), or exit naming the file and the mismatch."""
     if name not in checkpoint["state_dict"]:
         raise UserError(f"{flag} {path}: the checkpoint has no {name!r} weights")
     try:
-        network.load_state_dict(strip_module_prefix(checkpoint["state_dict"][name]))
+        network.load_state_dict(strip_module_prefix(checkpoint["state_dict"][name]), assign=assign)
     except RuntimeError as error:
         first = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
         raise UserError(f"{flag} {path}: its {name} does not fit this architecture ({first})") from None
@@ -272,8 +275,9 @@ def syncnet_config_of(checkpoint):
                          embedding_dim=weights["audio_encoder.audio_conv.7.conv.weight"].shape[0])
 
 
-# what load_checkpoint's `needs` names, and how its configuration is read
-NETWORKS = {"net_g": ("generator", generator_config_of), "net": ("SyncNet", syncnet_config_of)}
+# what load_checkpoint's `needs` names, how its configuration is read and the network built
+NETWORKS = {"net_g": ("generator", generator_config_of, DINet.from_config),
+            "net": ("SyncNet", syncnet_config_of, build_syncnet)}
 
 
 def load_syncnet(path, flag="--pretrained_syncnet_path"):
