@@ -129,6 +129,15 @@ def deepspeech_sources(deepspeech_dir, video_name):
             for suffix in ("_deepspeech.npy", ".npy", "_deepspeech.txt")]
 
 
+def read_array(path):
+    """The array in the .npy or text file at `path`. The .npy is mapped, not read: a header that claims more than the
+    file holds is a ValueError, not that much memory; so is anything but an array (an .npz, a pickled object)."""
+    array = np.load(path, mmap_mode="r") if path.endswith(".npy") else np.loadtxt(path, ndmin=2)
+    if not isinstance(array, np.ndarray):
+        raise ValueError(f"{type(array).__name__}, not an array")
+    return array
+
+
 def read_deepspeech(deepspeech_dir, video_name):
     """(T, 29) float32 DeepSpeech features of one video from `deepspeech_dir` (.npy or DINet's .txt)."""
     candidates = deepspeech_sources(deepspeech_dir, video_name)
@@ -138,11 +147,12 @@ def read_deepspeech(deepspeech_dir, video_name):
                          f"{os.path.basename(candidates[1])}, {os.path.basename(candidates[2])}); make them with "
                          f"DINet's utils/deep_speech.py and pass their folder as --deepspeech_dir")
     try:
-        features = np.load(path) if path.endswith(".npy") else np.loadtxt(path, ndmin=2)
-    except ValueError as error:
-        raise UserError(f"{path}: cannot read DeepSpeech features ({error}); make the file again")
+        features = read_array(path)
+    except (ValueError, EOFError) as error:
+        raise UserError(f"{path}: cannot read DeepSpeech features ({error}); make the file again") from None
     width = FEATURE_WIDTHS["deepspeech"]
-    if features.ndim != 2 or features.shape[1] != width or len(features) == 0:
+    if (features.ndim != 2 or features.shape[1] != width or len(features) == 0
+            or not np.issubdtype(features.dtype, np.number)):
         raise UserError(f"{path}: expected (T, {width}) DeepSpeech features, one row per 25 fps frame, "
                          f"got {features.shape}; make the file again")
     return features.astype(np.float32)

@@ -47,7 +47,7 @@ from common.geometry import (
     paste_mask,
     sizing_frames,
 )
-from data.audio_features import FEATURE_WIDTHS, SAMPLE_RATE, compute_audio_feature, load_wav
+from data.audio_features import FEATURE_WIDTHS, SAMPLE_RATE, compute_audio_feature, load_wav, read_array
 from data.openface_csv import read_openface_csv
 from data.prepare import FPS
 from media.convert import extract_audio
@@ -122,7 +122,7 @@ def load_audio_features(driving_audio_path, feature, feature_path, work_dir):
         if not os.path.isfile(feature_path):
             raise UserError(f"--audio_feature_path {feature_path}: no such file")
         try:
-            features = np.load(feature_path) if feature_path.endswith(".npy") else np.loadtxt(feature_path, ndmin=2)
+            features = read_array(feature_path)
         except PermissionError:
             raise permission_denied(f"--audio_feature_path {feature_path}") from None
         except (ValueError, OSError, EOFError) as error:

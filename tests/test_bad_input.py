@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 
+from common.errors import UserError
 from conftest import ROOT, write_dinet_json
 from data.openface_csv import write_openface_csv
 from models.checkpoint import atomic_save, load_checkpoint
@@ -190,6 +191,11 @@ CASES = [
     ("inference", "--audio_feature_path {features_2s}",
      "--audio_feature_path {features_2s}: 50 rows are 2.00 s at 25 per second, but {speech_wav} lasts 1.00 s",
      "pass the features of this audio"),
+    # a header claiming 10^11 rows over a few bytes (read, numpy would allocate 30 TB first), and an .npz renamed
+    ("inference", "--audio_feature_path {features_huge}", "--audio_feature_path {features_huge}: cannot read it",
+     "pass a .npy or .txt array"),
+    ("inference", "--audio_feature_path {features_npz}", "--audio_feature_path {features_npz}: cannot read it",
+     "pass a .npy or .txt array"),
     ("inference", "--audio_feature_path {features_1s}", "{grey_mp4}: no face found in any frame"),  # they pass
     ("inference", "--audio_feature_path {not_audio}", "--audio_feature_path {not_audio}: cannot read it",
      "pass a .npy or .txt array"),
@@ -351,6 +357,12 @@ def assets(tmp_path_factory, tiny_json, clip_assets, checkpoint):  # noqa: F811
     nan[7, 3] = np.nan
     np.save(a.features_nan, nan)
     np.save(a.features_2s, np.zeros((50, 80), np.float32))
+    a.features_huge, a.features_npz = str(folder / "features_huge.npy"), str(folder / "features_npz.npy")
+    with open(a.features_huge, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (10 ** 11, 80)})
+        f.write(bytes(320))
+    with open(a.features_npz, "wb") as f:
+        np.savez(f, features=np.zeros((25, 80), np.float32))
     a.features_1s = str(folder / "features_1s.txt")
     np.savetxt(a.features_1s, np.ones((26, 80)))
 
@@ -508,3 +520,19 @@ def test_a_permission_error_anywhere_in_a_command_is_its_one_line():
         run_command(refused, "/data/clip.mp4")
     with pytest.raises(PermissionError):
         run_command(refused, None)
+
+
+@pytest.mark.parametrize("content", ["huge", "npz", "empty"])
+def test_deepspeech_features_that_are_not_a_plain_array_are_one_line(tmp_path, content):
+    """DeepSpeech features come from elsewhere (--deepspeech_dir): a header claiming more rows than the file holds, an
+    .npz named .npy or an empty file is named with the fix, not read into memory or a traceback."""
+    from data.audio_features import read_deepspeech
+    path = tmp_path / "talk_deepspeech.npy"
+    with open(path, "wb") as f:
+        if content == "huge":
+            np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (10 ** 11, 29)})
+            f.write(bytes(116))
+        elif content == "npz":
+            np.savez(f, features=np.zeros((25, 29), np.float32))
+    with pytest.raises(UserError, match=f"^{path}: cannot read DeepSpeech features \\(.+\\); make the file again$"):
+        read_deepspeech(str(tmp_path), "talk")
