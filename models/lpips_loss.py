@@ -22,9 +22,10 @@ def _trunk_state(vgg16_state):
     vgg16_state = vgg16_state.get("state_dict", vgg16_state)
     renamed = {}
     for key, value in vgg16_state.items():
-        if not key.startswith("features."):
+        index = key.split(".")[1] if key.startswith("features.") else ""
+        if not index.isdigit() or int(index) >= _SLICE_ENDS[-1]:  # the classifier's, or no layer of the trunk
             continue
-        index = int(key.split(".")[1])
+        index = int(index)
         slice_number = next(k for k, end in enumerate(_SLICE_ENDS, 1) if index < end)
         renamed[f"slice{slice_number}.{key[len('features.'):]}"] = value
     return renamed

@@ -27,4 +27,9 @@ def pretrained_state(weights, enum, flag, description, keyword="pretrained"):
     except Exception as error:
         raise UserError(f"{flag} {weights}: cannot read it ({type(error).__name__}); "
                          f"pass a {description} .pth, {keyword} or random") from None
-    return state.get("state_dict", state)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not all(isinstance(key, str) and isinstance(value, torch.Tensor)
+                                              for key, value in state.items()):
+        held = "a dict holding more than named tensors" if isinstance(state, dict) else f"a {type(state).__name__}"
+        raise UserError(f"{flag} {weights}: {held}, not a state dict; pass a {description} .pth, {keyword} or random")
+    return state

@@ -25,7 +25,8 @@ def read_state_dict(path, flag, fix):
         raise permission_denied(f"{flag} {path}") from None
     except Exception as error:
         raise UserError(f"{flag} {path}: not a PyTorch file ({type(error).__name__}); {fix}") from None
-    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+    if not isinstance(state, dict) or not all(isinstance(key, str) and isinstance(value, torch.Tensor)
+                                              for key, value in state.items()):
         held = "a checkpoint holding more than weights" if isinstance(state, dict) else f"a {type(state).__name__}"
         raise UserError(f"{flag} {path}: {held}, not a plain state dict; {fix}")
     return state

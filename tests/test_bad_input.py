@@ -135,6 +135,12 @@ CASES = [
      "such file", "random"),
     ("clip", "--loss_preset latentsync --lpips_weights {tmp}/vgg16.pth",
      "--lpips_weights {tmp}/vgg16.pth: no such file", "random"),
+    ("frame", "--vgg19_weights {list_pth}", "--vgg19_weights {list_pth}: a list, not a state dict",
+     "pass a torchvision VGG19 (ImageNet) .pth, imagenet or random"),
+    ("frame", "--vgg19_weights {number_keys_pth}", "--vgg19_weights {number_keys_pth}: a dict holding more than "
+     "named tensors, not a state dict", "pass a torchvision VGG19 (ImageNet) .pth"),
+    ("clip", "--loss_preset latentsync --lpips_weights {odd_keys_pth}",
+     "--lpips_weights {odd_keys_pth}: not a torchvision VGG16 state dict"),
     # ---- train_syncnet.py
     ("syncnet", "--train_data {tmp}/none.json", "{tmp}/none.json: training JSON not found", "pass --train_data"),
     ("syncnet", "--syncnet_input_size 48", "--syncnet_input_size 48: must be a multiple of 32"),
@@ -341,6 +347,11 @@ def assets(tmp_path_factory, tiny_json, clip_assets, checkpoint):  # noqa: F811
     a.truncated_pth = str(folder / "truncated.pth")
     with open(lab2_64, "rb") as source, open(a.truncated_pth, "wb") as f:
         f.write(source.read(4096))
+    a.list_pth, a.number_keys_pth, a.odd_keys_pth = (str(folder / name) for name in
+                                                     ("list.pth", "number_keys.pth", "odd_keys.pth"))
+    torch.save([torch.zeros(3)], a.list_pth)
+    torch.save({0: torch.zeros(3)}, a.number_keys_pth)
+    torch.save({"features.x.weight": torch.zeros(3), "features.99.weight": torch.zeros(3)}, a.odd_keys_pth)
     a.text_pth = str(folder / "text.pth")
     (folder / "text.pth").write_text("not a checkpoint\n")
     a.no_state_pth = str(folder / "no_state.pth")

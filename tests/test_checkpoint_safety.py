@@ -152,6 +152,15 @@ def test_what_a_checkpoint_records_beside_its_weights_is_checked_before_it_is_us
         load_generator(str(path), torch.device("cpu"))
 
 
+def test_a_weights_file_of_tensors_under_numbers_is_not_a_state_dict(tmp_path):
+    from models.face_recognition import load_face_recognition
+    path = tmp_path / "backbone.pth"
+    torch.save({0: torch.zeros(3), "fc.weight": torch.zeros(512, 512)}, path)
+    with pytest.raises(UserError, match=f"^--identity_weights {path}: a checkpoint holding more than weights, not a "
+                                        f"plain state dict"):
+        load_face_recognition(str(path))
+
+
 def earlier_checkpoint():
     """What this repository wrote before its checkpoints loaded as weights only: numpy's RNG state as an array
     (made here with the same seeds) and a CRC-32 of the tensors alone, the value its atomic_save wrote."""
