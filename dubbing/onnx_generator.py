@@ -24,6 +24,8 @@ from torch import nn
 from common.errors import UserError
 from common.files import atomic_output
 from common.geometry import AUDIO_WINDOW, NUM_REFERENCES, CropGeometry
+from data.audio_features import FEATURE_WIDTHS
+from models.checkpoint import LARGEST_MOUTH
 from models.dinet import ReferenceState
 from models.fast.fold import fold_batch_norms
 from models.fast.split import split_first_alignment_layer
@@ -110,8 +112,8 @@ class OnnxGenerator:
     (here: the reference crops themselves, encoded inside each later call) and `generate` (whole faces, float32, on
     `device`; `first_row` is not needed: the rows above it are computed too, and pasting never reads them)."""
 
-    def __init__(self, runtime, device):
-        self.runtime, self.device = runtime, device
+    def __init__(self, runtime, device, named="--onnx"):
+        self.runtime, self.device, self.named = runtime, device, named  # named: the flag and file, for errors
 
     def encode_reference(self, reference):
         return reference.float().cpu().contiguous().numpy()
@@ -119,7 +121,11 @@ class OnnxGenerator:
     def generate(self, masked_source, audio_feature, state, first_row=0):
         feeds = dict(zip(INPUTS, (state, *(t.float().cpu().contiguous().numpy() for t in (masked_source,
                                                                                             audio_feature)))))
-        return torch.from_numpy(self.runtime.run([OUTPUT], feeds)[0]).to(self.device)
+        face = self.runtime.run([OUTPUT], feeds)[0]
+        if face.shape != feeds["masked_source"].shape:  # a graph not export.py's: it would fail later, unnamed
+            raise UserError(f"{self.named}: returned faces of shape {face.shape} for crops of shape "
+                            f"{feeds['masked_source'].shape}; pass a .onnx that export.py wrote")
+        return torch.from_numpy(face).to(self.device)
 
 
 def load_onnx_generator(path, device, flag="--onnx"):
@@ -150,8 +156,13 @@ def load_onnx_generator(path, device, flag="--onnx"):
     if names != list(INPUTS) or METADATA + "mouth_region_size" not in metadata:
         raise UserError(f"{flag} {path}: not a generator export.py wrote (inputs {', '.join(names)}, no mouth size "
                         f"in its metadata); export one with python export.py --checkpoint CHECKPOINT --out generator.onnx")
-    return DubbingModel(OnnxGenerator(runtime, device), int(metadata[METADATA + "mouth_region_size"]),
-                        metadata.get(METADATA + "audio_feature") or None)
+    size, feature = metadata[METADATA + "mouth_region_size"], metadata.get(METADATA + "audio_feature") or None
+    if not (size.isdigit() and 16 <= int(size) <= LARGEST_MOUTH and int(size) % 8 == 0) or feature not in (
+            None, *FEATURE_WIDTHS):
+        raise UserError(f"{flag} {path}: its metadata names mouth size {size[:20]!r} and audio feature "
+                        f"{str(feature)[:20]!r}, which export.py never writes; export one with python export.py "
+                        f"--checkpoint CHECKPOINT --out generator.onnx")
+    return DubbingModel(OnnxGenerator(runtime, device, f"{flag} {path}"), int(size), feature)
 
 
 def _require(module, flag="export.py"):

@@ -180,3 +180,35 @@ def test_an_export_into_a_folder_or_one_that_fails_leaves_no_folder_it_made(tmp_
             open(partial, "wb").close()
             raise RuntimeError("the exporter failed")
     assert os.listdir(tmp_path) == ["models"] and os.listdir(tmp_path / "models") == []
+
+
+def onnx_graph(path, metadata, output_from="masked_source"):
+    """An ONNX model with export.py's inputs whose `face` is one of them unchanged, and `metadata` under dinet.*."""
+    import onnx
+    from onnx import TensorProto, helper
+    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in INPUTS]
+    graph = helper.make_graph([helper.make_node("Identity", [output_from], ["face"])], "g", inputs,
+                              [helper.make_tensor_value_info("face", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    helper.set_model_props(model, {f"dinet.{key}": value for key, value in metadata.items()})
+    onnx.save(model, str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("size,feature", [("big", "mel"), ("60", "mel"), ("1048576", "mel"), ("64", "rot13")])
+def test_an_onnx_model_whose_metadata_export_py_never_writes_is_refused_when_it_loads(tmp_path, size, feature):
+    from dubbing.onnx_generator import load_onnx_generator
+    path = onnx_graph(tmp_path / "generator.onnx", {"mouth_region_size": size, "audio_feature": feature})
+    with pytest.raises(UserError, match=f"^--onnx {path}: its metadata names mouth size '{size}' and audio feature "
+                                        f"'{feature}', which export.py never writes"):
+        load_onnx_generator(path, torch.device("cpu"))
+
+
+def test_an_onnx_model_returning_faces_of_another_shape_is_named_when_it_runs(tmp_path):
+    from dubbing.onnx_generator import load_onnx_generator
+    path = onnx_graph(tmp_path / "generator.onnx", {"mouth_region_size": "64", "audio_feature": "mel"}, "audio")
+    model = load_onnx_generator(path, torch.device("cpu"))
+    reference, masked_source, audio = sample_inputs(CropGeometry(64), 80, batch=2, seed=0)
+    with pytest.raises(UserError, match=rf"^--onnx {path}: returned faces of shape \(2, 80, 5\) for crops of shape "
+                                        rf"\(2, 3, 104, 80\); pass a .onnx that export.py wrote"):
+        model.network.generate(masked_source, audio, model.network.encode_reference(reference))
