@@ -118,7 +118,7 @@ def read_training_json(path, clip_length=CLIP_LENGTH, check_files=True, flag="--
             raw = json.load(f)
     except PermissionError:
         return None, [str(permission_denied(path))]
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:  # RecursionError: arrays nested thousands deep
         return None, [f"{path}: not valid JSON ({error}); {MAKE}"]
     if not isinstance(raw, dict) or not raw:
         return None, [f"{path}: not DINet's layout ({{video_name: {{\"clip_data_list\": [...]}}}}) or empty; {MAKE}"]

@@ -61,6 +61,8 @@ CASES = [
     ("frame", "--train_data {no_clips_json}", "{no_clips_json}: video0: no clip_data_list",
      "python data_processing.py"),
     ("frame", "--train_data {not_json}", "{not_json}: not valid JSON", "python data_processing.py"),
+    ("frame", "--train_data {nested_json}", "{nested_json}: not valid JSON (maximum recursion depth exceeded",
+     "python data_processing.py"),
     ("frame", "--train_data {clips_not_dicts_json}",
      "{clips_not_dicts_json}: video0 clip 0: no frame_path_list or deep_speech_list",
      "python data_processing.py"),
@@ -308,6 +310,8 @@ def assets(tmp_path_factory, tiny_json, clip_assets, checkpoint):  # noqa: F811
     (folder / "no_clips.json").write_text(json.dumps({"video0": {"video_clip_num": 3}}))
     (folder / "clips_not_dicts.json").write_text(json.dumps({"video0": {"clip_data_list": [["a.jpg"] * 9]}}))
     (folder / "not.json").write_text("{this is not JSON")
+    a.nested_json = str(folder / "nested.json")  # valid JSON, nested deeper than Python's parser recurses
+    (folder / "nested.json").write_text('{"video0": ' + "[" * 100_000 + "]" * 100_000 + "}")
     a.missing_frame_json = write_dinet_json(str(folder / "missing_frame"), videos=2, clips=6)
     with open(a.missing_frame_json) as f:
         os.remove(json.load(f)["video1"]["clip_data_list"][2]["frame_path_list"][4])
