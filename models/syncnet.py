@@ -37,6 +37,7 @@ from common.geometry import MOUTH_FRAMES
 
 ARCHITECTURES = ("dinet", "embedding")
 FACE_STRIDE = 32    # the face encoder halves the resolution five times
+LARGEST_INPUT = 1024  # mouths are resized to input_size: a bound on what a checkpoint can ask of memory
 DEFAULT_INPUT_SIZE = 64  # train_syncnet.py reads larger mouths at this size: lip motion shows, a CPU keeps up
 
 
@@ -60,9 +61,13 @@ class SyncNetConfig:
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"--syncnet_arch {self.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
-        if self.input_size is not None and (self.input_size < FACE_STRIDE or self.input_size % FACE_STRIDE):
-            raise ValueError(f"--syncnet_input_size {self.input_size}: must be a multiple of {FACE_STRIDE} "
-                             f"(the face encoder halves it five times)")
+        if self.input_size is not None and (type(self.input_size) is not int or not FACE_STRIDE <= self.input_size
+                                            <= LARGEST_INPUT or self.input_size % FACE_STRIDE):
+            raise ValueError(f"--syncnet_input_size {str(self.input_size)[:20]}: must be a multiple of {FACE_STRIDE} "
+                             f"(the face encoder halves it five times) up to {LARGEST_INPUT}")
+        if self.mouth_region_size is not None and (type(self.mouth_region_size) is not int
+                                                   or not 0 < self.mouth_region_size <= LARGEST_INPUT):
+            raise ValueError(f"mouth_region_size {str(self.mouth_region_size)[:20]}: not a mouth size")
 
     def to_dict(self):
         return asdict(self)

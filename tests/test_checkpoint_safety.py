@@ -286,3 +286,17 @@ def test_a_checkpoint_gets_the_mode_of_any_new_file_under_the_umask(tmp_path, um
         os.umask(previous)
     mode = os.stat(tmp_path / "netG_model_epoch_1.pth").st_mode & 0o777
     assert mode == 0o666 & ~umask == os.stat(tmp_path / "log.txt").st_mode & 0o777
+
+
+@pytest.mark.parametrize("recorded", [{"input_size": 1 << 20}, {"input_size": "256"}, {"mouth_region_size": -64}])
+def test_a_syncnet_checkpoint_asking_for_mouths_of_any_size_is_refused(tmp_path, recorded):
+    """Mouths are resized to the SyncNet's recorded input size: a crafted one would ask for any amount of memory."""
+    from models.checkpoint import load_syncnet
+    from models.syncnet import SyncNetConfig, build_syncnet
+    config = SyncNetConfig(arch="embedding", audio_channel=80, audio_feature="mel", mouth_region_size=64,
+                           input_size=64)
+    path = tmp_path / "syncnet.pth"
+    atomic_save({"state_dict": {"net": build_syncnet(config).state_dict()},
+                 "syncnet_config": {**config.to_dict(), **recorded}}, str(path))
+    with pytest.raises(UserError, match=f"^--syncnet_path {path}: .*(must be a multiple of 32|not a mouth size)"):
+        load_syncnet(str(path), "--syncnet_path")
