@@ -3,6 +3,7 @@ flags that compose, checkpoints that know their lab, and compare_labs.py."""
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ from config.config import training_parser
 from config.labs import LAB_PRESETS, generator_config
 from conftest import ROOT
 from data.procedural_faces import make_demo_data
-from engine.compare import generator_gflops, lab_config, parameter_count, run_comparison
+from engine.compare import cost_table, generator_gflops, lab_config, parameter_count, run_comparison
 from engine.trainer import FrameStage, requested_generator_config, train
 from models import DINet, GeneratorConfig
 from models.adain import AdaIN
@@ -364,6 +365,16 @@ def test_compare_labs_table_only_prints_parameters_and_gflops_without_training()
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| lab1 | DINet | deepspeech 29-d | 19.19 | 22.4 | 89.7 | 358.7 |" in result.stdout
     assert "| lab7 | param_fusion=fusion_transformer; audio_feature=mel | mel 80-d |" in result.stdout
+
+
+def test_the_readmes_lab_table_lists_every_preset_with_its_cost():
+    """README's lab table is where a lab is looked up: a preset added without its row, or a row whose parameters or
+    GFLOPs the preset no longer has, turns this red (the row's figures: compare_labs.py --table_only)."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        rows = re.findall(r"^\| (lab\d+) \| [^|]+ \| ([\d.]+) M \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", f.read(),
+                          flags=re.MULTILINE)
+    assert rows == [(row["lab"], row["parameters (M)"], row["GFLOPs @64"], row["GFLOPs @128"], row["GFLOPs @256"])
+                    for row in cost_table(list(LAB_PRESETS))]
 
 
 def test_compare_labs_rejects_flags_it_sets_per_lab(tiny_json, tmp_path):
