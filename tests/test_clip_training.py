@@ -8,7 +8,7 @@ import torch
 
 from common.errors import UserError
 from common.geometry import CropGeometry
-from config.config import clip_training_parser
+from config.config import LOSS_PRESETS, clip_training_parser, training_parser
 from config.labs import generator_config
 from conftest import ROOT, write_dinet_json
 from data.clip_dataset import ClipDataset
@@ -72,6 +72,13 @@ def test_latentsync_preset_sets_its_weights_and_an_explicit_weight_wins():
     opt = clip_training_parser("test", "unused").parse_args(["--loss_preset", "latentsync", "--lamb_trepa", "2"])
     assert (opt.lamb_l1, opt.lamb_syncnet_perception, opt.lamb_lpips, opt.lamb_trepa, opt.lamb_perception) == (
         1, 0.05, 0.1, 2, 0)
+
+
+def test_every_loss_preset_sets_every_loss_weight_of_both_stages():
+    """A weight flag (--lamb_*) that a preset leaves out stays None after parsing: its loss is silently off."""
+    parsers = (training_parser("frame", "unused"), clip_training_parser("clip", "unused"))
+    weights = {action.dest for parser in parsers for action in parser._actions if action.dest.startswith("lamb_")}
+    assert {name: set(preset) for name, preset in LOSS_PRESETS.items()} == dict.fromkeys(LOSS_PRESETS, weights)
 
 
 def test_clip_line_is_dinets_format():
