@@ -17,6 +17,7 @@ NUM_REFERENCES = 5  # reference frames the generator sees beside the masked sour
 CLIP_LENGTH = 9     # frames per training clip, as DINet cuts them
 MOUTH_FRAMES = 5    # consecutive mouths a SyncNet (and the clip stage) judges at once
 AUDIO_FRAMES = 9    # audio vectors a SyncNet hears with them: the mouths' frames and 2 more on each side
+# The clip stage needs CLIP_LENGTH == AUDIO_FRAMES == MOUTH_FRAMES + AUDIO_WINDOW - 1 (its clip is one SyncNet window)
 # Frames (about 2 s at 25 fps) whose landmarks size a crop. The chin drops as the mouth opens, so a radius taken
 # over a clip's few frames (DINet's) makes the face smaller in the crop the wider the clip's mouth opens: a cue
 # to the opening that dubbing with other speech contradicts. Over 2 s of speech the widest opening is nearly

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from common.errors import UserError
-from common.geometry import CropGeometry
+from common.geometry import AUDIO_FRAMES, CLIP_LENGTH, MOUTH_FRAMES, CropGeometry
 from config.config import LOSS_PRESETS, clip_training_parser, training_parser
 from config.labs import generator_config
 from conftest import ROOT, write_dinet_json
-from data.clip_dataset import ClipDataset
+from data.clip_dataset import CLIP_FRAMES, ClipDataset
 from data.training_json import load_training_json
 from engine import distributed
 from engine.clip_stage import ClipStage
@@ -87,6 +87,13 @@ def test_clip_line_is_dinets_format():
     assert line == ("===> Epoch[3](1/9):  Loss_DI: 0.2500 Loss_GI: 0.3000 Loss_DV: 0.2400 Loss_GV: 0.3100 "
                     "Loss_perception: 5.1000 Loss_sync: 0.0700 lr_g = 0.0001000 ")
     assert CLIP_LINE.match(line)
+
+
+def test_the_frames_a_clip_generates_are_the_window_its_syncnet_judges():
+    """The clip stage generates the frames of a clip whose audio window lies inside it and hands all of them, with all
+    the clip's audio vectors, to a SyncNet trained on MOUTH_FRAMES mouths and AUDIO_FRAMES vectors: a window constant
+    of common/geometry.py changed alone (AUDIO_WINDOW, say) fails here, not as a channel mismatch in the SyncNet."""
+    assert len(CLIP_FRAMES) == MOUTH_FRAMES and CLIP_LENGTH == AUDIO_FRAMES
 
 
 def test_clip_items_are_five_consecutive_frames_with_their_audio_and_references_from_other_clips(clip_assets):
