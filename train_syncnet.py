@@ -4,10 +4,10 @@ One device:
     python train_syncnet.py --train_data ./asserts/training_data/training_json.json --mouth_region_size 256 \
         --result_path ./asserts/training_model_weight/syncnet_training_256
 writes ./asserts/syncnet_256mouth.pth (where the clip stage's command looks; --syncnet_path to change it) and
-ends with `held-out accuracy: A`. Wav2Lip / LatentSync style instead of DINet's score map:
-    python train_syncnet.py ... --syncnet_arch embedding
-On a CPU, read the 256 x 256 mouths at 64 x 64 (the SyncNet records it; the clip stage resizes the same way):
-    python train_syncnet.py ... --syncnet_input_size 64 --batch_size 16
+ends with `held-out accuracy: A`. The defaults are the recipe measured to learn from a few videos on a CPU: the
+Wav2Lip / LatentSync style embedding SyncNet, the m x m mouths read at 64 x 64 (the SyncNet records it; the clip
+stage resizes the same way), batches of 16. DINet's own layout, which loads the published syncnet_256mouth.pth:
+    python train_syncnet.py ... --syncnet_arch dinet --syncnet_input_size 256 --syncnet_centre_window off
 Many GPUs (per-GPU batch size):
     torchrun --nproc_per_node=8 train_syncnet.py --mouth_region_size 256 --batch_size 32 ...
 Continue an interrupted run:
