@@ -1,6 +1,6 @@
 """Speed, measured: training and dubbing throughput per stage and precision, with FLOPs and FLOP/s.
 
-    python bench.py                         # every task on the default device, fp32 and bf16
+    python bench.py                         # every task but generator: fp32, and bf16 where native
     python bench.py --tasks generator --device cuda --precision bf16 --peak_tflops bf16=989
     python bench.py --json bench.json       # also the rows as a JSON list
 
@@ -10,6 +10,9 @@ Tasks:
                encoded once); batch 1 on a CPU, --generator_batch on a GPU
   train_frame  one frame-stage iteration (G, D, VGG19 perception; synthetic batch, so the data loader is not
                counted) at the lab's batch sizes: 64/bs24, 128/bs12, 256/bs4
+  train_clip   one clip-stage iteration (synthetic batch) at the lab's 256/bs3
+  baseline     DINet's published training iteration (benchmark/published/) at the rows of train_frame and
+               train_clip, fp32 only: what their speed-ups are over
   inference    the whole dubbing pipeline (decode, crops, features, generator, blend, encode; landmarks given)
                on a --video WxH video (default 1080x1920, the published figure's: the sample clip of
                ../shared/data when present, else the demo face placed on such a frame), frames per second,
