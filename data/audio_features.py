@@ -8,6 +8,9 @@ the audio under video frame t, as DINet's DeepSpeech features do.
 - deepspeech: DINet's 29-d DeepSpeech logits; they need TensorFlow and a 2017 graph, so they are made
   outside this repository and read here (`read_deepspeech`): `.npy`, or the `_deepspeech.txt` files
   DINet's data_processing.py writes with np.savetxt.
+A feature is known everywhere by its name alone: after changing MEL or the mfcc steps here, delete the prepared
+split_video_25fps_<feature> folders (data preparation keeps features newer than their wav) and train anew (a
+checkpoint records the name, so an older one would be driven by the new features without a word).
 """
 import math
 import os
