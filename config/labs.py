@@ -12,6 +12,7 @@ from common.errors import UserError
 from data.audio_features import FEATURE_WIDTHS
 from models.dinet import CHOICES, GeneratorConfig
 
+# A new lab also needs its row in README's lab table (figures: python compare_labs.py --table_only; tests/test_labs.py)
 LAB_PRESETS = {
     "lab1": dict(),                                   # DINet as published; 5.17, ~2.1 after 250 epochs
     "lab2": dict(extra_same_block=True),              # one more SameBlock in both image encoders; 4.91, kept
