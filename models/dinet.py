@@ -36,19 +36,20 @@ from .audio_encoders import AltConv1dAudioEncoder, AudioAttentionEncoder, conv1d
 from .blocks import DownBlock, ResBlock, SameBlock, UpBlock2d, decode_rows
 from .fusion import HybridTokenFusion, TokenFusionTransformer
 
-# Values each architectural choice can take; the first is DINet's.
-CHOICES = {
-    "alignment": ("concat", "mha"),
-    "param_fusion": ("concat", "fusion_transformer", "hybrid_transformer", "hybrid_and_concat"),
-    "audio_encoder": ("conv1d", "conv1d_alt", "audio_attention"),
-    "warp": ("adaat", "adain"),
-}
-
 # The attribute each choice's module lives under (DINet's names for DINet's modules).
 AUDIO_ENCODERS = {"conv1d": ("audio_encoder", conv1d_audio_encoder),
                   "conv1d_alt": ("audio_encoder_alt", AltConv1dAudioEncoder),
                   "audio_attention": ("audio_attention", AudioAttentionEncoder)}
 WARPS = {"adaat": ("adaAT", AdaAT), "adain": ("adaIN", AdaIN)}
+
+# Values each architectural choice can take, the first DINet's: the flags' choices. A new value also goes in
+# README's table of ingredients and the docstring above.
+CHOICES = {
+    "alignment": ("concat", "mha"),
+    "param_fusion": ("concat", "fusion_transformer", "hybrid_transformer", "hybrid_and_concat"),
+    "audio_encoder": tuple(AUDIO_ENCODERS),
+    "warp": tuple(WARPS),
+}
 HYBRID_FUSIONS = ("hybrid_transformer", "hybrid_and_concat")
 
 
