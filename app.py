@@ -72,6 +72,9 @@ def check_options(opt):
                         f"stay on 127.0.0.1")
     if opt.checkpoint and not os.path.isfile(opt.checkpoint):
         raise UserError(f"--checkpoint {opt.checkpoint}: no such file; check the path")
+    if opt.checkpoint:
+        from models.checkpoint import check_not_inflating
+        check_not_inflating(opt.checkpoint, "--checkpoint", "pass a generator checkpoint this repository wrote")
     if opt.checkpoint and not holds(opt.checkpoint, "net_g"):
         raise UserError(f"--checkpoint {opt.checkpoint}: holds no generator (net_g); pass a generator checkpoint, "
                         f"e.g. netG_best.pth or train_person.py's model.pth")

@@ -115,7 +115,7 @@ def test_checkpoint_whose_entries_inflate_is_refused_before_it_is_read_on_every_
 
 
 def test_weights_files_whose_entries_inflate_are_refused_before_they_are_read(tmp_path):
-    from app import holds
+    from app import build_parser, check_options, holds
     from evaluation.reconstruction import InceptionFeatures
     from models.face_recognition import load_face_recognition
     from models.lse_syncnet import load_lse_syncnet
@@ -128,6 +128,8 @@ def test_weights_files_whose_entries_inflate_are_refused_before_they_are_read(tm
             load(str(bad))
     inflating(bad, state_dict={"net_g": {}})
     assert not holds(str(bad), "net_g")  # the app lists it not: reading its pickle would inflate it
+    with pytest.raises(UserError, match=f"^--checkpoint {bad}: refusing to read it, its entries are compressed"):
+        check_options(build_parser().parse_args(["--checkpoint", str(bad)]))  # nor starts with it
 
 
 @pytest.mark.parametrize("recorded,reason", [
