@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from common.devices import usable_cores
 from common.errors import UserError, permission_denied
+from common.files import NotWritten
 from common.geometry import (
     AUDIO_WINDOW,
     NUM_REFERENCES,
@@ -51,7 +52,7 @@ from data.audio_features import FEATURE_WIDTHS, SAMPLE_RATE, compute_audio_featu
 from data.openface_csv import read_openface_csv
 from data.prepare import FPS
 from media.convert import extract_audio
-from media.decoder import DecodedVideo, scratch_folder
+from media.decoder import MAKE_ROOM, DecodedVideo, scratch_folder
 from media.encoder import DEFAULT_PRESET, VideoEncoder
 from media.ffmpeg import no_cuda_decoder, probe
 from media.yuv import rgb_region
@@ -150,7 +151,11 @@ def driving_wav(driving_audio_path, work_dir):
     """The driving audio as 16 kHz mono wav in work_dir, extracted on first use."""
     path = os.path.join(work_dir, "driving.wav")
     if not os.path.isfile(path):
-        extract_audio(driving_audio_path, path)
+        try:
+            extract_audio(driving_audio_path, path)
+        except NotWritten:  # work_dir is in the temporary folder, the user's to choose
+            raise UserError(f"{driving_audio_path}: its audio could not be written as wav to the temporary folder "
+                            f"{os.path.dirname(work_dir)}, which is full; {MAKE_ROOM}") from None
     return path
 
 

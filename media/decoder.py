@@ -33,6 +33,8 @@ from .yuv import frame_bytes, planes, rgb_frame, rgb_region, source_colour
 
 SHARED_MEMORY = "/dev/shm"
 POLL_SECONDS = 0.002  # how often the decoder thread looks at how far ffmpeg has written (a frame at 500 frames/s)
+# the fix for scratch that does not fit, in every message that says so
+MAKE_ROOM = "free space there or point TMPDIR at a folder with room (TMPDIR=/big/folder python inference.py ...)"
 _SCRATCH_NAME = re.compile(r"dub-[a-z]+-(\d+)-[a-z0-9_]{8}")  # mkdtemp adds 8 of these
 
 
@@ -93,8 +95,7 @@ def _frame_folder(size, video_path):
     if size > free:
         raise UserError(f"{video_path}: its decoded frames need {_megabytes(size)} of scratch space while dubbing, "
                          f"but the temporary folder {folder} has {_megabytes(free)} free (and {SHARED_MEMORY} too "
-                         f"little); free space there or point TMPDIR at a folder with room (TMPDIR=/big/folder "
-                         f"python inference.py ...)")
+                         f"little); {MAKE_ROOM}")
     return folder
 
 
@@ -221,8 +222,7 @@ class DecodedVideo:
             if _free_bytes(self._folder.name) < self._frame_bytes or ffmpeg.filled_disk():
                 raise UserError(
                     f"{self.path}: the decoded frames filled {self._folder.name} "
-                    f"({_megabytes(self._decoded * self._frame_bytes)} so far); free space there or point "
-                    f"TMPDIR at a folder with room (TMPDIR=/big/folder python inference.py ...)")
+                    f"({_megabytes(self._decoded * self._frame_bytes)} so far); {MAKE_ROOM}")
             if self.decoder == "cuda" and self._decoded == 0:
                 messages = [re.sub(r"^(\[[^]]*\] )+", "", line) for line in ffmpeg.messages()] or ["no message"]
                 self.hardware_failure = next((line for line in messages if re.search("cuda|cuvid", line, re.I)),

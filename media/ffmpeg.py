@@ -16,10 +16,11 @@ import tempfile
 import imageio_ffmpeg
 
 from common.errors import UserError, permission_denied
-from common.files import not_written
+from common.files import DISK_FULL, not_written
 
 PIPE_BYTES = 1 << 20  # Linux's default pipe-max-size for unprivileged processes
 FULL_DISK_MESSAGES = ("No space left", "File too large", "quota exceeded")
+FULL_DISK_STATUSES = {256 - code: code for code in DISK_FULL}  # ffmpeg exits with AVERROR(errno), -errno, mod 256
 
 
 def widen_pipe(pipe):
@@ -96,8 +97,8 @@ class FFmpeg:
         naming the output (the earlier one is intact: outputs are written under another name), else ffmpeg's last
         message, or `reason`."""
         returncode, messages = self.process.returncode, self.messages()
-        last = messages[-1] if messages else os.strerror(errno.EFBIG) if self._killed_by_limit() else (
-            reason or f"exit code {returncode}")
+        code = self._full_disk_errno()
+        last = messages[-1] if messages else os.strerror(code) if code else reason or f"exit code {returncode}"
         if self.output is None:
             return UserError(f"{self.path}: ffmpeg could not decode it ({last}); re-encode it with ffmpeg")
         if self.filled_disk():
@@ -107,13 +108,17 @@ class FFmpeg:
             return not_written(self.output, last, full_disk=False)
         return UserError(f"{self.path}: ffmpeg failed ({last})")
 
-    def _killed_by_limit(self):
+    def _full_disk_errno(self):
+        """The errno of the full disk (or file-size limit) the ended ffmpeg's exit status tells, else None: its
+        messages go to the temporary folder, which may be the full one."""
         # SIGXFSZ: killed for writing past the file-size limit, which is what a full disk looks like under one
-        return self.process.returncode == -signal.SIGXFSZ
+        return errno.EFBIG if self.process.returncode == -signal.SIGXFSZ else FULL_DISK_STATUSES.get(
+            self.process.returncode)
 
     def filled_disk(self):
         """Whether the ended ffmpeg stopped for a full disk (or a file-size limit), as its messages or its end say."""
-        return self._killed_by_limit() or any(text in line for line in self.messages() for text in FULL_DISK_MESSAGES)
+        return bool(self._full_disk_errno()) or any(text in line for line in self.messages()
+                                                    for text in FULL_DISK_MESSAGES)
 
     def finish(self):
         """Wait for ffmpeg to end; raise its failure unless it succeeded."""

@@ -179,3 +179,20 @@ def test_scratch_that_cannot_fit_stops_the_run_before_any_work_naming_the_folder
     assert f"the temporary folder {tmp} has 1 MB free" in lines[-2] and "TMPDIR" in lines[-2]
     assert lines[-1] == "left:"  # nothing in /dev/shm or the temporary folder
     assert "dubbing:" not in result.stderr and not (tmp_path / "out").exists()  # stopped before dubbing began
+
+
+def test_a_temporary_folder_too_full_for_the_speech_stops_the_run_naming_it_and_tmpdir(media, checkpoint, tmp_path):
+    """The temporary folder is a 1 MB file system of its own with 32 KB left: too little for the 2 s of speech as wav
+    (64 KB), which dubbing writes there. ffmpeg's messages go to the same full folder, so its exit status tells."""
+    if subprocess.run(["unshare", "-Urm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs unshare -Urm (user namespaces) to mount a small file system")
+    tmp = tmp_path / "tmp"
+    script = ("mount -t tmpfs -o size=1m tmpfs \"$TMPDIR\" && head -c 1015808 /dev/zero > \"$TMPDIR/filler\" && "
+              "\"$@\"; status=$?; echo left: $(ls -A \"$TMPDIR\") >&2; exit $status")
+    result = run(["unshare", "-Urm", "sh", "-c", script, "sh",
+                  *command(media, checkpoint, media / "yuv.mp4", tmp_path / "out", media / "rgb.csv")], tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert lines[-2].startswith(f"{media / 'speech.wav'}: ") and "exit code" not in lines[-2], lines
+    assert f"the temporary folder {tmp}, which is full" in lines[-2] and "TMPDIR" in lines[-2]
+    assert lines[-1] == "left: filler" and not (tmp_path / "out").exists()
