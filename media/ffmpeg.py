@@ -1,10 +1,12 @@
 """The one way this repository runs ffmpeg (the binary imageio-ffmpeg ships, so nothing else to install).
 
-`FFmpeg` starts it with its pipes widened and its messages kept, and turns a failure into one UserError line:
-ffmpeg's reason, naming the input, or a full disk or a folder that cannot be written, naming the output. The
-decoder, the encoder and the conversions of data preparation (media/decoder.py, media/encoder.py,
-media/convert.py) all run ffmpeg through it; `probe` reads what a media file holds.
+`FFmpeg` starts it with its pipes widened, its messages kept and (on Linux) killed when the thread that started it
+ends, so a killed run leaves no ffmpeg running; it turns a failure into one UserError line: ffmpeg's reason, naming
+the input, or a full disk or a folder that cannot be written, naming the output. The decoder, the encoder and the
+conversions of data preparation (media/decoder.py, media/encoder.py, media/convert.py) all run ffmpeg through it;
+`probe` reads what a media file holds.
 """
+import ctypes
 import errno
 import functools
 import os
@@ -21,6 +23,17 @@ from common.files import DISK_FULL, not_written
 PIPE_BYTES = 1 << 20  # Linux's default pipe-max-size for unprivileged processes
 FULL_DISK_MESSAGES = ("No space left", "File too large", "quota exceeded")
 FULL_DISK_STATUSES = {256 - code: code for code in DISK_FULL}  # ffmpeg exits with AVERROR(errno), -errno, mod 256
+PR_SET_PDEATHSIG = 1  # prctl's option: a signal the kernel sends a process when the thread that started it ends
+try:
+    _prctl = ctypes.CDLL(None).prctl  # Linux's; looked up here, as the child may run no more than the call
+except (OSError, AttributeError, TypeError):  # no such call (macOS), no C library by that name (Windows)
+    _prctl = None
+
+
+def _ended_with_its_starter():
+    """Run in ffmpeg's process before it starts (Linux): SIGKILL when the thread that started it ends, as when its
+    run is killed (SIGKILL, the out-of-memory killer), which leaves no cleanup to stop it."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def widen_pipe(pipe):
@@ -48,7 +61,8 @@ class FFmpeg:
         try:
             self.process = subprocess.Popen(command, stdin=subprocess.PIPE if stdin else None,
                                             stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
-                                            stderr=self._log, bufsize=0)
+                                            stderr=self._log, bufsize=0,
+                                            preexec_fn=_ended_with_its_starter if _prctl else None)
         except BaseException:
             self._log.close()
             raise

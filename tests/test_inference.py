@@ -1,6 +1,7 @@
 """Dubbing: one frame per 40 ms of audio, audio in the file, the source's resolution, the face pasted back softly."""
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -330,6 +331,38 @@ def test_an_ffmpeg_built_without_a_cuda_decoder_is_named_with_the_package_that_h
         assert str(older) in no_cuda_decoder() and "imageio-ffmpeg 0.8" in no_cuda_decoder()
     finally:
         hardware_decoders.cache_clear()
+
+
+def running(pid):
+    """Whether process `pid` runs (a zombie, ended but not yet reaped by its new parent, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal is Linux's")
+def test_ffmpeg_ends_with_the_process_that_started_it_even_a_killed_one():
+    """SIGKILL (the out-of-memory killer's) runs no cleanup: a decoder's ffmpeg left running would go on filling
+    the scratch folder with frames that nothing reads."""
+    script = ("import time\nfrom media.ffmpeg import FFmpeg\n"
+              "ffmpeg = FFmpeg(['-re', '-f', 'lavfi', '-i', 'testsrc=size=64x64:rate=25:duration=60', '-f', 'null', "
+              "'-'], 'testsrc')\nprint(ffmpeg.process.pid, flush=True)\ntime.sleep(60)\n")
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    ffmpeg = int(process.stdout.readline())
+    try:
+        assert running(ffmpeg)
+        process.kill()
+        process.wait()
+        deadline = time.monotonic() + 10
+        while running(ffmpeg) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not running(ffmpeg)
+    finally:
+        process.kill()
+        if running(ffmpeg):
+            os.kill(ffmpeg, signal.SIGKILL)
 
 
 def test_frames_that_fill_the_scratch_folder_stop_decoding_naming_it_and_leave_nothing(tmp_path):
