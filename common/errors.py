@@ -43,8 +43,10 @@ def interrupt(signum, frame):
 @contextlib.contextmanager
 def stopped_without(output):
     """Ctrl-C, a scheduler's SIGTERM or a closed terminal's SIGHUP ends the block (its partial output removed on the
-    way out) with one line, `stopped by SIGINT: OUTPUT not written`, and exit status 128 + the signal's number."""
-    handlers = {number: signal.signal(number, interrupt) for number in (signal.SIGTERM, signal.SIGHUP)}
+    way out) with one line, `stopped by SIGINT: OUTPUT not written`, and exit status 128 + the signal's number. A
+    signal the run was started with ignored (nohup's SIGHUP) stays ignored."""
+    handlers = {number: signal.signal(number, interrupt) for number in (signal.SIGTERM, signal.SIGHUP)
+                if signal.getsignal(number) != signal.SIG_IGN}
     try:
         yield
     except KeyboardInterrupt as stop:

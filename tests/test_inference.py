@@ -333,6 +333,22 @@ def test_an_ffmpeg_built_without_a_cuda_decoder_is_named_with_the_package_that_h
         hardware_decoders.cache_clear()
 
 
+STOPPABLE = ("import signal, sys, time\nfrom common.errors import run_command, stopped_without\n"
+             "def main():\n    with stopped_without('out.mp4'):\n        {block}\nrun_command(main)\n")
+
+
+def test_a_run_started_with_nohup_goes_on_when_its_terminal_closes():
+    """nohup (or a shell's `&`, for SIGINT) starts a run with the signal ignored: it stays ignored, not made a stop."""
+    block = "print('started', flush=True); time.sleep(1); print('finished', flush=True)"
+    process = subprocess.Popen([sys.executable, "-c", STOPPABLE.format(block=block)], cwd=ROOT, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))  # as nohup does
+    assert process.stdout.readline() == "started\n"
+    process.send_signal(signal.SIGHUP)  # the terminal closed
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0 and stdout == "finished\n" and stderr == ""
+
+
 def running(pid):
     """Whether process `pid` runs (a zombie, ended but not yet reaped by its new parent, does not)."""
     try:
