@@ -44,8 +44,12 @@ def interrupt(signum, frame):
 def stopped_without(output):
     """Ctrl-C, a scheduler's SIGTERM or a closed terminal's SIGHUP ends the block (its partial output removed on the
     way out) with one line, `stopped by SIGINT: OUTPUT not written`, and exit status 128 + the signal's number. A
-    signal the run was started with ignored (nohup's SIGHUP) stays ignored."""
-    handlers = {number: signal.signal(number, interrupt) for number in (signal.SIGTERM, signal.SIGHUP)
+    signal the run was started with ignored (nohup's SIGHUP) stays ignored, and so does every one after the first."""
+    def stop(number, frame):  # a second Ctrl-C would cut the cleanup short, leaving threads running as Python exits
+        for stopping in handlers:
+            signal.signal(stopping, signal.SIG_IGN)
+        interrupt(number, frame)
+    handlers = {number: signal.signal(number, stop) for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
                 if signal.getsignal(number) != signal.SIG_IGN}
     try:
         yield

@@ -349,6 +349,17 @@ def test_a_run_started_with_nohup_goes_on_when_its_terminal_closes():
     assert process.returncode == 0 and stdout == "finished\n" and stderr == ""
 
 
+def test_a_second_ctrl_c_does_not_cut_the_first_ones_cleanup_short():
+    """Ctrl-C pressed twice: the second, come while the first one's cleanup runs (dubbing's threads joined, its
+    scratch and partial output removed), would leave threads running as Python exits, which aborts it."""
+    block = ("try:\n            signal.raise_signal(signal.SIGINT); time.sleep(10)\n        finally:\n"
+             "            signal.raise_signal(signal.SIGINT); time.sleep(0.2); print('cleaned up', flush=True)")
+    result = subprocess.run([sys.executable, "-c", STOPPABLE.format(block=block)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 128 + signal.SIGINT and result.stdout == "cleaned up\n", result
+    assert result.stderr == "stopped by SIGINT: out.mp4 not written\n"
+
+
 def running(pid):
     """Whether process `pid` runs (a zombie, ended but not yet reaped by its new parent, does not)."""
     try:
