@@ -66,7 +66,8 @@ def run_process(command, cwd):
     def pass_on(number, frame):
         received.append(number)
         process.send_signal(number)
-    passed_on = {number: signal.signal(number, pass_on) for number in (signal.SIGTERM, signal.SIGHUP)}
+    passed_on = {number: signal.signal(number, pass_on) for number in (signal.SIGTERM, signal.SIGHUP)
+                 if signal.getsignal(number) != signal.SIG_IGN}  # nohup's SIGHUP stays ignored
     try:
         while True:
             try:

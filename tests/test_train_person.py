@@ -9,6 +9,7 @@ the contact sheet, and a rerun skips what is finished.
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -388,3 +389,17 @@ def test_a_signal_that_comes_as_a_step_ends_well_still_stops_the_run_after_it(tm
     assert process.returncode == 128 + 15, output
     assert "stopped after the stage: run the same command again to continue from there" in output
     assert (tmp_path / "stage").exists() and not (tmp_path / "next").exists()
+
+
+def test_a_run_started_with_nohup_goes_on_through_its_steps_when_its_terminal_closes(tmp_path):
+    """nohup starts the run with SIGHUP ignored: it stays ignored, neither stopping the run nor passed on to a step."""
+    process = subprocess.Popen([sys.executable, "-c", STOPPING_RECIPE, str(tmp_path)], cwd=ROOT, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))  # as nohup does
+    while not (tmp_path / "started").exists():
+        assert process.poll() is None, process.communicate()[0]
+        time.sleep(0.02)
+    process.send_signal(signal.SIGHUP)  # the terminal closed
+    output = process.communicate(timeout=60)[0]
+    assert process.returncode == 0, output
+    assert (tmp_path / "stage").exists() and (tmp_path / "next").exists()
