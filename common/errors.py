@@ -53,8 +53,8 @@ def stopped_without(output):
                 if signal.getsignal(number) != signal.SIG_IGN}
     try:
         yield
-    except KeyboardInterrupt as stop:
-        number = stop.args[0] if stop.args else signal.SIGINT
+    except KeyboardInterrupt as stopped:
+        number = stopped.args[0] if stopped.args else signal.SIGINT
         print(f"stopped by {signal.Signals(number).name}: {output} not written", file=sys.stderr)
         sys.exit(128 + number)
     finally:
