@@ -163,17 +163,24 @@ def test_a_stopped_run_says_so_in_one_line_and_leaves_nothing(media, checkpoint,
     assert scratch_left(tmp_path, frames) == [] and os.listdir(out) == []
 
 
+def dub_with_small_folders(media, checkpoint, tmp_path, mounts, folders):
+    """(the run, its stderr lines) of dubbing after the shell commands `mounts` made small file systems in a user and
+    mount namespace of its own; its last line lists what was left in `folders`."""
+    if subprocess.run(["unshare", "-Urm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs unshare -Urm (user namespaces) to mount small file systems")
+    left = " ".join(f"$(ls -A {folder})" for folder in folders)
+    script = f'{mounts} && "$@"; status=$?; echo left: {left} >&2; exit $status'
+    result = run(["unshare", "-Urm", "sh", "-c", script, "sh",
+                  *command(media, checkpoint, media / "yuv.mp4", tmp_path / "out", media / "rgb.csv")], tmp_path)
+    return result, result.stderr.strip().splitlines()
+
+
 def test_scratch_that_cannot_fit_stops_the_run_before_any_work_naming_the_folder(media, checkpoint, tmp_path):
     """/dev/shm and the temporary folder are 1 MB file systems of their own (a user and mount namespace): the
     frames need 15 MB."""
-    if subprocess.run(["unshare", "-Urm", "true"], capture_output=True).returncode != 0:
-        pytest.skip("needs unshare -Urm (user namespaces) to mount small file systems")
     tmp = tmp_path / "tmp"
-    script = ("mount -t tmpfs -o size=1m tmpfs /dev/shm && mount -t tmpfs -o size=1m tmpfs \"$TMPDIR\" && "
-              "\"$@\"; status=$?; echo left: $(ls -A /dev/shm) $(ls -A \"$TMPDIR\") >&2; exit $status")
-    result = run(["unshare", "-Urm", "sh", "-c", script, "sh",
-                  *command(media, checkpoint, media / "yuv.mp4", tmp_path / "out", media / "rgb.csv")], tmp_path)
-    lines = result.stderr.strip().splitlines()
+    result, lines = dub_with_small_folders(media, checkpoint, tmp_path, "mount -t tmpfs -o size=1m tmpfs /dev/shm && "
+                                           "mount -t tmpfs -o size=1m tmpfs \"$TMPDIR\"", ["/dev/shm", '"$TMPDIR"'])
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert lines[-2].startswith(f"{media / 'yuv.mp4'}: its decoded frames need 15 MB of scratch space")
     assert f"the temporary folder {tmp} has 1 MB free" in lines[-2] and "TMPDIR" in lines[-2]
@@ -184,14 +191,9 @@ def test_scratch_that_cannot_fit_stops_the_run_before_any_work_naming_the_folder
 def test_a_temporary_folder_too_full_for_the_speech_stops_the_run_naming_it_and_tmpdir(media, checkpoint, tmp_path):
     """The temporary folder is a 1 MB file system of its own with 32 KB left: too little for the 2 s of speech as wav
     (64 KB), which dubbing writes there. ffmpeg's messages go to the same full folder, so its exit status tells."""
-    if subprocess.run(["unshare", "-Urm", "true"], capture_output=True).returncode != 0:
-        pytest.skip("needs unshare -Urm (user namespaces) to mount a small file system")
     tmp = tmp_path / "tmp"
-    script = ("mount -t tmpfs -o size=1m tmpfs \"$TMPDIR\" && head -c 1015808 /dev/zero > \"$TMPDIR/filler\" && "
-              "\"$@\"; status=$?; echo left: $(ls -A \"$TMPDIR\") >&2; exit $status")
-    result = run(["unshare", "-Urm", "sh", "-c", script, "sh",
-                  *command(media, checkpoint, media / "yuv.mp4", tmp_path / "out", media / "rgb.csv")], tmp_path)
-    lines = result.stderr.strip().splitlines()
+    result, lines = dub_with_small_folders(media, checkpoint, tmp_path, "mount -t tmpfs -o size=1m tmpfs \"$TMPDIR\" "
+                                           "&& head -c 1015808 /dev/zero > \"$TMPDIR/filler\"", ['"$TMPDIR"'])
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert lines[-2].startswith(f"{media / 'speech.wav'}: ") and "exit code" not in lines[-2], lines
     assert f"the temporary folder {tmp}, which is full" in lines[-2] and "TMPDIR" in lines[-2]
