@@ -126,6 +126,7 @@ def check_inputs(opt):
         if opt.sources and len(opt.sources) != len(opt.videos):
             raise UserError(f"--sources gives {len(opt.sources)} videos for {len(opt.videos)} --videos; give one per "
                             f"video")
+    sizes = {}  # (width, height) of each video given
     for flag, paths in (("--videos", opt.videos or []), ("--sources", opt.sources or [])):
         for path in paths:
             if not os.path.isfile(path):
@@ -133,6 +134,7 @@ def check_inputs(opt):
             info = probe(path)  # one line naming the file when ffmpeg cannot read it
             if not info["has_video"]:
                 raise UserError(f"{path}: no video stream; pass videos to {flag}")
+            sizes[path] = info["width"], info["height"]
             if (opt.protocol or syncnets) and not info["has_audio"]:
                 why = "the protocol dubs each video with its own speech" if opt.protocol else \
                     "LSE scores a video against its own speech"
@@ -144,9 +146,8 @@ def check_inputs(opt):
                 except ValueError as error:
                     raise UserError(f"{path}: {error}; pass longer videos to {flag}") from None
     for video, source in zip(opt.videos or [], opt.sources or []):
-        sizes = [(probe(path)["width"], probe(path)["height"]) for path in (video, source)]
-        if sizes[0] != sizes[1]:  # the source's face crops would be cut from elsewhere in the video's frames
-            (width, height), (source_width, source_height) = sizes
+        if sizes[video] != sizes[source]:  # the source's face crops would be cut from elsewhere in the video's frames
+            (width, height), (source_width, source_height) = sizes[video], sizes[source]
             raise UserError(f"{video}: {width}x{height}, and its source {source} {source_width}x{source_height}; the "
                             f"scores compare their frames in the same place, so scale it to its source's size: "
                             f"ffmpeg -i {video} -vf scale={source_width}:{source_height} scaled.mp4")

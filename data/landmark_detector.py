@@ -197,15 +197,24 @@ def face_turns(frames):
 TURNS = {1: "transpose=clock", 2: "hflip,vflip", 3: "transpose=cclock"}  # ffmpeg's quarter turns clockwise
 
 
+def mostly_turned(turns):
+    """(the commonest quarter turn that sets them upright, how many of how many faces need a turn) when most of the
+    faces of `turns` (face_turns's, None: no face) are on their side or upside down; else None."""
+    faces = [turn for turn in turns if turn is not None]
+    turned = [turn for turn in faces if turn]
+    if len(turned) <= len(faces) / 2:
+        return None
+    return max(set(turned), key=turned.count), len(turned), len(faces)
+
+
 def not_upright(path, frames):
     """Why the video at `path` cannot be learnt from, when the face is on its side or upside down in most of these
     of its frames that show one (with the ffmpeg command that turns it upright); else None."""
-    faces = [turn for turn in face_turns(frames) if turn is not None]
-    turned = [turn for turn in faces if turn]  # quarter turns clockwise that set the face upright
-    if len(turned) <= len(faces) / 2:
+    found = mostly_turned(face_turns(frames))
+    if found is None:
         return None
-    turn = max(set(turned), key=turned.count)
-    return (f"{path}: the face is {'upside down' if turn == 2 else 'on its side'} in {len(turned)} of {len(faces)} "
+    turn, turned, faces = found
+    return (f"{path}: the face is {'upside down' if turn == 2 else 'on its side'} in {turned} of {faces} "
             f"frames looked at, and the model learns upright faces; turn the video upright: "
             f"ffmpeg -i {path} -vf {TURNS[turn]} -c:a copy upright.mp4")
 

@@ -251,7 +251,7 @@ def _detect_landmarks(name, video_path, layout, progress):
     expected = round((probe(video_path)["duration"] or 0) * FPS) or None
     frames = tqdm(read_video_frames(video_path, fps=FPS), total=expected, desc=f"{name} landmarks", unit="frame",
                   leave=False, disable=not progress)
-    every, looked_at = max(1, (expected or 10 * FPS * UPRIGHT_SAMPLES) // UPRIGHT_SAMPLES), {}
+    every, looked_at = max(1, expected // UPRIGHT_SAMPLES) if expected else 10 * FPS, {}  # frames apart, and kept
 
     def keeping_some(frames):  # a few frames to check, later, that the face is upright
         for index, frame in enumerate(frames):

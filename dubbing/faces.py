@@ -25,7 +25,7 @@ from scipy.ndimage import median_filter
 from tqdm import tqdm
 
 from common.errors import UserError
-from data.landmark_detector import (NUM_POINTS, face_detector, face_mesh, face_turns, mesh_landmarks,
+from data.landmark_detector import (NUM_POINTS, face_detector, face_mesh, face_turns, mesh_landmarks, mostly_turned,
                                     smooth_landmarks)
 
 THUMBNAIL_SIDE = 480    # px of the longer side at which frames are looked at for cuts and face boxes
@@ -364,12 +364,8 @@ def _turned(video, tracks, scale):
               for frame in sorted({track.first, track.frames[len(track.frames) // 2], track.last})]
     turns = face_turns([video.region(frame, *_surroundings(track.boxes[frame], scale, video.size))
                         for track, frame in looked])
-    turned = []
-    for track in tracks:
-        seen = [turn for (owner, _), turn in zip(looked, turns) if owner is track and turn is not None]
-        if sum(turn > 0 for turn in seen) > len(seen) / 2:
-            turned.append(track)
-    return turned
+    return [track for track in tracks
+            if mostly_turned([turn for (owner, _), turn in zip(looked, turns) if owner is track]) is not None]
 
 
 def _look_at_frames(video, scale, timed, progress, threads):

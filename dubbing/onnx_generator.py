@@ -25,7 +25,7 @@ from common.errors import UserError
 from common.files import atomic_output
 from common.geometry import AUDIO_WINDOW, NUM_REFERENCES, CropGeometry
 from data.audio_features import FEATURE_WIDTHS
-from models.checkpoint import LARGEST_MOUTH
+from models.checkpoint import recordable_mouth_size
 from models.dinet import ReferenceState
 from models.fast.fold import fold_batch_norms
 from models.fast.split import split_first_alignment_layer
@@ -157,7 +157,7 @@ def load_onnx_generator(path, device, flag="--onnx"):
         raise UserError(f"{flag} {path}: not a generator export.py wrote (inputs {', '.join(names)}, no mouth size "
                         f"in its metadata); export one with python export.py --checkpoint CHECKPOINT --out generator.onnx")
     size, feature = metadata[METADATA + "mouth_region_size"], metadata.get(METADATA + "audio_feature") or None
-    if not (size.isdigit() and 16 <= int(size) <= LARGEST_MOUTH and int(size) % 8 == 0) or feature not in (
+    if not (size.isdigit() and recordable_mouth_size(int(size))) or feature not in (
             None, *FEATURE_WIDTHS):
         raise UserError(f"{flag} {path}: its metadata names mouth size {size[:20]!r} and audio feature "
                         f"{str(feature)[:20]!r}, which export.py never writes; export one with python export.py "

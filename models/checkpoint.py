@@ -137,6 +137,11 @@ RECORDED = {"epoch": int, "iteration": int, "global_step": int, "mouth_region_si
 LARGEST_MOUTH = 1024  # four times DINet's largest: a face crop of 1664 x 1280 pixels
 
 
+def recordable_mouth_size(size):
+    """Whether a file may record `size` (an int) as its mouth size: a multiple of 8 from 16 to LARGEST_MOUTH."""
+    return 16 <= size <= LARGEST_MOUTH and size % 8 == 0
+
+
 def check_recorded(checkpoint):
     """A ValueError naming the first value recorded beside the weights that is not what this repository writes
     there: a crafted file's would end in a traceback where it is read, or as a mouth size, in crops of any size."""
@@ -145,7 +150,7 @@ def check_recorded(checkpoint):
         if value is not None and type(value) is not kind:
             raise ValueError(f"its {key} ({str(value)[:40]}) is not {'an' if kind is int else 'a'} {kind.__name__}")
     size = checkpoint.get("mouth_region_size")
-    if size is not None and not (16 <= size <= LARGEST_MOUTH and size % 8 == 0):
+    if size is not None and not recordable_mouth_size(size):
         raise ValueError(f"its mouth_region_size {size} is not a multiple of 8 from 16 to {LARGEST_MOUTH}")
     videos = (checkpoint.get("validation_split") or {}).get("videos", [])
     if not isinstance(videos, list) or not all(isinstance(video, str) for video in videos):
