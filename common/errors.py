@@ -41,25 +41,34 @@ def interrupt(signum, frame):
 
 
 @contextlib.contextmanager
+def signals_handled(numbers, handler):
+    """`handler` for the signals of `numbers` within the block, but for one the process was started with ignored
+    (nohup's SIGHUP), which stays ignored; yields those handled, and gives back their earlier handlers after it."""
+    handlers = {number: signal.signal(number, handler) for number in numbers
+                if signal.getsignal(number) != signal.SIG_IGN}
+    try:
+        yield list(handlers)
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+
+
+@contextlib.contextmanager
 def stopped_without(output):
     """Ctrl-C, a scheduler's SIGTERM or a closed terminal's SIGHUP ends the block (its partial output removed on the
     way out) with one line, `stopped by SIGINT: OUTPUT not written`, and exit status 128 + the signal's number. A
     signal the run was started with ignored (nohup's SIGHUP) stays ignored, and so does every one after the first."""
     def stop(number, frame):  # a second Ctrl-C would cut the cleanup short, leaving threads running as Python exits
-        for stopping in handlers:
+        for stopping in handled:
             signal.signal(stopping, signal.SIG_IGN)
         interrupt(number, frame)
-    handlers = {number: signal.signal(number, stop) for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-                if signal.getsignal(number) != signal.SIG_IGN}
-    try:
-        yield
-    except KeyboardInterrupt as stopped:
-        number = stopped.args[0] if stopped.args else signal.SIGINT
-        print(f"stopped by {signal.Signals(number).name}: {output} not written", file=sys.stderr)
-        sys.exit(128 + number)
-    finally:
-        for number, handler in handlers.items():
-            signal.signal(number, handler)
+    with signals_handled((signal.SIGINT, signal.SIGTERM, signal.SIGHUP), stop) as handled:
+        try:
+            yield
+        except KeyboardInterrupt as stopped:
+            number = stopped.args[0] if stopped.args else signal.SIGINT
+            print(f"stopped by {signal.Signals(number).name}: {output} not written", file=sys.stderr)
+            sys.exit(128 + number)
 
 
 def run_command(main, *args, **kwargs):

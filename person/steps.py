@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from common.errors import Stopped, UserError
+from common.errors import Stopped, UserError, signals_handled
 from common.files import write_atomically
 
 BAR = 24
@@ -66,17 +66,12 @@ def run_process(command, cwd):
     def pass_on(number, frame):
         received.append(number)
         process.send_signal(number)
-    passed_on = {number: signal.signal(number, pass_on) for number in (signal.SIGTERM, signal.SIGHUP)
-                 if signal.getsignal(number) != signal.SIG_IGN}  # nohup's SIGHUP stays ignored
-    try:
+    with signals_handled((signal.SIGTERM, signal.SIGHUP), pass_on):
         while True:
             try:
                 return process.wait(), next(iter(received), None)
             except KeyboardInterrupt:
                 received.append(signal.SIGINT)
-    finally:
-        for number, handler in passed_on.items():
-            signal.signal(number, handler)
 
 
 class Recipe:
