@@ -134,10 +134,13 @@ def deepspeech_sources(deepspeech_dir, video_name):
 
 def read_array(path):
     """The array in the .npy or text file at `path`. The .npy is mapped, not read: a header that claims more than the
-    file holds is a ValueError, not that much memory; so is anything but an array (an .npz, a pickled object)."""
+    file holds is a ValueError, not that much memory; so is anything but an array of real numbers (an .npz, a pickled
+    object, complex values, whose imaginary part a cast would drop)."""
     array = np.load(path, mmap_mode="r") if path.endswith(".npy") else np.loadtxt(path, ndmin=2)
     if not isinstance(array, np.ndarray):
         raise ValueError(f"{type(array).__name__}, not an array")
+    if array.dtype.kind not in "iuf":
+        raise ValueError(f"{array.dtype} values, not real numbers")
     return array
 
 
@@ -154,8 +157,7 @@ def read_deepspeech(deepspeech_dir, video_name):
     except (ValueError, EOFError) as error:
         raise UserError(f"{path}: cannot read DeepSpeech features ({error}); make the file again") from None
     width = FEATURE_WIDTHS["deepspeech"]
-    if (features.ndim != 2 or features.shape[1] != width or len(features) == 0
-            or not np.issubdtype(features.dtype, np.number)):
+    if features.ndim != 2 or features.shape[1] != width or len(features) == 0:
         raise UserError(f"{path}: expected (T, {width}) DeepSpeech features, one row per 25 fps frame, "
                          f"got {features.shape}; make the file again")
     return features.astype(np.float32)

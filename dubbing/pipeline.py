@@ -127,18 +127,17 @@ def load_audio_features(driving_audio_path, feature, feature_path, work_dir):
         except PermissionError:
             raise permission_denied(f"--audio_feature_path {feature_path}") from None
         except (ValueError, OSError, EOFError) as error:
-            raise UserError(f"--audio_feature_path {feature_path}: cannot read it ({type(error).__name__}); pass "
+            raise UserError(f"--audio_feature_path {feature_path}: cannot read it ({error}); pass "
                              f"a .npy or .txt array of (frames, channels)") from None
         width = FEATURE_WIDTHS.get(feature)
         if features.ndim != 2 or (width is not None and features.shape[1] != width):
             raise UserError(f"--audio_feature_path {feature_path}: shape {features.shape}, but the checkpoint "
                              f"expects (frames, {width}) {feature} features; pass {feature} features of the "
                              f"driving audio, 25 per second, or drop the flag")
-        finite = np.isfinite(features).all(axis=1) if np.issubdtype(features.dtype, np.number) \
-            else np.zeros(len(features), bool)
+        finite = np.isfinite(features).all(axis=1)
         if not finite.all():
             raise UserError(f"--audio_feature_path {feature_path}: row {np.flatnonzero(~finite)[0]} holds values that "
-                             f"are NaN, infinite or not numbers; compute the features of the driving audio again, or "
+                             f"are NaN or infinite; compute the features of the driving audio again, or "
                              f"drop the flag")
         return features.astype(np.float32)
     if feature == "deepspeech" or feature is None:

@@ -194,7 +194,7 @@ CASES = [
      "--audio_feature_path {features_29}: shape (50, 29), but the checkpoint expects (frames, 80) mel features",
      "or drop the flag"),
     ("inference", "--audio_feature_path {features_nan}",
-     "--audio_feature_path {features_nan}: row 7 holds values that are NaN, infinite or not numbers",
+     "--audio_feature_path {features_nan}: row 7 holds values that are NaN or infinite",
      "compute the features of the driving audio again, or drop the flag"),
     ("inference", "--audio_feature_path {features_2s}",
      "--audio_feature_path {features_2s}: 50 rows are 2.00 s at 25 per second, but {speech_wav} lasts 1.00 s",
@@ -537,10 +537,11 @@ def test_a_permission_error_anywhere_in_a_command_is_its_one_line():
         run_command(refused, None)
 
 
-@pytest.mark.parametrize("content", ["huge", "npz", "empty"])
+@pytest.mark.parametrize("content", ["huge", "npz", "empty", "complex"])
 def test_deepspeech_features_that_are_not_a_plain_array_are_one_line(tmp_path, content):
     """DeepSpeech features come from elsewhere (--deepspeech_dir): a header claiming more rows than the file holds, an
-    .npz named .npy or an empty file is named with the fix, not read into memory or a traceback."""
+    .npz named .npy, an empty file or complex values are named with the fix, not read into memory, cast or a
+    traceback."""
     from data.audio_features import read_deepspeech
     path = tmp_path / "talk_deepspeech.npy"
     with open(path, "wb") as f:
@@ -549,5 +550,7 @@ def test_deepspeech_features_that_are_not_a_plain_array_are_one_line(tmp_path, c
             f.write(bytes(116))
         elif content == "npz":
             np.savez(f, features=np.zeros((25, 29), np.float32))
+        elif content == "complex":
+            np.save(f, np.ones((25, 29), np.complex64) * 1j)
     with pytest.raises(UserError, match=f"^{path}: cannot read DeepSpeech features \\(.+\\); make the file again$"):
         read_deepspeech(str(tmp_path), "talk")
