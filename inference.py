@@ -23,7 +23,7 @@ import torch
 
 from common.devices import choose_device, resolve_amp
 from common.errors import UserError, run_command, stopped_without
-from common.files import check_writable
+from common.files import check_writable, folders_removed_on_failure
 from common.geometry import CropGeometry
 from config.ranges import integer
 from dubbing.faces import FaceChoice, parse_face
@@ -194,7 +194,9 @@ def run(opt, generator=None, progress=True):
 def main():
     opt = build_parser().parse_args()
     check_inputs(opt)
-    with stopped_without(output_paths(opt)[0]):  # the scratch folders and the partial output removed on the way
+    output_path = output_paths(opt)[0]
+    # the scratch folders, the partial output and a --res_video_dir made for it removed on the way
+    with stopped_without(output_path), folders_removed_on_failure(output_path):
         run(opt)
 
 

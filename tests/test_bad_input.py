@@ -429,6 +429,8 @@ def assert_nothing_finished_left(tmp_path, command):
     left = [path for pattern in ("*.mp4", "*.csv", "*.pth", "*.json")
             for path in glob.glob(str(tmp_path / "**" / pattern), recursive=True)]
     assert not left, left
+    if command == "inference":  # nor the empty --res_video_dir it would have written into
+        assert not os.path.exists(tmp_path / "out")
 
 
 @pytest.mark.parametrize("command,args,expected", [
