@@ -1,6 +1,5 @@
 """train_syncnet.py as a new user runs it: its defaults learn lip sync from the demo data, a training set too small
 to learn from is refused before any work, and a run that sits at chance says so with what to try."""
-import os
 import re
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from conftest import ROOT, write_dinet_json
 from data.procedural_faces import make_demo_data
 from engine.syncnet_stage import SyncNetStage
 from engine.trainer import train
+from models.checkpoint import load_syncnet
 
 CPU = ["--device", "cpu", "--num_workers", "0"]
 AT_CHANCE = "warning: held-out accuracy has been at chance"
@@ -71,12 +71,14 @@ def test_a_run_at_chance_for_several_epochs_says_so_with_a_hint(tmp_path, flags,
 @pytest.mark.long
 def test_the_defaults_learn_lip_sync_in_a_few_epochs_without_a_chance_warning(tmp_path):
     """Every SyncNet flag at its default, at mouth 32 (read at 32 x 32) and a short schedule: 150 steps of 16
-    windows from 7 training videos tell the held-out video's in-sync windows from its off-sync ones."""
+    windows from 7 training videos tell the held-out video's in-sync windows from its off-sync ones, and the file
+    records the audio features it learnt from."""
     json_path = make_demo_data(str(tmp_path / "demo"), num_videos=8, seconds=3.0, seed=0)
     result = train_syncnet(json_path, tmp_path, "--mouth_region_size", "32", "--non_decay", "10", "--decay", "0",
                            "--checkpoint", "10")
     assert held_out_accuracy(result) >= 0.75
     assert AT_CHANCE not in result.stdout
+    assert load_syncnet(str(tmp_path / "s.pth"))[1].audio_feature == "mel"
 
 
 @pytest.mark.slow
