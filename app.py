@@ -29,7 +29,7 @@ from contextlib import contextmanager
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry: the app may run without a network
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")         # as inference.py: the decoder and encoder need the cores
 
-from common.errors import UserError, interrupt, run_command  # noqa: E402
+from common.errors import UserError, interrupt, run_command, signals_handled  # noqa: E402
 from config.ranges import integer  # noqa: E402
 
 NO_CHECKPOINT = ("no generator checkpoint under {folder}; make one with `python demo.py` (it writes "
@@ -325,30 +325,42 @@ def build_page(jobs, opt):
     return page
 
 
+def serve(jobs, opt, credentials):
+    """The page and its API until Ctrl-C (a KeyboardInterrupt, which Gradio takes to close the server)."""
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise UserError("app.py needs gradio, which is not installed; pip install -r requirements-app.txt") from None
+    threading.Thread(target=sweep_hourly, args=(jobs,), daemon=True).start()  # a daemon: it ends with the app
+    page = build_page(jobs, opt)
+    page.queue(default_concurrency_limit=1)
+    try:
+        page.launch(server_name=opt.host, server_port=opt.port, auth=credentials, share=False,
+                    max_file_size=opt.max_upload_mb * 1024 * 1024, allowed_paths=[jobs.folder], show_error=True,
+                    prevent_thread_lock=False)
+    except OSError as error:  # the port is taken, or the address is not this machine's
+        raise UserError(f"--port {opt.port}: cannot listen on {opt.host}:{opt.port} ({str(error).splitlines()[0]});"
+                        f" pass another --port or --host") from None
+
+
 def main():
     opt = build_parser().parse_args()
     credentials = check_options(opt)
     from common.devices import choose_device
     choose_device(opt.device)  # a bad --device is said now, not at the first job
+    # one folder for the jobs' results and Gradio's copies of uploads and results, removed when the app stops
+    parent = os.environ.get("GRADIO_TEMP_DIR")
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    folder = tempfile.mkdtemp(prefix="dinet-app-", dir=parent)
+    os.environ["GRADIO_TEMP_DIR"] = os.path.join(folder, "gradio")  # read as gradio is imported
+    jobs = Jobs(opt, os.path.join(folder, "jobs"))
     try:
-        import gradio  # noqa: F401
-    except ImportError:
-        raise UserError("app.py needs gradio, which is not installed; pip install -r requirements-app.txt") from None
-    # SIGTERM stops the server as Ctrl-C does, and the results folder is removed
-    signal.signal(signal.SIGTERM, interrupt)
-    folder = tempfile.mkdtemp(prefix="dinet-app-")
-    jobs = Jobs(opt, folder)
-    threading.Thread(target=sweep_hourly, args=(jobs,), daemon=True).start()  # a daemon: it ends with the app
-    try:
-        page = build_page(jobs, opt)
-        page.queue(default_concurrency_limit=1)
-        try:
-            page.launch(server_name=opt.host, server_port=opt.port, auth=credentials, share=False,
-                        max_file_size=opt.max_upload_mb * 1024 * 1024, allowed_paths=[folder], show_error=True,
-                        prevent_thread_lock=False)
-        except OSError as error:  # the port is taken, or the address is not this machine's
-            raise UserError(f"--port {opt.port}: cannot listen on {opt.host}:{opt.port} ({str(error).splitlines()[0]});"
-                            f" pass another --port or --host") from None
+        os.makedirs(jobs.folder)
+        with signals_handled((signal.SIGINT, signal.SIGTERM, signal.SIGHUP), interrupt):  # SIGTERM as Ctrl-C
+            serve(jobs, opt, credentials)
+    except KeyboardInterrupt:  # stopped while starting; once serving, Gradio takes it
+        pass
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

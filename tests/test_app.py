@@ -48,7 +48,7 @@ def inputs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, checkpoint):  # noqa: F811
-    """The running app: (its URL, the checkpoint it offers, its log); stopped with SIGTERM afterwards."""
+    """The running app: (its URL, the checkpoint it offers, its log, its process); stopped with SIGTERM afterwards."""
     folder = tmp_path_factory.mktemp("app")
     port = free_port()
     log = open(folder / "app.log", "w+")
@@ -66,7 +66,7 @@ def app(tmp_path_factory, checkpoint):  # noqa: F811
             log.seek(0)
             assert process.poll() is None and time.time() < deadline, f"app.py did not start:\n{log.read()[-3000:]}"
             time.sleep(0.5)
-    yield url, checkpoint, folder / "app.log"
+    yield url, checkpoint, folder / "app.log", process
     process.send_signal(signal.SIGTERM)
     try:
         process.wait(timeout=30)
@@ -121,7 +121,7 @@ def upload_and_dub(driver, face, speech_path):
 def test_a_person_dubs_in_the_browser_and_a_bad_upload_shows_the_one_line_error(app, inputs, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
-    url, _, _ = app
+    url = app[0]
     clip, audio, seconds, text = inputs
     browser.get(url)
     WebDriverWait(browser, 120).until(lambda d: "mouth 64 (read from the checkpoint)" in
@@ -153,7 +153,7 @@ def test_a_person_dubs_in_the_browser_and_a_bad_upload_shows_the_one_line_error(
 def test_the_dub_endpoint_runs_one_job_at_a_time_and_returns_the_video(app, inputs, tmp_path):
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
-    url, checkpoint_path, log = app
+    url, checkpoint_path, log, _ = app
     clip, audio, seconds, text = inputs
     client = Client(url, verbose=False, download_files=str(tmp_path))  # the results land in the test's folder
     options = (checkpoint_path, "off", "largest", "pingpong", False)
@@ -188,7 +188,7 @@ def test_the_dub_endpoint_runs_one_job_at_a_time_and_returns_the_video(app, inpu
 def test_the_score_endpoint_scores_a_video_against_its_source_as_the_protocol_does(app, inputs, tmp_path):
     """A video scored against itself: the protocol's face-crop columns, perfect, in the table and its CSV."""
     from gradio_client import Client, handle_file
-    url, _, _ = app
+    url = app[0]
     clip = inputs[0]
     client = Client(url, verbose=False, download_files=str(tmp_path))
     table, table_file = client.predict([handle_file(clip)], [handle_file(clip)], None, None, "random",
@@ -286,3 +286,14 @@ def test_a_checkpoint_deleted_while_the_app_runs_is_unlisted_and_refused(tmp_pat
         jobs.dub(clip, audio, given, "off", "largest", "pingpong", False)
     assert error.value.message == (f"--pretrained_clip_DINet_path {given}: no such file (deleted since the list was "
                                    f"made); press Refresh")
+
+
+
+def test_stopping_the_app_leaves_none_of_its_files(app, inputs):
+    """Last of the tests with the app, as it stops it: SIGTERM, a service manager's stop."""
+    url, _, log, process = app
+    with open(inputs[0], "rb") as file:
+        assert requests.post(f"{url}gradio_api/upload", files={"files": file}, timeout=60).ok
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+    assert os.listdir(log.parent / "gradio") == []  # uploads, results and Gradio's copies of them
