@@ -8,10 +8,12 @@ Tab "Dub": a face video (or photo) and speech (any file ffmpeg reads), a generat
 length policy, a closed mouth on silence; the mouth size comes from the checkpoint); the dubbed video plays in the
 page and downloads. Tab "Score": videos scored as evaluate.py scores them. Both are Gradio API endpoints (/dub,
 /score), each one job at a time, the rest queued. Errors are the commands' one-line messages. The app listens on
-127.0.0.1; any other --host needs --auth. Uploads and results are deleted a day after, and when the app stops.
+127.0.0.1; any other --host needs --auth. Uploads and results are deleted a day after, and when the app stops
+(Ctrl-C, SIGTERM), which ends the jobs under way with a line to their clients.
 Needs gradio (pip install -r requirements-app.txt).
 """
 import argparse
+import contextvars
 import functools
 import ipaddress
 import os
@@ -29,7 +31,7 @@ from contextlib import contextmanager
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry: the app may run without a network
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")         # as inference.py: the decoder and encoder need the cores
 
-from common.errors import UserError, interrupt, run_command, signals_handled  # noqa: E402
+from common.errors import Stopped, UserError, interrupt, run_command, signals_handled  # noqa: E402
 from config.ranges import integer  # noqa: E402
 
 NO_CHECKPOINT = ("no generator checkpoint under {folder}; make one with `python demo.py` (it writes "
@@ -132,6 +134,29 @@ class Jobs:
     def __init__(self, opt, folder):
         self.opt, self.folder = opt, folder
         self.jobs, self.running = 0, set()  # the folders of jobs under way, which the sweep leaves
+        self.stopped_by = None  # the number of the signal that stops the app: the jobs under way end, said so
+
+    def until_stopped(self, work, *args):
+        """work(*args) on a thread of its own while this one waits, so that the app's stop ends the job at once (a
+        Stopped raised here, which job() turns into the client's line); the work left behind ends with the app."""
+        outcome = []
+
+        def run():
+            try:
+                outcome.append((work(*args), None))
+            except BaseException as error:  # raised here, in the job's thread
+                outcome.append((None, error))
+        # in this thread's context, where Gradio's progress bar follows the work's tqdm bars
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(run,), daemon=True)
+        thread.start()
+        while thread.is_alive():
+            if self.stopped_by:
+                raise Stopped(128 + self.stopped_by)
+            thread.join(0.1)
+        result, error = outcome[0]
+        if error is not None:
+            raise error
+        return result
 
     def label(self, path):
         """`path` as the page shows it: within --checkpoint_dir, relative to it."""
@@ -190,12 +215,19 @@ class Jobs:
         try:
             yield folder
             log(f"done in {time.perf_counter() - started:.1f} s")
-        except (UserError, argparse.ArgumentError) as error:
+        except (UserError, argparse.ArgumentError, Stopped) as error:
             shutil.rmtree(folder, ignore_errors=True)
-            message = str(error)
-            for path in (path for group in uploads for path in ([group] if isinstance(group, str) else group or ())):
-                message = message.replace(path, os.path.basename(path))
-            log(f"refused: {message}")
+            if isinstance(error, Stopped):
+                stopped_by = signal.Signals(self.stopped_by).name
+                log(f"stopped by {stopped_by}")
+                message = (f"the app stopped ({stopped_by}) before this {kind} job finished; send it again once the "
+                           f"app is back")
+            else:
+                message = str(error)
+                for path in (path for group in uploads
+                             for path in ([group] if isinstance(group, str) else group or ())):
+                    message = message.replace(path, os.path.basename(path))
+                log(f"refused: {message}")
             raise gr.Error(message, duration=None, print_exception=False) from None  # shown until closed, not 10 s
         except BaseException as error:
             shutil.rmtree(folder, ignore_errors=True)
@@ -225,8 +257,8 @@ class Jobs:
             inference.check_inputs(opt)
             if progress is not None:
                 progress(0, desc="loading the generator")
-            generator = self.generator(checkpoint)
-            result = inference.run(opt, generator)
+            generator = self.until_stopped(self.generator, checkpoint)
+            result = self.until_stopped(inference.run, opt, generator)
             passed = (f", {result.passed_through} passed through untouched ({result.passed_through_ranges})"
                       if result.passed_through else "")
             return result.output_path, (f"{result.frames} frames at 25 fps, mouth {generator.mouth_size}: "
@@ -244,7 +276,7 @@ class Jobs:
                     *(["--lse_syncnet_path", lse_syncnet] if lse_syncnet else []),
                     "--lpips_weights", lpips_weights, "--csv", os.path.join(folder, "evaluation.csv"),
                     *(["--device", self.opt.device] if self.opt.device else [])]
-            csv_path = evaluate.main(argv)
+            csv_path = self.until_stopped(evaluate.main, argv)
             with open(os.path.splitext(csv_path)[0] + ".md") as file:
                 return file.read(), csv_path
 
@@ -355,9 +387,16 @@ def main():
     folder = tempfile.mkdtemp(prefix="dinet-app-", dir=parent)
     os.environ["GRADIO_TEMP_DIR"] = os.path.join(folder, "gradio")  # read as gradio is imported
     jobs = Jobs(opt, os.path.join(folder, "jobs"))
+
+    def stop(number, frame):  # the jobs under way end, telling their clients; a second signal waits for that
+        for stopping in handled:
+            signal.signal(stopping, signal.SIG_IGN)
+        jobs.stopped_by = number
+        interrupt(number, frame)
+
     try:
         os.makedirs(jobs.folder)
-        with signals_handled((signal.SIGINT, signal.SIGTERM, signal.SIGHUP), interrupt):  # SIGTERM as Ctrl-C
+        with signals_handled((signal.SIGINT, signal.SIGTERM, signal.SIGHUP), stop) as handled:
             serve(jobs, opt, credentials)
     except KeyboardInterrupt:  # stopped while starting; once serving, Gradio takes it
         pass

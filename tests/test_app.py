@@ -288,12 +288,24 @@ def test_a_checkpoint_deleted_while_the_app_runs_is_unlisted_and_refused(tmp_pat
                                    f"made); press Refresh")
 
 
-
-def test_stopping_the_app_leaves_none_of_its_files(app, inputs):
-    """Last of the tests with the app, as it stops it: SIGTERM, a service manager's stop."""
-    url, _, log, process = app
-    with open(inputs[0], "rb") as file:
-        assert requests.post(f"{url}gradio_api/upload", files={"files": file}, timeout=60).ok
+def test_stopping_the_app_mid_dub_tells_the_client_and_leaves_none_of_its_files(app, inputs):
+    """Last of the tests with the app, as it stops it: SIGTERM (a service manager's stop) while a dub runs."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+    url, checkpoint_path, log, process = app
+    clip, audio, _, _ = inputs
+    jobs = len(re.findall(r" job \d+: started", log.read_text()))  # dub and score jobs share the numbers
+    dubbing = Client(url, verbose=False).submit(handle_file(clip), handle_file(audio), checkpoint_path, "off",
+                                                "largest", "pingpong", False, api_name="/dub")
+    deadline = time.time() + 120
+    while f" dub job {jobs + 1}: started" not in log.read_text():
+        assert time.time() < deadline and not dubbing.done(), log.read_text()[-3000:]
+        time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
+    with pytest.raises(AppError) as error:
+        dubbing.result()
+    assert str(error.value) == ("the app stopped (SIGTERM) before this dub job finished; send it again once the app "
+                                "is back")
     assert process.wait(timeout=60) == 0
+    assert f" dub job {jobs + 1}: stopped by SIGTERM\n" in log.read_text() and "Traceback" not in log.read_text()
     assert os.listdir(log.parent / "gradio") == []  # uploads, results and Gradio's copies of them
