@@ -34,6 +34,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")         # as inference.py: t
 from common.errors import Stopped, UserError, interrupt, run_command, signals_handled  # noqa: E402
 from config.ranges import integer  # noqa: E402
 
+LPIPS_WEIGHTS = ("pretrained", "random")  # what the Score tab offers of evaluate.py's --lpips_weights
 NO_CHECKPOINT = ("no generator checkpoint under {folder}; make one with `python demo.py` (it writes "
                  "./asserts/demo/training_model_weight/frame_training_64/netG_best.pth) or by training "
                  "(`python train_person.py --videos ...` writes model.pth), then press Refresh, or start the app "
@@ -183,12 +184,19 @@ class Jobs:
         from dubbing.pipeline import load_generator
         return load_generator(path, device)
 
+    def offered(self, flag, path, choices):
+        """Refuse `path` unless it is among `choices` as found again now: the API reads no file the page does not
+        list, and takes one written since the app started."""
+        if not os.path.isfile(path):  # deleted since the page listed it
+            raise UserError(f"{flag} {path}: no such file (deleted since the list was made); press Refresh")
+        if path not in {value for _, value in choices}:
+            raise UserError(f"{flag} {path}: not a file this app offers; pass one the page lists (found under "
+                            f"--checkpoint_dir {self.opt.checkpoint_dir}, or --checkpoint)")
+
     def generator(self, path):
         """The DubbingModel of `path`, kept while the file is unchanged (the next job with it loads nothing)."""
         from common.devices import choose_device
-        if not os.path.isfile(path):  # deleted since the page listed it
-            raise UserError(f"--pretrained_clip_DINet_path {path}: no such file (deleted since the list was made); "
-                            f"press Refresh")
+        self.offered("--pretrained_clip_DINet_path", path, self.generator_choices())
         return self._generator(path, os.stat(path).st_mtime_ns, choose_device(self.opt.device))
 
     def describe(self, path):
@@ -271,6 +279,12 @@ class Jobs:
         with self.job("score", videos, sources) as folder:
             if not videos:
                 raise UserError("--videos: upload the videos to score")
+            if lpips_weights not in LPIPS_WEIGHTS:  # evaluate.py's --lpips_weights also reads a file: not here
+                raise UserError(f"--lpips_weights {lpips_weights}: pass {' or '.join(LPIPS_WEIGHTS)}")
+            for flag, path, choices in (("--syncnet_path", syncnet, self.syncnet_choices()),
+                                        ("--lse_syncnet_path", lse_syncnet, self.lse_choices())):
+                if path:
+                    self.offered(flag, path, choices)
             argv = ["--videos", *videos, *(["--sources", *sources] if sources else []),
                     *(["--syncnet_path", syncnet] if syncnet else []),
                     *(["--lse_syncnet_path", lse_syncnet] if lse_syncnet else []),
@@ -328,13 +342,18 @@ def build_page(jobs, opt):
                     lse_syncnet = gr.Dropdown(jobs.lse_choices(), value="",
                                               label="syncnet_python's syncnet_v2.model, LSE syncnet_v2 "
                                                     "(--lse_syncnet_path)")
-                    lpips_weights = gr.Radio(["pretrained", "random"], value="pretrained",
+                    lpips_weights = gr.Radio(list(LPIPS_WEIGHTS), value="pretrained",
                                              label="LPIPS trunk (--lpips_weights)",
                                              info="pretrained: torchvision's ImageNet VGG16, downloaded once")
                     score_button = gr.Button("Score", variant="primary")
                 with gr.Column():
                     table = gr.Markdown()
                     table_file = gr.File(label="The table (CSV)")
+
+        # a value not listed goes on to the job, which refuses it naming its flag (Gradio's own refusal names none
+        # and logs a traceback); set on the instances, as a subclass would make Gradio write an app.pyi
+        for choice in (checkpoint, amp, length, syncnet, lse_syncnet, lpips_weights):
+            choice.preprocess = lambda payload: payload if payload is None else str(payload)
 
         def dub(source, speech, checkpoint, amp, face, length, silence, progress=gr.Progress(track_tqdm=True)):
             return jobs.dub(source, speech, checkpoint, amp, face, length, silence, progress)

@@ -199,6 +199,38 @@ def test_the_score_endpoint_scores_a_video_against_its_source_as_the_protocol_do
     assert float(row["PSNR face"]) > 90 and float(row["LPIPS mouth"]) < 1e-3 and float(row["mouth_open_corr"]) > 0.99
 
 
+def test_a_value_not_offered_is_refused_in_one_line_naming_its_flag(app, inputs, tmp_path):
+    """Through the API, where a form's lists do not bind: a checkpoint written since the app started is taken, one
+    outside its folder is not."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+    url, checkpoint_path, log, _ = app
+    clip, audio, _, text = inputs
+    client = Client(url, verbose=False)
+    later, outside = os.path.join(os.path.dirname(checkpoint_path), "later.pth"), str(tmp_path / "outside.pth")
+    for copy in (later, outside):
+        shutil.copy(checkpoint_path, copy)
+    try:
+        refusals = {(text, later, "off", "pingpong"): "--source_video_path notes.mp4: not a readable video (",
+                    (clip, outside, "off", "pingpong"): f"--pretrained_clip_DINet_path {outside}: not a file this "
+                                                        f"app offers; pass one the page lists",
+                    (clip, later, "fp8", "pingpong"): "argument --amp: invalid choice: 'fp8' (choose from",
+                    (clip, later, "off", "bogus"): "argument --length: invalid choice: 'bogus' (choose from"}
+        for (face, checkpoint_file, amp, length), message in refusals.items():
+            with pytest.raises(AppError) as error:
+                client.predict(handle_file(face), handle_file(audio), checkpoint_file, amp, "largest", length, False,
+                               api_name="/dub")
+            assert str(error.value).startswith(message)
+    finally:
+        os.remove(later)
+    with pytest.raises(AppError) as error:
+        client.predict([handle_file(clip)], [handle_file(clip)], None, None, "/etc/passwd", api_name="/score")
+    assert str(error.value) == "--lpips_weights /etc/passwd: pass pretrained or random"
+    assert "Traceback" not in log.read_text()
+    assert re.search(r" score job \d+: refused: --lpips_weights /etc/passwd: pass pretrained or random\n",
+                     log.read_text())
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--host", "0.0.0.0"], "--host 0.0.0.0: listening beyond this machine needs --auth USER:PASS"),
     (["--host", "0.0.0.0", "--auth", "admin"], "--auth admin: pass USER:PASS"),
