@@ -12,7 +12,7 @@ from .ffmpeg import probe, run
 def extract_audio(video_path, wav_path, sample_rate=16000):
     """Write the video's first audio track as mono 16-bit wav at `sample_rate` (16 kHz: what every audio feature
     expects), from the file's start: a track that starts late is preceded by silence, as it plays."""
-    if not probe(video_path)["has_audio"]:
+    if not probe(video_path, "audio file")["has_audio"]:  # its video stream may be unreadable: not needed here
         raise UserError(f"{video_path}: video has no audio stream; training needs each video's speech, "
                         f"so mux it in (ffmpeg -i video.mp4 -i speech.wav -c:v copy -c:a aac out.mp4)")
     with atomic_output(wav_path) as partial:

@@ -211,7 +211,8 @@ def probe(video_path, kind="video"):
         ffmpeg.wait()  # it prints the streams and exits 1 for want of an output file
         info = "\n".join(ffmpeg.messages())
     # of several video streams, the one ffmpeg would pick, the largest (cover art aside); decoders map it by name
-    videos = [line for line in info.splitlines() if "Video:" in line and "(attached pic)" not in line]
+    videos = [line for line in info.splitlines()  # stream lines only: a warning may quote one ("... (Video: ...")
+              if line.lstrip().startswith("Stream #") and "Video:" in line and "(attached pic)" not in line]
     video_line = max(videos, key=_area, default="")
     size = re.search(SIZE, video_line)
     lines = info.strip().splitlines() or ["no streams"]
@@ -220,6 +221,8 @@ def probe(video_path, kind="video"):
         complaint = lines[-1].replace(f"{video_path}: ", "")  # ffmpeg repeats the path
     elif video_line and not size and "Audio:" not in info:  # a picture it cannot decode: a text file named .jpg
         complaint = next((re.sub(r"^\[[^]]*\] ", "", line) for line in lines if line.startswith("[")), lines[-1])
+    elif kind == "video" and re.search(r"Video: [^,]*, none\b", video_line):  # no picture format: none decoded
+        complaint = "no picture of its video stream could be decoded: a partial or damaged file?"
     if complaint:
         raise UserError(f"{video_path}: not a readable {kind} ({complaint}); re-encode it with ffmpeg")
     # a photograph's EXIF orientation is applied by the decoder, so only a decoded picture tells its size

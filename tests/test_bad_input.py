@@ -166,6 +166,10 @@ CASES = [
      "pass a video of the face to dub"),
     ("inference", "--driving_audio_path {not_audio}", "--driving_audio_path {not_audio}: not a readable audio file",
      "re-encode it with ffmpeg"),
+    ("inference", "--source_video_path {partial_mp4}", "--source_video_path {partial_mp4}: not a readable video (no "
+     "picture of its video stream could be decoded: a partial or damaged file?)", "re-encode it with ffmpeg"),
+    ("inference", "--driving_audio_path {partial_mp4}", "{partial_mp4}: no sound of its audio stream could be decoded",
+     "Pass the whole file, or re-encode it with ffmpeg"),
     ("inference", "--driving_audio_path {silent_mp4}", "--driving_audio_path {silent_mp4}: no audio stream",
      "pass the speech to dub with"),
     ("inference", "", "{grey_mp4}: no face found in any frame", "use a video with one visible, frontal face"),
@@ -393,6 +397,11 @@ def assets(tmp_path_factory, tiny_json, clip_assets, checkpoint):  # noqa: F811
     a.anamorphic_mp4 = str(folder / "anamorphic.mp4")  # each pixel shown twice as wide as high
     ffmpeg(*grey, *tone[:3], tone[3].format(1), "-vf", "setsar=2/1", *h264, "-c:a", "aac", "-shortest",
            a.anamorphic_mp4)
+    a.partial_mp4 = str(folder / "partial.mp4")  # cut inside its first packet, as an upload that broke off
+    ffmpeg(*grey, *tone[:3], tone[3].format(1), *h264, "-c:a", "aac", "-shortest", "-movflags", "+faststart",
+           a.partial_mp4)
+    whole = open(a.partial_mp4, "rb").read()
+    open(a.partial_mp4, "wb").write(whole[:whole.index(b"mdat") + 12])
     a.speech_wav, a.short_wav = str(folder / "speech.wav"), str(folder / "short.wav")
     ffmpeg(*tone[:3], tone[3].format(1), a.speech_wav)
     ffmpeg(*tone[:3], tone[3].format(0.1), a.short_wav)
