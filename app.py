@@ -308,10 +308,12 @@ def build_page(jobs, opt):
         with gr.Tab("Dub"):
             with gr.Row():
                 with gr.Column():
-                    source = gr.File(label="Face: a video or a photo (--source_video_path)",
-                                     file_types=["video", "image"], type="filepath", elem_id="source")
+                    # no file_types: Gradio judges a file by its name's type (refusing an .mts camcorder video), the
+                    # job by what ffmpeg reads in it, with a line naming the field's flag
+                    source = gr.File(label="Face: a video or a photo (--source_video_path)", type="filepath",
+                                     elem_id="source")
                     speech = gr.File(label="Speech: an audio file, or a video's soundtrack (--driving_audio_path)",
-                                     file_types=["audio", "video"], type="filepath", elem_id="speech")
+                                     type="filepath", elem_id="speech")
                     with gr.Row():
                         checkpoint = gr.Dropdown(generators, value=first, scale=4, elem_id="checkpoint",
                                                  label="Generator checkpoint (--pretrained_clip_DINet_path)")
@@ -333,10 +335,9 @@ def build_page(jobs, opt):
             with gr.Row():
                 with gr.Column():
                     videos = gr.File(label="Videos to score, with their sound (--videos)", file_count="multiple",
-                                     file_types=["video"], type="filepath")
+                                     type="filepath")
                     sources = gr.File(label="Their sources, in the same order, optional: PSNR, SSIM, LPIPS, lip "
-                                            "shape (--sources)", file_count="multiple", file_types=["video"],
-                                      type="filepath")
+                                            "shape (--sources)", file_count="multiple", type="filepath")
                     syncnet = gr.Dropdown(jobs.syncnet_choices(), value="",
                                           label="SyncNet trained here, LSE repo (--syncnet_path)")
                     lse_syncnet = gr.Dropdown(jobs.lse_choices(), value="",

@@ -231,6 +231,30 @@ def test_a_value_not_offered_is_refused_in_one_line_naming_its_flag(app, inputs,
                      log.read_text())
 
 
+def test_uploads_are_judged_by_what_ffmpeg_reads_in_them_not_by_their_names(app, inputs, tmp_path):
+    """A camcorder's .mts is a video; speech given as the face, or a text file as the speech, is refused naming
+    the field's flag (and the log gets no traceback)."""
+    import imageio_ffmpeg
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+    url, checkpoint_path, log, _ = app
+    clip, audio, _, _ = inputs
+    camcorder, notes = str(tmp_path / "clip.mts"), tmp_path / "notes.txt"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", clip, "-c", "copy", "-f", "mpegts",
+                    camcorder], check=True)
+    notes.write_text("meeting notes\n")
+    client = Client(url, verbose=False)
+    for face, speech_file, message in ((camcorder, str(notes), "--driving_audio_path notes.txt: not a readable audio "
+                                                                "file ("),
+                                       (audio, audio, "--source_video_path speech.wav: no video stream; pass a video "
+                                                      "of the face to dub")):
+        with pytest.raises(AppError) as error:
+            client.predict(handle_file(face), handle_file(speech_file), checkpoint_path, "off", "largest", "pingpong",
+                           False, api_name="/dub")
+        assert str(error.value).startswith(message)
+    assert "Traceback" not in log.read_text()
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--host", "0.0.0.0"], "--host 0.0.0.0: listening beyond this machine needs --auth USER:PASS"),
     (["--host", "0.0.0.0", "--auth", "admin"], "--auth admin: pass USER:PASS"),
