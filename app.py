@@ -302,7 +302,7 @@ def build_page(jobs, opt):
 
     generators = jobs.generator_choices()
     first = generators[0][1] if generators else None
-    # uploads and results (Gradio's copies) deleted a day after, and all of them when the app stops
+    # uploads (Gradio's copies) deleted a day after, and all of them when the app stops
     with gr.Blocks(title="DINet dubbing", delete_cache=(3600, 86400)) as page:
         gr.Markdown("# DINet dubbing")
         with gr.Tab("Dub"):
@@ -380,9 +380,10 @@ def build_page(jobs, opt):
 def serve(jobs, opt, credentials):
     """The page and its API until Ctrl-C (a KeyboardInterrupt, which Gradio takes to close the server)."""
     try:
-        import gradio  # noqa: F401
+        import gradio as gr
     except ImportError:
         raise UserError("app.py needs gradio, which is not installed; pip install -r requirements-app.txt") from None
+    gr.set_static_paths([jobs.folder])  # the results served where the jobs wrote them, not copied into Gradio's cache
     threading.Thread(target=sweep_hourly, args=(jobs,), daemon=True).start()  # a daemon: it ends with the app
     page = build_page(jobs, opt)
     page.queue(default_concurrency_limit=1)
@@ -400,7 +401,7 @@ def main():
     credentials = check_options(opt)
     from common.devices import choose_device
     choose_device(opt.device)  # a bad --device is said now, not at the first job
-    # one folder for the jobs' results and Gradio's copies of uploads and results, removed when the app stops
+    # one folder for the jobs' results and Gradio's copies of uploads, removed when the app stops
     parent = os.environ.get("GRADIO_TEMP_DIR")
     if parent:
         os.makedirs(parent, exist_ok=True)

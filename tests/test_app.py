@@ -5,6 +5,7 @@ selenium) and a program (gradio_client) dub 1 s of talking_head_a.mp4 with 1.6 s
 The browser is Debian's chromium and chromium-driver, found on PATH; where they are missing they are installed with
 apt-get when this process may (root, apt-get present), else the browser test is skipped saying what to install."""
 import csv
+import glob
 import os
 import re
 import shutil
@@ -174,6 +175,8 @@ def test_the_dub_endpoint_runs_one_job_at_a_time_and_returns_the_video(app, inpu
     assert events[-4:] == [(first, "started"), (first, "done"), (first + 1, "started"), (first + 1, "refused")], events
     info = probe(video)
     assert info["has_audio"] and abs(info["duration"] - seconds) < 0.1
+    stored = glob.glob(str(log.parent / "gradio" / "**" / os.path.basename(video)), recursive=True)
+    assert len(stored) == len(re.findall(r" dub job \d+: done", log.read_text()))  # each result kept once on disk
     assert summary.startswith("40 frames at 25 fps, mouth 64: 40 dubbed")
     assert str(error.value).startswith("--source_video_path notes.mp4: not a readable video (")
     big = tmp_path / "long.wav"
