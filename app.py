@@ -47,8 +47,8 @@ def build_parser():
     add = parser.add_argument
     add("--checkpoint", default=None, help="a generator checkpoint to offer first (beside those in --checkpoint_dir)")
     add("--checkpoint_dir", default="./asserts", help="where to look for generator checkpoints (*.pth, recursively)")
-    add("--host", default="127.0.0.1", help="the address to listen on; anything but a loopback address (e.g. 0.0.0.0, "
-                                            "every interface) needs --auth")
+    add("--host", default="127.0.0.1", help="the IPv4 address to listen on; anything but a loopback address (e.g. "
+                                            "0.0.0.0, every interface) needs --auth")
     add("--port", type=integer(1, 65535), default=7860, help="the port to listen on")
     add("--auth", default=None, metavar="USER:PASS", help="the login the page and the API ask for")
     add("--max_upload_mb", type=integer(1), default=500, help="uploads larger than this are refused")
@@ -69,6 +69,9 @@ def check_options(opt):
     except socket.gaierror as error:
         raise UserError(f"--host {opt.host}: the name does not resolve ({error.strerror}); pass an "
                         f"IP address (127.0.0.1, or 0.0.0.0 for every interface) or a name that resolves") from None
+    if ":" in opt.host:  # Gradio writes http://HOST:PORT/ unbracketed, and stops with a traceback
+        raise UserError(f"--host {opt.host}: an IPv6 address, which Gradio's server cannot take; pass 127.0.0.1 (this "
+                        f"machine only) or 0.0.0.0 (every IPv4 interface, with --auth)")
     if not is_loopback(opt.host) and credentials is None:
         raise UserError(f"--host {opt.host}: listening beyond this machine needs --auth USER:PASS (anyone who reaches "
                         f"the port could dub with your models and read the results); add --auth, or drop --host to "

@@ -262,8 +262,9 @@ def test_uploads_are_judged_by_what_ffmpeg_reads_in_them_not_by_their_names(app,
     (["--host", "0.0.0.0"], "--host 0.0.0.0: listening beyond this machine needs --auth USER:PASS"),
     (["--host", "0.0.0.0", "--auth", "admin"], "--auth admin: pass USER:PASS"),
     (["--host", "example.invalid", "--auth", "admin:secret"], "--host example.invalid: the name does not resolve ("),
+    (["--host", "::1"], "--host ::1: an IPv6 address, which Gradio's server cannot take; pass 127.0.0.1"),
 ])
-def test_listening_beyond_this_machine_needs_a_login(argv, message, monkeypatch, capsys):
+def test_a_host_needing_a_login_or_that_gradio_cannot_serve_is_refused_at_once(argv, message, monkeypatch, capsys):
     assert refusal("app.py", argv, monkeypatch, capsys).startswith(message)
 
 
