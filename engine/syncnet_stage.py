@@ -83,7 +83,7 @@ class SyncNetStage(Stage):
         return f"{self.config.describe()}; held out: {', '.join(self.held_out_names)}"
 
     def checkpoint_metadata(self):
-        metadata = {"syncnet_config": self.config.to_dict()}
+        metadata = {**super().checkpoint_metadata(), "syncnet_config": self.config.to_dict()}
         if self.last_result is not None:
             metadata["held_out_accuracy"], metadata["held_out_loss"] = self.last_result
         return metadata

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from common.devices import usable_cores
 from common.errors import Stopped, UserError
 from common.files import check_writable, remove_stale_temporaries
-from common.geometry import CropGeometry
+from common.geometry import AUDIO_WINDOW, CropGeometry
 from config.config import BEST_NAME
 from config.labs import GENERATOR_FLAGS, generator_config
 from data.dataset import FrameDataset
@@ -40,7 +40,7 @@ from data.training_json import check_audio_channel, load_training_json
 from models import DINet, Discriminator, Vgg19
 from models.checkpoint import (atomic_save, check_generator_config, check_syncnet_fits, checkpoint_name,
                                checkpoints_newest_first, generator_config_of, load_checkpoint, load_network,
-                               load_syncnet, newest_valid_checkpoint, prune_step_checkpoints)
+                               load_syncnet, newest_valid_checkpoint, prune_step_checkpoints, recorded_options)
 
 from . import distributed
 from .losses import GANLoss, PerceptualLoss, mouth_l1
@@ -124,8 +124,8 @@ class Stage:
         return ""
 
     def checkpoint_metadata(self):
-        """What a checkpoint records beyond weights, optimizers and the loop's state."""
-        return {}
+        """What a checkpoint records beyond weights, optimizers and the loop's state: at least every flag of the run."""
+        return {"options": recorded_options(self.opt)}
 
     def end_epoch(self, epoch, log, global_step):
         """Called on the main process after each epoch, before its checkpoint."""
@@ -216,7 +216,9 @@ class FrameStage(Stage):
         return f"{self.generator_cfg.describe()}; {self.precision.describe()}"
 
     def checkpoint_metadata(self):
-        return {"generator_config": self.generator_cfg.to_dict(), "lab": self.lab}
+        # the audio window is no flag but this code's constant: a later version's may differ
+        return {**super().checkpoint_metadata(), "generator_config": self.generator_cfg.to_dict(), "lab": self.lab,
+                "audio_window": AUDIO_WINDOW}
 
     def dataset(self, training_set):
         return FrameDataset(training_set, self.opt.augment_num, self.opt.mouth_region_size, self.opt.frame_cache_mb)
@@ -407,6 +409,17 @@ def choose_generator_config(opt, training_set, audio_channel, checkpoint, path, 
         raise UserError(f"{flag} {path}: its generator reads {found.audio_channel}-d audio, but {training_set.path} has "
                          f"{audio_channel}-d {training_set.audio_feature} features; pass a checkpoint trained on this data")
     return found
+
+
+# what a resumed run takes from its checkpoint whatever the flags say (given, the architecture must match)
+TAKEN_FROM_CHECKPOINT = ("resume", "start_epoch", "lab", *GENERATOR_FLAGS, "coarse2fine", "coarse_model_path",
+                         "pretrained_frame_DINet_path")
+
+
+def changed_flags(recorded, opt):
+    """'--batch_size 24 -> 12, ...': the flags `opt` gives other values than a checkpoint's `recorded` options."""
+    return ", ".join(f"--{name} {recorded[name]} -> {value}" for name, value in recorded_options(opt).items()
+                     if name in recorded and name not in TAKEN_FROM_CHECKPOINT and recorded[name] != value)
 
 
 def check_data_compatible(checkpoint, opt, training_set, path, flag):
@@ -732,6 +745,9 @@ def train(opt, stage_class=FrameStage):
              f"{workers} loader workers")
     if resume is not None:
         log.line(f"resumed from {resume_path}: epoch {start_epoch}, iteration {start_iteration}, step {global_step}")
+        changed = changed_flags(resume.get("options", {}), opt)
+        if changed:
+            log.line(f"flags changed since that checkpoint: {changed}; this run goes on with the new values")
     if validator:
         validator.write_split(opt.result_path)
         log.line(f"validation every {opt.val_every} epoch(s) on {len(validator.videos)} held-out video(s) "

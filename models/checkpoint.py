@@ -2,7 +2,8 @@
 
 `netG_model_epoch_{N}.pth` = {"epoch": N + 1, "state_dict": {"net_g", "net_dI"[, "net_dV"]},
 "optimizer": {...}} as DINet writes it, plus what a resume and a later stage need: "scheduler",
-"rng", "global_step", "generator_config", "mouth_region_size", "audio_feature", "lab". Trained with --ema,
+"rng", "global_step", "generator_config", "mouth_region_size", "audio_feature", "lab", "audio_window" and "options"
+(every flag of the run that wrote it). Trained with --ema,
 state_dict's "net_g" is the weights' moving average (what dubbing and the next stage load) and
 "net_g_training" the trained weights a resume continues from.
 Keys with or without DataParallel's `module.` prefix load.
@@ -133,7 +134,8 @@ def load_checkpoint(path, flag="--resume", expected="a netG_model_epoch_N.pth", 
 
 # what a checkpoint records beside its weights that dubbing, training and the app read, and the type of each
 RECORDED = {"epoch": int, "iteration": int, "global_step": int, "mouth_region_size": int, "audio_feature": str,
-            "lab": str, "validation_split": dict, "validation_best": dict}
+            "lab": str, "validation_split": dict, "validation_best": dict, "audio_window": int, "options": dict}
+PLAIN = (str, int, float, bool, type(None))  # the types of a recorded flag's value
 LARGEST_MOUTH = 1024  # four times DINet's largest: a face crop of 1664 x 1280 pixels
 
 
@@ -152,9 +154,17 @@ def check_recorded(checkpoint):
     size = checkpoint.get("mouth_region_size")
     if size is not None and not recordable_mouth_size(size):
         raise ValueError(f"its mouth_region_size {size} is not a multiple of 8 from 16 to {LARGEST_MOUTH}")
+    options = checkpoint.get("options") or {}
+    if not all(type(name) is str and type(value) in PLAIN for name, value in options.items()):
+        raise ValueError("its options are not flags with plain values")
     videos = (checkpoint.get("validation_split") or {}).get("videos", [])
     if not isinstance(videos, list) or not all(isinstance(video, str) for video in videos):
         raise ValueError("its validation_split's videos are not a list of names")
+
+
+def recorded_options(opt):
+    """A run's flags as its checkpoints record them: plain values, which json and a weights_only load take."""
+    return {name: value if type(value) in PLAIN else str(value) for name, value in vars(opt).items()}
 
 
 def check_not_inflating(path, flag, fix):
@@ -309,3 +319,4 @@ def check_syncnet_fits(config, path, mouth_region_size, audio_feature, audio_cha
     if config.mouth_region_size is not None and config.mouth_region_size != mouth_region_size:
         raise UserError(f"{flag} {path}: this SyncNet was trained on mouth {config.mouth_region_size} crops, this run "
                          f"uses --mouth_region_size {mouth_region_size}; {retrain}")
+

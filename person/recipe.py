@@ -39,9 +39,10 @@ from .steps import Step
 # footage gives few videos (the footage was checked to leave it enough with this draw)
 SYNCNET = [f"--held_out_fraction={SYNCNET_HELD_OUT}", f"--seed={SYNCNET_SEED}"]
 SAVE_EVERY = 100  # iterations between the checkpoints a resumed stage continues from
-# what model.pth keeps of a training checkpoint beside the generator's weights: what dubbing and --init read of it
+# what model.pth keeps of a training checkpoint beside the generator's weights: what dubbing and --init read of it,
+# and the flags that made it
 MODEL_KEYS = ("mouth_region_size", "audio_feature", "generator_config", "lab", "epoch", "validation_best",
-              "validation_split")
+              "validation_split", "audio_window", "options")
 
 
 @dataclass

@@ -135,11 +135,12 @@ def test_weights_files_whose_entries_inflate_are_refused_before_they_are_read(tm
     ({"validation_split": "all"}, r"its validation_split \(all\) is not a dict"),
     ({"validation_split": {"videos": 3}}, "its validation_split's videos are not a list of names"),
     ({"audio_feature": "rot13"}, "records 'rot13' audio features, which its 80-wide audio input cannot read"),
+    ({"options": {"batch_size": [1] * 10 ** 6}}, "its options are not flags with plain values"),
     # terabytes of weights for a network of the file's: refused before one is allocated
     ({"generator_config": {"ref_channel": 3 * 10 ** 8}},
      r"its net_g does not fit this architecture \(size mismatch for ref_in_conv.0.conv.weight"),
 ], ids=["mouth size of a million", "mouth size as text", "split as text", "split's videos as a number",
-        "unknown audio feature", "network larger than its weights"])
+        "unknown audio feature", "options holding a list", "network larger than its weights"])
 def test_what_a_checkpoint_records_beside_its_weights_is_checked_before_it_is_used(tmp_path, recorded, reason):
     torch.manual_seed(0)
     network = DINet(3, 15, 80)

@@ -79,6 +79,20 @@ def test_frame_stage_writes_dinet_checkpoints_logs_and_image_grids(lab2_run):
     assert not glob.glob(str(tmp_path / ".*.partial*"))  # atomic writes leave no temporary files
 
 
+def test_a_checkpoint_says_which_flags_made_it(lab2_run):
+    """Months later: the loss weights, data and schedule flags and the audio window, read back as the user would."""
+    result = subprocess.run([sys.executable, "inspect_checkpoint.py", str(lab2_run / "netG_model_epoch_2.pth")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    recorded = json.loads(result.stdout)
+    assert recorded["lab"] == "lab2" and recorded["audio_window"] == 5 and recorded["epoch"] == 3
+    options = recorded["options"]
+    assert (options["lamb_perception"], options["lamb_l1"], options["lamb_mouth"]) == (10.0, 0.0, 0.0)
+    assert (options["batch_size"], options["augment_num"], options["seed"], options["lr_g"]) == (2, 2, 456, 0.0001)
+    assert options["lab"] == "lab2" and options["image_every"] == 1 and options["vgg19_weights"] == "random"
+    assert "state_dict" not in recorded and "optimizer" not in recorded
+
+
 @pytest.mark.parametrize("mouth_size", [64, 128, 256])
 def test_one_frame_stage_step_at_each_mouth_size(tiny_json, tmp_path, mouth_size):
     opt = training_parser("test", tmp_path).parse_args(["--train_data", tiny_json, "--mouth_region_size",
@@ -207,6 +221,10 @@ def test_coarse_checkpoint_of_another_lab_is_rejected(tiny_json, lab2_run, tmp_p
 def test_resume_continues_the_loss_trajectory_of_an_uninterrupted_run(tiny_json, lab2_run, tmp_path):
     run_frame(tiny_json, tmp_path, "--resume", str(lab2_run / "netG_model_epoch_1.pth"))
     assert_resumed_as_epoch_2(lab2_run, tmp_path)
+    # the flags given otherwise are named; the lab, left to the checkpoint, is not
+    changed = [line for line in (tmp_path / "log.txt").read_text().splitlines() if line.startswith("flags changed")]
+    assert changed == [f"flags changed since that checkpoint: --result_path {lab2_run} -> {tmp_path}, --image_every 1 "
+                       f"-> 200; this run goes on with the new values"]
     # the resumed run rebuilt lab2 from the checkpoint alone
     assert torch.load(tmp_path / "netG_model_epoch_2.pth", weights_only=False)[
         "generator_config"]["extra_same_block"]
