@@ -8,6 +8,8 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from common.files import write_atomically
+
 
 def format_log_line(epoch, iteration, num_iterations, losses, lr, lr_label="lr_g"):
     """DINet's per-iteration line, e.g.
@@ -36,15 +38,34 @@ def save_png(grid, path):
         raise OSError(f"{path}: could not write the image")
 
 
+def drop_records_from(path, resumed_at):
+    """Keep the records of metrics.jsonl `path` from before `resumed_at` (global step, epoch) of a resumed run: what a
+    killed run logged after its last checkpoint the resumed run logs again (and a line the kill cut short is no
+    record). An epoch's validation is logged at the step that ends it, before the checkpoint after it."""
+    with open(path) as f:
+        lines = f.readlines()
+
+    def before(line):
+        record = json.loads(line)
+        return (record["step"], record["epoch"]) < resumed_at
+    kept = [line for line in lines if line.endswith("\n") and before(line)]
+    if len(kept) < len(lines):
+        write_atomically(path, lambda f: f.writelines(kept), mode="w")
+
+
 class RunLog:
-    def __init__(self, result_path, enabled=True):
+    def __init__(self, result_path, enabled=True, resumed_at=None):
+        """`resumed_at`: (global step, epoch) where a resumed run starts."""
         self.enabled = enabled
         self.result_path = result_path
         if not enabled:
             return
         os.makedirs(os.path.join(result_path, "samples"), exist_ok=True)
         self.text = open(os.path.join(result_path, "log.txt"), "a")
-        self.metrics = open(os.path.join(result_path, "metrics.jsonl"), "a")
+        metrics = os.path.join(result_path, "metrics.jsonl")
+        if resumed_at and os.path.exists(metrics):
+            drop_records_from(metrics, resumed_at)
+        self.metrics = open(metrics, "a")
         self.board = SummaryWriter(os.path.join(result_path, "tensorboard"))
 
     def line(self, text):

@@ -738,7 +738,8 @@ def train(opt, stage_class=FrameStage):
     if resume is not None:
         start_epoch, start_iteration, global_step = restore(stage, schedulers, resume, resume_path)
 
-    log = RunLog(opt.result_path, enabled=runtime.is_main)
+    log = RunLog(opt.result_path, enabled=runtime.is_main,
+                 resumed_at=(global_step, start_epoch) if resume is not None else None)
     log.line(f"training {stage_class.__name__} [{stage.describe()}] at mouth {opt.mouth_region_size} on "
              f"{runtime.device} x{runtime.world_size}: {len(training_set.videos)} videos, "
              f"{training_set.audio_feature} audio ({training_set.audio_channel}-d), {iterations} iterations per epoch, "
