@@ -22,7 +22,7 @@ from common.devices import synchronize
 from common.errors import UserError
 from common.files import atomic_output
 from common.geometry import AUDIO_WINDOW, CropGeometry
-from config.config import training_parser
+from config.config import VALIDATION_METRICS, training_parser
 from config.labs import GENERATOR_FLAGS, generator_config, lab_audio_feature
 from data.audio_features import FEATURE_WIDTHS
 from data.training_json import check_audio_channel, load_training_json
@@ -105,13 +105,14 @@ class LabRun:
     costs: dict
     skipped: Optional[str] = None                 # the reason, for a lab this data cannot train
     step_seconds: list = field(default_factory=list)
-    metrics: list = field(default_factory=list)   # metrics.jsonl records, one per iteration
+    metrics: list = field(default_factory=list)   # metrics.jsonl records: one per iteration, one per validation
 
-    def epoch_perception(self):
-        """{epoch: mean Loss_perception over the epoch's iterations}."""
+    def epoch_means(self, key):
+        """{epoch: mean of `key` over the epoch's records that hold it}: an iteration loss, or a validation score."""
         by_epoch = {}
         for record in self.metrics:
-            by_epoch.setdefault(record["epoch"], []).append(record["Loss_perception"])
+            if key in record:
+                by_epoch.setdefault(record["epoch"], []).append(record[key])
         return {epoch: statistics.fmean(values) for epoch, values in sorted(by_epoch.items())}
 
     def seconds_per_iteration(self):
@@ -186,27 +187,36 @@ def run_comparison(labs, training_args, epochs, out_dir):
     return runs
 
 
-def comparison_rows(runs):
-    epochs = sorted({epoch for run in runs for epoch in run.epoch_perception()})
+def epoch_columns(runs, key, label):
+    """Per run, {"LABEL epoch E": its epoch mean of `key`} over every epoch any run has one for."""
+    means = [run.epoch_means(key) for run in runs]
+    epochs = sorted({epoch for mean in means for epoch in mean})
+    return [{f"{label} epoch {epoch}": f"{mean[epoch]:.4f}" if epoch in mean else "" for epoch in epochs}
+            for mean in means]
+
+
+def comparison_rows(runs, val_metric):
+    """One row per lab: costs, seconds per iteration, the perception loss and the held-out `val_metric` per epoch."""
     rows = []
-    for run in runs:
-        perception = run.epoch_perception()
+    for run, perception, held_out in zip(runs, epoch_columns(runs, "Loss_perception", "perception"),
+                                         epoch_columns(runs, f"val/{val_metric}", f"held-out {val_metric}")):
         seconds = run.seconds_per_iteration()
         rows.append({"lab": run.lab, "description": run.description, **run.costs,
-                     "s/iteration": f"{seconds:.3f}" if seconds is not None else "",
-                     **{f"perception epoch {epoch}": f"{perception[epoch]:.4f}" if epoch in perception else ""
-                        for epoch in epochs},
+                     "s/iteration": f"{seconds:.3f}" if seconds is not None else "", **perception, **held_out,
                      "note": f"skipped: {run.skipped}" if run.skipped else ""})
     return rows
 
 
 def write_comparison(runs, base, training_set, out_dir):
-    rows = comparison_rows(runs)
+    rows = comparison_rows(runs, base.val_metric)
+    held_out = base.val_data or base.val_fraction and f"{base.val_fraction:g} of the videos"
     summary = (f"Data: {training_set.path} ({len(training_set.videos)} videos, {training_set.audio_feature} "
                f"{training_set.audio_channel}-d); mouth {base.mouth_region_size}, batch {base.batch_size}, "
                f"augment_num {base.augment_num}, seed {base.seed}, epochs {base.non_decay + base.decay}, "
                f"device {base.device or 'default'}, VGG19 {base.vgg19_weights}. Perception loss: mean over each "
-               f"epoch's iterations; s/iteration: median wall time of one generator + discriminator step.")
+               f"epoch's iterations; s/iteration: median wall time of one generator + discriminator step."
+               + (f" Held out: {held_out}, scored by {base.val_metric} "
+                  f"({'higher' if VALIDATION_METRICS[base.val_metric] else 'lower'} is better)." if held_out else ""))
     with atomic_output(os.path.join(out_dir, "comparison.md")) as partial:
         with open(partial, "w") as f:
             f.write(f"# Lab comparison\n\n{summary}\n\n{markdown_table(rows)}\n")
@@ -228,8 +238,9 @@ def plot_perception(runs, path):
     figure, axes = plt.subplots(figsize=(9, 5))
     colours = plt.get_cmap("tab20").colors  # twelve labs: the default cycle of ten would repeat
     for index, run in enumerate(runs):
-        if run.metrics:
-            axes.plot([m["step"] + 1 for m in run.metrics], [m["Loss_perception"] for m in run.metrics],
+        steps = [m for m in run.metrics if "Loss_perception" in m]  # not the validation records
+        if steps:
+            axes.plot([m["step"] + 1 for m in steps], [m["Loss_perception"] for m in steps],
                       label=f"{run.lab} ({run.description})", linewidth=1.2, color=colours[index % len(colours)])
     axes.set_xlabel("iteration")
     axes.set_ylabel("Loss_perception")

@@ -1,5 +1,6 @@
 """The twelve labs: presets as the lab notes list them, every ingredient as a module of its own,
 flags that compose, checkpoints that know their lab, and compare_labs.py."""
+import dataclasses
 import itertools
 import json
 import os
@@ -15,7 +16,9 @@ from config.config import training_parser
 from config.labs import LAB_PRESETS, generator_config
 from conftest import ROOT
 from data.procedural_faces import make_demo_data
-from engine.compare import cost_table, generator_gflops, lab_config, parameter_count, run_comparison
+from data.training_json import load_training_json
+from engine.compare import (cost_table, generator_gflops, lab_config, parameter_count, run_comparison,
+                            write_comparison)
 from engine.trainer import FrameStage, requested_generator_config, train
 from models import DINet, GeneratorConfig
 from models.adain import AdaIN
@@ -357,6 +360,24 @@ def test_compare_labs_tables_plots_and_skips_a_lab_the_data_cannot_train(compari
     assert (out_dir / "perception_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(UserError, match="already holds a run"):  # never appends to an earlier comparison
         run_comparison(["lab1"], ["--train_data", demo_json, *FAST], epochs=1, out_dir=str(out_dir))
+
+
+def test_a_comparison_with_held_out_videos_tables_their_score_per_epoch(comparison, demo_json, tmp_path):
+    """Under --val_fraction each lab's metrics.jsonl also holds a validation record per epoch, which has no training
+    loss: the table gains the held-out score beside the perception loss, and the plot keeps to the losses."""
+    _, (lab1, lab7) = comparison
+    scores = [{"step": 3, "epoch": 1, "val/l1": 0.5, "val/lmd_mouth": 0.25},
+              {"step": 6, "epoch": 2, "val/l1": 0.5, "val/lmd_mouth": 0.125}]
+    validated = dataclasses.replace(lab1, metrics=[*lab1.metrics[:3], scores[0], *lab1.metrics[3:], scores[1]])
+    base = training_parser("test", str(tmp_path)).parse_args(["--val_fraction", "0.5"])
+    write_comparison([validated, lab7], base, load_training_json(demo_json), str(tmp_path))
+    table = (tmp_path / "comparison.md").read_text()
+    assert "Held out: 0.5 of the videos, scored by lmd_mouth (lower is better)." in table
+    assert "| perception epoch 1 | perception epoch 2 | held-out lmd_mouth epoch 1 | held-out lmd_mouth epoch 2 | " \
+           "note |" in table
+    lab1_row = next(line for line in table.splitlines() if line.startswith("| lab1 |"))
+    assert lab1_row.endswith(f"| {sum(m['Loss_perception'] for m in lab1.metrics[3:]) / 3:.4f} | 0.2500 | 0.1250 |  |")
+    assert (tmp_path / "perception_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_compare_labs_table_only_prints_parameters_and_gflops_without_training():
