@@ -236,12 +236,15 @@ def plot_perception(runs, path):
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(9, 5))
-    colours = plt.get_cmap("tab20").colors  # twelve labs: the default cycle of ten would repeat
+    # tab20 pairs each hue with its light shade: its ten hues first, so that labs side by side differ in hue
+    paired = plt.get_cmap("tab20").colors
+    colours = [*paired[0::2], *paired[1::2]]
     for index, run in enumerate(runs):
         steps = [m for m in run.metrics if "Loss_perception" in m]  # not the validation records
         if steps:
             axes.plot([m["step"] + 1 for m in steps], [m["Loss_perception"] for m in steps],
                       label=f"{run.lab} ({run.description})", linewidth=1.2, color=colours[index % len(colours)])
+    axes.xaxis.get_major_locator().set_params(integer=True)  # no iteration 1.5 on a short run
     axes.set_xlabel("iteration")
     axes.set_ylabel("Loss_perception")
     axes.set_title("Frame-stage perception loss, same seed and data")

@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -370,14 +372,18 @@ def test_a_comparison_with_held_out_videos_tables_their_score_per_epoch(comparis
               {"step": 6, "epoch": 2, "val/l1": 0.5, "val/lmd_mouth": 0.125}]
     validated = dataclasses.replace(lab1, metrics=[*lab1.metrics[:3], scores[0], *lab1.metrics[3:], scores[1]])
     base = training_parser("test", str(tmp_path)).parse_args(["--val_fraction", "0.5"])
-    write_comparison([validated, lab7], base, load_training_json(demo_json), str(tmp_path))
+    write_comparison([validated, dataclasses.replace(lab1, lab="lab2"), lab7], base, load_training_json(demo_json),
+                     str(tmp_path))
     table = (tmp_path / "comparison.md").read_text()
     assert "Held out: 0.5 of the videos, scored by lmd_mouth (lower is better)." in table
     assert "| perception epoch 1 | perception epoch 2 | held-out lmd_mouth epoch 1 | held-out lmd_mouth epoch 2 | " \
            "note |" in table
     lab1_row = next(line for line in table.splitlines() if line.startswith("| lab1 |"))
     assert lab1_row.endswith(f"| {sum(m['Loss_perception'] for m in lab1.metrics[3:]) / 3:.4f} | 0.2500 | 0.1250 |  |")
-    assert (tmp_path / "perception_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the two labs' lines (and legend entries) in two hues, 20 degrees apart or more
+    plot = cv2.cvtColor(cv2.imread(str(tmp_path / "perception_loss.png")), cv2.COLOR_BGR2HSV)
+    hues = np.bincount(plot[..., 0][plot[..., 1] > 60] // 10)  # OpenCV's hue is degrees / 2
+    assert (hues > 20).sum() == 2, hues
 
 
 def test_compare_labs_table_only_prints_parameters_and_gflops_without_training():
