@@ -193,6 +193,8 @@ def test_max_minutes_stops_after_the_epoch_past_which_another_would_not_fit(data
     _, resumed = train(tmp_path, "timed", train_json, *flags, "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from" in resumed.stdout and "stopped after epoch 2 of 6" in resumed.stdout
+    with open(result / "metrics.jsonl") as f:  # epoch 1's validation, logged before the checkpoint resumed, stays
+        assert [row["epoch"] for row in map(json.loads, f) if "val/l1" in row] == [1, 2]
 
 
 def test_a_json_split_holds_the_named_videos_and_the_rest_and_loads_beside_the_original(tmp_path):
