@@ -622,11 +622,17 @@ def restore(stage, schedulers, resume, path):
         load_network(distributed.unwrap(network), resume, trained if trained in saved else name, path, "--resume")
     if stage.average:  # the checkpoint's average, or its weights where it kept none
         load_network(stage.average.network, resume, "net_g", path, "--resume")
+    run_rates = {name: list(scheduler.base_lrs) for name, scheduler in schedulers.items()}  # --lr_g, --lr_dI, --lr
     for name, optimizer in stage.optimizers.items():
         load_optimizer(optimizer, resume["optimizer"][name])
     for name, scheduler in schedulers.items():
         if "scheduler" in resume:
             scheduler.load_state_dict(resume["scheduler"][name])
+            # this run's learning rates (a resume with a lower one is how a diverging run goes on), where the
+            # checkpoint's schedule got to
+            scheduler.base_lrs = run_rates[name]
+            for group, rate, factor in zip(scheduler.optimizer.param_groups, run_rates[name], scheduler.lr_lambdas):
+                group["initial_lr"], group["lr"] = rate, rate * factor(scheduler.last_epoch)
     for name, state in resume.get("scaler", {}).items():
         if state:  # a disabled (non-fp16) scaler saves {}: nothing to restore, even when resuming under fp16
             stage.scaler(name).load_state_dict(state)

@@ -230,6 +230,18 @@ def test_resume_continues_the_loss_trajectory_of_an_uninterrupted_run(tiny_json,
         "generator_config"]["extra_same_block"]
 
 
+def test_a_run_resumed_with_another_learning_rate_trains_at_it(tiny_json, lab2_run, tmp_path):
+    run_frame(tiny_json, tmp_path, "--resume", str(lab2_run / "netG_model_epoch_1.pth"), "--lr_g", "0.00005",
+              "--lr_dI", "0.00002", "--iterations_per_epoch", "1", "--image_every", "1")
+    assert "--lr_g 0.0001 -> 5e-05, --lr_dI 0.0001 -> 2e-05, --iterations_per_epoch 0 -> 1; this run goes on with " \
+           "the new values" in (tmp_path / "log.txt").read_text()
+    assert [record["lr_g"] for record in metrics(tmp_path)] == [0.00005]
+    resumed = load_checkpoint(str(tmp_path / "netG_model_epoch_2.pth"))
+    # the rate the schedule decays from (--decay 1: half of it after epoch 2)
+    assert [(group["initial_lr"], group["lr"]) for group in resumed["optimizer"]["net_dI"]["param_groups"]] == \
+        [(0.00002, 0.00001)]
+
+
 def test_a_gpu_runs_checkpoint_resumes_on_a_cpu_with_the_cpus_adam_on_the_same_losses(tiny_json, lab2_run, tmp_path):
     whole, part = lab2_run, tmp_path / "part"
     checkpoint = load_checkpoint(str(whole / "netG_model_epoch_1.pth"))
