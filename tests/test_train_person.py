@@ -296,14 +296,15 @@ def test_the_model_is_the_clip_stages_best_unless_the_frame_stage_scored_better(
         torch.manual_seed(len(name))
         atomic_save({"state_dict": {"net_g": DINet(3, 15, 80).state_dict(), "net_dI": {"w": torch.ones(2)}},
                      "optimizer": {"net_g": {"state": {}}},
-                     "validation_best": {"metric": "lmd_mouth", "value": score, "epoch": 3}}, paths[name])
+                     "validation_best": {"metric": "lmd_mouth", "value": score, "epoch": 3},
+                     "options": {"lamb_perception": 10.0, "seed": len(name)}}, paths[name])
     model = str(tmp_path / "model.pth")
     choose_model(paths["frame"], paths["clip"], model)
     kept, original = load_checkpoint(model), load_checkpoint(paths[chosen])
     assert all(torch.equal(kept["state_dict"]["net_g"][key], value)
                for key, value in original["state_dict"]["net_g"].items())
     assert list(kept["state_dict"]) == ["net_g"] and "optimizer" not in kept  # the generator alone
-    assert kept["validation_best"] == original["validation_best"]
+    assert kept["validation_best"] == original["validation_best"] and kept["options"] == original["options"]
     with open(tmp_path / "model.json") as file:
         assert json.load(file)["chosen"] == chosen
 
