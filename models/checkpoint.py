@@ -319,4 +319,3 @@ def check_syncnet_fits(config, path, mouth_region_size, audio_feature, audio_cha
     if config.mouth_region_size is not None and config.mouth_region_size != mouth_region_size:
         raise UserError(f"{flag} {path}: this SyncNet was trained on mouth {config.mouth_region_size} crops, this run "
                          f"uses --mouth_region_size {mouth_region_size}; {retrain}")
-
