@@ -83,6 +83,8 @@ def load_checkpoint(path, flag="--resume", expected="a netG_model_epoch_N.pth", 
     """The checkpoint at `path` (its integrity checked), or exit naming `flag`, the file and the fix; `needs`:
     the network it must hold, readable as that kind ("net_g": a generator's, "net": a SyncNet's).
     Unpickled with weights_only: tensors and plain values, never code."""
+    if os.path.isdir(path):  # a run's result folder, say
+        raise UserError(f"{flag} {path}: a folder, not a checkpoint file; pass {expected} in it")
     if not os.path.isfile(path):
         raise UserError(f"{flag} {path}: no such checkpoint file; check the path")
     check_not_inflating(path, flag, f"pass {expected}")

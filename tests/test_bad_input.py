@@ -94,6 +94,8 @@ CASES = [
     ("frame", "--coarse2fine", "--coarse2fine needs --coarse_model_path PATH", "netG_model_epoch_N.pth"),
     ("frame", "--coarse2fine --coarse_model_path {tmp}/none.pth",
      "--coarse_model_path {tmp}/none.pth: no such checkpoint file", "check the path"),
+    ("frame", "--coarse2fine --coarse_model_path {tmp}", "--coarse_model_path {tmp}: a folder, not a checkpoint file; "
+     "pass the coarser stage's netG_model_epoch_N.pth in it"),
     ("frame", "--coarse2fine --coarse_model_path {truncated_pth}",
      "--coarse_model_path {truncated_pth}: cannot read this checkpoint", "use an earlier checkpoint"),
     ("frame", "--coarse2fine --coarse_model_path {no_state_pth}",
