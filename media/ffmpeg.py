@@ -262,6 +262,21 @@ def probe(video_path, kind="video"):
     }
 
 
+def video_seconds(path):
+    """Seconds from the file's start to the end of its first video stream's last frame, read from its packets
+    without decoding: the file's duration, which probe gives, is its longest stream's, and sound may outlast the
+    picture."""
+    with FFmpeg(["-i", path, "-map", "0:v:0", "-c", "copy", "-f", "framecrc", "-"], path, stdout=True) as ffmpeg:
+        lines = ffmpeg.process.stdout.read().decode(errors="replace").splitlines()
+        if ffmpeg.wait() != 0:
+            raise ffmpeg.failure()
+    # "#tb 0: 1/12800" gives the time base; each packet's line is "stream, dts, pts, duration, size, checksum"
+    numerator, denominator = next(line.split(":")[1] for line in lines if line.startswith("#tb 0:")).split("/")
+    ends = [int(pts) + int(length) for _, _, pts, length, *_ in
+            (line.split(",") for line in lines if line and not line.startswith("#"))]
+    return max(ends, default=0) * int(numerator) / int(denominator)
+
+
 def squeezed(path, info):
     """Why the video of `path`, whose probe `info` says its pixels are not square, cannot be cropped as it is."""
     return (f"{path}: its pixels are not square (SAR {info['sar']}), so its faces would be found and cropped squeezed; "

@@ -18,7 +18,7 @@ from common.errors import UserError
 from common.geometry import CLIP_LENGTH, NUM_REFERENCES
 from data.sync_dataset import MIN_TRAINING_VIDEOS, MIN_TRAINING_WINDOWS, draw_held_out, windows_of
 from media.convert import cut_video
-from media.ffmpeg import FFmpeg, probe
+from media.ffmpeg import FFmpeg, probe, video_seconds
 
 FPS = 25
 HELD_OUT_SHARE = 0.1
@@ -134,6 +134,8 @@ def check_video(path, flag="--videos"):
     if not os.path.isfile(path):
         raise UserError(f"{flag} {path}: no such video; check the path")
     info = probe(path)
+    if info["has_video"] and info["duration"]:  # the footage is the picture's span, though its sound runs longer
+        info["duration"] = min(info["duration"], video_seconds(path))
     if not info["has_video"] or not info["width"] or not info["duration"]:
         raise UserError(f"{path}: no video stream; pass videos of your face to {flag}")
     if not info["has_audio"]:

@@ -28,7 +28,7 @@ from data.training_json import load_training_json
 from media.decoder import read_video_frames
 from media.encoder import write_video
 from media.ffmpeg import probe
-from person.footage import Part, cut_parts, part_path, split_footage, syncnet_share
+from person.footage import Part, check_video, cut_parts, part_path, split_footage, syncnet_share
 from person.recipe import Layout, Plan, build_steps, check_prepared
 from person.schedule import Footage, fit_to_budget, plan_schedule
 from person.steps import Step, progress_line
@@ -155,6 +155,16 @@ def test_footage_that_would_leave_the_syncnet_too_little_is_refused_before_any_w
     assert message.startswith("--videos: 12.0 s of footage in all leaves the SyncNet 2 training part(s)"), message
     assert "one video of at least 15 s" in message
     assert not result.exists()
+
+
+def test_footage_whose_sound_outlasts_its_picture_is_measured_by_the_picture(tmp_path):
+    """A phone whose sound ran on after the picture stopped (or started late): the footage is the picture's 5 s, not
+    the file's 9 s, which would cut parts past the picture's end, where there is no frame to cut."""
+    video = write_footage(str(tmp_path / "me.mp4"), talking_face(0, 5)[0], talking_face(0, 9)[1])
+    assert probe(video)["duration"] >= 9
+    with pytest.raises(UserError) as refused:
+        check_video(video)
+    assert str(refused.value).startswith(f"{video}: 5.0 s of footage"), refused.value
 
 
 def test_prepared_parts_that_leave_the_syncnet_too_little_stop_the_run_before_the_frame_stages(tmp_path):
