@@ -38,7 +38,8 @@ def cut_video(video_path, spans, output_paths, fps=25):
     feeds every output, so spans that meet share no frame and leave none out."""
     count = len(spans)
     video = [f"[0:v]fps={fps},{EVEN_SIZE},split={count}" + "".join(f"[v{i}]" for i in range(count))]
-    audio = [f"[0:a]asplit={count}" + "".join(f"[a{i}]" for i in range(count))]
+    # a track that starts late gets silence before it, so each span is given the sound of its own time
+    audio = [f"[0:a]aresample=first_pts=0,asplit={count}" + "".join(f"[a{i}]" for i in range(count))]
     outputs = []
     for i, (start, stop) in enumerate(spans):
         video.append(f"[v{i}]trim=start_frame={start}:end_frame={stop},setpts=PTS-STARTPTS[video{i}]")

@@ -18,6 +18,7 @@ import time
 import cv2
 import numpy as np
 import pytest
+import soundfile
 import torch
 
 from common.errors import UserError, run_command
@@ -27,7 +28,8 @@ from data.sync_dataset import MIN_TRAINING_WINDOWS, video_timelines, windows_of
 from data.training_json import load_training_json
 from media.decoder import read_video_frames
 from media.encoder import write_video
-from media.ffmpeg import probe
+from media.convert import extract_audio
+from media.ffmpeg import probe, run
 from person.footage import Part, check_video, cut_parts, part_path, split_footage, syncnet_share
 from person.recipe import Layout, Plan, build_steps, check_prepared
 from person.schedule import Footage, fit_to_budget, plan_schedule
@@ -198,21 +200,32 @@ def test_a_training_part_without_a_usable_face_is_left_out_saying_so_unless_none
     assert not os.path.exists(json_path)
 
 
-def test_cut_parts_hold_every_frame_of_the_video_exactly_once(tmp_path):
-    count = 90
+def test_cut_parts_hold_every_frame_of_the_video_exactly_once_with_the_sound_of_its_time(tmp_path):
+    """The sound starts a second late, as a phone's may: each part keeps it at the time it plays, the first part
+    silent for that second, so the lips are trained on the speech they made."""
+    count, late = 90, 1.0
     colours = [((index * 37) % 256, (index * 11) % 256, index % 256) for index in range(count)]
     frames = np.array([np.full((64, 96, 3), colour, np.uint8) for colour in colours])
-    video = write_footage(str(tmp_path / "colours.mp4"), frames, synthesize_speech(np.random.default_rng(0),
-                                                                                    count / FPS)[0])
+    silent = write_footage(str(tmp_path / "silent.mp4"), frames)
+    tone = str(tmp_path / "tone.wav")
+    _write_wav(tone, 0.5 * np.sin(2 * np.pi * 440 * np.arange(int(count / FPS * 16000)) / 16000))
+    video = str(tmp_path / "colours.mp4")
+    run(["-i", silent, "-itsoffset", str(late), "-i", tone, "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a",
+         "aac", video], video, video)
     parts = [Part(video, "colours_train0", 0, 40, False), Part(video, "colours_train1", 40, 71, False),
              Part(video, "colours_held_out", 71, 90, True)]
     cut_parts(parts, str(tmp_path / "footage"))
     seen = []
     for part in parts:
         path = part_path(str(tmp_path / "footage"), part)
-        assert probe(path)["has_audio"]
         for frame in read_video_frames(path):  # which source frame it is: the nearest colour
             seen.append(int(np.argmin(np.abs(np.array(colours) - frame.reshape(-1, 3).mean(0)).sum(1))))
+        extract_audio(path, str(tmp_path / "heard.wav"))
+        heard, rate = soundfile.read(str(tmp_path / "heard.wav"))
+        loud = np.abs(heard[:len(heard) // (rate // FPS) * (rate // FPS)]).reshape(-1, rate // FPS).max(axis=1) > 0.1
+        assert abs(len(loud) - (part.stop - part.start)) <= 1, part
+        quiet = max(0, round(late * FPS) - part.start)  # the frames before the sound starts (a frame spared)
+        assert not loud[:max(0, quiet - 1)].any() and loud[quiet + 1:-1].all(), (part, loud.astype(int))
     assert seen == list(range(count))
 
 
