@@ -162,7 +162,12 @@ def check_video(path, flag="--videos"):
 
 
 def check_footage(paths, flag="--videos"):
-    """{path: check_video(path)} of the videos; their names must differ, as parts are named after them."""
+    """{path: check_video(path)} of the videos, each given once; their names must differ, as parts are named after
+    them."""
+    files = [os.path.realpath(path) for path in paths]
+    again = next((path for index, path in enumerate(paths) if files[index] in files[:index]), None)
+    if again:
+        raise UserError(f"{flag}: {again} is given twice; give each video once")
     names = [video_name(path) for path in paths]
     twice = next((name for name in names if names.count(name) > 1), None)
     if twice:

@@ -90,6 +90,18 @@ def test_bad_footage_is_refused_with_one_line_and_nothing_written(case, tmp_path
     assert not result.exists()
 
 
+def test_a_video_given_twice_is_named_and_two_videos_of_one_name_are_told_to_be_renamed(tmp_path):
+    video = write_footage(str(tmp_path / "me.mp4"), np.zeros((10, 64, 64, 3), np.uint8))
+    (tmp_path / "other").mkdir()
+    namesake = write_footage(str(tmp_path / "other" / "me.mp4"), np.zeros((10, 64, 64, 3), np.uint8))
+    result = str(tmp_path / "run")
+    assert refusal(["--videos", video, os.path.relpath(video), "--result_path", result]) == \
+        f"--videos: {os.path.relpath(video)} is given twice; give each video once"
+    assert refusal(["--videos", video, namesake, "--result_path", result]) == \
+        "--videos: two videos named me, and their parts are named after them; rename one"
+    assert not os.path.exists(result)
+
+
 def test_a_bad_init_checkpoint_is_named_before_any_work(tmp_path):
     video = write_footage(str(tmp_path / "me.mp4"), *talking_face(0, 9))
     not_a_checkpoint = tmp_path / "general.pth"
