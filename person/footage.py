@@ -60,24 +60,23 @@ def video_name(path):
 def split_footage(frame_counts):
     """The parts of the videos ({path: frames at 25 fps}, in order): each video's training parts, then its held-out
     part (the last HELD_OUT_SHARE, at least MIN_PART_FRAMES). Training parts are about SEGMENT_FRAMES long; while
-    the videos give fewer than the SyncNet needs (MIN_TRAINING_VIDEOS once it holds one out), the longest parts
-    are cut into more, none shorter than MIN_PART_FRAMES."""
+    they leave the SyncNet too little once it holds its share out (whichever parts its draw holds out), the longest
+    parts are cut into more, none shorter than MIN_PART_FRAMES."""
     held_out = {path: max(math.ceil(HELD_OUT_SHARE * frames), MIN_PART_FRAMES) for path, frames in frame_counts.items()}
     training = {path: frames - held_out[path] for path, frames in frame_counts.items()}
     counts = {path: max(1, round(frames / SEGMENT_FRAMES)) for path, frames in training.items()}
-    while sum(counts.values()) < MIN_TRAINING_VIDEOS + 1:
+    while True:
+        parts = []
+        for path, frames in frame_counts.items():
+            edges = [round(k * training[path] / counts[path]) for k in range(counts[path] + 1)]
+            name = video_name(path)
+            parts += [Part(path, f"{name}_train{k}", start, stop, False)
+                      for k, (start, stop) in enumerate(zip(edges, edges[1:]))]
+            parts.append(Part(path, f"{name}_held_out", training[path], frames, True))
         path = max(counts, key=lambda path: training[path] / (counts[path] + 1))
-        if training[path] / (counts[path] + 1) < MIN_PART_FRAMES:
-            break
+        if enough_for_syncnet(parts) or training[path] / (counts[path] + 1) < MIN_PART_FRAMES:
+            return parts
         counts[path] += 1
-    parts = []
-    for path, frames in frame_counts.items():
-        edges = [round(k * training[path] / counts[path]) for k in range(counts[path] + 1)]
-        name = video_name(path)
-        parts += [Part(path, f"{name}_train{k}", start, stop, False)
-                  for k, (start, stop) in enumerate(zip(edges, edges[1:]))]
-        parts.append(Part(path, f"{name}_held_out", training[path], frames, True))
-    return parts
 
 
 def syncnet_share(parts):
