@@ -130,8 +130,6 @@ def check_video(path, flag="--videos"):
     """What probe says of the video, with "frames" (at 25 fps); or one line saying why the recipe cannot use it:
     unreadable, no audio, shorter than MIN_VIDEO_SECONDS, a face in under half the frames looked at, several people
     in view, or the face on its side (or upside down) in most of them."""
-    if not os.path.isfile(path):
-        raise UserError(f"{flag} {path}: no such video; check the path")
     info = probe(path)
     if info["has_video"] and info["duration"]:  # the footage is the picture's span, though its sound runs longer
         info["duration"] = min(info["duration"], video_seconds(path))
@@ -162,7 +160,10 @@ def check_video(path, flag="--videos"):
 
 def check_footage(paths, flag="--videos"):
     """{path: check_video(path)} of the videos, each given once; their names must differ, as parts are named after
-    them."""
+    them. A path that leads nowhere is named before any video is read (each takes seconds)."""
+    for path in paths:
+        if not os.path.isfile(path):
+            raise UserError(f"{flag} {path}: no such video; check the path")
     files = [os.path.realpath(path) for path in paths]
     again = next((path for index, path in enumerate(paths) if files[index] in files[:index]), None)
     if again:

@@ -91,7 +91,7 @@ def test_bad_footage_is_refused_with_one_line_and_nothing_written(case, tmp_path
     assert not result.exists()
 
 
-def test_a_video_given_twice_is_named_and_two_videos_of_one_name_are_told_to_be_renamed(tmp_path):
+def test_a_video_given_twice_or_missing_is_named_and_two_videos_of_one_name_are_told_to_be_renamed(tmp_path):
     video = write_footage(str(tmp_path / "me.mp4"), np.zeros((10, 64, 64, 3), np.uint8))
     (tmp_path / "other").mkdir()
     namesake = write_footage(str(tmp_path / "other" / "me.mp4"), np.zeros((10, 64, 64, 3), np.uint8))
@@ -100,6 +100,9 @@ def test_a_video_given_twice_is_named_and_two_videos_of_one_name_are_told_to_be_
         f"--videos: {os.path.relpath(video)} is given twice; give each video once"
     assert refusal(["--videos", video, namesake, "--result_path", result]) == \
         "--videos: two videos named me, and their parts are named after them; rename one"
+    # a path that leads nowhere is named first, not after the seconds the videos before it take to check
+    assert refusal(["--videos", video, str(tmp_path / "gone.mp4"), "--result_path", result]) == \
+        f"--videos {tmp_path / 'gone.mp4'}: no such video; check the path"
     assert not os.path.exists(result)
 
 
