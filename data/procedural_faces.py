@@ -330,6 +330,9 @@ def demo_name(index):
 def read_demo_record(demo_dir):
     """{"seed", "seconds", "videos"} of the demo set under demo_dir, as make_demo_data recorded it."""
     path = os.path.join(demo_dir, DEMO_RECORD)
+    if os.path.exists(demo_dir) and not os.path.isdir(demo_dir):  # not a path to make a demo set at either
+        raise UserError(f"{demo_dir}: a file, not a demo set's folder; pass the folder python data_processing.py "
+                        f"--make_demo_data --demo_dir DIR made")
     try:
         with open(path) as f:
             record = json.load(f)

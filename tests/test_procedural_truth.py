@@ -95,6 +95,8 @@ def test_evaluate_dubs_with_a_checkpoint_and_writes_the_table_and_the_verdict(de
     ("--faces demo_000 demo_001 demo_002 --videos {checkpoint}", "--videos: --protocol procedural dubs the demo set"),
     ("--demo_dir {checkpoint_dir} --faces demo_000 demo_001 demo_002",
      "{checkpoint_dir}/" + DEMO_RECORD + ": not a demo set's record"),
+    ("--demo_dir {checkpoint} --faces demo_000 demo_001 demo_002",
+     "{checkpoint}: a file, not a demo set's folder; pass the folder python data_processing.py --make_demo_data"),
     ("--faces demo_000 demo_001 demo_002 --checkpoint {demo_dir}/training_json.json",
      "--checkpoint {demo_dir}/training_json.json: "),
 ])
