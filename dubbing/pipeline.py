@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import soundfile
 import torch
 from tqdm import tqdm
 
@@ -155,7 +156,7 @@ def driving_wav(driving_audio_path, work_dir):
         except NotWritten:  # work_dir is in the temporary folder, the user's to choose
             raise UserError(f"{driving_audio_path}: its audio could not be written as wav to the temporary folder "
                             f"{os.path.dirname(work_dir)}, which is full; {MAKE_ROOM}") from None
-        if not len(load_wav(path)):  # a stream ffmpeg lists but cannot decode
+        if soundfile.info(path).frames == 0:  # a stream ffmpeg lists but cannot decode (its header says so)
             raise UserError(f"{driving_audio_path}: no sound of its audio stream could be decoded: a partial or "
                             f"damaged file? Pass the whole file, or re-encode it with ffmpeg")
     return path
