@@ -125,6 +125,13 @@ def sweep(folder, age=86400, now=None, running=()):
             shutil.rmtree(entry.path, ignore_errors=True)
 
 
+def untold(queue):
+    """Whether an event of Gradio's queue `queue` has started but its client has not yet been sent its end (an event
+    leaves the session's pending ids as its last message is sent; those still waiting for a worker never started)."""
+    waiting = {event._id for events in list(queue.event_queue_per_concurrency_id.values()) for event in events.queue}
+    return any(ids - waiting for ids in list(queue.pending_event_ids_session.values()))
+
+
 def sweep_hourly(jobs):
     while True:
         time.sleep(3600)
@@ -139,6 +146,14 @@ class Jobs:
         self.opt, self.folder = opt, folder
         self.jobs, self.running = 0, set()  # the folders of jobs under way, which the sweep leaves
         self.stopped_by = None  # the number of the signal that stops the app: the jobs under way end, said so
+        self.page = None  # the Gradio page, once served
+
+    def told(self, seconds=10):
+        """Wait (at most `seconds`) until the jobs under way have ended and their clients have been sent how: a
+        server closed sooner resets the connection before the job's last line reaches it."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and (self.running or self.page is not None and untold(self.page._queue)):
+            time.sleep(0.05)
 
     def until_stopped(self, work, *args):
         """work(*args) on a thread of its own while this one waits, so that the app's stop ends the job at once (a
@@ -388,7 +403,7 @@ def serve(jobs, opt, credentials):
         raise UserError("app.py needs gradio, which is not installed; pip install -r requirements-app.txt") from None
     gr.set_static_paths([jobs.folder])  # the results served where the jobs wrote them, not copied into Gradio's cache
     threading.Thread(target=sweep_hourly, args=(jobs,), daemon=True).start()  # a daemon: it ends with the app
-    page = build_page(jobs, opt)
+    page = jobs.page = build_page(jobs, opt)
     page.queue(default_concurrency_limit=1)
     try:
         page.launch(server_name=opt.host, server_port=opt.port, auth=credentials, share=False,
@@ -416,6 +431,7 @@ def main():
         for stopping in handled:
             signal.signal(stopping, signal.SIG_IGN)
         jobs.stopped_by = number
+        jobs.told()
         interrupt(number, frame)
 
     try:
