@@ -11,7 +11,8 @@ for the clip stage the loss recipe (`--loss_preset` and one weight per loss, `--
 Numeric flags carry their valid range (`config/ranges.py`): a value outside it stops argparse before any work.
 
 Loss weights default to None on the command line and are filled from the loss preset after parsing
-(DINet's unless `--loss_preset` says otherwise), so a weight given explicitly always wins.
+(DINet's unless `--loss_preset` says otherwise), so a weight given explicitly always wins; a new `--lamb_*` flag
+needs its weight in every preset of LOSS_PRESETS (parsing stops, naming it, until it has one).
 """
 import argparse
 
@@ -47,6 +48,10 @@ class TrainingParser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):
         opt, rest = super().parse_known_args(args, namespace)
+        for name in vars(opt):  # a weight no preset sets would stay None: its loss silently off
+            if name.startswith("lamb_") and any(name not in preset for preset in LOSS_PRESETS.values()):
+                raise ValueError(f"--{name}: no loss preset sets it; give it a weight in every preset of LOSS_PRESETS "
+                                 f"(config/config.py), 0 for off")
         preset = LOSS_PRESETS[getattr(opt, "loss_preset", "dinet")]
         for name, value in preset.items():
             if hasattr(opt, name) and getattr(opt, name) is None:

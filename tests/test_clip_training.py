@@ -81,6 +81,15 @@ def test_every_loss_preset_sets_every_loss_weight_of_both_stages():
     assert {name: set(preset) for name, preset in LOSS_PRESETS.items()} == dict.fromkeys(LOSS_PRESETS, weights)
 
 
+def test_a_loss_weight_flag_no_preset_sets_stops_parsing_naming_where_to_add_it():
+    """A new --lamb_* flag left out of LOSS_PRESETS would stay None, its loss silently off, in every run."""
+    parser = training_parser("frame", "unused")
+    parser.add_argument("--lamb_new", type=float, default=None)
+    with pytest.raises(ValueError, match=r"^--lamb_new: no loss preset sets it; give it a weight in every preset of "
+                                         r"LOSS_PRESETS \(config/config.py\)"):
+        parser.parse_args(["--lamb_new", "1"])  # given or not: the next run without it would lose the loss
+
+
 def test_clip_line_is_dinets_format():
     losses = dict(Loss_DI=0.25, Loss_GI=0.3, Loss_DV=0.24, Loss_GV=0.31, Loss_perception=5.1, Loss_sync=0.07)
     line = format_log_line(3, 1, 9, losses, 1e-4)
