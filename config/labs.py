@@ -12,7 +12,8 @@ from common.errors import UserError
 from data.audio_features import FEATURE_WIDTHS
 from models.dinet import CHOICES, GeneratorConfig
 
-# A new lab also needs its row in README's lab table (figures: python compare_labs.py --table_only; tests/test_labs.py)
+# A new lab also needs its line in LAB_NOTES of tests/test_labs.py (what it changes from DINet) and its row in
+# README's lab table (figures: python compare_labs.py --table_only)
 LAB_PRESETS = {
     "lab1": dict(),                                   # DINet as published; 5.17, ~2.1 after 250 epochs
     "lab2": dict(extra_same_block=True),              # one more SameBlock in both image encoders; 4.91, kept
