@@ -32,7 +32,8 @@ def build_parser():
     # allow_abbrev off: --lab (a training flag, refused here) must not be read as an abbreviation of --labs
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False,
                                      epilog="Other flags: see python train_DINet_frame.py --help")
-    parser.add_argument("--labs", type=lab_list, default=list(LAB_PRESETS), help="comma-separated, default all twelve")
+    parser.add_argument("--labs", type=lab_list, default=list(LAB_PRESETS),
+                        help="comma-separated (default: every preset of config/labs.py)")
     parser.add_argument("--epochs", type=integer(1), default=10, help="epochs per lab (the lab's notes compare epoch 10)")
     parser.add_argument("--out_dir", default="./asserts/lab_comparison", help="folder for the runs and the comparison")
     parser.add_argument("--table_only", action="store_true", help="print parameters and GFLOPs per frame; no training")
