@@ -100,6 +100,7 @@ class ClipStage(FrameStage):
         loss_dV = self.update_discriminator("net_dV", fake_stacked, real_stacked)
 
         opt = self.opt
+        # the frame stage's terms (FrameStage.step) in DINet's clip order, among the clip's own
         with self.autocast():
             terms = {"Loss_GI": self.adversarial("net_dI", fake), "Loss_GV": self.adversarial("net_dV", fake_stacked)}
             if self.perception is not None:

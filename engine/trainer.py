@@ -253,6 +253,7 @@ class FrameStage(Stage):
             fake = self.net_g(batch["source_masked"], reference, batch["audio"])  # (B, 3, H, W)
         loss_dI = self.update_discriminator("net_dI", fake, real)
 
+        # ClipStage.step (engine/clip_stage.py) repeats these terms and takes their flags: add a new one to both
         with self.autocast():
             generator_losses = {"Loss_GI": self.adversarial("net_dI", fake)}
             if self.perception is not None:
