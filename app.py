@@ -34,7 +34,7 @@ from contextlib import contextmanager
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry: the app may run without a network
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")         # as inference.py: the decoder and encoder need the cores
 
-from common.errors import Stopped, UserError, interrupt, run_command, signals_handled  # noqa: E402
+from common.errors import ArgumentParser, Stopped, UserError, interrupt, run_command, signals_handled  # noqa: E402
 from config.ranges import integer  # noqa: E402
 
 CANCELLED = contextvars.ContextVar("cancelled", default=None)  # a job's threading.Event, set as its client goes
@@ -46,7 +46,7 @@ NO_CHECKPOINT = ("no generator checkpoint under {folder}; make one with `python 
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    parser = ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add = parser.add_argument
     add("--checkpoint", default=None, help="a generator checkpoint to offer first (beside those in --checkpoint_dir)")

@@ -12,7 +12,7 @@ needs mel features) is listed as skipped, with the reason.
 """
 import argparse
 
-from common.errors import run_command
+from common.errors import ArgumentParser, run_command
 from common.files import check_writable
 from config.labs import LAB_PRESETS
 from config.ranges import integer
@@ -30,7 +30,7 @@ def lab_list(text):
 
 def build_parser():
     # allow_abbrev off: --lab (a training flag, refused here) must not be read as an abbreviation of --labs
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False,
+    parser = ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False,
                                      epilog="Other flags: see python train_DINet_frame.py --help")
     parser.add_argument("--labs", type=lab_list, default=list(LAB_PRESETS),
                         help="comma-separated (default: every preset of config/labs.py)")

@@ -29,7 +29,7 @@ Or make a small procedural demo set (videos, landmarks and every step above) to 
 import argparse
 import os
 
-from common.errors import run_command
+from common.errors import ArgumentParser, run_command
 from common.files import check_writable
 from common.geometry import CLIP_LENGTH
 from config.ranges import SEED, integer, number
@@ -43,7 +43,7 @@ MAX_PROBLEM_LINES = 50  # --check: enough to see the pattern, not a wall of text
 
 def build_parser():
     defaults = prepare.Layout.under(TRAINING_DATA)
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     steps = parser.add_argument_group("steps (DINet's, plus landmark detection)")
     steps.add_argument("--all", action="store_true", help="every step below, from videos to the training JSON")
     steps.add_argument("--extract_video_frame", action="store_true", help="videos -> 25 fps jpg frames")

@@ -18,7 +18,6 @@
 Each step is a command a user could type, printed before it runs. VGG19 and LPIPS use torchvision's ImageNet
 weights when they are in the torch hub cache, random weights otherwise (this machine may have no network).
 """
-import argparse
 import csv
 import json
 import os
@@ -30,7 +29,7 @@ import time
 
 import torch
 
-from common.errors import run_command
+from common.errors import ArgumentParser, run_command
 from config.ranges import SEED, number
 
 NUM_VIDEOS = 20        # 17 faces to learn from, 3 held out: a face, the speech it is dubbed with, a mismatched one
@@ -76,7 +75,7 @@ def cached_weights(file_name, flag, fallback="random"):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=number(above=OTHER_MINUTES), default=12.0,
                         help=f"the whole demo's budget; all but about {OTHER_MINUTES:g} minutes train")
     parser.add_argument("--out", default="./asserts/demo", help="folder for the demo data, the run and the results")

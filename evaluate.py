@@ -35,7 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from common.devices import choose_device, resolve_amp
-from common.errors import UserError, run_command
+from common.errors import ArgumentParser, UserError, run_command
 from common.files import check_writable, write_atomically
 from common.geometry import CropGeometry
 from data.procedural_faces import read_demo_record
@@ -61,7 +61,7 @@ DUBBED, REAL, REFERENCE = "dubbed", "real (re-encoded)", "reference copy"
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    parser = ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add = parser.add_argument
     add("--protocol", choices=[PROTOCOL, PROCEDURAL], default=None,

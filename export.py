@@ -15,7 +15,7 @@ Needs onnx, onnxscript and onnxruntime (pip install -r requirements-app.txt).
 import argparse
 import os
 
-from common.errors import UserError, run_command, stopped_without
+from common.errors import ArgumentParser, UserError, run_command, stopped_without
 from common.files import check_writable, folders_removed_on_failure
 from common.geometry import CropGeometry
 
@@ -25,7 +25,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add = parser.add_argument
     add("--checkpoint", required=True, help="generator checkpoint (netG_*.pth of a training stage, or "
                                             "train_person.py's model.pth)")

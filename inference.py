@@ -22,7 +22,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch
 
 from common.devices import choose_device, resolve_amp
-from common.errors import UserError, run_command, stopped_without
+from common.errors import ArgumentParser, UserError, run_command, stopped_without
 from common.files import check_writable, folders_removed_on_failure
 from common.geometry import CropGeometry
 from config.ranges import integer
@@ -35,7 +35,7 @@ DEFAULT_CHECKPOINT = "./asserts/clip_training_DINet_256mouth.pth"  # where DINet
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    parser = ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add = parser.add_argument
     add("--source_video_path", default="./asserts/examples/test4.mp4",

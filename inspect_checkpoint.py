@@ -4,17 +4,16 @@
 
 One JSON object per file, read as training and dubbing read it (checksum checked, no code run).
 """
-import argparse
 import json
 
-from common.errors import run_command
+from common.errors import ArgumentParser, run_command
 from models.checkpoint import load_checkpoint
 
 LOOP_STATE = ("state_dict", "optimizer", "scheduler", "scaler", "rng")  # what a resume reads, not what a reader wants
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="+", metavar="FILE", help="a .pth of a training run, or DINet's")
     for path in parser.parse_args().checkpoints:
         checkpoint = load_checkpoint(path, "checkpoint", expected="a .pth a training run wrote")

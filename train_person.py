@@ -16,7 +16,7 @@ import textwrap
 from dataclasses import replace
 
 from common.devices import choose_device
-from common.errors import UserError, run_command, stopped_without
+from common.errors import ArgumentParser, UserError, run_command, stopped_without
 from common.files import check_writable, write_atomically
 from config.ranges import integer, number
 from media.ffmpeg import probe
@@ -70,7 +70,7 @@ PARAGRAPHS = [
 
 def build_parser():
     how = "\n".join(textwrap.fill(text, 116, subsequent_indent="  ") for text in PARAGRAPHS)
-    parser = argparse.ArgumentParser(description=__doc__, epilog=how,
+    parser = ArgumentParser(description=__doc__, epilog=how,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--videos", nargs="+", required=True, help="the person's footage: talking-head videos with their speech")

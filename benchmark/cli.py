@@ -11,7 +11,7 @@ import torch
 
 import benchmark
 from common.devices import resolve_amp
-from common.errors import UserError
+from common.errors import ArgumentParser, UserError
 from common.files import write_atomically
 from config.ranges import integer, number
 
@@ -132,7 +132,7 @@ def print_table(rows, peaks):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="bench.py", description=benchmark.__doc__.splitlines()[0],
+    parser = ArgumentParser(prog="bench.py", description=benchmark.__doc__.splitlines()[0],
                                      epilog="\n".join(benchmark.__doc__.splitlines()[2:]),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default="baseline,train_frame,train_clip,inference,loader",

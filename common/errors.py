@@ -4,6 +4,7 @@ Library packages (models, data, media, engine, dubbing, evaluation) raise `UserE
 the file or flag and the fix; the command-line scripts run their `main` through `run_command`, which prints that
 line and exits non-zero. Tracebacks stay for bugs.
 """
+import argparse
 import contextlib
 import signal
 import sys
@@ -18,6 +19,14 @@ class UserError(Exception):
         if "\n" in message and "Traceback" in message:
             message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
         super().__init__(message)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose refusal of a flag is its one line, with where the flags are listed, not the usage of
+    every flag above it (some fifty lines for the training scripts)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (python {self.prog} --help lists the flags)\n")
 
 
 def permission_denied(path):

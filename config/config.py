@@ -17,6 +17,7 @@ needs its weight in every preset of LOSS_PRESETS (parsing stops, naming it, unti
 import argparse
 
 from common.devices import AMP_CHOICES
+from common.errors import ArgumentParser
 from models.dinet import CHOICES
 from models.syncnet import ARCHITECTURES, DEFAULT_INPUT_SIZE, FACE_STRIDE
 
@@ -43,7 +44,7 @@ VALIDATION_METRICS = {"lmd_mouth": False, "mouth_open_corr": True, "l1": False, 
 BEST_NAME = "netG_best.pth"
 
 
-class TrainingParser(argparse.ArgumentParser):
+class TrainingParser(ArgumentParser):
     """An ArgumentParser that fills loss weights left unset from the chosen --loss_preset (default dinet)."""
 
     def parse_known_args(self, args=None, namespace=None):
