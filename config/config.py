@@ -44,8 +44,22 @@ VALIDATION_METRICS = {"lmd_mouth": False, "mouth_open_corr": True, "l1": False, 
 BEST_NAME = "netG_best.pth"
 
 
+class PresetDefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each flag's default in its help: a loss weight's is each --loss_preset's (read from LOSS_PRESETS); None, which
+    says nothing, is left out."""
+
+    def _get_help_string(self, action):
+        if action.dest.startswith("lamb_"):
+            weights = ", ".join(f"{name} {preset[action.dest]:g}" for name, preset in LOSS_PRESETS.items())
+            return f"{action.help} (default by --loss_preset: {weights})"
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 class TrainingParser(ArgumentParser):
     """An ArgumentParser that fills loss weights left unset from the chosen --loss_preset (default dinet)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(formatter_class=PresetDefaultsHelpFormatter, **kwargs)
 
     def parse_known_args(self, args=None, namespace=None):
         opt, rest = super().parse_known_args(args, namespace)
@@ -135,7 +149,7 @@ def add_running_flags(parser, image_every=200):
 
 
 def training_parser(description, result_path):
-    parser = TrainingParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = TrainingParser(description=description)
     add_data_and_schedule_flags(parser, result_path, epochs=200)
     add = parser.add_argument
     add("--source_channel", type=int, choices=[3], default=3, help="input source image channels (RGB)")
@@ -143,14 +157,14 @@ def training_parser(description, result_path):
     add("--augment_num", type=integer(1), default=32, help="times each video is sampled per epoch")
     add("--mouth_region_size", type=int, default=64, help="mouth size m; the face crop is (3m/2+m/8) x (m+m/4)")
     add("--batch_size", type=integer(1), default=24, help="training batch size")
-    add("--lamb_perception", type=number(0), default=None, help="weight of VGG19 perception loss (preset: dinet 10)")
+    add("--lamb_perception", type=number(0), default=None, help="weight of VGG19 perception loss")
     add("--lamb_l1", type=number(0), default=None,
-        help="weight of the L1 reconstruction loss (preset: dinet 0, latentsync 1; the frame stage takes it too)")
+        help="weight of the L1 reconstruction loss (the frame stage takes it too)")
     add("--lamb_mouth", type=number(0), default=None,
         help="weight of an L1 on the mouth hole weighted by how far each pixel differs from the references' mean "
-             "(engine/losses.py mouth_l1; presets 0): it teaches how far the mouth opens sooner")
+             "(engine/losses.py mouth_l1): it teaches how far the mouth opens sooner")
     add("--lamb_syncnet_perception", type=number(0), default=None,
-        help="weight of the SyncNet loss in the clip stage (preset: dinet 0.1, latentsync 0.05)")
+        help="weight of the SyncNet loss in the clip stage")
     add("--lr_g", type=number(0), default=0.0001, help="initial learning rate of the generator (Adam; 0 freezes it)")
     add("--lr_dI", type=number(0), default=0.0001, help="initial learning rate of the discriminators (Adam; 0 freezes them)")
     add("--ema", type=number(0, maximum=0.99999), default=0.0,
@@ -195,9 +209,9 @@ def clip_training_parser(description, result_path):
     group.add_argument("--loss_preset", default="dinet", choices=list(LOSS_PRESETS),
                        help="dinet: perception x10, sync x0.1; latentsync: L1 x1, sync x0.05, LPIPS x0.1, TREPA x10")
     group.add_argument("--lamb_lpips", type=number(0), default=None,
-                       help="weight of LPIPS (VGG) on the lower half of the face (preset: latentsync 0.1)")
+                       help="weight of LPIPS (VGG) on the lower half of the face")
     group.add_argument("--lamb_trepa", type=number(0), default=None,
-                       help="weight of TREPA, the distance of frozen video-model features (preset: latentsync 10)")
+                       help="weight of TREPA, the distance of frozen video-model features")
     group.add_argument("--batchnorm_stats", default="frozen", choices=["frozen", "batch"],
                        help="the generator's BatchNorm: frozen normalises with the frame stage's statistics (a clip "
                             "batch holds only --batch_size faces, whose statistics drift from them and blur the "
@@ -215,7 +229,7 @@ def syncnet_parser(description, result_path):
     """train_syncnet.py: the generator scripts' data, schedule and running flags, and the SyncNet's own. The defaults
     are the recipe measured to learn lip sync from a few videos on a CPU (README, SyncNet): the embedding SyncNet,
     mouths read at 64 x 64, Adam at 0.0003, in-sync windows whose off-sync examples are the batch's other pairings."""
-    parser = TrainingParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = TrainingParser(description=description)
     add_data_and_schedule_flags(parser, result_path, epochs=20)
     add = parser.add_argument
     add("--mouth_region_size", type=int, default=256, help="mouth size m of the generator this SyncNet will serve")

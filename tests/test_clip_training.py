@@ -90,6 +90,16 @@ def test_a_loss_weight_flag_no_preset_sets_stops_parsing_naming_where_to_add_it(
         parser.parse_args(["--lamb_new", "1"])  # given or not: the next run without it would lose the loss
 
 
+def test_help_gives_each_loss_weight_of_each_preset_not_none(capsys):
+    with pytest.raises(SystemExit):
+        clip_training_parser("clip", "unused").parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--lamb_trepa LAMB_TREPA weight of TREPA, the distance of frozen video-model features (default by " \
+           "--loss_preset: dinet 0, latentsync 10)" in text
+    assert "--lamb_perception LAMB_PERCEPTION weight of VGG19 perception loss (default by --loss_preset: dinet 10, " \
+           "latentsync 0)" in text and "(default: None)" not in text
+
+
 def test_clip_line_is_dinets_format():
     losses = dict(Loss_DI=0.25, Loss_GI=0.3, Loss_DV=0.24, Loss_GV=0.31, Loss_perception=5.1, Loss_sync=0.07)
     line = format_log_line(3, 1, 9, losses, 1e-4)
