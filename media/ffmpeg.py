@@ -57,7 +57,8 @@ class FFmpeg:
     def __init__(self, arguments, path, output=None, stdin=False, stdout=False, loglevel="error"):
         self.path, self.output = path, output
         self._log = tempfile.TemporaryFile()
-        command = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", loglevel, *arguments]
+        command = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", loglevel,
+                   *read_as_given(arguments)]
         try:
             self.process = subprocess.Popen(command, stdin=subprocess.PIPE if stdin else None,
                                             stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
@@ -152,6 +153,41 @@ class FFmpeg:
         self.close()
 
 
+# demuxers that open further files or URLs a file names (playlists, scripts, SDP stream descriptions): a downloaded
+# "video" of a few lines would have ffmpeg read any local file, or fetch from the network, as if it were its content
+NAMING_OTHER_FILES = {"concat", "hls", "dash", "imf", "sdp", "rtp", "rtsp", "sap", "avisynth", "vapoursynth",
+                      "webm_dash_manifest"}
+NOT_READ = "not on whitelist"  # ffmpeg's message for an input read_as_given refuses
+
+
+@functools.cache
+def self_contained_demuxers():
+    """The names of this ffmpeg's demuxers (`ffmpeg -demuxers`) but devices and those in NAMING_OTHER_FILES."""
+    with FFmpeg(["-demuxers"], "ffmpeg -demuxers", stdout=True) as ffmpeg:
+        lines = ffmpeg.process.stdout.read().decode(errors="replace").splitlines()
+        ffmpeg.wait()
+    table = lines[next(i for i, line in enumerate(lines) if line.strip() == "---") + 1:]  # after the legend
+    # " D   mov,mp4,m4a,3gp,3g2,mj2 QuickTime / MOV": its flags, then its names; "d" marks a device (a camera, lavfi)
+    listed = [line[4:].split()[0] for line in table if line[1:4].strip() == "D"]
+    return ",".join(name for name in listed if not NAMING_OTHER_FILES & set(name.split(",")))
+
+
+def read_as_given(arguments):
+    """`arguments` with each input file whose format ffmpeg is to find (`-i PATH` with no `-f` before it: a file, not
+    our pipe of raw frames or a lavfi graph) read as the file it is and no other: through the file protocol alone, by
+    a demuxer that opens nothing the file names."""
+    safe, forced = [], False
+    for argument in arguments:
+        if argument == "-i":
+            if not forced:
+                safe += ["-protocol_whitelist", "file", "-format_whitelist", self_contained_demuxers()]
+            forced = False
+        elif argument == "-f":  # before an input, its format; after the last, the output's, which changes nothing
+            forced = True
+        safe.append(argument)
+    return safe
+
+
 @functools.cache
 def hardware_decoders():
     """The hardware decoding methods this ffmpeg was built with (`ffmpeg -hwaccels`: cuda, vaapi, ...); whether one
@@ -217,6 +253,9 @@ def probe(video_path, kind="video"):
     size = re.search(SIZE, video_line)
     lines = info.strip().splitlines() or ["no streams"]
     complaint = None
+    if NOT_READ in info:
+        raise UserError(f"{video_path}: a playlist naming other files or URLs for ffmpeg to read (as concat, HLS and "
+                        f"DASH files do), which is refused; pass the {kind} itself")
     if "Stream #" not in info:
         complaint = lines[-1].replace(f"{video_path}: ", "")  # ffmpeg repeats the path
     elif video_line and not size and "Audio:" not in info:  # a picture it cannot decode: a text file named .jpg

@@ -213,6 +213,11 @@ CASES = [
     ("inference", "--audio_feature_path {features_1s}", "{grey_mp4}: no face found in any frame"),  # they pass
     ("inference", "--audio_feature_path {not_audio}", "--audio_feature_path {not_audio}: cannot read it",
      "pass a .npy or .txt array"),
+    # a few lines named as media that have ffmpeg read other files, any local one or a URL, as if they were its own
+    ("inference", "--source_video_path {playlist_mp4}", "--source_video_path {playlist_mp4}: a playlist naming other "
+     "files or URLs for ffmpeg to read", "which is refused; pass the video itself"),
+    ("inference", "--driving_audio_path {playlist_wav}", "--driving_audio_path {playlist_wav}: a playlist naming",
+     "pass the audio file itself"),
     ("inference", "--batch_size 0", "argument --batch_size: must be an integer >= 1, got 0"),
     ("inference", "--device gpu", "--device gpu: not a device", "pass cuda, cuda:N or cpu"),
     ("inference", "--res_video_dir {a_file}/out", "--res_video_dir {a_file}/out: cannot write there",
@@ -222,6 +227,7 @@ CASES = [
     # ---- evaluate.py
     ("evaluate", "--videos {tmp}/none.mp4", "{tmp}/none.mp4: no such video", "--videos"),
     ("evaluate", "--videos {not_video}", "{not_video}: not a readable video", "re-encode it with ffmpeg"),
+    ("evaluate", "--videos {playlist_mp4}", "{playlist_mp4}: a playlist naming other files", "pass the video itself"),
     ("evaluate", "--videos {silent_mp4}", "{silent_mp4}: no audio stream", "pass videos with their audio"),
     ("evaluate", "", "{grey_mp4}: no face found in any frame", "one visible, frontal face"),
     ("evaluate", "--sources {grey_mp4} {grey_mp4}", "--sources gives 2 videos for 1 --videos", "one per video"),
@@ -410,6 +416,13 @@ def assets(tmp_path_factory, tiny_json, clip_assets, checkpoint):  # noqa: F811
     a.not_video, a.not_audio = str(folder / "not_video.mp4"), str(folder / "not_audio.wav")
     (folder / "not_video.mp4").write_text("a text file named like a video\n")
     (folder / "not_audio.wav").write_text("a text file named like audio\n")
+    a.playlist_mp4, a.playlist_wav = str(folder / "playlist.mp4"), str(folder / "playlist.wav")
+    (folder / "playlist.mp4").write_text(  # a DASH manifest naming a local video by its absolute path
+        '<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static" mediaPresentationDuration="PT1S" '
+        'profiles="urn:mpeg:dash:profile:isoff-on-demand:2011"><Period><AdaptationSet mimeType="video/mp4">'
+        f'<Representation id="1" bandwidth="1"><BaseURL>file://{a.grey_mp4}</BaseURL><SegmentBase/>'
+        '</Representation></AdaptationSet></Period></MPD>\n')
+    (folder / "playlist.wav").write_text("ffconcat version 1.0\nfile speech.wav\n")  # a file beside it
     a.short_csv = str(folder / "short.csv")
     write_openface_csv(a.short_csv, np.random.default_rng(0).uniform(20, 100, (10, 68, 2)))
     a.nan_csv, points = str(folder / "nan.csv"), np.random.default_rng(0).uniform(20, 100, (25, 68, 2))
