@@ -40,7 +40,7 @@ from media.convert import extract_audio as extract_wav, extract_frames, resample
 from media.decoder import read_video_frames
 from media.ffmpeg import probe, squeezed
 
-from .audio_features import FEATURE_WIDTHS, compute_audio_feature, deepspeech_sources, read_deepspeech
+from .audio_features import FEATURE_WIDTHS, compute_audio_feature, deepspeech_sources, read_array, read_deepspeech
 from .openface_csv import read_openface_csv, write_openface_csv
 from .training_json import climbs_out
 
@@ -497,7 +497,11 @@ def _load_feature(feature_dir, video_name, feature_name):
     if not os.path.isfile(path):
         raise UserError(f"{path}: audio features not found; make them with `python data_processing.py "
                          f"--extract_audio_feature --audio_feature {feature_name}`")
-    features = np.load(path)
+    try:
+        features = read_array(path)
+    except (ValueError, EOFError) as error:  # a pickled object, an .npz, a header claiming more than the file holds
+        raise UserError(f"{path}: cannot read these audio features ({error}); delete it and extract the features "
+                        f"again") from None
     expected = FEATURE_WIDTHS.get(feature_name)
     if features.ndim != 2 or (expected is not None and features.shape[1] != expected):
         raise UserError(f"{path}: expected (T, {expected}) {feature_name} features, got {features.shape}; "

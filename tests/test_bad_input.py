@@ -261,6 +261,13 @@ CASES = [
      "--crop_face"),
     ("data", "--generate_training_json --json_path {a_file}/training_json.json",
      "--json_path {a_file}/training_json.json: cannot write there", "pass a path in a folder you can write to"),
+    # audio features in a prepared set from elsewhere: a pickled object array, a header claiming 10^11 rows
+    ("data", "--generate_training_json --crop_face_dir {prepared}/crops --audio_feature_dir {prepared}/pickled "
+     "--audio_feature mel", "{prepared}/pickled/talk_mel.npy: cannot read these audio features",
+     "delete it and extract the features again"),
+    ("data", "--generate_training_json --crop_face_dir {prepared}/crops --audio_feature_dir {prepared}/huge "
+     "--audio_feature mel", "{prepared}/huge/talk_mel.npy: cannot read these audio features",
+     "delete it and extract the features again"),
     ("data", "--check --json {tmp}/none.json", "{tmp}/none.json: training JSON not found", "pass --json"),
     ("data", "--check --json {list_json}", "{list_json}: not DINet's layout", "--generate_training_json"),
     ("data", "--check --json {clips_not_dicts_json}",
@@ -390,6 +397,11 @@ def assets(tmp_path_factory, tiny_json, clip_assets, checkpoint):  # noqa: F811
         f.write(bytes(320))
     with open(a.features_npz, "wb") as f:
         np.savez(f, features=np.zeros((25, 80), np.float32))
+    a.prepared = str(folder / "prepared")  # a video's crops (none needed) and features, as data preparation lays out
+    for name in ("crops/talk", "pickled", "huge"):
+        os.makedirs(folder / "prepared" / name)
+    np.save(folder / "prepared" / "pickled" / "talk_mel.npy", np.array([[{"a": 1}] * 80] * 25), allow_pickle=True)
+    shutil.copy(a.features_huge, folder / "prepared" / "huge" / "talk_mel.npy")
     a.features_1s = str(folder / "features_1s.txt")
     np.savetxt(a.features_1s, np.ones((26, 80)))
 
