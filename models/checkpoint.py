@@ -131,6 +131,12 @@ def load_checkpoint(path, flag="--resume", expected="a netG_model_epoch_N.pth", 
         except (KeyError, IndexError, AttributeError, TypeError) as error:
             what = f"no {error}" if isinstance(error, KeyError) else f"{type(error).__name__}: {error}"
             raise UserError(f"{flag} {path}: its {needs} weights are not a {kind}'s ({what}); pass {expected}") from None
+        # training skips non-finite steps, so such weights come from elsewhere: they would dub a blank square
+        broken = next((key for key, value in checkpoint["state_dict"][needs].items()
+                       if value.is_floating_point() and not torch.isfinite(value).all()), None)
+        if broken:
+            raise UserError(f"{flag} {path}: its {needs} weight {broken} holds NaN or infinite values (a damaged or "
+                            f"crafted file); pass {expected}")
     return checkpoint
 
 

@@ -152,6 +152,20 @@ def test_what_a_checkpoint_records_beside_its_weights_is_checked_before_it_is_us
         load_generator(str(path), torch.device("cpu"))
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_generator_whose_weights_are_not_finite_is_refused_instead_of_dubbing_a_blank_mouth(tmp_path, value):
+    torch.manual_seed(0)
+    network = DINet(3, 15, 80)
+    weights = network.state_dict()
+    weights["audio_encoder.0.conv.weight"][0, 0, 0] = value
+    path = tmp_path / "netG_best.pth"
+    atomic_save({"epoch": 2, "state_dict": {"net_g": weights}, "generator_config": network.config.to_dict(),
+                 "mouth_region_size": 64, "audio_feature": "mel"}, str(path))
+    with pytest.raises(UserError, match=f"^--pretrained_clip_DINet_path {path}: its net_g weight "
+                                        f"audio_encoder.0.conv.weight holds NaN or infinite values"):
+        load_generator(str(path), torch.device("cpu"))
+
+
 def test_a_weights_file_of_tensors_under_numbers_is_not_a_state_dict(tmp_path):
     from models.face_recognition import load_face_recognition
     path = tmp_path / "backbone.pth"
