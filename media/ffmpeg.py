@@ -175,13 +175,15 @@ def self_contained_demuxers():
 def read_as_given(arguments):
     """`arguments` with each input file whose format ffmpeg is to find (`-i PATH` with no `-f` before it: a file, not
     our pipe of raw frames or a lavfi graph) read as the file it is and no other: through the file protocol alone, by
-    a demuxer that opens nothing the file names."""
+    a demuxer that opens nothing the file names; a name that begins as a URL does ("concat:a|b.mp4") is the file's."""
     safe, forced = [], False
     for argument in arguments:
-        if argument == "-i":
-            if not forced:
-                safe += ["-protocol_whitelist", "file", "-format_whitelist", self_contained_demuxers()]
+        if safe[-1:] == ["-i"]:
+            if not forced and re.match(r"[\w+.-]+:", argument):
+                argument = f"file:{argument}"
             forced = False
+        elif argument == "-i" and not forced:
+            safe += ["-protocol_whitelist", "file", "-format_whitelist", self_contained_demuxers()]
         elif argument == "-f":  # before an input, its format; after the last, the output's, which changes nothing
             forced = True
         safe.append(argument)

@@ -591,3 +591,12 @@ def test_deepspeech_features_that_are_not_a_plain_array_are_one_line(tmp_path, c
             np.save(f, np.ones((25, 29), np.complex64) * 1j)
     with pytest.raises(UserError, match=f"^{path}: cannot read DeepSpeech features \\(.+\\); make the file again$"):
         read_deepspeech(str(tmp_path), "talk")
+
+
+def test_a_file_named_as_a_url_begins_is_read_as_that_file_not_as_what_the_url_names(tmp_path, monkeypatch):
+    """`concat:speech.wav` given from its folder is a file by that name, not ffmpeg's concatenation of speech.wav."""
+    from media.ffmpeg import probe
+    monkeypatch.chdir(tmp_path)
+    ffmpeg("-f", "lavfi", "-i", "sine=duration=0.2", "speech.wav")
+    ffmpeg("-f", "lavfi", "-i", "color=s=32x32:d=0.2", "-f", "mp4", "file:concat:speech.wav")
+    assert probe("concat:speech.wav")["width"] == 32
