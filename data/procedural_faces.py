@@ -339,7 +339,7 @@ def read_demo_record(demo_dir):
         return {"seed": int(record["seed"]), "seconds": float(record["seconds"]), "videos": list(record["videos"])}
     except PermissionError:
         raise permission_denied(path) from None
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:  # arrays nested thousands deep
         raise UserError(f"{path}: not a demo set's record ({type(error).__name__}); make the demo set with python "
                         f"data_processing.py --make_demo_data --demo_dir {demo_dir}") from None
 

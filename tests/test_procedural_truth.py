@@ -31,6 +31,13 @@ def test_the_demo_set_records_how_to_draw_its_faces_again(demo_dir):
     assert read_demo_record(demo_dir) == {"seed": 5, "seconds": 2.4, "videos": FACES}
 
 
+def test_a_demo_record_nested_deeper_than_json_parses_is_one_line(tmp_path):
+    from common.errors import UserError
+    (tmp_path / DEMO_RECORD).write_text('{"seed": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(UserError, match=f"^{tmp_path / DEMO_RECORD}: not a demo set's record \\(RecursionError\\)"):
+        read_demo_record(str(tmp_path))
+
+
 def means_of(rows):
     return {row["kind"]: row for row in rows if row["face"].startswith("mean")}
 
