@@ -58,7 +58,8 @@ def extract_frames(video_path, frame_dir, fps=25):
         raise UserError(f"{video_path}: no video stream; remove it from the video directory")
     with atomic_output(frame_dir) as partial:
         os.makedirs(partial)
+        # the folder's own % signs doubled: ffmpeg reads one as a frame number's place, as in %06d
         run(["-i", video_path, "-vf", f"fps={fps}", "-q:v", "2", "-start_number", "0",
-             os.path.join(partial, "%06d.jpg")], video_path, frame_dir)
+             os.path.join(partial.replace("%", "%%"), "%06d.jpg")], video_path, frame_dir)
         count = len([name for name in os.listdir(partial) if name.endswith(".jpg")])
     return count

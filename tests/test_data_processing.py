@@ -18,7 +18,7 @@ from data.landmark_detector import detect_landmarks, fill_missing
 from data.openface_csv import read_openface_csv, write_openface_csv
 from data.prepare import Layout, Settings, VIDEO_STEPS, prepare_videos
 from data.procedural_faces import FaceStyle, mouth_openings, render_talking_face, synthesize_speech
-from media.convert import resample_video
+from media.convert import extract_frames, resample_video
 from media.decoder import read_video_frames
 from media.encoder import write_video
 from media.ffmpeg import probe
@@ -114,6 +114,15 @@ def test_read_video_frames_decodes_rgb_and_resamples_to_the_requested_rate(tmp_p
     reds = [frame[..., 0].mean() for frame in resampled]
     assert np.all(np.diff(reds) > -3) and reds[-1] > 200  # in order, red rising; blue is the other channel
     assert resampled[0][..., 2].mean() > 200
+
+
+@pytest.mark.parametrize("name", ["50%off", "take%03d"])
+def test_frames_of_a_video_whose_name_holds_a_percent_sign_go_to_its_own_folder(tmp_path, name):
+    """ffmpeg reads a % in an image sequence's path as a frame number's place; the folder's name is the video's."""
+    _write_video(tmp_path / f"{name}.mp4", [np.full((32, 32, 3), value, np.uint8) for value in (0, 128, 255)])
+    assert extract_frames(str(tmp_path / f"{name}.mp4"), str(tmp_path / "frames" / name)) == 3
+    assert os.listdir(tmp_path / "frames") == [name]
+    assert sorted(os.listdir(tmp_path / "frames" / name)) == ["000000.jpg", "000001.jpg", "000002.jpg"]
 
 
 # ---------------------------------------------------------------- data_processing.py, end to end
