@@ -1,6 +1,7 @@
 """Networks published as a plain PyTorch state dict (syncnet_python's syncnet_v2.model, arcface_torch's
 backbone.pth) loaded from a path a user gives: read as weights only, never unpickled as code, and every way the
 file can be wrong told in one line naming the flag, the file and the fix."""
+import os
 import pickle
 
 import torch
@@ -12,11 +13,11 @@ from .checkpoint import check_not_inflating, code_in
 
 def read_state_dict(path, flag, fix):
     """The state dict in the file at `path`, or UserError "FLAG PATH: why; FIX"."""
+    if not os.path.isfile(path):  # a pipe or a device (a link to /dev/zero) would be read without end
+        raise UserError(f"{flag} {path}: no such file; {fix}")
     check_not_inflating(path, flag, fix)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"{flag} {path}: no such file; {fix}") from None
     except pickle.UnpicklingError:
         unsafe = code_in(path)
         why = f"it calls {', '.join(sorted(unsafe)[:3])}, which can run code" if unsafe else "not plain weights"

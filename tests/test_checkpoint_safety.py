@@ -6,6 +6,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import zipfile
 
 import numpy as np
@@ -164,6 +165,28 @@ def test_a_generator_whose_weights_are_not_finite_is_refused_instead_of_dubbing_
     with pytest.raises(UserError, match=f"^--pretrained_clip_DINet_path {path}: its net_g weight "
                                         f"audio_encoder.0.conv.weight holds NaN or infinite values"):
         load_generator(str(path), torch.device("cpu"))
+
+
+def test_a_weights_path_that_is_not_a_file_is_refused_before_it_is_read(tmp_path):
+    """A pipe or a device (a link to /dev/zero) named like a weights file would be read without end."""
+    from models.lse_syncnet import load_lse_syncnet
+    pipe = tmp_path / "syncnet_v2.model"
+    os.mkfifo(pipe)
+    refusals = []
+
+    def load():
+        try:
+            load_lse_syncnet(str(pipe))
+        except UserError as error:
+            refusals.append(str(error))
+    reader = threading.Thread(target=load, daemon=True)
+    reader.start()
+    reader.join(5)
+    blocked = reader.is_alive()
+    if blocked:  # a writer that closes at once ends its read
+        open(pipe, "wb").close()
+    assert not blocked and refusals == [f"--lse_syncnet_path {pipe}: no such file; pass syncnet_python's "
+                                        f"syncnet_v2.model (a SyncNet of this repository goes to --syncnet_path)"]
 
 
 def test_a_weights_file_of_tensors_under_numbers_is_not_a_state_dict(tmp_path):
