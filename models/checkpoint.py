@@ -113,6 +113,11 @@ def load_checkpoint(path, flag="--resume", expected="a netG_model_epoch_N.pth", 
             "again" if zip_start else f"it is not a PyTorch file, pass {expected}"))
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise UserError(f"{flag} {path}: not a DINet checkpoint (no 'state_dict'); pass {expected}")
+    expanded = next((name for name, tensor in tensors_in(checkpoint)
+                     if tensor.untyped_storage().nbytes() < tensor.numel() * tensor.element_size()), None)
+    if expanded:  # before anything copies it (the checksum, a network of its shape), each value as much memory
+        raise RefusedCheckpoint(f"{flag} {path}: refusing to read it, its {expanded} repeats a few stored values as "
+                                f"far more (a file crafted to take far more memory than its size); pass {expected}")
     check_integrity(checkpoint, path, flag)
     try:
         check_recorded(checkpoint)
@@ -195,6 +200,15 @@ def code_in(path):
         return torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # a damaged file
         return []
+
+
+def tensors_in(value, name=""):
+    """(where, tensor) of every tensor in a checkpoint's dicts and lists, where as "state_dict.net_g.conv.weight"."""
+    if isinstance(value, torch.Tensor):
+        yield name, value
+    elif isinstance(value, (dict, list, tuple)):
+        for key, item in value.items() if isinstance(value, dict) else enumerate(value):
+            yield from tensors_in(item, f"{name}.{key}" if name else str(key))
 
 
 def check_integrity(checkpoint, path, flag):

@@ -17,7 +17,7 @@ from common.errors import UserError
 from conftest import ROOT
 from dubbing.pipeline import load_generator
 from engine.trainer import set_rng_state
-from models import DINet, Discriminator
+from models import DINet, Discriminator, GeneratorConfig
 from models.checkpoint import atomic_save, load_checkpoint
 from test_bad_input import COMMANDS, assets, fill  # noqa: F401  (fixture: tiny data, checkpoints, 1 s media)
 from test_clip_training import clip_assets  # noqa: F401  (fixture the assets need)
@@ -187,6 +187,22 @@ def test_a_weights_path_that_is_not_a_file_is_refused_before_it_is_read(tmp_path
         open(pipe, "wb").close()
     assert not blocked and refusals == [f"--lse_syncnet_path {pipe}: no such file; pass syncnet_python's "
                                         f"syncnet_v2.model (a SyncNet of this repository goes to --syncnet_path)"]
+
+
+def test_weights_repeating_a_few_stored_values_as_a_huge_network_are_refused_before_it_is_built(tmp_path):
+    """A network as large as the file's recorded configuration says, each weight one stored zero expanded to its
+    shape: the file takes 100 KB, the network (and the checksum's copy of its first layer) 12.5 GB."""
+    config = {**DINet(3, 15, 80).config.to_dict(), "ref_channel": 10 ** 6}
+    with torch.device("meta"):
+        network = DINet.from_config(GeneratorConfig.from_dict(config))
+    weights = {key: torch.zeros((), dtype=value.dtype).expand(value.shape)
+               for key, value in network.state_dict().items()}
+    path = tmp_path / "netG_best.pth"
+    torch.save({"epoch": 2, "state_dict": {"net_g": weights}, "generator_config": config, "mouth_region_size": 64,
+                "audio_feature": "mel", "integrity": "crc32:0:0"}, path)
+    with pytest.raises(UserError, match=f"^--pretrained_clip_DINet_path {path}: refusing to read it, its "
+                                        f"state_dict.net_g.[.\\w]+ repeats a few stored values as far more"):
+        load_generator(str(path), torch.device("cpu"))
 
 
 def test_a_weights_file_of_tensors_under_numbers_is_not_a_state_dict(tmp_path):
