@@ -219,6 +219,9 @@ def run(arguments, path, output):
         ffmpeg.finish()
 
 
+# pixels this near square are taken as square: ffmpeg's `scale=-2:720` rounds the width to even and labels the pixels
+# by the rounding (SAR 405:406), a squeeze no face crop or viewer can tell
+SQUARE_TOLERANCE = 0.01
 SIZE = r", (\d+)x(\d+)\b"  # in ffmpeg's line of a video stream: "..., yuv420p(progressive), 256x256 [SAR 1:1 ...], ..."
 
 
@@ -284,7 +287,8 @@ def probe(video_path, kind="video"):
     if rotation in (90, 270) and not photograph:
         width, height = height, width
     sar = re.search(r"\[SAR (\d+):(\d+) DAR", video_line)  # anamorphic video shows its pixels wider or narrower
-    square = not sar or sar.group(1) == sar.group(2) or "0" in (sar.group(1), sar.group(2))
+    square = not sar or "0" in (sar.group(1), sar.group(2)) or abs(
+        int(sar.group(1)) / int(sar.group(2)) - 1) <= SQUARE_TOLERANCE
     return {
         "width": width,  # as decoded: after a video's rotation or a photograph's EXIF orientation
         "height": height,

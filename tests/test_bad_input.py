@@ -25,6 +25,7 @@ import torch
 from common.errors import UserError
 from conftest import ROOT, write_dinet_json
 from data.openface_csv import write_openface_csv
+from media.ffmpeg import probe
 from models.checkpoint import atomic_save, load_checkpoint
 from models.syncnet import SyncNetConfig, build_syncnet
 from test_clip_training import clip_assets  # noqa: F401  (fixture: 29-d data, a lab2 frame checkpoint, a SyncNet)
@@ -559,6 +560,17 @@ def test_a_file_this_user_may_not_read_is_named_with_the_fix(assets, command, fl
     assert result.stderr.strip().splitlines()[-1] == (f"{named}: permission denied for this user; change its "
                                                       f"permissions (chmod, chown) or use another path")
     assert_nothing_finished_left(tmp_path / "out", command)
+
+
+def test_a_video_resized_by_ffmpeg_is_not_refused_as_anamorphic(assets, tmp_path):
+    """ffmpeg's `scale=-2:H` rounds the width to even and labels the pixels by the rounding (SAR 512:513 here): a
+    squeeze no face crop can tell, so the video is taken as it is (SAR 2:1, a case above, is refused)."""
+    import inference
+    resized = str(tmp_path / "resized.mp4")
+    ffmpeg("-f", "lavfi", "-i", "color=c=gray:s=160x90:r=25:d=1", "-vf", "scale=-2:64", "-c:v", "libx264", resized)
+    assert probe(resized)["sar"] == "512:513"
+    inference.check_inputs(inference.build_parser().parse_args(fill(INFERENCE, {**assets, "tmp": str(tmp_path)})
+                                                               + ["--source_video_path", resized]))
 
 
 def test_a_permission_error_anywhere_in_a_command_is_its_one_line():
