@@ -27,6 +27,10 @@ from scipy.signal import savgol_filter
 from common.errors import UserError
 
 NUM_POINTS = 68
+# protobuf 4 warns, on each frame with a face, that mediapipe 0.10 uses a deprecated call: not ours to fix, nor the
+# user's. Set on import, before any detector thread: a thread inside catch_warnings (mediapipe's imports, ctypes)
+# when the filter is added puts back the filters without it as it leaves
+warnings.filterwarnings("ignore", message="SymbolDatabase.GetPrototype", category=UserWarning)
 
 # For each iBUG point: (mesh vertex a, mesh vertex b, weight of b). Image-left is the subject's right.
 _MESH_BLENDS = (
@@ -142,9 +146,6 @@ def _mediapipe_solution(module, name):
     except TypeError as error:  # what protobuf >= 5 raises inside mediapipe 0.10's generated code
         raise UserError(f"mediapipe cannot be imported ({error}); it needs protobuf<5: "
                          f"run `pip install -r requirements.txt`")
-    # protobuf 4 warns, on each frame with a face, that mediapipe 0.10 uses a deprecated call: not ours to fix, nor
-    # the user's. Process-wide, as detectors run on several threads (a scoped filter is not thread-safe).
-    warnings.filterwarnings("ignore", message="SymbolDatabase.GetPrototype", category=UserWarning)
     return solution
 
 

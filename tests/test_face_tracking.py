@@ -1,11 +1,14 @@
 """Whom dubbing dubs and where: face tracks across frames, the choice of face, fades at the edges of dubbed runs."""
 import argparse
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from common.errors import UserError
+from conftest import ROOT
 from dubbing.faces import (
     FADE_FRAMES,
     FaceChoice,
@@ -109,3 +112,30 @@ def test_length_policies_map_a_short_video_onto_long_audio(length, expected):
 @pytest.mark.parametrize("length", ["pingpong", "loop", "pad", "cut"])
 def test_every_length_policy_cuts_a_long_video_to_short_audio(length):
     assert output_index(length, 10, 4).tolist() == [0, 1, 2, 3]
+
+
+# a thread inside catch_warnings (as mediapipe's imports and ctypes are on dubbing's threads) while the first detector
+# starts, then protobuf's warning as it comes on each frame with a face
+DETECTOR_BESIDE_A_THREAD = """
+import threading, warnings
+from dubbing.faces import face_mesh
+inside, leave = threading.Event(), threading.Event()
+def other():
+    with warnings.catch_warnings():
+        inside.set()
+        leave.wait()
+thread = threading.Thread(target=other)
+thread.start()
+inside.wait()
+with face_mesh():
+    pass
+leave.set()
+thread.join()
+warnings.warn("SymbolDatabase.GetPrototype() is deprecated. Please use message_factory.GetMessageClass()", UserWarning)
+"""
+
+
+def test_mediapipes_deprecation_warnings_stay_silenced_whatever_other_threads_do():
+    result = subprocess.run([sys.executable, "-c", DETECTOR_BESIDE_A_THREAD], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and "Warning" not in result.stderr, result.stderr[-2000:]
