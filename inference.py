@@ -157,6 +157,22 @@ def output_paths(opt):
             os.path.join(opt.res_video_dir, f"{name}_synthetic_face.mp4") if opt.face_video else None)
 
 
+FILLS = {"pingpong": "played forwards and backwards", "loop": "played again from its start",
+         "pad": "its last frame held"}  # how each --length fills speech longer than the video
+
+
+def length_note(result, length):
+    """The line saying how --length made the output as long as it is, where the video and the speech differ in
+    length (a photograph aside: it is always held); None where they do not."""
+    video, speech = result.source_frames / 25, result.speech_frames / 25
+    if result.source_frames > 1 and result.frames > result.source_frames:
+        return (f"note: the video ({video:.2f} s) is shorter than the speech ({speech:.2f} s): {FILLS[length]} to "
+                f"last as long (--length {length}; --length cut ends both with the video)")
+    if result.source_frames > 1 and result.frames < result.speech_frames:
+        return f"note: the speech ({speech:.2f} s) is cut to the video's {result.frames / 25:.2f} s (--length cut)"
+    return None
+
+
 def run(opt, generator=None, progress=True):
     """Dub as the checked options `opt` say, with `generator` (a DubbingModel; default: load_dubbing_model's),
     printing what it did; the DubResult. The command and the web app (app.py) both dub through this."""
@@ -182,6 +198,9 @@ def run(opt, generator=None, progress=True):
     print(f"dubbed: {'; '.join(result.faces)} (--face {opt.face}, {result.shots} shot(s))")
     print(f"{result.frames - result.passed_through} frames dubbed, {result.passed_through} passed through untouched"
           + (f": {result.passed_through_ranges}" if result.passed_through else ""))
+    note = length_note(result, opt.length)
+    if note:
+        print(note)
     if face_path:
         print(f"wrote {face_path}")
     if result.hardware_failure:

@@ -276,6 +276,8 @@ class DubResult:
     shots: int = 1
     decoder: str = "software"    # what decoded the source: "cuda" (the GPU's NVDEC) or ffmpeg's "software" decoder
     hardware_failure: str = None  # why NVDEC did not decode it on a GPU: ffmpeg's message, or that ffmpeg has none
+    source_frames: int = None    # frames of the source at 25 fps, as far as the speech lasts (1: a photograph)
+    speech_frames: int = None    # frames the speech lasts at 25 fps
 
 
 # On CPU a generator call's activations should stay around this many face-crop pixels per call: past it, a
@@ -451,7 +453,8 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
         timings.update(times)
     return DubResult(output_path, len(index), len(passed), face_video_path, batch_size, passed_ranges,
                      tuple(track.chosen), int(track.shot.max()) + 1, video.decoder,
-                     video.hardware_failure or (no_cuda_decoder() if nvdec_wanted else None))
+                     video.hardware_failure or (no_cuda_decoder() if nvdec_wanted else None), len(track.reason),
+                     len(features))
 
 
 def nvdec_device(device):

@@ -19,6 +19,7 @@ from conftest import ROOT
 from data.openface_csv import read_openface_csv
 from data.procedural_faces import make_demo_data
 from dubbing.pipeline import dub, first_pasted_row, load_generator, ping_pong
+from inference import length_note
 from media.decoder import read_video_frames
 from media.ffmpeg import probe
 from models import DINet
@@ -95,6 +96,8 @@ def test_dubbed_video_follows_the_audio_and_keeps_the_upper_face(demo, audio_dri
                  face_video_path=str(tmp_path / "face.mp4"))
     info, source_info = probe(str(output)), probe(str(video))
     assert result.frames == 125 and result.passed_through == 0
+    assert length_note(result, "pingpong").startswith(
+        "note: the video (3.00 s) is shorter than the speech (5.00 s): played forwards and backwards")
     assert info["has_audio"] and info["fps"] == 25
     assert (info["width"], info["height"]) == (source_info["width"], source_info["height"])
     assert abs(info["duration"] - 5.0) < 0.1

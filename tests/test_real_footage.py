@@ -13,6 +13,7 @@ from data.landmark_detector import detect_landmarks
 from dubbing import pipeline
 from dubbing.faces import FaceChoice, find_face
 from dubbing.pipeline import dub, load_generator
+from inference import length_note
 from media.decoder import DecodedVideo, read_video_frames
 from media.encoder import VideoEncoder
 from media.ffmpeg import probe
@@ -206,3 +207,4 @@ def test_length_cut_trims_long_audio_to_the_video(generator, tmp_path, monkeypat
     result, written, output = dub_and_record(clip, generator, tmp_path, monkeypatch, audio=speech, length="cut")
     info = probe(output)
     assert result.frames == len(written) == 50 and abs(info["duration"] - 2.0) < 0.1
+    assert length_note(result, "cut") == "note: the speech (3.20 s) is cut to the video's 2.00 s (--length cut)"
