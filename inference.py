@@ -157,6 +157,15 @@ def output_paths(opt):
             os.path.join(opt.res_video_dir, f"{name}_synthetic_face.mp4") if opt.face_video else None)
 
 
+def rate_note(path, info):
+    """The line saying that a video of another frame rate (probe's `info`) is dubbed at 25 fps; None for one at 25 fps
+    or a photograph."""
+    if info["still"] or not info["fps"] or abs(info["fps"] - 25) < 0.01:
+        return None
+    return (f"note: {path} is {info['fps']:g} fps; the dub is 25 fps, one frame per 40 ms of speech as the model was "
+            f"trained, so some of the video's frames are {'left out' if info['fps'] > 25 else 'repeated'}")
+
+
 FILLS = {"pingpong": "played forwards and backwards", "loop": "played again from its start",
          "pad": "its last frame held"}  # how each --length fills speech longer than the video
 
@@ -181,6 +190,9 @@ def run(opt, generator=None, progress=True):
     if output_size != size:
         print("note: {} is {}x{}; H.264 in 4:2:0 needs even sides, so the output is {}x{}, the last column or row "
               "repeated".format(opt.source_video_path, *size, *output_size))
+    note = rate_note(opt.source_video_path, info)
+    if note:
+        print(note)
     device = choose_device(opt.device)
     if device.type == "cpu":
         tune_cpu_allocator()

@@ -19,7 +19,7 @@ from conftest import ROOT
 from data.openface_csv import read_openface_csv
 from data.procedural_faces import make_demo_data
 from dubbing.pipeline import dub, first_pasted_row, load_generator, ping_pong
-from inference import length_note
+from inference import length_note, rate_note
 from media.decoder import read_video_frames
 from media.ffmpeg import probe
 from models import DINet
@@ -70,6 +70,21 @@ def cut_audio(source, seconds, path):
     subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-stream_loop", "3", "-i", str(source),
                     "-t", str(seconds), str(path)], check=True)
     return str(path)
+
+
+def test_a_video_at_another_frame_rate_is_said_to_be_dubbed_at_25_fps(tmp_path):
+    """A phone's 29.97 fps, a 60 fps clip or a 15 fps screen recording: the dub has 25 frames a second whatever the
+    source's, and the user is told; a 25 fps video needs no word."""
+    import imageio_ffmpeg
+    notes = {}
+    for rate in ("30000/1001", "60", "15", "25"):
+        video = str(tmp_path / f"clip_{rate.replace('/', '_')}.mp4")
+        subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-f", "lavfi", "-i",
+                        f"testsrc=size=64x64:rate={rate}:duration=0.4", video], check=True)
+        notes[rate] = rate_note(video, probe(video))
+    assert "29.97 fps; the dub is 25 fps" in notes["30000/1001"] and notes["30000/1001"].endswith("left out")
+    assert "60 fps;" in notes["60"] and "15 fps;" in notes["15"] and notes["15"].endswith("repeated")
+    assert notes["25"] is None
 
 
 def test_ping_pong_runs_the_video_forwards_then_backwards():
