@@ -413,18 +413,19 @@ def _windows(frame_size, boxes, scale):
 
 def _look_closer(video, boxes, shot, scale, progress, threads):
     """Faces too small for the detectors to find in every whole frame, found in windows of the full frame. A shot
-    with frames without a face, whose faces are all smaller than SMALL_FACE (or which has none), is looked at again,
-    each frame in windows around the faces found in the frame before it (or after it, before the first), starting
-    where whole frames showed a face; a shot with none is first searched in tiles, on a frame every 5 s. Its boxes
-    are then all the full-range detector's, whose boxes are tighter than the short-range one's: one detector's boxes
-    follow each other from frame to frame. Frames smaller than two windows are left as they are."""
+    with frames without a face, whose faces are all smaller than SMALL_FACE (or which has none; a larger one in
+    fewer than MIN_TRACK frames is the detectors' mistake), is looked at again, each frame in windows around the
+    faces found in the frame before it (or after it, before the first), starting where whole frames showed a face; a
+    shot with none is first searched in tiles, on a frame every 5 s. Its boxes are then all the full-range detector's,
+    whose boxes are tighter than the short-range one's: one detector's boxes follow each other from frame to frame.
+    Frames smaller than two windows are left as they are."""
     width, height = video.size
     if max(width, height) < 2 * ZOOM_WINDOW:
         return boxes
     small = SMALL_FACE * max(width, height) * scale
     shots = [np.flatnonzero(shot == number) for number in range(shot[-1] + 1)] if len(shot) else []
     shots = [frames for frames in shots if any(not len(boxes[f]) for f in frames)
-             and all(max(b[2] - b[0], b[3] - b[1]) < small for f in frames for b in boxes[f])]
+             and sum(any(max(b[2] - b[0], b[3] - b[1]) >= small for b in boxes[f]) for f in frames) < MIN_TRACK]
     bar = _Bar(total=sum(map(len, shots)), desc="looking closer", disable=not progress)
 
     def look(frames, stop):

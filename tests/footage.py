@@ -76,6 +76,18 @@ def wide_shot(path, size=(2560, 1440), person=240, seconds=1.2):
     return left, top, left + person, top + person * 1920 // 1080
 
 
+def screen_recording(path, seconds=1.2, person=216):
+    """A webcam over a shared screen: clip A shrunk to `person` px wide (its face about 60 px) in the bottom right
+    corner of ffmpeg's moving test pattern at 1280x720, from the pattern's 50th frame, in which a detector takes
+    some of the pattern for a large face in a frame or two (25 fps, A's sound); the person's box (left, top, right,
+    bottom) in pixels."""
+    left, top = 1280 - person - 10, 720 - person * 1920 // 1080 - 10
+    ffmpeg(path, ["-t", str(seconds), "-i", shared(CLIP_A)],
+           f"testsrc2=s=1280x720:r={FPS},trim=start_frame=50,setpts=PTS-STARTPTS[bg];"
+           f"[0:v]scale={person}:-2,fps={FPS}[fg];[bg][fg]overlay={left}:{top}:shortest=1[v]")
+    return left, top, left + person, top + person * 1920 // 1080
+
+
 def cut_clip(path, seconds=(2, 2)):
     """Clip A for seconds[0], then a hard cut to clip B for seconds[1] (scaled and padded to the same size), each
     with its own sound; the first frame of B."""

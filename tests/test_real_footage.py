@@ -174,6 +174,19 @@ def test_a_small_face_in_a_wide_shot_is_found_in_every_frame_and_a_shot_of_trees
     assert (tracks[0].reason == "none").all()
 
 
+def test_a_webcam_over_a_shared_screen_is_found_though_the_screen_looks_like_a_face_once(tmp_path):
+    """A face of about 60 px in the corner of a 1280x720 screen recording, whose moving pattern a detector takes for
+    a large face in a frame or two: no face of the shot, which is still looked at closer, and hers is found."""
+    path = str(tmp_path / "screen.mp4")
+    left, top, right, bottom = footage.screen_recording(path)
+    video = DecodedVideo(path, background=True, pixel_format="yuv420p")
+    track = find_face(video)
+    video.close()
+    assert (track.reason != "none").all() and track.usable.sum() >= len(track.usable) // 2, track.reason
+    mouths = track.landmarks[track.usable, 48:68].mean(axis=1)
+    assert ((left < mouths[:, 0]) & (mouths[:, 0] < right) & (top < mouths[:, 1]) & (mouths[:, 1] < bottom)).all()
+
+
 @pytest.mark.parametrize("turn", ["transpose=clock", "hflip,vflip"])
 def test_a_face_on_its_side_or_upside_down_is_not_dubbed_and_the_run_says_why(turn, generator, tmp_path):
     """The mesh fits an upright face to a face on its side or upside down all the same; a mouth drawn from that
