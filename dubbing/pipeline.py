@@ -62,7 +62,7 @@ from models.checkpoint import generator_config_of, load_checkpoint, load_network
 from models.fast import optimize_for_inference
 
 from .blend import FaceBlender
-from .faces import FaceChoice, FaceTrack, describe_ranges, fade_weights, find_face, runs, turn
+from .faces import MIN_CROP_RADIUS, FaceChoice, FaceTrack, describe_ranges, fade_weights, find_face, runs, turn
 from .onnx_generator import OnnxGenerator
 
 FEATURE_SLACK_S = 0.2   # --audio_feature_path rows may differ from the driving audio's length by this much
@@ -352,8 +352,11 @@ def dub(source_video_path, driving_audio_path, generator, output_path, device, l
             passed = np.flatnonzero(~dubbed)
             passed_ranges = describe_ranges(passed, reason[passed])
             if not dubbed.any():
+                fix = (f"the face larger in the picture, {2 * MIN_CROP_RADIUS} px or more from nose to chin (a higher "
+                       f"resolution, or the camera closer)" if (reason == "small").all() else
+                       "one visible, upright, frontal face, the whole lower face inside the picture")
                 raise UserError(f"{source_video_path}: no frame has a usable face ({passed_ranges}); use a video with "
-                                 f"one visible, upright, frontal face, the whole lower face inside the picture")
+                                 f"{fix}")
             if strict and len(passed):
                 raise UserError(f"--strict: {len(passed)} of {len(index)} frames have no usable face "
                                  f"({passed_ranges}); drop --strict to pass them through")

@@ -187,6 +187,15 @@ def test_a_webcam_over_a_shared_screen_is_found_though_the_screen_looks_like_a_f
     assert ((left < mouths[:, 0]) & (mouths[:, 0] < right) & (top < mouths[:, 1]) & (mouths[:, 1] < bottom)).all()
 
 
+def test_a_face_too_small_in_every_frame_is_refused_saying_how_large_it_must_be(generator, tmp_path):
+    clip = str(tmp_path / "small.mp4")
+    footage.ffmpeg(clip, ["-t", "1", "-i", footage.shared(footage.CLIP_A)], f"[0:v]scale=180:320,fps={footage.FPS}[v]")
+    with pytest.raises(UserError, match=r"\(frames 0-24 \(0.00-1.00 s\): face too small\); use a video with the face "
+                                        r"larger in the picture, 24 px or more from nose to chin"):
+        dub(clip, clip, generator, str(tmp_path / "dubbed.mp4"), CPU, progress=False)
+    assert not os.path.exists(tmp_path / "dubbed.mp4")
+
+
 @pytest.mark.parametrize("turn", ["transpose=clock", "hflip,vflip"])
 def test_a_face_on_its_side_or_upside_down_is_not_dubbed_and_the_run_says_why(turn, generator, tmp_path):
     """The mesh fits an upright face to a face on its side or upside down all the same; a mouth drawn from that
