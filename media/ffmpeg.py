@@ -286,9 +286,10 @@ def probe(video_path, kind="video"):
     colour = tuple(None if name in (None, "unknown", "reserved") else name for name in colour) or (None, None, None)
     if rotation in (90, 270) and not photograph:
         width, height = height, width
-    sar = re.search(r"\[SAR (\d+):(\d+) DAR", video_line)  # anamorphic video shows its pixels wider or narrower
-    square = not sar or "0" in (sar.group(1), sar.group(2)) or abs(
-        int(sar.group(1)) / int(sar.group(2)) - 1) <= SQUARE_TOLERANCE
+    # anamorphic video shows its pixels wider or narrower: "[SAR 2:1 DAR ...]" from the codec, and after it
+    # ", SAR 2:1 DAR ..." from the container where that says otherwise (or the codec has none: VP8, VP9), which wins
+    sar = ([None] + re.findall(r"SAR (\d+):(\d+) DAR", video_line))[-1]
+    square = not sar or "0" in sar or abs(int(sar[0]) / int(sar[1]) - 1) <= SQUARE_TOLERANCE
     return {
         "width": width,  # as decoded: after a video's rotation or a photograph's EXIF orientation
         "height": height,
@@ -302,7 +303,7 @@ def probe(video_path, kind="video"):
         "colour": colour,
         "pixel_format": pixel_format.group(1) if pixel_format else None,
         "square_pixels": square,  # False: a pixel is shown SAR wide by 1 high ("sar", as "a:b")
-        "sar": f"{sar.group(1)}:{sar.group(2)}" if sar else "1:1",
+        "sar": ":".join(sar) if sar else "1:1",
         "video_stream": re.search(r"Stream #(\d+:\d+)", video_line).group(1) if video_line else None,  # "0:1"
     }
 

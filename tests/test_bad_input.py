@@ -191,6 +191,11 @@ CASES = [
     ("inference", "--source_video_path {tmp}", "--source_video_path {tmp}: a folder; pass a file in it"),
     ("inference", "--source_video_path {anamorphic_mp4}", "--source_video_path {anamorphic_mp4}: its pixels are "
      "not square (SAR 2:1)", "make them square first: ffmpeg -i {anamorphic_mp4} -vf scale=iw*sar:ih,setsar=1"),
+    # a VP8 stream has no SAR of its own, the webm's says 2:1; the mp4's box says 2:1 over the H.264 stream's 1:1
+    ("inference", "--source_video_path {anamorphic_webm}", "--source_video_path {anamorphic_webm}: its pixels are "
+     "not square (SAR 2:1)"),
+    ("inference", "--source_video_path {aspect_mp4}", "--source_video_path {aspect_mp4}: its pixels are not square "
+     "(SAR 2:1)"),
     ("inference", "--source_openface_landmark_path {tmp}/none.csv",
      "--source_openface_landmark_path {tmp}/none.csv: no such file", "check the path"),
     ("inference", "--source_openface_landmark_path {short_csv}",
@@ -418,6 +423,9 @@ def assets(tmp_path_factory, tiny_json, clip_assets, checkpoint):  # noqa: F811
     a.anamorphic_mp4 = str(folder / "anamorphic.mp4")  # each pixel shown twice as wide as high
     ffmpeg(*grey, *tone[:3], tone[3].format(1), "-vf", "setsar=2/1", *h264, "-c:a", "aac", "-shortest",
            a.anamorphic_mp4)
+    a.anamorphic_webm, a.aspect_mp4 = str(folder / "anamorphic.webm"), str(folder / "aspect.mp4")
+    ffmpeg("-i", a.anamorphic_mp4, "-c:v", "libvpx", "-deadline", "realtime", "-c:a", "libopus", a.anamorphic_webm)
+    ffmpeg("-i", a.grey_mp4, "-c", "copy", "-aspect", "2:1", a.aspect_mp4)  # the container's label, as players read
     a.partial_mp4 = str(folder / "partial.mp4")  # cut inside its first packet, as an upload that broke off
     ffmpeg(*grey, *tone[:3], tone[3].format(1), *h264, "-c:a", "aac", "-shortest", "-movflags", "+faststart",
            a.partial_mp4)
