@@ -112,10 +112,11 @@ def holds(path, key):
 
 
 def checkpoints_in(folder, key="net_g", pattern=".pth"):
-    """The files under `folder` (recursively) named *`pattern` that hold `key`, the newest first."""
-    found = [os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
-             if name.endswith(pattern) and not name.startswith(".") and (key is None or holds(os.path.join(root, name),
-                                                                                               key))]
+    """The files under `folder` (recursively) named *`pattern` that hold `key`, the newest first; a pipe or a device
+    so named is no file (reading one would hang the page)."""
+    named = [os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
+             if name.endswith(pattern) and not name.startswith(".")]
+    found = [path for path in named if os.path.isfile(path) and (key is None or holds(path, key))]
     return sorted(found, key=os.path.getmtime, reverse=True)
 
 

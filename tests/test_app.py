@@ -297,6 +297,22 @@ def test_job_folders_are_deleted_a_day_after_but_not_while_their_job_runs(tmp_pa
     assert os.listdir(tmp_path) == []  # done: its folder goes with the rest
 
 
+def test_a_pipe_named_as_a_checkpoint_is_neither_listed_nor_read(tmp_path):
+    """A named pipe (or a device's link) under --checkpoint_dir: reading it would hang the app's start and Refresh."""
+    import threading
+
+    import app as web_app
+    for name in ("stuck.pth", "stuck.model"):
+        os.mkfifo(tmp_path / name)
+    found = []
+    scan = threading.Thread(target=lambda: found.append((web_app.checkpoints_in(str(tmp_path)),
+                                                         web_app.checkpoints_in(str(tmp_path), None, ".model"))),
+                            daemon=True)  # left behind, blocked, where the pipe is read
+    scan.start()
+    scan.join(10)
+    assert found == [([], [])]
+
+
 def test_a_folder_without_generators_shows_how_to_make_one(tmp_path, checkpoint, monkeypatch):  # noqa: F811
     """The SyncNet and the file that would run code are never offered (nor unpickled); the page says what to run."""
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))  # where gradio keeps its files from its import on
