@@ -29,7 +29,7 @@ Or make a small procedural demo set (videos, landmarks and every step above) to 
 import argparse
 import os
 
-from common.errors import ArgumentParser, run_command
+from common.errors import ArgumentParser, run_command, stopped_without
 from common.files import check_writable
 from common.geometry import CLIP_LENGTH
 from config.ranges import SEED, integer, number
@@ -120,13 +120,8 @@ def check(json_path, clip_length):
     print(f"{json_path}: OK")
 
 
-def main(argv=None):
-    opt = parse_args(argv)
-    # outputs checked before any work, so a long run does not fail at its end
-    if opt.make_demo_data:
-        check_writable(opt.demo_dir, "--demo_dir")
-    if opt.generate_training_json:
-        check_writable(os.path.dirname(os.path.abspath(opt.json_path)), "--json_path", shown=opt.json_path)
+def prepare_all(opt):
+    """The steps of `opt` but --check: the demo set, the per-video steps, the training JSON."""
     if opt.make_demo_data:
         from data.procedural_faces import make_demo_data
         json_path = make_demo_data(opt.demo_dir, num_videos=opt.num_videos, seed=opt.seed,
@@ -154,6 +149,19 @@ def main(argv=None):
         json_path = prepare.generate_training_json(opt.crop_face_dir, opt.audio_feature_dir, opt.audio_feature,
                                                    opt.json_path, clip_length=opt.clip_length)
         print(f"training set: {json_path}")
+
+
+def main(argv=None):
+    opt = parse_args(argv)
+    # outputs checked before any work, so a long run does not fail at its end
+    if opt.make_demo_data:
+        check_writable(opt.demo_dir, "--demo_dir")
+    if opt.generate_training_json:
+        check_writable(os.path.dirname(os.path.abspath(opt.json_path)), "--json_path", shown=opt.json_path)
+    # each output is written under another name first: what a stopped run finished is kept, and a rerun goes on
+    with stopped_without(opt.json_path if opt.generate_training_json else "the unfinished outputs",
+                         then="what was finished is kept: run the same command again to go on"):
+        prepare_all(opt)
     if opt.check:
         check(opt.json_path, opt.clip_length)
 

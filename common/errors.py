@@ -63,10 +63,11 @@ def signals_handled(numbers, handler):
 
 
 @contextlib.contextmanager
-def stopped_without(output):
+def stopped_without(output, then=None):
     """Ctrl-C, a scheduler's SIGTERM or a closed terminal's SIGHUP ends the block (its partial output removed on the
-    way out) with one line, `stopped by SIGINT: OUTPUT not written`, and exit status 128 + the signal's number. A
-    signal the run was started with ignored (nohup's SIGHUP) stays ignored, and so does every one after the first."""
+    way out) with one line, `stopped by SIGINT: OUTPUT not written` (`; THEN` added when given), and exit status
+    128 + the signal's number. A signal the run was started with ignored (nohup's SIGHUP) stays ignored, and so does
+    every one after the first."""
     def stop(number, frame):  # a second Ctrl-C would cut the cleanup short, leaving threads running as Python exits
         for stopping in handled:
             signal.signal(stopping, signal.SIG_IGN)
@@ -76,7 +77,8 @@ def stopped_without(output):
             yield
         except KeyboardInterrupt as stopped:
             number = stopped.args[0] if stopped.args else signal.SIGINT
-            print(f"stopped by {signal.Signals(number).name}: {output} not written", file=sys.stderr)
+            print(f"stopped by {signal.Signals(number).name}: {output} not written" + (f"; {then}" if then else ""),
+                  file=sys.stderr)
             sys.exit(128 + number)
 
 

@@ -10,6 +10,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -62,6 +63,24 @@ def landmarked(tmp_path_factory):
 def work(landmarked, tmp_path):
     shutil.copytree(landmarked, tmp_path, dirs_exist_ok=True)
     return tmp_path
+
+
+# ---------------------------------------------------------------- Ctrl-C
+
+def test_ctrl_c_stops_the_run_with_one_line_and_leaves_no_partial_output(work):
+    """Ctrl-C in a terminal reaches the process group: the pool's workers and their ffmpeg too."""
+    process = subprocess.Popen([sys.executable, os.path.join(ROOT, "data_processing.py"), "--crop_face",
+                                "--generate_training_json", "--source_video_dir", work / "videos", "--workers", "2"],
+                               cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    while "videos:" not in process.stderr.read(8):  # the progress bar: the workers are starting
+        pass
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGINT and "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == (f"stopped by SIGINT: ./{JSON} not written; what was finished is kept: "
+                                                f"run the same command again to go on")
+    assert not [name for _, folders, names in os.walk(work) for name in folders + names if ".partial" in name]
 
 
 # ---------------------------------------------------------------- a full disk, a folder that cannot be written
