@@ -17,8 +17,8 @@ by default ./asserts/training_data/split_video_25fps):
     python data_processing.py --generate_training_json --audio_feature mel
     python data_processing.py --debug_draw           # images of the 68 points and the crop, to look at
 
-A video that cannot be used (unreadable, no audio, too short, no face in too many frames, a face beyond
-DINet's crop limits) is skipped, with its reason in the report printed at the end. Check a training JSON:
+A video that cannot be used (unreadable, no audio, too short, no face in too many frames, several faces,
+a face beyond DINet's crop limits) is skipped, with its reason in the report printed at the end. Check a training JSON:
 
     python data_processing.py --check --json ./asserts/training_data/training_json.json
 

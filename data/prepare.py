@@ -53,7 +53,8 @@ VIDEO_STEPS = ("extract_video_frame", "extract_audio", "extract_audio_feature", 
 STEPS_READING_VIDEO = {"extract_video_frame", "extract_audio", "detect_landmarks"}
 MIN_CLIPS_FOR_TRAINING = NUM_REFERENCES + 1  # the frame dataset draws a source and its references' clips from one video
 DEBUG_FRAMES_PER_VIDEO = 4
-UPRIGHT_SAMPLES = 8  # frames spread over a video in which most faces must be upright
+UPRIGHT_SAMPLES = 8  # frames spread over a video in which most faces must be upright, and one face alone in most
+SEVERAL_FACES_SHARE = 0.25  # of those, the share that may show more than one face (as train_person.py allows)
 DEBUG_MOUTH_SIZE = 256  # debug crops are shown at the finest training geometry
 
 
@@ -247,7 +248,7 @@ def _detect_landmarks(name, video_path, layout, progress):
     csv_path, source = landmark_csv(name, layout)
     if source == "openface" or _is_fresh(csv_path, video_path):
         return
-    from .landmark_detector import detect_landmarks, not_upright  # mediapipe only when it is needed
+    from .landmark_detector import count_faces, detect_landmarks, not_upright  # mediapipe only when it is needed
     expected = round((probe(video_path)["duration"] or 0) * FPS) or None
     frames = tqdm(read_video_frames(video_path, fps=FPS), total=expected, desc=f"{name} landmarks", unit="frame",
                   leave=False, disable=not progress)
@@ -261,9 +262,15 @@ def _detect_landmarks(name, video_path, layout, progress):
     landmarks, found = detect_landmarks(keeping_some(frames))  # (T, 68, 2), (T,)
     if len(found) == 0:
         raise SkipVideo(f"{video_path}: no frames could be decoded; re-encode it with ffmpeg")
-    turned = not_upright(video_path, [frame for index, frame in looked_at.items() if found[index]])
+    with_face = [frame for index, frame in looked_at.items() if found[index]]
+    turned = not_upright(video_path, with_face)
     if turned:  # the mesh fits an upright face to it all the same: crops of the wrong place
         raise SkipVideo(turned)
+    several = int((count_faces(with_face) >= 2).sum())
+    if with_face and several >= SEVERAL_FACES_SHARE * len(with_face):  # the mesh follows one: maybe not the speaker
+        raise SkipVideo(f"{video_path}: {several} of {len(with_face)} frames looked at show several faces, and the "
+                        f"crops follow one of them, who may not be the one speaking; crop the video to the speaker "
+                        f"(ffmpeg -i in.mp4 -vf crop=W:H:X:Y out.mp4)")
     write_openface_csv(csv_path, landmarks, fps=FPS, found=found)
 
 

@@ -149,6 +149,8 @@ def prepared(tmp_path_factory):
     _write_video(source / "at_the_edge.mp4", at_the_edge, wav)  # the crop would leave the frame
     on_its_side = np.ascontiguousarray(np.rot90(_talking_face(3, seconds=1.0)[0], -1, axes=(1, 2)))
     _write_video(source / "on_its_side.mp4", on_its_side, wav)  # a phone held wrong: the mesh would fit it anyway
+    two_faces = np.concatenate([frames, _talking_face(4, seconds=1.0)[0]], axis=2)
+    _write_video(source / "two_faces.mp4", two_faces, wav)  # an interview: the mesh follows one, maybe not the speaker
     result = _data_processing("--all", "--source_video_dir", str(source), "--workers", "2", "--debug_draw",
                               cwd=work)
     return work, result
@@ -158,12 +160,13 @@ def test_all_steps_prepare_good_videos_and_skip_bad_ones_with_a_reason(prepared)
     work, result = prepared
     assert result.returncode == 0, result.stderr[-2000:]
     report = {line.split(":")[0].strip(): line for line in result.stdout.splitlines() if line.startswith("  ")}
-    assert "2 of 9 videos ready, 7 skipped" in result.stdout
+    assert "2 of 10 videos ready, 8 skipped" in result.stdout
     assert "75 frames, face in 100.0% (detected), 8/8 clips" in report["talk_a"]
     assert "face in 100.0% (detected), 8/8 clips" in report["talk_b"]
     for name, reason in [("silent", "no audio stream"), ("short", "too short"), ("broken", "not a readable video"),
                          ("no_face", "a face in only 0% of frames"), ("at_the_edge", "beyond DINet's limits"),
                          ("on_its_side", "the face is on its side in"),
+                         ("two_faces", "8 of 8 frames looked at show several faces"),
                          ("talk_b.mov", "has the name of " + str(work / "videos" / "talk_b.mp4"))]:
         assert "skipped:" in report[name] and reason in report[name], report[name]
 
@@ -196,7 +199,7 @@ def test_rerun_skips_finished_work(prepared):
                data / "split_video_25fps" / "talk_a.mp4", data / "split_video_25fps_mel" / "talk_a_mel.npy"]
     before = [os.path.getmtime(path) for path in outputs]
     result = _data_processing("--all", "--source_video_dir", str(work / "videos"), cwd=work)
-    assert result.returncode == 0 and "2 of 9 videos ready" in result.stdout
+    assert result.returncode == 0 and "2 of 10 videos ready" in result.stdout
     assert [os.path.getmtime(path) for path in outputs] == before
 
 
