@@ -62,6 +62,10 @@ class SkipVideo(Exception):
     """A video that cannot be used; the message is the one-line reason, naming the file and the fix."""
 
 
+class NotPrepared(SkipVideo):
+    """A step's input, written by an earlier step, is missing: the earlier step was not run, or skipped the video."""
+
+
 @dataclass(frozen=True)
 class Layout:
     """Where the steps read and write: DINet's directory flags."""
@@ -184,9 +188,9 @@ def landmark_csv(video_name, layout):
 
 # ---------------------------------------------------------------- the per-video steps
 
-def video_at_25fps(name, source_path, layout, settings):
-    """The 25 fps mp4 the other steps read: the source itself when it is one, else a copy resampled into
-    split_video_dir. Skips videos with no audio or too short for one clip."""
+def check_source(source_path, settings):
+    """probe's facts of the video; skips one that is unreadable, has no audio, non-square pixels or is too short for
+    one clip."""
     info = probe(source_path)  # UserError for an unreadable file
     if not info["has_video"]:
         raise SkipVideo(f"{source_path}: no video stream; remove it from the video folder")
@@ -198,6 +202,13 @@ def video_at_25fps(name, source_path, layout, settings):
     if info["duration"] is not None and info["duration"] * FPS < settings.clip_length + 1:
         raise SkipVideo(f"{source_path}: {info['duration']:.2f} s, too short for one {settings.clip_length}-frame "
                         f"clip; use videos of a second or more")
+    return info
+
+
+def video_at_25fps(name, source_path, layout, settings):
+    """The 25 fps mp4 the other steps read: the source itself when it is one, else a copy resampled into
+    split_video_dir (check_source first)."""
+    info = check_source(source_path, settings)
     if info["fps"] == FPS and source_path.lower().endswith(".mp4"):
         return source_path
     output = os.path.join(layout.split_video_dir, name + ".mp4")
@@ -235,7 +246,7 @@ def _extract_feature(name, layout, settings):
     else:
         wav_path = os.path.join(layout.audio_dir, name + ".wav")
         if not os.path.isfile(wav_path):
-            raise SkipVideo(f"{wav_path}: no audio extracted; run `python data_processing.py --extract_audio` first")
+            raise NotPrepared(f"{wav_path}: no audio extracted; run `python data_processing.py --extract_audio` first")
         if _is_fresh(output, wav_path):
             return
         features = compute_audio_feature(wav_path, settings.audio_feature)  # (T, C)
@@ -298,9 +309,9 @@ def _crop_faces(name, csv_path, layout, settings, progress):
     """
     frame_dir, output = os.path.join(layout.frame_dir, name), os.path.join(layout.crop_dir, name)
     if not os.path.isdir(frame_dir):
-        raise SkipVideo(f"{frame_dir}: no frames; run `python data_processing.py --extract_video_frame` first")
+        raise NotPrepared(f"{frame_dir}: no frames; run `python data_processing.py --extract_video_frame` first")
     if not os.path.isfile(csv_path):
-        raise SkipVideo(f"{csv_path}: no landmarks; run `python data_processing.py --detect_landmarks`, or put "
+        raise NotPrepared(f"{csv_path}: no landmarks; run `python data_processing.py --detect_landmarks`, or put "
                         f"OpenFace's CSV in {layout.openface_landmark_dir}")
     landmarks, found = read_landmarks(csv_path, settings)
     frame_paths = _frame_paths(frame_dir)
@@ -373,7 +384,7 @@ def _draw_debug(name, csv_path, layout, settings):
     """DEBUG_FRAMES_PER_VIDEO evenly spaced frames -> debug_draw_dir/<video>/<frame>.jpg (see debug_image)."""
     frame_dir, output = os.path.join(layout.frame_dir, name), os.path.join(layout.debug_draw_dir, name)
     if not os.path.isdir(frame_dir) or not os.path.isfile(csv_path):
-        raise SkipVideo(f"{frame_dir}: --debug_draw needs the frames and landmarks; run --extract_video_frame "
+        raise NotPrepared(f"{frame_dir}: --debug_draw needs the frames and landmarks; run --extract_video_frame "
                         f"and --detect_landmarks first")
     if _is_fresh(output, csv_path, frame_dir):
         return
@@ -393,6 +404,14 @@ def _draw_debug(name, csv_path, layout, settings):
 def prepare_video(name, source_path, layout, settings, steps, progress=True):
     """Run the chosen per-video `steps` (names from VIDEO_STEPS) on one video; return its VideoReport.
     Raises SkipVideo or UserError (one line) when the video cannot be used."""
+    try:
+        return _prepare_steps(name, source_path, layout, settings, steps, progress)
+    except NotPrepared:
+        check_source(source_path, settings)  # a video an earlier step skipped: its own reason, not the missing file
+        raise
+
+
+def _prepare_steps(name, source_path, layout, settings, steps, progress):
     report = VideoReport(name)
     video_path = (video_at_25fps(name, source_path, layout, settings)
                   if STEPS_READING_VIDEO & set(steps) else None)

@@ -221,6 +221,18 @@ def test_check_lists_every_problem_and_exits_nonzero(tmp_path):
     assert "widths disagree" in problems[2] and "29" in problems[2] and "80" in problems[2]
 
 
+def test_a_later_step_names_why_an_earlier_one_skipped_the_video_not_only_its_missing_output(tmp_path):
+    """Steps run one at a time: a video the frame or audio step could not use is named for its own fault."""
+    source = tmp_path / "videos"
+    source.mkdir()
+    (source / "broken.mp4").write_bytes(b"not a video at all")
+    _write_video(source / "silent.mp4", [np.full((32, 32, 3), value, np.uint8) for value in range(0, 250, 10)])
+    layout = Layout.under(str(tmp_path / "data"), source_video_dir=str(source))
+    for steps in (["extract_audio_feature"], ["crop_face"], ["debug_draw"]):
+        skipped = {report.name: report.skipped for report in prepare_videos(layout, Settings(), steps)}
+        assert "not a readable video" in skipped["broken"] and "no audio stream" in skipped["silent"], skipped
+
+
 # ---------------------------------------------------------------- DeepSpeech made elsewhere
 
 def test_deepspeech_features_are_read_from_npy_or_dinet_txt(tmp_path):
