@@ -346,8 +346,8 @@ def mean_row(rows, skipped):
             "frames": sum(row["frames"] for row in rows)}
     for key in rows[0]:
         values = [row.get(key) for row in rows]
-        # an offset is each video's own lag: their mean (of -15 and 14, -0.5) says nothing
-        if key not in mean and not key.startswith("offset") and all(isinstance(v, (int, float)) for v in values):
+        # an offset (a video's or its source's) is its own lag: their mean (of -15 and 14, -0.5) says nothing
+        if key not in mean and "offset" not in key.split() and all(isinstance(v, (int, float)) for v in values):
             mean[key] = finite_mean(values)
     return mean
 

@@ -127,3 +127,14 @@ def test_lpips_with_a_random_trunk_scores_alike_in_every_run_and_draws_none_of_t
     assert torch.equal(torch.rand(3), drawn)
     torch.manual_seed(6)  # another run's seed
     assert torch.equal(LPIPS("random")(fake[None], real[None]), first)
+
+
+def test_the_mean_row_leaves_out_every_offset_the_sources_own_too():
+    """An offset is one video's lag: a mean of a source lagging -15 frames and another 14 says nothing, with or
+    without the `source ` prefix --sources adds to the sources' own columns."""
+    from evaluate import mean_row
+    rows = [{"video": "a.mp4", "frames": 20, "offset repo": -15, "source offset repo": -15, "lmd_mouth": 0.1},
+            {"video": "b.mp4", "frames": 30, "offset repo": 14, "source offset repo": 14, "lmd_mouth": 0.3}]
+    mean = mean_row(rows, [])
+    assert mean["frames"] == 50 and mean["lmd_mouth"] == pytest.approx(0.2)
+    assert "offset repo" not in mean and "source offset repo" not in mean
