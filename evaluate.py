@@ -148,9 +148,13 @@ def check_inputs(opt):
     for video, source in zip(opt.videos or [], opt.sources or []):
         if sizes[video] != sizes[source]:  # the source's face crops would be cut from elsewhere in the video's frames
             (width, height), (source_width, source_height) = sizes[video], sizes[source]
-            raise UserError(f"{video}: {width}x{height}, and its source {source} {source_width}x{source_height}; the "
-                            f"scores compare their frames in the same place, so scale it to its source's size: "
-                            f"ffmpeg -i {video} -vf scale={source_width}:{source_height} scaled.mp4")
+            sizes_named = f"{video}: {width}x{height}, and its source {source} {source_width}x{source_height}"
+            if abs(width / height - source_width / source_height) > 0.02:  # more than even-size rounding
+                raise UserError(f"{sizes_named}: another framing (a face crop?), whose face is elsewhere than the "
+                                f"source's; pass as its --sources the source cut to the same region, or drop "
+                                f"--sources to score its lip sync alone")
+            raise UserError(f"{sizes_named}; the scores compare their frames in the same place, so scale it to its "
+                            f"source's size: ffmpeg -i {video} -vf scale={source_width}:{source_height} scaled.mp4")
     if opt.inception_weights and not os.path.isfile(opt.inception_weights):
         raise UserError(f"--inception_weights {opt.inception_weights}: no such file; pass torchvision's Inception v3 "
                         f"state dict (.pth), or leave the flag out to skip FID")

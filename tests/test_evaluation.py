@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, refusal
 from data.procedural_faces import make_demo_data
 from evaluation.reconstruction import frechet_distance, psnr, ssim
 from evaluation.sync import sync_score
+from media.ffmpeg import probe
 from models.checkpoint import atomic_save
 from models.syncnet import SyncNetConfig, build_syncnet
 
@@ -113,6 +114,22 @@ def test_bad_evaluation_input_is_one_line_and_nonzero_exit(demo, args, message):
     result = run_evaluate(*base, *args)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(message)
+
+
+def test_a_face_crop_scored_against_its_whole_source_is_refused_without_telling_to_stretch_it(demo, tmp_path,
+                                                                                            monkeypatch, capsys):
+    """Some dubbing tools write the face crop alone: scaled to its source's size it would be stretched, and its face
+    still elsewhere than the source's, so the fix offered is a source cropped alike, or no --sources."""
+    folder, syncnet = demo
+    source, crop = str(folder / "split_video_25fps" / "demo_000.mp4"), str(tmp_path / "crop.mp4")
+    width, height = probe(source)["width"], probe(source)["height"]
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-i", source, "-vf",
+                    f"crop={width // 2}:{height}", "-c:a", "copy", crop], check=True)
+    message = refusal("evaluate.py", ["--videos", crop, "--sources", source, "--syncnet_path", syncnet, "--csv",
+                                      str(tmp_path / "scores.csv"), "--device", "cpu"], monkeypatch, capsys)
+    assert message.startswith(f"{crop}: {width // 2}x{height}, and its source {source} {width}x{height}")
+    assert "scale=" not in message and "--sources" in message
+    assert not (tmp_path / "scores.csv").exists()
 
 
 def test_lpips_with_a_random_trunk_scores_alike_in_every_run_and_draws_none_of_the_callers_numbers():
