@@ -127,6 +127,7 @@ def check_inputs(opt):
             raise UserError(f"--sources gives {len(opt.sources)} videos for {len(opt.videos)} --videos; give one per "
                             f"video")
     sizes = {}  # (width, height) of each video given
+    source_of = dict(zip(opt.videos or [], opt.sources or []))
     for flag, paths in (("--videos", opt.videos or []), ("--sources", opt.sources or [])):
         for path in paths:
             if not os.path.isfile(path):
@@ -135,11 +136,17 @@ def check_inputs(opt):
             if not info["has_video"]:
                 raise UserError(f"{path}: no video stream; pass videos to {flag}")
             sizes[path] = info["width"], info["height"]
-            if (opt.protocol or syncnets) and not info["has_audio"]:
-                why = "the protocol dubs each video with its own speech" if opt.protocol else \
-                    "LSE scores a video against its own speech"
-                raise UserError(f"{path}: no audio stream, and {why}; pass videos with their audio to {flag} "
-                                f"(inference.py writes the driving audio in)")
+            if opt.protocol and not info["has_audio"]:
+                raise UserError(f"{path}: no audio stream, and the protocol dubs each video with its own speech; "
+                                f"pass videos with their audio to {flag}")
+            if syncnets and not info["has_audio"]:
+                # a dub scored against its source speaks the source's speech; else only the user knows what it says
+                speech = source_of.get(path, "SPEECH.wav")
+                alone = " or drop --syncnet_path / --lse_syncnet_path to score it against its source alone" \
+                    if path in source_of else ""
+                raise UserError(f"{path}: no audio stream, and LSE scores a video against its own speech; add its "
+                                f"speech: ffmpeg -i {path} -i {speech} -map 0:v -map 1:a -c:v copy "
+                                f"with_audio.mp4 and pass that to {flag}{alone}")
             if syncnets and info["duration"]:
                 try:
                     check_length(int(info["duration"] * 25))

@@ -132,6 +132,21 @@ def test_a_face_crop_scored_against_its_whole_source_is_refused_without_telling_
     assert not (tmp_path / "scores.csv").exists()
 
 
+def test_a_dub_without_audio_is_refused_with_the_command_that_adds_its_speech(demo, tmp_path, monkeypatch, capsys):
+    """Other tools may write the frames alone: LSE needs the speech back in, which ffmpeg adds without re-encoding."""
+    folder, syncnet = demo
+    source, silent = str(folder / "split_video_25fps" / "demo_000.mp4"), str(tmp_path / "frames_only.mp4")
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-i", source, "-an", "-c:v", "copy",
+                    silent], check=True)
+    argv = ["--videos", silent, "--syncnet_path", syncnet, "--csv", str(tmp_path / "scores.csv"), "--device", "cpu"]
+    message = refusal("evaluate.py", argv, monkeypatch, capsys)
+    assert message.startswith(f"{silent}: no audio stream") and f"ffmpeg -i {silent} -i " in message
+    assert "--sources" not in message
+    message = refusal("evaluate.py", [*argv, "--sources", source], monkeypatch, capsys)
+    assert f"ffmpeg -i {silent} -i {source} -map 0:v -map 1:a" in message and "drop --syncnet_path" in message
+    assert not (tmp_path / "scores.csv").exists()
+
+
 def test_lpips_with_a_random_trunk_scores_alike_in_every_run_and_draws_none_of_the_callers_numbers():
     """Offline, `--lpips_weights random` is the choice left: its trunk is drawn from a seed of its own, so a table
     made today compares with one made tomorrow, and building it moves no random number of the run that builds it."""
