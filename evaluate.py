@@ -20,7 +20,8 @@ scores videos as they are: LSE-D/C on each video's own audio track; with --sourc
 order: the videos taken as self-reconstructions), the sources' LSE beside them and every score of the protocol,
 computed the same way (in the face crops of the source's frames): PSNR, SSIM, LPIPS of the mouth and of the face,
 FID with --inception_weights, lmd_mouth, mouth_open_corr and identity_cos with --identity_weights. Writes the
-table as CSV and as markdown beside it. Videos without a face are listed and skipped.
+table as CSV and as markdown beside it. Videos (or sources) without a face are listed and skipped; a video
+without a face scored against its source keeps its row, its lip scores n/a.
 """
 import argparse
 import csv
@@ -316,8 +317,8 @@ def score_as_they_are(opt, scorers):
         try:
             if opt.sources:  # the protocol's scores, against the source as the real video
                 real = RealVideo(path, scorers, own_sync="source ")
-                path = video_path
-                columns, features = score_against_real(video_path, real, scorers, need_face=True)
+                # a dub without a face is scored, as the protocol scores one: a tool's failure counts in its mean
+                columns, features = score_against_real(video_path, real, scorers)
                 row = {"video": os.path.basename(video_path), **columns, **real.sync}
                 if features is not None:
                     fake_features.append(features)

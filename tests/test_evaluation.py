@@ -84,16 +84,22 @@ def test_evaluate_scores_each_video_by_its_own_audio_and_writes_the_table(demo, 
     longer or shorter than its source, and the two are compared over the frames both have."""
     folder, syncnet = demo
     source = str(folder / "split_video_25fps" / "demo_000.mp4")
-    silent, cut = str(tmp_path / "silent.mp4"), str(tmp_path / "cut.mp4")
+    silent, cut, faceless = str(tmp_path / "silent.mp4"), str(tmp_path / "cut.mp4"), str(tmp_path / "faceless.mp4")
     ffmpeg = [imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-i", source]
     subprocess.run([*ffmpeg, "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-map", "0:v", "-map", "1:a",
                     "-c:v", "copy", "-c:a", "aac", "-shortest", silent], check=True)
     subprocess.run([*ffmpeg, "-frames:v", "17", "-c:v", "libx264", "-qp", "0", "-c:a", "copy", cut], check=True)
-    result = run_evaluate("--videos", silent, "--sources", cut, "--syncnet_path", syncnet,
+    # a dub whose face is gone (a failed tool's): grey frames, the speech kept
+    subprocess.run([*ffmpeg, "-frames:v", "17", "-vf", "drawbox=c=gray:t=fill", "-c:a", "copy", faceless], check=True)
+    result = run_evaluate("--videos", silent, faceless, "--sources", cut, cut, "--syncnet_path", syncnet,
                           "--lpips_weights", "random", "--csv", str(tmp_path / "scores.csv"), "--device", "cpu")
     assert result.returncode == 0, result.stderr[-2000:]
     with open(tmp_path / "scores.csv") as f:
-        row = next(csv.DictReader(f))
+        row, failed, mean = csv.DictReader(f)
+    # counted in the mean as the protocol counts a dub without a face, not skipped: its lips cannot be read
+    assert failed["video"] == "faceless.mp4" and float(failed["PSNR face"]) < float(row["PSNR face"]) / 2
+    assert all(failed[column] == "nan" for column in ("LSE-D repo", "lmd_mouth", "mouth_open_corr"))
+    assert mean["video"] == "mean of 2" and float(mean["PSNR face"]) < float(row["PSNR face"])
     assert int(row["frames"]) == 17  # compared
     assert f"{silent}: 25 frames, its source 17: compared over the first 17" in result.stdout
     for region in ("mouth", "face"):  # in the source's face crops, as the protocol scores
