@@ -52,7 +52,8 @@ class LPIPS(nn.Module):
                 self.metric.net.load_state_dict(trunk)
             except RuntimeError as error:
                 raise UserError(f"{flag} {weights}: not a torchvision VGG16 state dict "
-                                 f"({str(error).splitlines()[0]})") from None
+                                 f"({str(error).splitlines()[0]}); pass a torchvision VGG16 (ImageNet) .pth, "
+                                 f"pretrained or random") from None
         self.requires_grad_(False)
         self.eval()
 

@@ -145,7 +145,8 @@ CASES = [
     ("frame", "--vgg19_weights {number_keys_pth}", "--vgg19_weights {number_keys_pth}: a dict holding more than "
      "named tensors, not a state dict", "pass a torchvision VGG19 (ImageNet) .pth"),
     ("clip", "--loss_preset latentsync --lpips_weights {odd_keys_pth}",
-     "--lpips_weights {odd_keys_pth}: not a torchvision VGG16 state dict"),
+     "--lpips_weights {odd_keys_pth}: not a torchvision VGG16 state dict", "pass a torchvision VGG16 (ImageNet) "
+     ".pth, pretrained or random"),
     # ---- train_syncnet.py
     ("syncnet", "--train_data {tmp}/none.json", "{tmp}/none.json: training JSON not found", "pass --train_data"),
     ("syncnet", "--syncnet_input_size 48", "--syncnet_input_size 48: must be a multiple of 32"),
