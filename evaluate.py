@@ -319,7 +319,8 @@ def score_as_they_are(opt, scorers):
                 real = RealVideo(path, scorers, own_sync="source ")
                 # a dub without a face is scored, as the protocol scores one: a tool's failure counts in its mean
                 columns, features = score_against_real(video_path, real, scorers)
-                row = {"video": os.path.basename(video_path), **columns, **real.sync}
+                row = {"video": os.path.basename(video_path), "source": os.path.basename(path), **columns,
+                       **real.sync}
                 if features is not None:
                     fake_features.append(features)
                     real_features.append(real.inception[:len(features)])
@@ -439,6 +440,9 @@ def main(argv=None):
     else:
         rows, skipped = score_as_they_are(opt, scorers)
         csv_path, title = opt.csv, "Evaluation"
+        if opt.sources:
+            notes.append("- each video against its source over their first `frames` frames: rows compare with "
+                         "each other where source and frames are the same")
     notes += [f"- skipped {path}: {why}" for path, why in skipped]
     write_tables(rows, csv_path, title, [note for note in notes if note])
     return csv_path
