@@ -365,6 +365,24 @@ def mean_row(rows, skipped):
     return mean
 
 
+def partial_mean_notes(rows):
+    """A note for each mean row whose numbers leave out the videos where they are n/a (a dub whose face is gone),
+    saying how many videos each mean is over."""
+    notes = []
+    for mean in (row for row in rows if row["video"].startswith("mean of")):
+        videos = [row for row in rows if not row["video"].startswith("mean of") and row.get("kind") == mean.get("kind")]
+        over = {}  # how many videos -> the columns measured on that many
+        for key, value in mean.items():
+            if isinstance(value, float) and key != "FID face":
+                count = sum(not math.isnan(row[key]) for row in videos if isinstance(row.get(key), (int, float)))
+                if count < len(videos):
+                    over.setdefault(count, []).append(key)
+        kind = f" ({mean['kind']})" if "kind" in mean else ""
+        notes += [f"- {mean['video']}{kind}: {', '.join(keys)} over the {count} of {len(videos)} videos where "
+                  f"measured (n/a in the others)" for count, keys in over.items()]
+    return notes
+
+
 def columns_of(rows):
     return list(dict.fromkeys(key for row in rows for key in row))
 
@@ -443,7 +461,7 @@ def main(argv=None):
         if opt.sources:
             notes.append("- each video against its source over their first `frames` frames: rows compare with "
                          "each other where source and frames are the same")
-    notes += [f"- skipped {path}: {why}" for path, why in skipped]
+    notes += [f"- skipped {path}: {why}" for path, why in skipped] + partial_mean_notes(rows)
     write_tables(rows, csv_path, title, [note for note in notes if note])
     return csv_path
 

@@ -100,6 +100,8 @@ def test_evaluate_scores_each_video_by_its_own_audio_and_writes_the_table(demo, 
     assert failed["video"] == "faceless.mp4" and float(failed["PSNR face"]) < float(row["PSNR face"]) / 2
     assert all(failed[column] == "nan" for column in ("LSE-D repo", "lmd_mouth", "mouth_open_corr"))
     assert mean["video"] == "mean of 2" and float(mean["PSNR face"]) < float(row["PSNR face"])
+    # its lip scores are the other video's alone, and the table says so
+    assert "lmd_mouth, mouth_open_corr over the 1 of 2 videos" in (tmp_path / "scores.md").read_text()
     assert int(row["frames"]) == 17 and row["source"] == "cut.mp4"  # compared, and with what
     assert f"{silent}: 25 frames, its source 17: compared over the first 17" in result.stdout
     for region in ("mouth", "face"):  # in the source's face crops, as the protocol scores
