@@ -309,9 +309,17 @@ def procedural(opt, generator, device, amp):
 
 # ------------------------------------------------------------------ videos as they are
 
+def row_names(paths):
+    """Each path's file name, or the path as given where two files share a name (the same clip dubbed by two
+    tools, wav2lip/a.mp4 and latentsync/a.mp4, must not read as two scores of one video)."""
+    names = [os.path.basename(path) for path in dict.fromkeys(paths)]  # a source given for several videos once
+    return {path: name if names.count(name) == 1 else path for path, name in zip(dict.fromkeys(paths), names)}
+
+
 def score_as_they_are(opt, scorers):
     """Rows of the videos as given (and against --sources), the mean row, and the skipped videos with why."""
     rows, skipped, fake_features, real_features = [], [], [], []
+    name = {**row_names(opt.sources or []), **row_names(opt.videos)}
     for index, video_path in enumerate(tqdm(opt.videos, desc="videos", unit="video")):
         path = opt.sources[index] if opt.sources else video_path  # named if it has no face
         try:
@@ -319,15 +327,14 @@ def score_as_they_are(opt, scorers):
                 real = RealVideo(path, scorers, own_sync="source ")
                 # a dub without a face is scored, as the protocol scores one: a tool's failure counts in its mean
                 columns, features = score_against_real(video_path, real, scorers)
-                row = {"video": os.path.basename(video_path), "source": os.path.basename(path), **columns,
-                       **real.sync}
+                row = {"video": name[video_path], "source": name[path], **columns, **real.sync}
                 if features is not None:
                     fake_features.append(features)
                     real_features.append(real.inception[:len(features)])
             else:
                 video = LandmarkedVideo.open(path)
                 try:
-                    row = {"video": os.path.basename(path), "frames": len(video), **sync_columns(video, scorers)}
+                    row = {"video": name[path], "frames": len(video), **sync_columns(video, scorers)}
                 finally:
                     video.close()
             rows.append(row)

@@ -1,5 +1,7 @@
 """evaluate.py: lip-sync distance and confidence, reconstruction metrics, and clear errors."""
 import csv
+import os
+import shutil
 import subprocess
 import sys
 
@@ -153,6 +155,20 @@ def test_a_dub_without_audio_is_refused_with_the_command_that_adds_its_speech(de
     message = refusal("evaluate.py", [*argv, "--sources", source], monkeypatch, capsys)
     assert f"ffmpeg -i {silent} -i {source} -map 0:v -map 1:a" in message and "drop --syncnet_path" in message
     assert not (tmp_path / "scores.csv").exists()
+
+
+def test_the_same_clip_dubbed_by_two_tools_is_two_rows_told_apart(demo, tmp_path, monkeypatch):
+    folder, syncnet = demo
+    source = folder / "split_video_25fps" / "demo_000.mp4"
+    dubs = [str(tmp_path / tool / "demo_000.mp4") for tool in ("wav2lip", "latentsync")]
+    for dub in dubs:
+        os.makedirs(os.path.dirname(dub))
+        shutil.copy(source, dub)
+    monkeypatch.chdir(ROOT)
+    from evaluate import main
+    with open(main(["--videos", *dubs, "--syncnet_path", syncnet, "--csv", str(tmp_path / "scores.csv"),
+                    "--device", "cpu"])) as f:
+        assert [row["video"] for row in csv.DictReader(f)] == [*dubs, "mean of 2"]
 
 
 def test_lpips_with_a_random_trunk_scores_alike_in_every_run_and_draws_none_of_the_callers_numbers():
