@@ -333,9 +333,10 @@ class Jobs:
             result = self.until_stopped(inference.run, opt, generator)
             passed = (f", {result.passed_through} passed through untouched ({result.passed_through_ranges})"
                       if result.passed_through else "")
+            notes = "".join(f"\n\nNote: {note}" for note in result.notes)  # inference.py's "note:" lines
             return result.output_path, (f"{result.frames} frames at 25 fps, mouth {generator.mouth_size}: "
                                         f"{result.frames - result.passed_through} dubbed{passed}; "
-                                        f"{'; '.join(result.faces)}")
+                                        f"{'; '.join(result.faces)}{notes}")
 
     def score(self, videos, sources, syncnet, lse_syncnet, lpips_weights):
         """(the table in markdown, its CSV), with evaluate.py's flags from the form (videos scored as they are)."""

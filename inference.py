@@ -186,13 +186,17 @@ def run(opt, generator=None, progress=True):
     """Dub as the checked options `opt` say, with `generator` (a DubbingModel; default: load_dubbing_model's),
     printing what it did; the DubResult. The command and the web app (app.py) both dub through this."""
     info = probe(opt.source_video_path)
+    notes = []
+
+    def note(line):
+        if line:
+            print(line)
+            notes.append(line.removeprefix("note: "))
     size, output_size = (info["width"], info["height"]), even_size(info["width"], info["height"])
     if output_size != size:
-        print("note: {} is {}x{}; H.264 in 4:2:0 needs even sides, so the output is {}x{}, the last column or row "
-              "repeated".format(opt.source_video_path, *size, *output_size))
-    note = rate_note(opt.source_video_path, info)
-    if note:
-        print(note)
+        note("note: {} is {}x{}; H.264 in 4:2:0 needs even sides, so the output is {}x{}, the last column or row "
+             "repeated".format(opt.source_video_path, *size, *output_size))
+    note(rate_note(opt.source_video_path, info))
     device = choose_device(opt.device)
     if device.type == "cpu":
         tune_cpu_allocator()
@@ -210,15 +214,14 @@ def run(opt, generator=None, progress=True):
     print(f"dubbed: {'; '.join(result.faces)} (--face {opt.face}, {result.shots} shot(s))")
     print(f"{result.frames - result.passed_through} frames dubbed, {result.passed_through} passed through untouched"
           + (f": {result.passed_through_ranges}" if result.passed_through else ""))
-    note = length_note(result, opt.length)
-    if note:
-        print(note)
+    note(length_note(result, opt.length))
     if face_path:
         print(f"wrote {face_path}")
     if result.hardware_failure:
-        print(f"note: decoded on the CPU, not by the GPU's decoder (NVDEC): {result.hardware_failure}")
+        note(f"note: decoded on the CPU, not by the GPU's decoder (NVDEC): {result.hardware_failure}")
     elif result.decoder == "cuda":
         print("decoded by the GPU's decoder (NVDEC)")
+    result.notes = tuple(notes)
     return result
 
 

@@ -278,6 +278,7 @@ class DubResult:
     hardware_failure: str = None  # why NVDEC did not decode it on a GPU: ffmpeg's message, or that ffmpeg has none
     source_frames: int = None    # frames of the source at 25 fps, as far as the speech lasts (1: a photograph)
     speech_frames: int = None    # frames the speech lasts at 25 fps
+    notes: tuple = ()            # what the user should know of how it was dubbed (inference.run's "note:" lines)
 
 
 # On CPU a generator call's activations should stay around this many face-crop pixels per call: past it, a

@@ -178,6 +178,8 @@ def test_the_dub_endpoint_runs_one_job_at_a_time_and_returns_the_video(app, inpu
     stored = glob.glob(str(log.parent / "gradio" / "**" / os.path.basename(video)), recursive=True)
     assert len(stored) == len(re.findall(r" dub job \d+: done", log.read_text()))  # each result kept once on disk
     assert summary.startswith("40 frames at 25 fps, mouth 64: 40 dubbed")
+    assert summary.endswith("\n\nNote: the video (1.00 s) is shorter than the speech (1.60 s): played forwards and "
+                            "backwards to last as long (--length pingpong; --length cut ends both with the video)")
     assert str(error.value).startswith("--source_video_path notes.mp4: not a readable video (")
     big = tmp_path / "long.wav"
     big.write_bytes(b"\0" * (MAX_UPLOAD_MB * 1024 * 1024 + 1))
