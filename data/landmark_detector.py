@@ -220,6 +220,11 @@ def not_upright(path, frames):
             f"ffmpeg -i {path} -vf {TURNS[turn]} -c:a copy upright.mp4")
 
 
+# of a video's frames looked at, the share showing several faces that makes it several people's (data preparation
+# and train_person.py both refuse such a video: the crops would follow one face, maybe not the speaker's)
+SEVERAL_FACES_SHARE = 0.25
+
+
 def count_faces(frames):
     """(T,) the number of faces found in each (H, W, 3) uint8 RGB frame (`face_detector`)."""
     with face_detector() as boxes:

@@ -54,7 +54,6 @@ STEPS_READING_VIDEO = {"extract_video_frame", "extract_audio", "detect_landmarks
 MIN_CLIPS_FOR_TRAINING = NUM_REFERENCES + 1  # the frame dataset draws a source and its references' clips from one video
 DEBUG_FRAMES_PER_VIDEO = 4
 UPRIGHT_SAMPLES = 8  # frames spread over a video in which most faces must be upright, and one face alone in most
-SEVERAL_FACES_SHARE = 0.25  # of those, the share that may show more than one face (as train_person.py allows)
 DEBUG_MOUTH_SIZE = 256  # debug crops are shown at the finest training geometry
 
 
@@ -259,7 +258,8 @@ def _detect_landmarks(name, video_path, layout, progress):
     csv_path, source = landmark_csv(name, layout)
     if source == "openface" or _is_fresh(csv_path, video_path):
         return
-    from .landmark_detector import count_faces, detect_landmarks, not_upright  # mediapipe only when it is needed
+    # mediapipe only when it is needed
+    from .landmark_detector import SEVERAL_FACES_SHARE, count_faces, detect_landmarks, not_upright
     expected = round((probe(video_path)["duration"] or 0) * FPS) or None
     frames = tqdm(read_video_frames(video_path, fps=FPS), total=expected, desc=f"{name} landmarks", unit="frame",
                   leave=False, disable=not progress)

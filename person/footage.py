@@ -32,7 +32,6 @@ SYNCNET_HELD_OUT, SYNCNET_SEED = 0.2, 456
 MIN_VIDEO_SECONDS = 8  # a held-out part and two training parts of MIN_PART_FRAMES each (alone it needs more)
 FACE_SAMPLES = 16      # frames looked at per video before any work (a seek each: about a second)
 MIN_FACE_SHARE = 0.5   # of those, at least this share must show a face
-SEVERAL_SHARE = 0.25   # and fewer than this share more than one
 SAMPLE_SIDE = 640      # the sampled frames' longer side: enough for the face detector
 
 
@@ -142,14 +141,15 @@ def check_video(path, flag="--videos"):
         raise UserError(f"{path}: {info['duration']:.1f} s of footage, and the recipe needs at least "
                         f"{MIN_VIDEO_SECONDS} s of each video (its last 10%, at least {MIN_PART_FRAMES / FPS:.1f} s, "
                         f"is held out; the rest is trained on); record longer")
-    from data.landmark_detector import count_faces, not_upright  # mediapipe only when videos are checked
+    # mediapipe only when videos are checked
+    from data.landmark_detector import SEVERAL_FACES_SHARE, count_faces, not_upright
     frames = sample_frames(path, info)
     faces = count_faces(frames)
     with_face, several = int((faces >= 1).sum()), int((faces >= 2).sum())
     if with_face < MIN_FACE_SHARE * FACE_SAMPLES:
         raise UserError(f"{path}: a face in {with_face} of {FACE_SAMPLES} frames looked at, and the recipe needs one "
                         f"in at least half the frames; use footage where your face stays in the picture")
-    if several >= SEVERAL_SHARE * FACE_SAMPLES:
+    if several >= SEVERAL_FACES_SHARE * FACE_SAMPLES:
         raise UserError(f"{path}: {several} of {FACE_SAMPLES} frames looked at show several faces, and the recipe "
                         f"learns one person; crop the video to yours (ffmpeg -i in.mp4 -vf crop=W:H:X:Y out.mp4)")
     turned = not_upright(path, frames)
