@@ -47,7 +47,7 @@ NO_CHECKPOINT = ("no generator checkpoint under {folder}; make one with `python 
 
 def build_parser():
     parser = ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add = parser.add_argument
     add("--checkpoint", default=None, help="a generator checkpoint to offer first (beside those in --checkpoint_dir)")
     add("--checkpoint_dir", default="./asserts", help="where to look for generator checkpoints (*.pth, recursively)")

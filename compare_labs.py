@@ -31,7 +31,7 @@ def lab_list(text):
 def build_parser():
     # allow_abbrev off: --lab (a training flag, refused here) must not be read as an abbreviation of --labs
     parser = ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False,
-                                     epilog="Other flags: see python train_DINet_frame.py --help")
+                            epilog="Other flags: see python train_DINet_frame.py --help")
     parser.add_argument("--labs", type=lab_list, default=list(LAB_PRESETS),
                         help="comma-separated (default: every preset of config/labs.py)")
     parser.add_argument("--epochs", type=integer(1), default=10, help="epochs per lab (the lab's notes compare epoch 10)")

@@ -63,7 +63,7 @@ DUBBED, REAL, REFERENCE = "dubbed", "real (re-encoded)", "reference copy"
 
 def build_parser():
     parser = ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add = parser.add_argument
     add("--protocol", choices=[PROTOCOL, PROCEDURAL], default=None,
         help=f"{PROTOCOL}: dub --videos (held-out sources) with --checkpoint and score them against themselves; "

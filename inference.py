@@ -36,7 +36,7 @@ DEFAULT_CHECKPOINT = "./asserts/clip_training_DINet_256mouth.pth"  # where DINet
 
 def build_parser():
     parser = ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add = parser.add_argument
     add("--source_video_path", default="./asserts/examples/test4.mp4",
         help="video or photograph (jpg, png, webp) to dub; any fps and codec")

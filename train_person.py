@@ -71,7 +71,7 @@ PARAGRAPHS = [
 def build_parser():
     how = "\n".join(textwrap.fill(text, 116, subsequent_indent="  ") for text in PARAGRAPHS)
     parser = ArgumentParser(description=__doc__, epilog=how,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--videos", nargs="+", required=True, help="the person's footage: talking-head videos with their speech")
     add("--result_path", default="./asserts/person", help="folder of the run (default ./asserts/person)")

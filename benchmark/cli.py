@@ -133,8 +133,8 @@ def print_table(rows, peaks):
 
 def build_parser():
     parser = ArgumentParser(prog="bench.py", description=benchmark.__doc__.splitlines()[0],
-                                     epilog="\n".join(benchmark.__doc__.splitlines()[2:]),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                            epilog="\n".join(benchmark.__doc__.splitlines()[2:]),
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default="baseline,train_frame,train_clip,inference,loader",
                         help="comma list of " + ", ".join(TASKS) + " (baseline: the published code's way, fp32 only)")
     parser.add_argument("--channels_last", default="on", choices=("on", "off"), help="for the training rows")
