@@ -312,8 +312,9 @@ def procedural(opt, generator, device, amp):
 def row_names(paths):
     """Each path's file name, or the path as given where two files share a name (the same clip dubbed by two
     tools, wav2lip/a.mp4 and latentsync/a.mp4, must not read as two scores of one video)."""
-    names = [os.path.basename(path) for path in dict.fromkeys(paths)]  # a source given for several videos once
-    return {path: name if names.count(name) == 1 else path for path, name in zip(dict.fromkeys(paths), names)}
+    given = list(dict.fromkeys(paths))  # a source given for several videos once
+    names = [os.path.basename(path) for path in given]
+    return {path: name if names.count(name) == 1 else path for path, name in zip(given, names)}
 
 
 def score_as_they_are(opt, scorers):

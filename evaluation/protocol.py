@@ -179,11 +179,11 @@ def _region_scores(fake_crops, real_crops, scorers):
     return {name: total / len(fake_crops) for name, total in sums.items()}
 
 
-def score_against_real(path, real, scorers, need_face=False):
+def score_against_real(path, real, scorers):
     """(columns, Inception features of its face crops or None) of the video at `path` made from `real` (a
     RealVideo), its first frames against the real video's (a dub as long as its speech may be longer or shorter).
-    Without `need_face`, a video with no face is scored (a generator's failure is a score), not NoFace."""
-    video = LandmarkedVideo.open(path, scorers.progress, need_face=need_face)
+    A video with no face is scored (a generator's failure is a score), not NoFace."""
+    video = LandmarkedVideo.open(path, scorers.progress, need_face=False)
     try:
         count = min(len(video), len(real))
         if len(video) != len(real):
