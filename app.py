@@ -9,14 +9,11 @@ length policy, a closed mouth on silence; the mouth size comes from the checkpoi
 page and downloads. Tab "Score": videos scored as evaluate.py scores them. Both are Gradio API endpoints (/dub,
 /score), each one job at a time, the rest queued. Errors are the commands' one-line messages. The app listens on
 127.0.0.1; any other --host needs --auth. Uploads and results are deleted a day after, and when the app stops
-(Ctrl-C, SIGTERM), which ends the jobs under way with a line to their clients. A job its client cancels (the API's
-cancel), or whose page is closed, stops its work there and then.
+(Ctrl-C, SIGTERM), which ends the jobs under way with a line to their clients.
 Needs gradio (pip install -r requirements-app.txt).
 """
 import argparse
-import asyncio
 import contextvars
-import ctypes
 import functools
 import ipaddress
 import os
@@ -37,7 +34,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")         # as inference.py: t
 from common.errors import ArgumentParser, Stopped, UserError, interrupt, run_command, signals_handled  # noqa: E402
 from config.ranges import integer  # noqa: E402
 
-CANCELLED = contextvars.ContextVar("cancelled", default=None)  # a job's threading.Event, set as its client goes
 LPIPS_WEIGHTS = ("pretrained", "random")  # what the Score tab offers of evaluate.py's --lpips_weights
 NO_CHECKPOINT = ("no generator checkpoint under {folder}; make one with `python demo.py` (it writes "
                  "./asserts/demo/training_model_weight/frame_training_64/netG_best.pth) or by training "
@@ -137,16 +133,6 @@ def untold(queue):
     return any(ids - waiting for ids in list(queue.pending_event_ids_session.values()))
 
 
-def interrupt_thread(thread):
-    """KeyboardInterrupt raised in `thread` at its next Python instruction, as Ctrl-C stops a command: the work's own
-    cleanup runs (its ffmpeg processes stopped, its threads joined)."""
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(KeyboardInterrupt))
-
-
-class Cancelled(Exception):
-    """A job whose client cancelled it or closed its page."""
-
-
 def sweep_hourly(jobs):
     while True:
         time.sleep(3600)
@@ -162,7 +148,6 @@ class Jobs:
         self.jobs, self.running = 0, set()  # the folders of jobs under way, which the sweep leaves
         self.stopped_by = None  # the number of the signal that stops the app: the jobs under way end, said so
         self.page = None  # the Gradio page, once served
-        self.sessions = {}  # a page's session hash: the cancel events of its jobs under way
 
     def told(self, seconds=10):
         """Wait (at most `seconds`) until the jobs under way have ended and their clients have been sent how: a
@@ -171,33 +156,9 @@ class Jobs:
         while time.monotonic() < deadline and (self.running or self.page is not None and untold(self.page._queue)):
             time.sleep(0.05)
 
-    async def cancellable(self, session, work, *args):
-        """work(*args) (a job) on a worker thread, cancelled as its client cancels the call or closes the page of
-        `session`; the work is over before the next job starts."""
-        cancelled = threading.Event()
-        self.sessions.setdefault(session, set()).add(cancelled)
-        CANCELLED.set(cancelled)  # this task's context, which the worker thread's copies
-        running = asyncio.ensure_future(asyncio.to_thread(work, *args))
-        try:
-            return await asyncio.shield(running)
-        except asyncio.CancelledError:
-            cancelled.set()
-            await asyncio.gather(running, return_exceptions=True)
-            raise
-        finally:
-            self.sessions[session].discard(cancelled)
-            if not self.sessions[session]:
-                del self.sessions[session]
-
-    def closed(self, session):
-        """The page of `session` was closed: its jobs are cancelled."""
-        for cancelled in self.sessions.get(session, ()):
-            cancelled.set()
-
     def until_stopped(self, work, *args):
-        """work(*args) on a thread of its own while this one waits, so that the app's stop or the job's cancel ends
-        the job at once: the work interrupted and waited for (at most 30 s), then Stopped or Cancelled raised here,
-        which job() turns into the client's line."""
+        """work(*args) on a thread of its own while this one waits, so that the app's stop ends the job at once (a
+        Stopped raised here, which job() turns into the client's line); the work left behind ends with the app."""
         outcome = []
 
         def run():
@@ -208,12 +169,9 @@ class Jobs:
         # in this thread's context, where Gradio's progress bar follows the work's tqdm bars
         thread = threading.Thread(target=contextvars.copy_context().run, args=(run,), daemon=True)
         thread.start()
-        cancelled = CANCELLED.get()
         while thread.is_alive():
-            if self.stopped_by or cancelled is not None and cancelled.is_set():
-                interrupt_thread(thread)
-                thread.join(30)
-                raise Stopped(128 + self.stopped_by) if self.stopped_by else Cancelled()
+            if self.stopped_by:
+                raise Stopped(128 + self.stopped_by)
             thread.join(0.1)
         result, error = outcome[0]
         if error is not None:
@@ -284,12 +242,9 @@ class Jobs:
         try:
             yield folder
             log(f"done in {time.perf_counter() - started:.1f} s")
-        except (UserError, argparse.ArgumentError, Stopped, Cancelled) as error:
+        except (UserError, argparse.ArgumentError, Stopped) as error:
             shutil.rmtree(folder, ignore_errors=True)
-            if isinstance(error, Cancelled):
-                log("cancelled by its client")
-                message = f"this {kind} job was cancelled"
-            elif isinstance(error, Stopped):
+            if isinstance(error, Stopped):
                 stopped_by = signal.Signals(self.stopped_by).name
                 log(f"stopped by {stopped_by}")
                 message = (f"the app stopped ({stopped_by}) before this {kind} job finished; send it again once the "
@@ -421,15 +376,11 @@ def build_page(jobs, opt):
         for choice in (checkpoint, amp, length, syncnet, lse_syncnet, lpips_weights):
             choice.preprocess = lambda payload: payload if payload is None else str(payload)
 
-        async def dub(source, speech, checkpoint, amp, face, length, silence, request: gr.Request,
-                      progress=gr.Progress(track_tqdm=True)):
-            return await jobs.cancellable(request.session_hash, jobs.dub, source, speech, checkpoint, amp, face,
-                                          length, silence, progress)
+        def dub(source, speech, checkpoint, amp, face, length, silence, progress=gr.Progress(track_tqdm=True)):
+            return jobs.dub(source, speech, checkpoint, amp, face, length, silence, progress)
 
-        async def score(videos, sources, syncnet, lse_syncnet, lpips_weights, request: gr.Request,
-                        progress=gr.Progress(track_tqdm=True)):
-            return await jobs.cancellable(request.session_hash, jobs.score, videos, sources, syncnet, lse_syncnet,
-                                          lpips_weights)
+        def score(videos, sources, syncnet, lse_syncnet, lpips_weights, progress=gr.Progress(track_tqdm=True)):
+            return jobs.score(videos, sources, syncnet, lse_syncnet, lpips_weights)
 
         def rescan():
             choices = jobs.generator_choices()
@@ -443,11 +394,6 @@ def build_page(jobs, opt):
                            api_name="score", concurrency_limit=1)
         checkpoint.change(jobs.describe, checkpoint, about, api_visibility="private")
         refresh.click(rescan, None, [checkpoint, about, syncnet, lse_syncnet], api_visibility="private")
-
-        def closed(request: gr.Request):
-            jobs.closed(request.session_hash)
-
-        page.unload(closed)
     return page
 
 
